@@ -1,0 +1,120 @@
+"""The command line: ``python vae_data_pipeline_batch.py --input-dir DIR --output-dir OUT``.
+
+Exit codes: 0 every window succeeded; 1 some windows failed (the others are written);
+2 bad usage or input; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import CAMERA_TYPES, IMAGE_MODES, PipelineConfig
+from .errors import PipelineError
+from .reconstructors import available_reconstructors
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_WINDOWS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; ``--help`` explains every flag."""
+    p = argparse.ArgumentParser(
+        prog="vae_data_pipeline_batch.py",
+        description="Slide overlapping windows over a frame sequence and reconstruct each window "
+                    "into a self-contained COLMAP scene (OUT/batch_XXX/window_YYY/sparse).",
+        epilog="Exit status: 0 all windows succeeded, 1 some windows failed (the others are "
+               "written), 2 bad usage or input. Rerunning into the same output folder skips "
+               "complete windows.")
+    src = p.add_argument_group("input").add_mutually_exclusive_group(required=True)
+    src.add_argument("--input-dir", type=Path, help="folder of frames (jpg, jpeg, png, webp, "
+                     "bmp, tif), ordered by natural sort (frame_2 before frame_10)")
+    src.add_argument("--input-video", type=Path, help="a video file; its frames are extracted "
+                     "once (PyAV) into OUT/frames/")
+    p.add_argument("--fps", type=float, help="with --input-video: frames per second of video to "
+                   "extract (default: every frame)")
+    p.add_argument("--output-dir", type=Path, required=True, help="output folder (created)")
+    p.add_argument("--max-frames", type=_positive_int, help="use only the first N frames")
+    p.add_argument("--skip-bad-frames", action="store_true", help="drop unreadable frames with a "
+                   "warning (default: stop before any work, naming the file)")
+    w = p.add_argument_group("windows")
+    w.add_argument("--window-size", type=_positive_int, default=8, help="frames per window "
+                   "(default 8)")
+    w.add_argument("--window-stride", type=_positive_int, default=4, help="frames between window "
+                   "starts; at most the window size (default 4)")
+    w.add_argument("--window-batch-size", type=_positive_int, default=4, help="windows processed "
+                   "together; for colmap, in parallel worker processes (default 4)")
+    r = p.add_argument_group("reconstruction")
+    r.add_argument("--reconstructor", choices=available_reconstructors(), default="colmap",
+                   help="colmap: classical SIFT + incremental mapping with pycolmap, CPU, no "
+                   "model weights (default)")
+    r.add_argument("--camera-type", choices=CAMERA_TYPES, default="SIMPLE_PINHOLE",
+                   help="COLMAP camera model (default SIMPLE_PINHOLE)")
+    r.add_argument("--shared-camera", action="store_true", help="one set of intrinsics for all "
+                   "frames of a window (default: one per frame)")
+    r.add_argument("--num-workers", type=_positive_int, help="colmap: worker processes per batch "
+                   "(default: one per window, at most one per CPU core; 1 runs in-process)")
+    r.add_argument("--min-registered", type=float, default=0.5, metavar="FRACTION",
+                   help="mark a window failed when fewer of its frames register (default 0.5)")
+    o = p.add_argument_group("output")
+    o.add_argument("--images", choices=IMAGE_MODES, default="link", help="what each window's "
+                   "images/ holds: absolute symlinks to the frames (default), copies, or nothing")
+    o.add_argument("--overwrite", action="store_true", help="redo every window, including "
+                   "complete ones")
+    v = p.add_mutually_exclusive_group()
+    v.add_argument("-v", "--verbose", action="store_true", help="debug logging, and COLMAP's "
+                   "own warnings")
+    v.add_argument("-q", "--quiet", action="store_true", help="warnings and the summary only; no "
+                   "progress bars")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    """Map parsed flags to the run configuration."""
+    return PipelineConfig(
+        input_dir=args.input_dir, input_video=args.input_video, fps=args.fps,
+        output_dir=args.output_dir, window_size=args.window_size,
+        window_stride=args.window_stride, window_batch_size=args.window_batch_size,
+        reconstructor=args.reconstructor, camera_type=args.camera_type,
+        shared_camera=args.shared_camera, max_frames=args.max_frames, overwrite=args.overwrite,
+        skip_bad_frames=args.skip_bad_frames, images=args.images, num_workers=args.num_workers,
+        min_registered_fraction=args.min_registered, show_progress=not args.quiet,
+        verbose=args.verbose)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the pipeline from command-line arguments; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.fps is not None and args.input_video is None:
+        parser.error("--fps applies only to --input-video")
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from .runner import run
+
+    try:
+        with logging_redirect_tqdm():
+            summary = run(config_from_args(args))
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to finish the remaining windows",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(summary.line())
+    return EXIT_WINDOWS_FAILED if summary.count("failed") else EXIT_OK

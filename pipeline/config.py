@@ -1,0 +1,59 @@
+"""Typed configuration of a pipeline run (what the command line fills in)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+IMAGE_MODES = ("link", "copy", "none")
+"""What a window's ``images/`` folder may hold."""
+
+CAMERA_TYPES = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL")
+"""COLMAP camera models users can ask for."""
+
+
+@dataclass(kw_only=True)
+class PipelineConfig:
+    """Everything one run needs; the command line maps one flag to each field."""
+
+    output_dir: Path
+    """Folder that receives ``run.json`` and one folder per window."""
+    input_dir: Path | None = None
+    """Folder of frames (jpg, jpeg, png, webp, bmp, tif), ordered by natural sort."""
+    input_video: Path | None = None
+    """A video to decode (with PyAV) into ``output_dir/frames/`` instead of ``input_dir``."""
+    fps: float | None = None
+    """Frames per second of video time to extract; all frames when ``None``."""
+    window_size: int = 8
+    """Frames per window."""
+    window_stride: int = 4
+    """Frames between the starts of consecutive windows (at most ``window_size``)."""
+    window_batch_size: int = 4
+    """Windows processed together; output paths never depend on it."""
+    reconstructor: str = "colmap"
+    """How windows are reconstructed: ``colmap`` (classical SfM, no weights)."""
+    camera_type: str = "SIMPLE_PINHOLE"
+    """COLMAP camera model: SIMPLE_PINHOLE, PINHOLE or SIMPLE_RADIAL."""
+    shared_camera: bool = False
+    """One set of intrinsics for all frames of a window."""
+    max_frames: int | None = None
+    """Use only the first ``max_frames`` frames of the sequence."""
+    overwrite: bool = False
+    """Redo every window, even those a previous run completed."""
+    skip_bad_frames: bool = False
+    """Drop unreadable frames with a warning instead of stopping before any work."""
+    images: str = "link"
+    """What each window's ``images/`` holds: symlinks to the frames, copies, or nothing."""
+    num_workers: int | None = None
+    """Worker processes of the classical reconstructor; default one per window, up to the cores."""
+    min_registered_fraction: float = 0.5
+    """A window that registers fewer of its frames than this is marked failed."""
+    show_progress: bool = True
+    """Show tqdm progress bars."""
+    verbose: bool = False
+    """Also show COLMAP's own warnings."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The configuration as JSON-ready values (paths as strings)."""
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}

@@ -1,0 +1,301 @@
+"""Finding, validating, ordering and decoding frames, and extracting them from a video.
+
+A *frame* is one image of the ordered input sequence. Every frame handed to the later stages is a
+plain 8-bit RGB JPEG or PNG file without an EXIF rotation, so that COLMAP, pycolmap and any
+Gaussian-splatting or NeRF trainer read exactly the pixels the pipeline used. Frames that are not
+(16-bit, grayscale, RGBA, palette, WebP/BMP/TIFF, or rotated by EXIF) are converted once into a
+PNG in the run's frame cache (``OUTPUT/frames/``); the others are used in place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+from .errors import InputError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+"""File name endings (case-insensitive) that are taken as frames."""
+
+_PLAIN_FORMATS = ("JPEG", "PNG")
+_EXIF_ORIENTATION = 0x0112
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One frame of the sequence, ready for the reconstructors.
+
+    Attributes:
+        index: Position of the frame in the ordered sequence (0-based).
+        name: Unique file name of the frame; the image name in every COLMAP model.
+        path: The 8-bit RGB JPEG/PNG file to read (the original, or its converted copy).
+        source: The original file (or the video the frame came from).
+        width: Image width in pixels, after EXIF rotation.
+        height: Image height in pixels, after EXIF rotation.
+    """
+
+    index: int
+    name: str
+    path: Path
+    source: Path
+    width: int
+    height: int
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(width, height)`` in pixels."""
+        return (self.width, self.height)
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders digit runs by value: ``frame_2`` before ``frame_10``."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def list_image_files(input_dir: Path) -> list[Path]:
+    """The image files directly inside ``input_dir``, in natural order.
+
+    Raises:
+        InputError: the folder is missing, not a folder, or holds no image.
+    """
+    input_dir = Path(input_dir).absolute()
+    if not input_dir.exists():
+        raise InputError(f"input folder does not exist: {input_dir}")
+    if not input_dir.is_dir():
+        raise InputError(f"input path is not a folder: {input_dir}")
+    paths = [p for p in input_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    if not paths:
+        raise InputError(
+            f"no images in {input_dir} (looked for {', '.join(IMAGE_EXTENSIONS)})"
+        )
+    return sorted(paths, key=lambda p: natural_key(p.name))
+
+
+def load_image(path: Path) -> np.ndarray:
+    """Decode an image as the pipeline sees it.
+
+    EXIF orientation is applied; grayscale, palette, CMYK and RGBA images become RGB (alpha is
+    dropped); 16- and 32-bit integer images are scaled to 8 bits.
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB array.
+
+    Raises:
+        InputError: the file cannot be read or decoded; the message names the file.
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return _to_rgb8(ImageOps.exif_transpose(img))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise InputError(f"cannot read frame {path}: {exc}") from exc
+
+
+def _to_rgb8(img: Image.Image) -> np.ndarray:
+    """Convert a decoded PIL image of any mode to ``(H, W, 3)`` uint8 RGB."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img).astype(np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        gray = np.clip(np.round(arr * (255.0 / peak)), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 255.0 if arr.max() <= 1.0 else 1.0
+        gray = np.clip(np.round(arr * scale), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    return np.asarray(img.convert("RGB"))
+
+
+def _needs_conversion(img: Image.Image) -> str | None:
+    """Why ``img`` cannot be handed on as it is, or ``None`` when it can."""
+    if img.format not in _PLAIN_FORMATS:
+        return f"format {img.format}"
+    if img.mode != "RGB":
+        return f"mode {img.mode}"
+    if img.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+        return "EXIF orientation"
+    return None
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """What validating one file found out."""
+
+    path: Path
+    width: int = 0
+    height: int = 0
+    conversion: str | None = None
+    error: str | None = None
+
+
+def _probe(path: Path) -> _Probe:
+    """Fully decode ``path`` once to prove it is intact, and record its size and format."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            reason = _needs_conversion(img)
+            width, height = ImageOps.exif_transpose(img).size
+        return _Probe(path, width, height, reason)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        return _Probe(path, error=f"{type(exc).__name__}: {exc}")
+
+
+def _converted_name(path: Path, taken: set[str]) -> str:
+    """A PNG name for the converted copy of ``path`` that no other frame uses."""
+    name = f"{path.stem}.png"
+    return name if name not in taken else f"{path.name}.png"
+
+
+def prepare_frames(
+    paths: list[Path],
+    cache_dir: Path,
+    *,
+    skip_bad_frames: bool = False,
+    num_workers: int | None = None,
+    show_progress: bool = True,
+) -> list[Frame]:
+    """Validate every frame and convert those that need it, before any reconstruction starts.
+
+    Args:
+        paths: Frame files in sequence order.
+        cache_dir: Folder for converted copies (created only when a frame needs one).
+        skip_bad_frames: Drop unreadable frames with a warning instead of failing.
+        num_workers: Decoding threads (default: the number of CPU cores).
+        show_progress: Show a tqdm bar.
+
+    Returns:
+        The usable frames, indexed 0..N-1 in sequence order.
+
+    Raises:
+        InputError: a frame is unreadable (and ``skip_bad_frames`` is off), or fewer than two
+            frames remain.
+    """
+    workers = num_workers or os.cpu_count() or 1
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        probes = list(tqdm(pool.map(_probe, paths), total=len(paths), desc="checking frames",
+                           unit="frame", disable=not show_progress, leave=False))
+    bad = [p for p in probes if p.error]
+    if bad and not skip_bad_frames:
+        raise InputError(
+            f"unreadable frame {bad[0].path} ({bad[0].error})"
+            + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
+            + "; fix or remove it, or pass --skip-bad-frames"
+        )
+    for probe in bad:
+        logger.warning("skipping unreadable frame %s (%s)", probe.path, probe.error)
+    good = [p for p in probes if not p.error]
+    if len(good) < 2:
+        raise InputError(f"need at least 2 readable frames, found {len(good)}")
+    taken = {p.path.name for p in good}
+    frames = []
+    for index, probe in enumerate(good):
+        name, path = probe.path.name, probe.path
+        if probe.conversion:
+            name = _converted_name(probe.path, taken)
+            taken.add(name)
+            path = _convert(probe.path, Path(cache_dir) / name, probe.conversion)
+        frames.append(Frame(index, name, path, probe.path, probe.width, probe.height))
+    return frames
+
+
+def _convert(source: Path, target: Path, reason: str) -> Path:
+    """Write the 8-bit RGB PNG copy of ``source`` (kept when already newer than the source)."""
+    if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
+        return target
+    logger.debug("converting %s (%s) to %s", source, reason, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    Image.fromarray(load_image(source)).save(tmp, format="PNG")
+    os.replace(tmp, target)
+    return target
+
+
+def extract_video_frames(
+    video_path: Path,
+    out_dir: Path,
+    *,
+    fps: float | None = None,
+    max_frames: int | None = None,
+    jpeg_quality: int = 95,
+    show_progress: bool = True,
+) -> list[Path]:
+    """Decode a video with PyAV into ``out_dir/frame_NNNNNN.jpg``, once.
+
+    Frames are sampled at ``fps`` frames per second of video time (all frames when ``None``).
+    A manifest (``out_dir/video.json``) records the source and settings; a later call with the
+    same video and settings reuses the extracted files instead of decoding again.
+
+    Returns:
+        The extracted frame files in order.
+
+    Raises:
+        InputError: the video is missing or cannot be decoded, or ``fps`` is not positive.
+    """
+    video_path = Path(video_path)
+    if not video_path.is_file():
+        raise InputError(f"input video does not exist: {video_path}")
+    if fps is not None and fps <= 0:
+        raise InputError(f"--fps must be positive, got {fps}")
+    out_dir = Path(out_dir)
+    stat = video_path.stat()
+    settings = {"source": str(video_path.resolve()), "size": stat.st_size,
+                "mtime": stat.st_mtime, "fps": fps, "max_frames": max_frames,
+                "jpeg_quality": jpeg_quality}
+    manifest = out_dir / "video.json"
+    if manifest.exists():
+        saved = json.loads(manifest.read_text())
+        files = [out_dir / name for name in saved.get("frames", [])]
+        if saved.get("settings") == settings and files and all(f.exists() for f in files):
+            logger.info("reusing %d frames already extracted to %s", len(files), out_dir)
+            return files
+    files = _decode_video(video_path, out_dir, fps, max_frames, jpeg_quality, show_progress)
+    manifest.write_text(json.dumps({"settings": settings, "frames": [f.name for f in files]},
+                                   indent=1))
+    return files
+
+
+def _decode_video(video_path: Path, out_dir: Path, fps: float | None, max_frames: int | None,
+                  jpeg_quality: int, show_progress: bool) -> list[Path]:
+    """Decode and write the sampled frames; see :func:`extract_video_frames`."""
+    try:
+        import av
+    except ImportError as exc:  # pragma: no cover - av is in requirements.txt
+        raise InputError("video input needs PyAV: pip install av") from exc
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    next_time = 0.0
+    try:
+        with av.open(str(video_path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            bar = tqdm(desc="extracting frames", unit="frame", disable=not show_progress,
+                       leave=False)
+            for frame in container.decode(stream):
+                t = float(frame.time) if frame.time is not None else len(files) / (fps or 1.0)
+                if fps is not None and t + 1e-6 < next_time:
+                    continue
+                path = out_dir / f"frame_{len(files):06d}.jpg"
+                frame.to_image().save(path, format="JPEG", quality=jpeg_quality)
+                files.append(path)
+                bar.update()
+                if fps is not None:
+                    next_time += 1.0 / fps
+                if max_frames is not None and len(files) >= max_frames:
+                    break
+            bar.close()
+    except (av.error.FFmpegError, IndexError) as exc:
+        raise InputError(f"cannot decode video {video_path}: {exc}") from exc
+    if not files:
+        raise InputError(f"no frames decoded from video {video_path}")
+    return files

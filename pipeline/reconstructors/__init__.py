@@ -1,0 +1,112 @@
+"""Ways of reconstructing a batch of windows, behind one small interface.
+
+A reconstructor receives windows that share frame count and image size, each with a *staging
+folder* that already holds ``images/`` (links to the window's frames, named as in the COLMAP
+model). It writes the window's COLMAP model into ``staging/sparse/`` and returns one
+:class:`WindowResult` per window. A failure inside one window is caught and returned as a failed
+result; it never stops the other windows.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..frames import Frame
+from ..windows import Window
+
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+
+_REGISTRY = {
+    "colmap": "pipeline.reconstructors.colmap:ColmapReconstructor",
+}
+"""Reconstructor name -> ``module:class``; modules are imported only when chosen."""
+
+
+@dataclass(kw_only=True)
+class WindowResult:
+    """What reconstructing one window produced."""
+
+    status: str
+    """``"ok"``, or ``"failed"`` with ``error`` saying why."""
+    error: str | None = None
+    """One-line reason of a failure."""
+    registered_frames: list[str] = field(default_factory=list)
+    """Names of the frames that have a pose in the model."""
+    num_points3D: int = 0
+    """3D points in the model."""
+    mean_reprojection_error: float | None = None
+    """Mean reprojection error of the model's observations, in pixels."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds spent per stage (e.g. ``features``, ``matching``, ``mapping``, ``write``)."""
+    memory: dict[str, float] = field(default_factory=dict)
+    """Memory peaks in MiB (e.g. ``peak_rss_mb`` of the process that reconstructed it)."""
+    details: dict[str, Any] = field(default_factory=dict)
+    """Reconstructor-specific facts worth keeping in ``window_info.json``."""
+
+    @classmethod
+    def failure(cls, error: str, **kwargs: Any) -> WindowResult:
+        """A failed result with a one-line ``error``."""
+        return cls(status=STATUS_FAILED, error=" ".join(str(error).split()), **kwargs)
+
+
+class Reconstructor(abc.ABC):
+    """Reconstructs batches of windows; use as a context manager to release workers."""
+
+    name: ClassVar[str]
+    """The name users pass to ``--reconstructor``."""
+
+    device: str = "cpu"
+    """Where the work runs, for the run manifest."""
+
+    @abc.abstractmethod
+    def reconstruct_batch(
+        self, windows: Sequence[Window[Frame]], staging_dirs: Sequence[Path]
+    ) -> list[WindowResult]:
+        """Reconstruct each window into ``staging_dirs[i] / "sparse"``.
+
+        Args:
+            windows: Windows of one shape (equal frame count and image sizes).
+            staging_dirs: One folder per window, holding ``images/`` with the window's frames.
+
+        Returns:
+            One result per window, in order. Never raises for a single window's failure.
+        """
+
+    def describe(self) -> dict[str, Any]:
+        """Settings worth recording in ``run.json``."""
+        return {"name": self.name, "device": self.device}
+
+    def close(self) -> None:
+        """Release workers and memory."""
+
+    def __enter__(self) -> Reconstructor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def available_reconstructors() -> list[str]:
+    """Names accepted by :func:`create_reconstructor`."""
+    return sorted(_REGISTRY)
+
+
+def create_reconstructor(name: str, **options: Any) -> Reconstructor:
+    """Build the reconstructor called ``name`` with its keyword options.
+
+    Raises:
+        ValueError: unknown name.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"unknown reconstructor {name!r}; choose one of {', '.join(available_reconstructors())}"
+        )
+    module_name, class_name = _REGISTRY[name].split(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(**options)

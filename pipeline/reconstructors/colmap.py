@@ -1,0 +1,220 @@
+"""Classical reconstruction of each window with pycolmap: SIFT, matching, incremental mapping.
+
+Needs no model weights and runs on the CPU. The windows of a batch are reconstructed in parallel
+worker processes (``num_workers``), each using ``num_threads`` threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import os
+import resource
+import shutil
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pycolmap
+
+from ..config import CAMERA_TYPES
+from ..frames import Frame
+from ..windows import Window
+from . import STATUS_OK, Reconstructor, WindowResult
+
+logger = logging.getLogger(__name__)
+
+
+
+def _default_mapping() -> pycolmap.IncrementalPipelineOptions:
+    options = pycolmap.IncrementalPipelineOptions()
+    options.min_model_size = 3  # a window has few frames; COLMAP's default (10) drops them all
+    options.random_seed = 0
+    return options
+
+
+@dataclass(kw_only=True)
+class ColmapOptions:
+    """Settings of the classical reconstructor."""
+
+    camera_type: str = "SIMPLE_PINHOLE"
+    """COLMAP camera model of every camera: SIMPLE_PINHOLE, PINHOLE or SIMPLE_RADIAL."""
+    shared_camera: bool = False
+    """One camera (intrinsics) for all frames of a window, instead of one per frame."""
+    num_workers: int | None = None
+    """Worker processes per batch; default: one per window of the batch, at most one per core.
+    With 1, windows run one after another in this process."""
+    num_threads: int | None = None
+    """Threads of each worker; default: the cores divided among the workers."""
+    pairing_overlap: int = 10
+    """Each frame is matched with this many following frames of its window."""
+    min_registered_fraction: float = 0.5
+    """A window whose largest model registers fewer of its frames than this fails."""
+    extraction: pycolmap.FeatureExtractionOptions = field(
+        default_factory=pycolmap.FeatureExtractionOptions)
+    """pycolmap's SIFT extraction options, passed through (threads are set by ``num_threads``)."""
+    matching: pycolmap.FeatureMatchingOptions = field(
+        default_factory=pycolmap.FeatureMatchingOptions)
+    """pycolmap's matching options, passed through."""
+    mapping: pycolmap.IncrementalPipelineOptions = field(default_factory=_default_mapping)
+    """pycolmap's incremental mapping options, passed through (``min_model_size`` defaults to 3)."""
+    colmap_log_level: int = 2
+    """glog level of COLMAP's own messages in the workers: 0 info, 1 warnings, 2 errors."""
+
+    def __post_init__(self) -> None:
+        if self.camera_type not in CAMERA_TYPES:
+            raise ValueError(f"camera type must be one of {', '.join(CAMERA_TYPES)}, "
+                             f"got {self.camera_type!r}")
+        if not 0.0 <= self.min_registered_fraction <= 1.0:
+            raise ValueError("min_registered_fraction must lie in [0, 1]")
+
+
+class ColmapReconstructor(Reconstructor):
+    """SIFT + sequential matching + incremental mapping per window (pycolmap 4.x, CPU)."""
+
+    name = "colmap"
+
+    def __init__(self, options: ColmapOptions | None = None) -> None:
+        self.options = options or ColmapOptions()
+        self._pool: ProcessPoolExecutor | None = None
+        self._pool_size = 0
+
+    def describe(self) -> dict[str, Any]:
+        o = self.options
+        return {"name": self.name, "device": self.device, "camera_type": o.camera_type,
+                "shared_camera": o.shared_camera, "num_workers": o.num_workers,
+                "num_threads": o.num_threads, "pairing_overlap": o.pairing_overlap,
+                "min_registered_fraction": o.min_registered_fraction,
+                "pycolmap": pycolmap.__version__}
+
+    def reconstruct_batch(self, windows: Sequence[Window[Frame]],
+                          staging_dirs: Sequence[Path]) -> list[WindowResult]:
+        cores = os.cpu_count() or 1
+        workers = self.options.num_workers or min(len(windows), cores)
+        threads = self.options.num_threads or max(1, cores // workers)
+        options = replace(self.options, num_threads=threads)
+        jobs = [([f.name for f in w.items], Path(d), options) for w, d in zip(windows, staging_dirs)]
+        if workers == 1:
+            return [reconstruct_window(*job) for job in jobs]
+        pool = self._get_pool(workers)
+        futures = [pool.submit(reconstruct_window, *job) for job in jobs]
+        return [self._collect(future) for future in futures]
+
+    def _collect(self, future: Future) -> WindowResult:
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            self.close()  # a worker died (e.g. killed for memory); the next batch gets a new pool
+            return WindowResult.failure("the worker process reconstructing this window crashed")
+        except Exception as exc:  # noqa: BLE001 - one window never stops the others
+            return WindowResult.failure(f"{type(exc).__name__}: {exc}")
+
+    def _get_pool(self, workers: int) -> ProcessPoolExecutor:
+        if self._pool is None or self._pool_size != workers:
+            self.close()
+            # spawn: forking a process that already runs threads (pycolmap, torch) can deadlock
+            ctx = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+            self._pool_size = workers
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+def reconstruct_window(names: list[str], staging_dir: Path, options: ColmapOptions) -> WindowResult:
+    """Reconstruct one window whose frames are ``staging_dir/images/<name>``.
+
+    Writes the largest model to ``staging_dir/sparse/`` (binary COLMAP files and ``points.ply``).
+    Catches every error and returns it as a failed result.
+    """
+    timings: dict[str, float] = {}
+    work = staging_dir / ".work"
+    try:
+        pycolmap.logging.minloglevel = options.colmap_log_level
+        work.mkdir(parents=True, exist_ok=True)
+        rec = _run_sfm(names, staging_dir / "images", work, options, timings)
+        return _finish(rec, names, staging_dir / "sparse", options, timings)
+    except Exception as exc:  # noqa: BLE001 - recorded in the window's result
+        logger.debug("window in %s failed", staging_dir, exc_info=True)
+        return WindowResult.failure(f"{type(exc).__name__}: {exc}", timings=timings,
+                                    memory=_peak_memory())
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run_sfm(names: list[str], image_dir: Path, work: Path, options: ColmapOptions,
+             timings: dict[str, float]) -> pycolmap.Reconstruction | None:
+    """Extract, match and map; return the model that registers the most frames (or None)."""
+    db = work / "database.db"
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = options.camera_type
+    extraction = _copy(options.extraction)
+    extraction.num_threads = options.num_threads
+    mode = pycolmap.CameraMode.SINGLE if options.shared_camera else pycolmap.CameraMode.PER_IMAGE
+    t = time.perf_counter()
+    pycolmap.extract_features(db, image_dir, image_names=names, camera_mode=mode,
+                              reader_options=reader, extraction_options=extraction,
+                              device=pycolmap.Device.cpu)
+    timings["features"] = time.perf_counter() - t
+    matching = _copy(options.matching)
+    matching.num_threads = options.num_threads
+    pairing = pycolmap.SequentialPairingOptions()
+    pairing.overlap = max(1, min(options.pairing_overlap, len(names) - 1))
+    pairing.num_threads = options.num_threads
+    t = time.perf_counter()
+    pycolmap.match_sequential(db, matching_options=matching, pairing_options=pairing,
+                              device=pycolmap.Device.cpu)
+    timings["matching"] = time.perf_counter() - t
+    mapping = _copy(options.mapping)
+    mapping.num_threads = options.num_threads
+    t = time.perf_counter()
+    models = pycolmap.incremental_mapping(db, image_dir, work / "models", options=mapping)
+    timings["mapping"] = time.perf_counter() - t
+    if not models:
+        return None
+    return max(models.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
+
+
+def _finish(rec: pycolmap.Reconstruction | None, names: list[str], sparse_dir: Path,
+            options: ColmapOptions, timings: dict[str, float]) -> WindowResult:
+    """Write the model and judge the window by how many frames it registered."""
+    if rec is None:
+        return WindowResult.failure("COLMAP found no model (too few matches between frames)",
+                                    timings=timings, memory=_peak_memory())
+    t = time.perf_counter()
+    sparse_dir.mkdir(parents=True, exist_ok=True)
+    rec.write(sparse_dir)
+    rec.export_PLY(sparse_dir / "points.ply")
+    timings["write"] = time.perf_counter() - t
+    registered = sorted((rec.images[i].name for i in rec.reg_image_ids()), key=names.index)
+    needed = max(2, math.ceil(options.min_registered_fraction * len(names)))
+    result = WindowResult(
+        status=STATUS_OK, registered_frames=registered, num_points3D=rec.num_points3D(),
+        mean_reprojection_error=float(rec.compute_mean_reprojection_error()),
+        timings=timings, memory=_peak_memory(),
+        details={"num_cameras": rec.num_cameras(), "camera_type": options.camera_type,
+                 "shared_camera": options.shared_camera})
+    if len(registered) < needed:
+        result.status, result.error = "failed", (
+            f"only {len(registered)} of {len(names)} frames registered (need {needed})")
+    return result
+
+
+def _copy(options: Any) -> Any:
+    """An independent copy of a pycolmap option object."""
+    clone = type(options)()
+    clone.mergedict(options.todict())
+    return clone
+
+
+def _peak_memory() -> dict[str, float]:
+    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
+    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}

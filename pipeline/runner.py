@@ -1,0 +1,298 @@
+"""Scheduling a run: frames -> windows -> batches -> reconstructor -> window folders -> run.json.
+
+Rerunning into the same output folder skips the windows that are complete and redoes the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from . import __version__
+from .config import IMAGE_MODES, PipelineConfig
+from .errors import InputError
+from .export import (create_staging, discard_staging, finalize_window, is_complete,
+                     read_window_info, remove_stale_staging, write_json)
+from .frames import Frame, extract_video_frames, list_image_files, prepare_frames
+from .reconstructors import (STATUS_FAILED, STATUS_OK, Reconstructor, WindowResult,
+                             create_reconstructor)
+from .windows import Batch, Window, create_windows, make_batches
+
+logger = logging.getLogger(__name__)
+
+RUN_MANIFEST = "run.json"
+FRAME_CACHE = "frames"
+
+
+@dataclass(kw_only=True)
+class RunSummary:
+    """The outcome of :func:`run`."""
+
+    output_dir: Path
+    """Where the windows and ``run.json`` are."""
+    num_frames: int
+    """Frames of the sequence."""
+    windows: list[dict[str, Any]] = field(default_factory=list)
+    """One record per window (as in ``run.json``), in window order."""
+    wall_time: float = 0.0
+    """Seconds from start to end."""
+
+    def count(self, status: str) -> int:
+        """Windows whose status is ``status``."""
+        return sum(1 for w in self.windows if w["status"] == status)
+
+    @property
+    def num_skipped(self) -> int:
+        """Windows a previous run had completed."""
+        return sum(1 for w in self.windows if w.get("skipped"))
+
+    def line(self) -> str:
+        """The one-line summary printed at the end of a run."""
+        return (f"{len(self.windows)} windows: {self.count(STATUS_OK)} ok, "
+                f"{self.count(STATUS_FAILED)} failed ({self.num_skipped} already complete) | "
+                f"{self.num_frames} frames | {self.wall_time:.1f} s | output: {self.output_dir}")
+
+
+def load_frames(config: PipelineConfig) -> list[Frame]:
+    """Find (or extract), validate and order the run's frames, honouring ``max_frames``."""
+    cache = Path(config.output_dir) / FRAME_CACHE
+    if config.input_video is not None:
+        paths = extract_video_frames(config.input_video, cache, fps=config.fps,
+                                     max_frames=config.max_frames,
+                                     show_progress=config.show_progress)
+    elif config.input_dir is not None:
+        paths = list_image_files(config.input_dir)
+    else:
+        raise InputError("give an input: --input-dir DIR or --input-video PATH")
+    if config.max_frames is not None:
+        paths = paths[:config.max_frames]
+    return prepare_frames(paths, cache, skip_bad_frames=config.skip_bad_frames,
+                          show_progress=config.show_progress)
+
+
+def build_reconstructor(config: PipelineConfig) -> Reconstructor:
+    """The reconstructor the configuration asks for."""
+    if config.reconstructor == "colmap":
+        from .reconstructors.colmap import ColmapOptions
+
+        options = ColmapOptions(camera_type=config.camera_type, shared_camera=config.shared_camera,
+                                num_workers=config.num_workers,
+                                min_registered_fraction=config.min_registered_fraction,
+                                colmap_log_level=1 if config.verbose else 2)
+        return create_reconstructor("colmap", options=options)
+    return create_reconstructor(config.reconstructor)
+
+
+def window_signature(window: Window[Frame], config: PipelineConfig) -> dict[str, Any]:
+    """What a finished window must match to be reused by a rerun."""
+    return {"frames": [f.name for f in window.items], "reconstructor": config.reconstructor,
+            "camera_type": config.camera_type, "shared_camera": config.shared_camera}
+
+
+def process_window_batch(window_batch: Batch[Frame] | Sequence[Window[Frame]], batch_idx: int,
+                         args: PipelineConfig, *,
+                         reconstructor: Reconstructor | None = None) -> list[dict[str, Any]]:
+    """Reconstruct one batch of windows and write each window's folder.
+
+    Every window ends with a folder and a ``window_info.json``: ``status`` is ``"ok"`` or
+    ``"failed"`` with the reason in ``error``. One window's failure never stops the others, and an
+    error of the reconstructor as a whole is recorded against each window of the batch.
+
+    Args:
+        window_batch: Windows of one shape (a :class:`Batch` or a plain sequence of windows).
+        batch_idx: Index of the batch in this run, recorded in each ``window_info.json``.
+        args: The run's configuration.
+        reconstructor: Reused across batches by :func:`run`; built from ``args`` when ``None``.
+
+    Returns:
+        The window records written to ``window_info.json``, in order.
+    """
+    windows = list(getattr(window_batch, "windows", window_batch))
+    if reconstructor is None:
+        with build_reconstructor(args) as owned:
+            return process_window_batch(windows, batch_idx, args, reconstructor=owned)
+    out = Path(args.output_dir)
+    finals = [out / w.relative_dir for w in windows]
+    stagings = []
+    for window, final in zip(windows, finals):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        stagings.append(create_staging(final, window.items, args.images))
+    start = time.perf_counter()
+    try:
+        results = reconstructor.reconstruct_batch(windows, stagings)
+        if len(results) != len(windows):
+            raise RuntimeError(f"{reconstructor.name} returned {len(results)} results "
+                               f"for {len(windows)} windows")
+    except Exception as exc:  # noqa: BLE001 - the batch's windows fail, the run goes on
+        logger.exception("batch %d failed as a whole", batch_idx)
+        results = [WindowResult.failure(f"{type(exc).__name__}: {exc}") for _ in windows]
+    elapsed = time.perf_counter() - start
+    records = []
+    for window, staging, final, result in zip(windows, stagings, finals, results):
+        info = _window_record(window, batch_idx, result, args, reconstructor, elapsed)
+        try:
+            finalize_window(staging, final, info, images=args.images)
+        except OSError as exc:
+            discard_staging(staging)
+            info.update(status=STATUS_FAILED, error=f"cannot write {final}: {exc}")
+        if info["status"] != STATUS_OK:
+            logger.warning("window %d failed: %s", window.index, info["error"])
+        records.append(info)
+    return records
+
+
+def _window_record(window: Window[Frame], batch_idx: int, result: WindowResult,
+                   args: PipelineConfig, reconstructor: Reconstructor,
+                   batch_seconds: float) -> dict[str, Any]:
+    """The ``window_info.json`` content of one reconstructed window."""
+    sizes = {f.size for f in window.items}
+    return {
+        "window_index": window.index,
+        "path": str(window.relative_dir),
+        "batch_index": batch_idx,
+        "status": result.status,
+        "error": result.error,
+        "reconstructor": reconstructor.name,
+        "start_frame": window.start,
+        "num_frames": len(window),
+        "frames": [f.name for f in window.items],
+        "sources": [str(f.source) for f in window.items],
+        "image_size": list(next(iter(sizes))) if len(sizes) == 1 else None,
+        "registered_frames": result.registered_frames,
+        "num_registered": len(result.registered_frames),
+        "num_points3D": result.num_points3D,
+        "mean_reprojection_error": result.mean_reprojection_error,
+        "timings": {**result.timings, "batch_total": batch_seconds},
+        "memory": result.memory,
+        "details": result.details,
+        "signature": window_signature(window, args),
+        "finished_at": _now(),
+        "pipeline_version": __version__,
+    }
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+_MANIFEST_KEYS = ("window_index", "path", "status", "error", "start_frame", "num_frames",
+                  "num_registered", "num_points3D", "mean_reprojection_error", "timings", "memory")
+
+
+class _Manifest:
+    """``run.json``: configuration, versions, device and each window's status, kept current."""
+
+    def __init__(self, config: PipelineConfig, frames: Sequence[Frame],
+                 windows: Sequence[Window[Frame]], reconstructor: Reconstructor) -> None:
+        self.path = Path(config.output_dir) / RUN_MANIFEST
+        self.records: dict[int, dict[str, Any]] = {}
+        self.data: dict[str, Any] = {
+            "pipeline_version": __version__, "status": "running", "started_at": _now(),
+            "finished_at": None, "wall_time": None, "config": config.to_json(),
+            "reconstructor": reconstructor.describe(), "versions": package_versions(),
+            "device": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                       "reconstructor": reconstructor.device},
+            "frames": {"count": len(frames), "first": frames[0].name, "last": frames[-1].name},
+            "num_windows": len(windows), "summary": {}, "windows": [],
+        }
+
+    def add(self, record: dict[str, Any], *, skipped: bool = False) -> None:
+        entry = {k: record.get(k) for k in _MANIFEST_KEYS}
+        entry["skipped"] = skipped
+        self.records[record["window_index"]] = entry
+
+    def write(self, status: str = "running", wall_time: float | None = None) -> None:
+        windows = [self.records[i] for i in sorted(self.records)]
+        self.data.update(status=status, windows=windows, summary={
+            "ok": sum(w["status"] == STATUS_OK for w in windows),
+            "failed": sum(w["status"] == STATUS_FAILED for w in windows),
+            "skipped": sum(w["skipped"] for w in windows),
+            "pending": self.data["num_windows"] - len(windows)})
+        if status != "running":
+            self.data.update(finished_at=_now(), wall_time=wall_time)
+        write_json(self.path, self.data)
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions of Python and of the packages that shape the results (without importing them)."""
+    versions: dict[str, str | None] = {"python": platform.python_version(), "pipeline": __version__}
+    for name in ("numpy", "pycolmap", "torch", "pillow", "av", "tqdm"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _check_config(config: PipelineConfig) -> Path:
+    """Fail fast, before any work, on options and output paths that cannot work."""
+    out = Path(config.output_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output path exists and is not a folder: {out}")
+    if config.images not in IMAGE_MODES:
+        raise InputError(f"--images must be link, copy or none, got {config.images!r}")
+    if config.max_frames is not None and config.max_frames < 2:
+        raise InputError(f"--max-frames must be at least 2, got {config.max_frames}")
+    try:
+        create_windows(range(config.window_size + 1), config.window_size, config.window_stride)
+        make_batches([], config.window_batch_size)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    return out
+
+
+def run(config: PipelineConfig) -> RunSummary:
+    """Reconstruct every window of the configured sequence into ``config.output_dir``.
+
+    Raises:
+        InputError: bad input or options (nothing is written then, beyond the output folder).
+    """
+    start = time.perf_counter()
+    out = _check_config(config)
+    out.mkdir(parents=True, exist_ok=True)
+    frames = load_frames(config)
+    windows = create_windows(frames, config.window_size, config.window_stride)
+    remove_stale_staging(out)
+    reconstructor = build_reconstructor(config)
+    manifest = _Manifest(config, frames, windows, reconstructor)
+    todo = []
+    for window in windows:
+        window_dir = out / window.relative_dir
+        if not config.overwrite and is_complete(window_dir, window_signature(window, config)):
+            manifest.add(read_window_info(window_dir), skipped=True)
+        else:
+            todo.append(window)
+    logger.info("%d frames -> %d windows of %d (stride %d): %d to do, %d already complete",
+                len(frames), len(windows), config.window_size, config.window_stride,
+                len(todo), len(windows) - len(todo))
+    batches = make_batches(todo, config.window_batch_size, size_of=lambda f: f.size)
+    manifest.write()
+    status = "interrupted"
+    try:
+        with reconstructor, _progress(config, len(windows), len(windows) - len(todo)) as bar:
+            for batch in batches:
+                for record in process_window_batch(batch, batch.index, config,
+                                                   reconstructor=reconstructor):
+                    manifest.add(record)
+                manifest.write()
+                bar.update(len(batch))
+        status = "finished"
+    finally:
+        manifest.write(status, wall_time=time.perf_counter() - start)
+    return RunSummary(output_dir=out, num_frames=len(frames), windows=manifest.data["windows"],
+                      wall_time=time.perf_counter() - start)
+
+
+def _progress(config: PipelineConfig, total: int, done: int) -> tqdm:
+    return tqdm(total=total, initial=done, desc="windows", unit="window",
+                disable=not config.show_progress)

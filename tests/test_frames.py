@@ -1,0 +1,162 @@
+"""Frames are found in natural order, decoded the same way everywhere, and bad files named."""
+
+import tempfile
+import unittest
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipeline.errors import InputError
+from pipeline.frames import (extract_video_frames, list_image_files, load_image, natural_key,
+                             prepare_frames)
+
+
+def _rgb(h=24, w=32, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+class FrameTestCase(unittest.TestCase):
+    def setUp(self):
+        self._tmp = tempfile.TemporaryDirectory()
+        self.dir = Path(self._tmp.name)
+
+    def tearDown(self):
+        self._tmp.cleanup()
+
+
+class OrderingTest(FrameTestCase):
+    def test_natural_sort(self):
+        for name in ("frame_10.png", "frame_2.png", "frame_1.png", "Frame_3.jpg"):
+            Image.fromarray(_rgb()).save(self.dir / name)
+        (self.dir / "notes.txt").write_text("not a frame")
+        names = [p.name for p in list_image_files(self.dir)]
+        self.assertEqual(names, ["frame_1.png", "frame_2.png", "Frame_3.jpg", "frame_10.png"])
+        self.assertLess(natural_key("img2"), natural_key("img10"))
+
+    def test_all_extensions_are_found(self):
+        for i, ext in enumerate(("jpg", "jpeg", "png", "webp", "bmp", "tif", "TIFF")):
+            Image.fromarray(_rgb()).save(self.dir / f"f{i}.{ext}")
+        self.assertEqual(len(list_image_files(self.dir)), 7)
+
+    def test_missing_and_empty_folders(self):
+        with self.assertRaisesRegex(InputError, "does not exist"):
+            list_image_files(self.dir / "nope")
+        with self.assertRaisesRegex(InputError, "no images"):
+            list_image_files(self.dir)
+        (self.dir / "file.png").write_bytes(b"")
+        with self.assertRaisesRegex(InputError, "not a folder"):
+            list_image_files(self.dir / "file.png")
+
+
+class DecodingTest(FrameTestCase):
+    def test_exif_orientation_applied(self):
+        arr = _rgb(20, 30)
+        img = Image.fromarray(arr)
+        exif = img.getexif()
+        exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+        img.save(self.dir / "rot.jpg", exif=exif, quality=100)
+        out = load_image(self.dir / "rot.jpg")
+        self.assertEqual(out.shape, (30, 20, 3))
+
+    def test_grayscale_rgba_and_16bit(self):
+        gray = np.arange(20 * 30, dtype=np.uint8).reshape(20, 30)
+        Image.fromarray(gray, mode="L").save(self.dir / "g.png")
+        np.testing.assert_array_equal(load_image(self.dir / "g.png")[..., 1], gray)
+        rgba = np.dstack([_rgb(20, 30), np.full((20, 30), 7, np.uint8)])
+        Image.fromarray(rgba, mode="RGBA").save(self.dir / "a.png")
+        np.testing.assert_array_equal(load_image(self.dir / "a.png"), rgba[..., :3])
+        deep = (np.arange(20 * 30, dtype=np.uint16).reshape(20, 30) * 100).astype(np.uint16)
+        Image.fromarray(deep).save(self.dir / "d.png")
+        out = load_image(self.dir / "d.png")
+        self.assertEqual(out.dtype, np.uint8)
+        np.testing.assert_allclose(out[..., 0], np.round(deep / 257.0), atol=1)
+
+    def test_conversion_writes_plain_png_copies(self):
+        Image.fromarray(_rgb(), mode="RGB").save(self.dir / "a.png")
+        Image.fromarray(_rgb(seed=1)).save(self.dir / "b.webp", lossless=True)
+        Image.fromarray(np.zeros((24, 32), np.uint8), mode="L").save(self.dir / "c.png")
+        cache = self.dir / "cache"
+        frames = prepare_frames(list_image_files(self.dir), cache, show_progress=False)
+        self.assertEqual([f.name for f in frames], ["a.png", "b.png", "c.png.png"])
+        self.assertEqual(frames[0].path, self.dir / "a.png")  # plain frames are used in place
+        for frame in frames[1:]:
+            self.assertEqual(frame.path.parent, cache)
+            with Image.open(frame.path) as img:
+                self.assertEqual((img.format, img.mode), ("PNG", "RGB"))
+        np.testing.assert_array_equal(load_image(frames[1].path), load_image(self.dir / "b.webp"))
+        self.assertEqual([f.index for f in frames], [0, 1, 2])
+        self.assertEqual(frames[0].size, (32, 24))
+
+
+class BadFramesTest(FrameTestCase):
+    def _make(self):
+        for i in range(4):
+            Image.fromarray(_rgb(seed=i)).save(self.dir / f"f{i}.jpg")
+        good = (self.dir / "f2.jpg").read_bytes()
+        (self.dir / "f2.jpg").write_bytes(good[: len(good) // 3])  # truncated
+        (self.dir / "f3.jpg").write_bytes(b"definitely not a jpeg")
+        return list_image_files(self.dir)
+
+    def test_bad_frame_stops_with_its_name(self):
+        with self.assertRaisesRegex(InputError, r"f2\.jpg.*and 1 more.*--skip-bad-frames"):
+            prepare_frames(self._make(), self.dir / "cache", show_progress=False)
+
+    def test_skip_bad_frames(self):
+        with self.assertLogs("pipeline.frames", "WARNING") as logs:
+            frames = prepare_frames(self._make(), self.dir / "cache", skip_bad_frames=True,
+                                    show_progress=False)
+        self.assertEqual([f.name for f in frames], ["f0.jpg", "f1.jpg"])
+        self.assertEqual(len(logs.records), 2)
+
+    def test_too_few_good_frames(self):
+        paths = self._make()[2:]
+        with self.assertRaisesRegex(InputError, "at least 2"):
+            prepare_frames(paths, self.dir / "cache", skip_bad_frames=True, show_progress=False)
+
+
+class VideoTest(FrameTestCase):
+    def _write_video(self, n=30, fps=30):
+        import av
+
+        path = self.dir / "clip.mp4"
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream("mpeg4", rate=fps)
+            stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+            for i in range(n):
+                arr = np.full((48, 64, 3), i * 8, np.uint8)
+                for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        return path
+
+    def test_extract_at_fps_once(self):
+        video = self._write_video()
+        out = self.dir / "frames"
+        files = extract_video_frames(video, out, fps=10, show_progress=False)
+        self.assertEqual(len(files), 10)  # 1 s of video at 10 fps
+        self.assertEqual(files[0].name, "frame_000000.jpg")
+        brightness = [load_image(f).mean() for f in files]
+        self.assertTrue(all(b2 > b1 for b1, b2 in zip(brightness, brightness[1:])))
+        mtime = files[0].stat().st_mtime_ns
+        again = extract_video_frames(video, out, fps=10, show_progress=False)
+        self.assertEqual(again, files)
+        self.assertEqual(files[0].stat().st_mtime_ns, mtime)  # not decoded again
+
+    def test_all_frames_and_max_frames(self):
+        video = self._write_video(n=12)
+        self.assertEqual(len(extract_video_frames(video, self.dir / "a", show_progress=False)), 12)
+        self.assertEqual(len(extract_video_frames(video, self.dir / "b", max_frames=5,
+                                                  show_progress=False)), 5)
+
+    def test_bad_video(self):
+        with self.assertRaisesRegex(InputError, "does not exist"):
+            extract_video_frames(self.dir / "none.mp4", self.dir / "f")
+        (self.dir / "bad.mp4").write_bytes(b"garbage" * 100)
+        with self.assertRaisesRegex(InputError, "cannot decode video"):
+            extract_video_frames(self.dir / "bad.mp4", self.dir / "f")
+
+
+if __name__ == "__main__":
+    unittest.main()
