@@ -111,6 +111,8 @@ class EndToEndTest(unittest.TestCase):
             rec = pycolmap.Reconstruction(path / "sparse")
             self.assertGreaterEqual(rec.num_reg_images(), 0.9 * info["num_frames"], path)
             self.assertEqual(rec.num_reg_images(), info["num_registered"])
+            first = rec.find_image_with_name(info["registered_frames"][0])
+            np.testing.assert_allclose(first.cam_from_world().matrix(), np.eye(3, 4), atol=1e-9)
             centres = camera_centres(rec)
             names = sorted(centres)
             result = ate(np.array([centres[n] for n in names]),

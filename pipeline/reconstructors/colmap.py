@@ -190,11 +190,12 @@ def _finish(rec: pycolmap.Reconstruction | None, names: list[str], sparse_dir: P
         return WindowResult.failure("COLMAP found no model (too few matches between frames)",
                                     timings=timings, memory=_peak_memory())
     t = time.perf_counter()
+    registered = sorted((rec.images[i].name for i in rec.reg_image_ids()), key=names.index)
+    anchor_to_first_frame(rec, registered[0])
     sparse_dir.mkdir(parents=True, exist_ok=True)
     rec.write(sparse_dir)
     rec.export_PLY(sparse_dir / "points.ply")
     timings["write"] = time.perf_counter() - t
-    registered = sorted((rec.images[i].name for i in rec.reg_image_ids()), key=names.index)
     needed = max(2, math.ceil(options.min_registered_fraction * len(names)))
     result = WindowResult(
         status=STATUS_OK, registered_frames=registered, num_points3D=rec.num_points3D(),
@@ -206,6 +207,15 @@ def _finish(rec: pycolmap.Reconstruction | None, names: list[str], sparse_dir: P
         result.status, result.error = "failed", (
             f"only {len(registered)} of {len(names)} frames registered (need {needed})")
     return result
+
+
+def anchor_to_first_frame(rec: pycolmap.Reconstruction, name: str) -> None:
+    """Move the model's world frame onto the camera of frame ``name`` (its pose becomes identity).
+
+    The scale stays COLMAP's (arbitrary); only rotation and translation change.
+    """
+    pose = rec.find_image_with_name(name).cam_from_world()
+    rec.transform(pycolmap.Sim3d(1.0, pose.rotation, pose.translation))
 
 
 def _copy(options: Any) -> Any:
