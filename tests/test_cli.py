@@ -1,0 +1,90 @@
+"""The command line: flags, help, video input end to end."""
+
+import json
+import subprocess
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.cli import build_parser, config_from_args, main
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = ROOT / "testdata" / "synthetic" / "images"
+
+
+class ParserTest(unittest.TestCase):
+    def test_defaults(self):
+        args = build_parser().parse_args(["--input-dir", "x", "--output-dir", "y"])
+        config = config_from_args(args)
+        self.assertEqual((config.window_size, config.window_stride, config.window_batch_size),
+                         (8, 4, 4))
+        self.assertEqual((config.reconstructor, config.camera_type), ("colmap", "SIMPLE_PINHOLE"))
+        self.assertFalse(config.shared_camera or config.overwrite or config.skip_bad_frames)
+
+    def test_help_explains_every_flag(self):
+        parser = build_parser()
+        for action in parser._actions:
+            self.assertTrue(action.help, f"{action.option_strings} has no help")
+        text = parser.format_help()
+        for flag in ("--input-dir", "--input-video", "--fps", "--window-size", "--window-stride",
+                     "--window-batch-size", "--reconstructor", "--camera-type", "--shared-camera",
+                     "--max-frames", "--overwrite", "--verbose", "--quiet", "--skip-bad-frames"):
+            self.assertIn(flag, text)
+
+    def test_inputs_are_exclusive_and_fps_needs_video(self):
+        with self.assertRaises(SystemExit) as ctx:
+            build_parser().parse_args(["--input-dir", "a", "--input-video", "b",
+                                       "--output-dir", "o"])
+        self.assertEqual(ctx.exception.code, 2)
+        with self.assertRaises(SystemExit):
+            main(["--input-dir", "a", "--fps", "2", "--output-dir", "o"])
+
+    def test_script_runs_as_a_program(self):
+        proc = subprocess.run([sys.executable, str(ROOT / "vae_data_pipeline_batch.py"), "--help"],
+                              capture_output=True, text=True, check=False)
+        self.assertEqual(proc.returncode, 0)
+        self.assertIn("--window-size", proc.stdout)
+
+
+def _write_video(path: Path, frames: list[Path], fps: int) -> None:
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        first = np.asarray(Image.open(frames[0]).convert("RGB"))
+        stream.width, stream.height, stream.pix_fmt = first.shape[1], first.shape[0], "yuv420p"
+        stream.bit_rate = 8_000_000
+        for frame in frames:
+            arr = np.asarray(Image.open(frame).convert("RGB"))
+            for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.mark.slow
+class VideoInputTest(unittest.TestCase):
+    def test_video_end_to_end(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            video, out = Path(tmp) / "clip.mp4", Path(tmp) / "out"
+            _write_video(video, sorted(IMAGES.iterdir())[:16], fps=8)
+            args = ["--input-video", str(video), "--fps", "4", "--output-dir", str(out),
+                    "--window-size", "8", "-q"]
+            self.assertEqual(main(args), 0)
+            extracted = sorted((out / "frames").glob("frame_*.jpg"))
+            self.assertEqual(len(extracted), 8)  # 2 s of video at 4 fps
+            info = json.loads((out / "batch_000" / "window_000" / "window_info.json").read_text())
+            self.assertEqual(info["frames"], [p.name for p in extracted])
+            self.assertGreaterEqual(info["num_registered"], 7)
+            stamp = extracted[0].stat().st_mtime_ns
+            self.assertEqual(main(args), 0)
+            self.assertEqual(extracted[0].stat().st_mtime_ns, stamp)  # frames extracted once
+
+
+if __name__ == "__main__":
+    unittest.main()
