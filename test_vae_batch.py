@@ -105,7 +105,7 @@ class EndToEndTest(unittest.TestCase):
                              sorted(window.items))
 
     def test_windows_register_and_match_ground_truth(self):
-        gt_centres = dict(zip(self.gt.names, self.gt.camera_centres))
+        gt_centres = dict(zip(self.gt.names, self.gt.camera_centers))
         for path in window_dirs(self.out):
             info = window_info(path)
             rec = pycolmap.Reconstruction(path / "sparse")
