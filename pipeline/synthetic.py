@@ -33,7 +33,7 @@ from PIL import Image
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from .geometry import camera_centers
+from .geometry import camera_centers, tum_lines
 
 logger = logging.getLogger(__name__)
 
@@ -523,17 +523,6 @@ CONVENTIONS = {
 """Human-readable conventions, also written into ``ground_truth.json``."""
 
 
-def _tum_lines(cam_from_world: np.ndarray) -> list[str]:
-    """TUM trajectory lines ``i tx ty tz qx qy qz qw`` (world-from-camera) for (N, 3, 4) poses."""
-    centres = camera_centers(cam_from_world)
-    quats = Rotation.from_matrix(np.transpose(cam_from_world[:, :, :3], (0, 2, 1))).as_quat()
-    quats *= np.where(quats[:, 3:] < 0, -1.0, 1.0)
-    lines = ["# timestamp tx ty tz qx qy qz qw (world-from-camera; timestamp = frame index)"]
-    for i, (c, q) in enumerate(zip(centres, quats)):
-        lines.append(f"{i:d} " + " ".join(f"{v:.9f}" for v in (*c, *q)))
-    return lines
-
-
 def write_sequence(seq: SyntheticSequence, out_dir: str | Path) -> Path:
     """Write ``seq`` to ``out_dir``; returns ``out_dir`` as a Path.
 
@@ -552,7 +541,7 @@ def write_sequence(seq: SyntheticSequence, out_dir: str | Path) -> Path:
         depth=seq.depth.astype(np.float16), names=np.array(seq.names), width=w, height=h,
         options_json=options_json,
     )
-    (out / "trajectory_tum.txt").write_text("\n".join(_tum_lines(seq.cam_from_world)) + "\n")
+    (out / "trajectory_tum.txt").write_text("\n".join(tum_lines(range(len(seq.cam_from_world)), seq.cam_from_world)) + "\n")
     summary = {
         "width": w, "height": h, "num_frames": n, "K": seq.K.tolist(), "names": list(seq.names),
         "cam_from_world": np.round(seq.cam_from_world, 12).tolist(), "conventions": CONVENTIONS,

@@ -1,0 +1,651 @@
+"""Evaluating a pipeline output folder against ground-truth camera poses.
+
+``python -m pipeline.evaluate --pred OUT --gt GT [--json PATH] [--align sim3|se3|none]``
+
+For every window ``OUT/batch_XXX/window_YYY/`` whose ``window_info.json`` says ``"status": "ok"``,
+the registered poses of ``sparse/`` are matched to the ground truth by image name and scored
+with the absolute trajectory error (ATE, camera centres, after a Sim(3) alignment by default)
+and the relative pose error (RPE); the merged trajectory ``OUT/merged/trajectory.txt`` is scored
+the same way when present. A table goes to stdout and a JSON report to ``OUT/evaluation.json``.
+
+Conventions: poses are camera-from-world (3, 4) ``[R | t]``, ``x_cam = R x_world + t``, OpenCV
+camera axes (x right, y down, z forward); TUM files hold world-from-camera poses
+(``timestamp tx ty tz qx qy qz qw``: camera centre and orientation). Errors are in ground-truth
+units (metres for 7-Scenes); ``extent`` is the diagonal of the bounding box of the matched
+ground-truth camera centres.
+
+Ground truth formats (detected from the path by :func:`read_ground_truth`):
+
+* synthetic: ``ground_truth.npz`` (or a folder holding it) with ``K`` (3, 3),
+  ``cam_from_world`` (N, 3, 4) and ``names`` (N,);
+* TUM: a trajectory file; frame names come from ``<stem>_names.txt`` or ``names.txt`` beside it
+  (one name a line, same order), otherwise integer timestamps (or, failing that, the row order)
+  are frame indices into the naturally sorted list of the run's frame names;
+* 7-Scenes: a folder of ``frame-NNNNNN.pose.txt`` (4 x 4 camera-to-world) beside
+  ``frame-NNNNNN.color.jpg``; the frame name is the colour image's name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError, PipelineError
+from .geometry import (ALIGN_MODES, ate, camera_centers, invert_pose,
+                       nearest_rotation, quat_xyzw_to_rotmat, rpe)
+
+logger = logging.getLogger(__name__)
+
+EVALUATION_JSON = "evaluation.json"
+"""Default report name inside the output folder."""
+GT_NPZ = "ground_truth.npz"
+"""Synthetic ground-truth file name."""
+MERGED_TRAJECTORY = Path("merged") / "trajectory.txt"
+"""Merged trajectory (TUM, world-from-camera), relative to the output folder."""
+MERGED_NAMES = Path("merged") / "trajectory_names.txt"
+"""Optional frame names of the merged trajectory, one a line, relative to the output folder."""
+TUM_NAMES_FILES = ("{stem}_names.txt", "names.txt")
+"""Names files looked for beside a TUM trajectory, in order."""
+TUM_DEFAULT_FILES = ("trajectory_tum.txt", "groundtruth.txt", "trajectory.txt")
+"""TUM files looked for when the ground-truth path is a folder."""
+
+_BATCH_RE = re.compile(r"^batch_(\d+)$")
+_WINDOW_RE = re.compile(r"^window_(\d+)$")
+_SEVEN_SCENES_POSE = "frame-*.pose.txt"
+MIN_FRAMES = 3
+"""Matched frames needed to align and score a trajectory."""
+
+
+@dataclass(kw_only=True)
+class EvaluateOptions:
+    """How trajectories are scored."""
+
+    align: str = "sim3"
+    """ATE alignment of predicted onto GT centres: ``sim3``, ``se3`` or ``none``. RPE uses the
+    Sim(3) scale when ``sim3``, else scale 1 (metric predictions)."""
+    rpe_delta: int = 1
+    """RPE frame offset, counted in matched frames (in natural name order)."""
+    per_frame: bool = False
+    """Include per-frame ATE errors and frame names in the report."""
+
+
+@dataclass(kw_only=True)
+class GroundTruth:
+    """Ground-truth poses as read from disk."""
+
+    kind: str
+    """``"synthetic"``, ``"tum"`` or ``"7scenes"``."""
+    cam_from_world: np.ndarray
+    """(N, 3, 4) camera-from-world poses."""
+    names: list[str] | None
+    """N frame names, or ``None`` when the source has none (see :attr:`indices`)."""
+    indices: list[int] | None = None
+    """N frame indices (into the sorted frame names of a run) when :attr:`names` is ``None``."""
+    source: Path | None = None
+    """File or folder read."""
+
+    def as_dict(self, frame_names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """``{frame name: (3, 4) pose}``; unnamed poses take ``sorted(frame_names)[index]``.
+
+        Raises:
+            InputError: when the poses have no names and ``frame_names`` is not given.
+        """
+        if self.names is not None:
+            return {n: p for n, p in zip(self.names, self.cam_from_world)}
+        if not frame_names:
+            raise InputError(f"ground truth {self.source} has no frame names: put a names file "
+                             f"beside it ({', '.join(TUM_NAMES_FILES)})")
+        ordered = sorted(frame_names, key=natural_key)
+        out = {ordered[i]: p for i, p in zip(self.indices, self.cam_from_world)
+               if 0 <= i < len(ordered)}
+        logger.debug("matched %d of %d unnamed GT poses by index", len(out), len(self.indices))
+        return out
+
+
+def natural_key(name: str) -> list:
+    """Sort key ordering digit runs by value (``frame_2`` before ``frame_10``)."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+# --------------------------------------------------------------------------------------------
+# Ground truth readers
+# --------------------------------------------------------------------------------------------
+
+def read_ground_truth(path: str | Path) -> GroundTruth:
+    """Read ground truth in any supported format, detected from ``path`` (see module doc).
+
+    Raises:
+        InputError: when ``path`` is missing, unrecognised or malformed.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"ground truth not found: {path}")
+    if path.is_file():
+        return read_synthetic_gt(path) if path.suffix == ".npz" else read_tum_gt(path)
+    if (path / GT_NPZ).is_file():
+        return read_synthetic_gt(path / GT_NPZ)
+    if any(path.glob(_SEVEN_SCENES_POSE)):
+        return read_7scenes_gt(path)
+    for name in TUM_DEFAULT_FILES:
+        if (path / name).is_file():
+            return read_tum_gt(path / name)
+    raise InputError(f"unrecognised ground truth {path}: expected {GT_NPZ} (synthetic), a TUM "
+                     f"trajectory file, or a 7-Scenes folder (frame-NNNNNN.pose.txt)")
+
+
+def load_ground_truth_poses(path: str | Path, *, frame_names: Sequence[str] | None = None
+                            ) -> dict[str, np.ndarray]:
+    """``{frame name: (3, 4) camera-from-world}`` from any supported ground truth.
+
+    ``frame_names`` (the run's frames) names the poses of a TUM file without a names file.
+    """
+    return read_ground_truth(path).as_dict(frame_names)
+
+
+def read_synthetic_gt(npz_path: Path) -> GroundTruth:
+    """The project's synthetic ``ground_truth.npz`` (``cam_from_world``, ``names``; ``K`` and
+    depth are not needed)."""
+    try:
+        with np.load(npz_path, allow_pickle=False) as data:
+            poses = np.asarray(data["cam_from_world"], dtype=float)
+            names = [str(n) for n in data["names"]]
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"cannot read synthetic ground truth {npz_path}: {exc}") from exc
+    if poses.ndim != 3 or poses.shape[1:] != (3, 4) or len(names) != len(poses):
+        raise InputError(f"{npz_path}: expected cam_from_world (N, 3, 4) and N names, got "
+                         f"{poses.shape} and {len(names)} names")
+    return GroundTruth(kind="synthetic", cam_from_world=poses, names=names, source=npz_path)
+
+
+def read_tum_trajectory(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Timestamps (N,) and camera-from-world poses (N, 3, 4) of a TUM file.
+
+    Each non-empty line not starting with ``#`` is ``timestamp tx ty tz qx qy qz qw``
+    (world-from-camera: ``t`` is the camera centre, ``q`` its orientation).
+
+    Raises:
+        InputError: on an unreadable file, a malformed line, or no poses.
+    """
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read TUM trajectory {path}: {exc}") from exc
+    rows = []
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        try:
+            values = [float(v) for v in text.replace(",", " ").split()]
+        except ValueError:
+            values = []
+        if len(values) != 8 or not all(map(math.isfinite, values)):
+            raise InputError(f"{path}:{number}: expected 'timestamp tx ty tz qx qy qz qw'")
+        rows.append(values)
+    if not rows:
+        raise InputError(f"TUM trajectory {path} holds no poses")
+    data = np.array(rows)
+    try:
+        world_rot = quat_xyzw_to_rotmat(data[:, 4:8])
+    except ValueError as exc:
+        raise InputError(f"{path}: {exc}") from exc
+    world_from_cam = np.concatenate([world_rot, data[:, 1:4, None]], axis=2)
+    return data[:, 0], invert_pose(world_from_cam)
+
+
+def read_names_file(path: Path, expected: int) -> list[str]:
+    """Frame names, one a line (blank lines skipped); there must be ``expected`` of them."""
+    try:
+        names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read names file {path}: {exc}") from exc
+    if len(names) != expected:
+        raise InputError(f"{path} lists {len(names)} names for {expected} poses")
+    return names
+
+
+def _frame_indices(timestamps: np.ndarray) -> list[int] | None:
+    """Timestamps as frame indices when they are distinct non-negative integers, else None."""
+    if (timestamps >= 0).all() and (timestamps == np.round(timestamps)).all() \
+            and len(np.unique(timestamps)) == len(timestamps):
+        return [int(t) for t in timestamps]
+    return None
+
+
+def read_tum_gt(path: Path) -> GroundTruth:
+    """A TUM ground-truth file, named by a names file beside it or by frame index."""
+    stamps, poses = read_tum_trajectory(path)
+    for pattern in TUM_NAMES_FILES:
+        names_path = path.with_name(pattern.format(stem=path.stem))
+        if names_path.is_file():
+            names = read_names_file(names_path, len(poses))
+            return GroundTruth(kind="tum", cam_from_world=poses, names=names, source=path)
+    indices = _frame_indices(stamps)
+    if indices is None:
+        logger.info("%s: timestamps are not frame indices; matching frames by row order", path)
+        indices = list(range(len(poses)))
+    return GroundTruth(kind="tum", cam_from_world=poses, names=None, indices=indices, source=path)
+
+
+def _read_7scenes_pose(pose_path: Path) -> np.ndarray | None:
+    """Camera-from-world (3, 4) of one 7-Scenes pose file, None when not finite."""
+    try:
+        m = np.loadtxt(pose_path, dtype=float)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read 7-Scenes pose {pose_path}: {exc}") from exc
+    if m.shape != (4, 4):
+        raise InputError(f"{pose_path}: expected a 4 x 4 matrix, got shape {m.shape}")
+    if not np.isfinite(m).all():
+        logger.warning("skipping %s: pose is not finite", pose_path.name)
+        return None
+    world_from_cam = np.concatenate([nearest_rotation(m[:3, :3]), m[:3, 3:]], axis=1)
+    return invert_pose(world_from_cam)
+
+
+def read_7scenes_gt(folder: Path) -> GroundTruth:
+    """A 7-Scenes sequence folder: ``frame-NNNNNN.pose.txt`` are 4 x 4 camera-to-world (metres).
+
+    Rotations are projected onto the nearest proper rotation (the files are rounded); the frame
+    name is that of the colour image (``frame-NNNNNN.color.jpg``, or ``.png`` when only that
+    exists).
+    """
+    names, poses = [], []
+    for pose_path in sorted(folder.glob(_SEVEN_SCENES_POSE), key=lambda p: natural_key(p.name)):
+        pose = _read_7scenes_pose(pose_path)
+        if pose is None:
+            continue
+        stem = pose_path.name[: -len(".pose.txt")]
+        png = folder / f"{stem}.color.png"
+        names.append(png.name if png.exists() and not (folder / f"{stem}.color.jpg").exists()
+                     else f"{stem}.color.jpg")
+        poses.append(pose)
+    if not poses:
+        raise InputError(f"no usable 7-Scenes poses in {folder}")
+    return GroundTruth(kind="7scenes", cam_from_world=np.stack(poses), names=names, source=folder)
+
+
+# --------------------------------------------------------------------------------------------
+# Pipeline output readers
+# --------------------------------------------------------------------------------------------
+
+@dataclass(kw_only=True)
+class WindowDir:
+    """One ``batch_XXX/window_YYY`` folder of an output."""
+
+    path: Path
+    """The window folder."""
+    batch_index: int
+    """``XXX``."""
+    window_index: int
+    """Global window index (``window_info.json``'s, else ``YYY``)."""
+    info: dict[str, Any] | None
+    """Parsed ``window_info.json``, ``None`` when missing or unreadable."""
+
+
+def find_windows(out_dir: Path) -> list[WindowDir]:
+    """The window folders of an output, ordered by window index (staging folders ignored)."""
+    found = []
+    for batch in sorted(p for p in Path(out_dir).iterdir() if p.is_dir()):
+        b = _BATCH_RE.match(batch.name)
+        if not b:
+            continue
+        for wdir in sorted(p for p in batch.iterdir() if p.is_dir()):
+            w = _WINDOW_RE.match(wdir.name)
+            if not w:
+                continue
+            info = _read_json(wdir / "window_info.json")
+            index = info.get("window_index") if isinstance(info, dict) else None
+            found.append(WindowDir(path=wdir, batch_index=int(b.group(1)), info=info,
+                                   window_index=int(index if index is not None else w.group(1))))
+    return sorted(found, key=lambda w: (w.window_index, w.batch_index))
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def load_window_poses(window_dir: str | Path) -> dict[str, np.ndarray]:
+    """``{image name: (3, 4) camera-from-world}`` of the posed images of ``window_dir/sparse``.
+
+    A model in ``sparse/0`` is used when ``sparse`` itself holds none.
+
+    Raises:
+        InputError: when no COLMAP model can be read.
+    """
+    import pycolmap  # deferred: a heavy import that only this reader needs
+
+    sparse = Path(window_dir) / "sparse"
+    if not any(sparse.glob("images.*")) and (sparse / "0").is_dir():
+        sparse = sparse / "0"
+    try:
+        rec = pycolmap.Reconstruction(str(sparse))
+    except Exception as exc:  # pycolmap raises ValueError/RuntimeError with C++ messages
+        raise InputError(f"cannot read COLMAP model {sparse}: {exc}") from exc
+    return {image.name: np.asarray(image.cam_from_world().matrix(), dtype=float)
+            for _, image in rec.images.items() if image.has_pose}
+
+
+def load_merged_poses(out_dir: Path, frame_names: Sequence[str]) -> dict[str, np.ndarray] | None:
+    """Poses of ``OUT/merged/trajectory.txt`` by frame name, ``None`` when there is no file.
+
+    Names come from ``merged/trajectory_names.txt`` when present, else the timestamps are
+    indices into ``frame_names`` sorted naturally.
+
+    Raises:
+        InputError: on a malformed file, or timestamps that are not valid frame indices.
+    """
+    path = Path(out_dir) / MERGED_TRAJECTORY
+    if not path.is_file():
+        return None
+    stamps, poses = read_tum_trajectory(path)
+    names_path = Path(out_dir) / MERGED_NAMES
+    if names_path.is_file():
+        names = read_names_file(names_path, len(poses))
+    else:
+        indices = _frame_indices(stamps)
+        ordered = sorted(frame_names, key=natural_key)
+        if indices is None or max(indices) >= len(ordered):
+            raise InputError(f"{path}: without {MERGED_NAMES.name}, timestamps must be distinct "
+                             f"frame indices below {len(ordered)} (the run's frame count)")
+        names = [ordered[i] for i in indices]
+    return dict(zip(names, poses))
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring
+# --------------------------------------------------------------------------------------------
+
+def match_names(pred_names: Sequence[str], gt_names: Sequence[str]) -> list[tuple[str, str]]:
+    """Pairs ``(pred name, gt name)`` matched by basename, else by unique basename stem.
+
+    The stem fallback pairs a frame the pipeline converted (``frame_1.png``) with its source
+    (``frame_1.tif``). Pairs are in natural order of the predicted basenames (the frame order).
+    """
+    by_base = {Path(n).name: n for n in gt_names}
+    stems: dict[str, list[str]] = {}
+    for n in gt_names:
+        stems.setdefault(Path(n).stem, []).append(n)
+    pairs = []
+    for name in sorted(pred_names, key=lambda n: natural_key(Path(n).name)):
+        base = Path(name).name
+        if base in by_base:
+            pairs.append((name, by_base[base]))
+        elif len(stems.get(Path(base).stem, ())) == 1:
+            pairs.append((name, stems[Path(base).stem][0]))
+    return pairs
+
+
+def evaluate_poses(pred: Mapping[str, np.ndarray], gt: Mapping[str, np.ndarray], *,
+                   options: EvaluateOptions | None = None) -> dict[str, Any]:
+    """ATE and RPE of named predicted poses against named ground truth.
+
+    Args:
+        pred: ``{frame name: (3, 4) camera-from-world}`` in any world frame and scale.
+        gt: ``{frame name: (3, 4) camera-from-world}``.
+
+    Returns:
+        ``num_pred``, ``num_matched``, ``unmatched`` (predicted names without GT), ``ate``
+        (:meth:`AteResult.to_dict`) and ``rpe`` (:meth:`RpeResult.to_dict`, ``None`` when there
+        are not enough frames for ``rpe_delta``).
+
+    Raises:
+        ValueError: with fewer than :data:`MIN_FRAMES` matches or a degenerate alignment.
+    """
+    options = options or EvaluateOptions()
+    pairs = match_names(list(pred), list(gt))
+    if len(pairs) < MIN_FRAMES:
+        raise ValueError(f"only {len(pairs)} frames match the ground truth (need {MIN_FRAMES})")
+    pred_poses = np.stack([pred[p] for p, _ in pairs])
+    gt_poses = np.stack([gt[g] for _, g in pairs])
+    ate_res = ate(camera_centers(pred_poses), camera_centers(gt_poses), align=options.align)
+    rpe_res = None
+    if options.rpe_delta < len(pairs):
+        scale = ate_res.alignment.scale if options.align == "sim3" else 1.0
+        rpe_res = rpe(pred_poses, gt_poses, delta=options.rpe_delta, scale=scale)
+    matched = {p for p, _ in pairs}
+    out = {"num_pred": len(pred), "num_matched": len(pairs),
+           "unmatched": sorted((n for n in pred if n not in matched), key=natural_key),
+           "ate": ate_res.to_dict(per_frame=options.per_frame),
+           "rpe": rpe_res.to_dict() if rpe_res else None}
+    if options.per_frame:
+        out["frames"] = [p for p, _ in pairs]
+    return out
+
+
+def _evaluate_window(win: WindowDir, out_dir: Path, gt: Mapping[str, np.ndarray],
+                     options: EvaluateOptions) -> dict[str, Any]:
+    """The report entry of one window (never raises for a bad window)."""
+    info = win.info or {}
+    entry = {"window_index": win.window_index, "batch_index": win.batch_index,
+             "path": str(win.path.relative_to(out_dir)), "status": info.get("status", "failed"),
+             "reconstructor": info.get("reconstructor"), "num_frames": len(info.get("frames", [])),
+             "num_registered": None, "error": info.get("error")}
+    if win.info is None:
+        entry["error"] = "missing or unreadable window_info.json"
+    if entry["status"] != "ok":
+        entry["status"] = "failed"
+        return entry
+    try:
+        poses = load_window_poses(win.path)
+        entry["num_registered"] = len(poses)
+        entry.update(evaluate_poses(poses, gt, options=options))
+    except ValueError as exc:  # InputError included
+        entry.update(status="error", error=str(exc))
+        logger.warning("window %d: %s", win.window_index, exc)
+    return entry
+
+
+def _summary(windows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts and aggregate errors over the scored windows."""
+    scored = [w for w in windows if w["status"] == "ok"]
+
+    def agg(values: list[float]) -> dict[str, float] | None:
+        vals = [v for v in values if v is not None]
+        return ({"mean": float(np.mean(vals)), "median": float(np.median(vals)),
+                 "max": float(np.max(vals))} if vals else None)
+
+    return {"windows_total": len(windows), "windows_ok": len(scored),
+            "windows_failed": sum(w["status"] == "failed" for w in windows),
+            "windows_error": sum(w["status"] == "error" for w in windows),
+            "ate_rmse": agg([w["ate"]["rmse"] for w in scored]),
+            "ate_rmse_fraction": agg([w["ate"]["rmse_fraction"] for w in scored]),
+            "rpe_trans_rmse": agg([w["rpe"]["trans"]["rmse"] for w in scored if w["rpe"]]),
+            "rpe_rot_rmse_deg": agg([w["rpe"]["rot_deg"]["rmse"] for w in scored if w["rpe"]])}
+
+
+def evaluate_output(out_dir: str | Path, gt: str | Path | Mapping[str, np.ndarray], *,
+                    options: EvaluateOptions | None = None) -> dict[str, Any]:
+    """Score every window of a pipeline output, and the merged trajectory when present.
+
+    Args:
+        out_dir: The pipeline's output folder (``batch_XXX/window_YYY/`` and maybe ``merged/``).
+        gt: A ground-truth path (any format of :func:`read_ground_truth`) or
+            ``{frame name: (3, 4) camera-from-world}``.
+        options: Scoring options (defaults: Sim(3) ATE, RPE delta 1).
+
+    Returns:
+        A JSON-ready report: ``pred``, ``gt``, ``gt_kind``, ``options``, ``windows`` (one entry
+        per window, ``status`` ``ok``/``failed``/``error``), ``merged`` (or ``None``) and
+        ``summary``.
+
+    Raises:
+        InputError: on a missing or empty output folder, or unusable ground truth.
+    """
+    options = options or EvaluateOptions()
+    if options.align not in ALIGN_MODES:
+        raise InputError(f"align must be one of {ALIGN_MODES}, got {options.align!r}")
+    if options.rpe_delta < 1:
+        raise InputError(f"rpe_delta must be >= 1, got {options.rpe_delta}")
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise InputError(f"output folder not found: {out_dir}")
+    windows = find_windows(out_dir)
+    if not windows and not (out_dir / MERGED_TRAJECTORY).is_file():
+        raise InputError(f"no window folders (batch_XXX/window_YYY) or {MERGED_TRAJECTORY} in "
+                         f"{out_dir}")
+    frame_names = sorted({n for w in windows for n in (w.info or {}).get("frames", [])},
+                         key=natural_key)
+    gt_kind, gt_poses = "mapping", gt
+    if not isinstance(gt, Mapping):
+        truth = read_ground_truth(gt)
+        gt_kind, gt_poses = truth.kind, truth.as_dict(frame_names)
+    report = {"pred": str(out_dir), "gt": str(gt) if gt_kind != "mapping" else None,
+              "gt_kind": gt_kind, "gt_frames": len(gt_poses),
+              "options": {"align": options.align, "rpe_delta": options.rpe_delta},
+              "windows": [_evaluate_window(w, out_dir, gt_poses, options) for w in windows],
+              "merged": _evaluate_merged(out_dir, frame_names, gt_poses, options)}
+    report["summary"] = _summary(report["windows"])
+    return report
+
+
+def _evaluate_merged(out_dir: Path, frame_names: list[str], gt: Mapping[str, np.ndarray],
+                     options: EvaluateOptions) -> dict[str, Any] | None:
+    """The report entry of the merged trajectory, ``None`` when there is none."""
+    poses = load_merged_poses(out_dir, frame_names)
+    if poses is None:
+        return None
+    entry = {"path": str(MERGED_TRAJECTORY), "status": "ok", "num_frames": len(poses),
+             "error": None}
+    try:
+        entry.update(evaluate_poses(poses, gt, options=options))
+    except ValueError as exc:
+        entry.update(status="error", error=str(exc))
+        logger.warning("merged trajectory: %s", exc)
+    return entry
+
+
+# --------------------------------------------------------------------------------------------
+# Report output and command line
+# --------------------------------------------------------------------------------------------
+
+def _fmt(value: Any, spec: str = ".4g") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return format(value, spec) if isinstance(value, float) else str(value)
+
+
+_COLUMNS = ("window", "batch", "status", "frames", "reg", "matched", "ATE rmse", "ATE %ext",
+            "ATE max", "scale", "RPE t rmse", "RPE r deg", "note")
+
+
+def _table_row(label: str, batch: Any, entry: dict[str, Any]) -> list[str]:
+    a, r = entry.get("ate"), entry.get("rpe")
+    frac = a["rmse_fraction"] * 100 if a and a["rmse_fraction"] is not None else None
+    return [label, _fmt(batch), entry["status"], _fmt(entry.get("num_frames")),
+            _fmt(entry.get("num_registered")), _fmt(entry.get("num_matched")),
+            _fmt(a and a["rmse"]), _fmt(frac, ".3g"), _fmt(a and a["max"]),
+            _fmt(a and a["alignment"]["scale"]), _fmt(r and r["trans"]["rmse"]),
+            _fmt(r and r["rot_deg"]["rmse"], ".3g"), (entry.get("error") or "")[:60]]
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as a plain-text table with aligned columns, and a summary line."""
+    rows = [_table_row(f"{w['window_index']:03d}", w["batch_index"], w)
+            for w in report["windows"]]
+    if report.get("merged"):
+        rows.append(_table_row("merged", None, report["merged"]))
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c)
+              for i, c in enumerate(_COLUMNS)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(_COLUMNS, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+    s = report["summary"]
+    ate_mean = s["ate_rmse"]["mean"] if s["ate_rmse"] else None
+    lines.append(f"windows: {s['windows_ok']} scored, {s['windows_failed']} failed, "
+                 f"{s['windows_error']} not scorable, of {s['windows_total']}; "
+                 f"mean ATE rmse {_fmt(ate_mean)} (align {report['options']['align']}, "
+                 f"ground truth: {report['gt_kind']}, {report['gt_frames']} frames)")
+    return "\n".join(lines)
+
+
+def _jsonable(value: Any) -> Any:
+    """Numpy values to Python ones, non-finite floats to ``None``."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_report(report: dict[str, Any], path: str | Path) -> None:
+    """Write the report as JSON (atomically: a temporary file renamed over ``path``)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(_jsonable(report), indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Argument parser whose usage errors are a single line on stderr (exit status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's argument parser."""
+    p = _OneLineParser(prog="python -m pipeline.evaluate",
+                       description="Score a pipeline output folder against ground-truth poses "
+                                   "(ATE after alignment, RPE) per window and for the merged "
+                                   "trajectory.",
+                       epilog="Exit status: 0 evaluated, 2 bad usage or input.")
+    p.add_argument("--pred", required=True, type=Path, help="pipeline output folder (OUT)")
+    p.add_argument("--gt", required=True, type=Path,
+                   help="ground truth: ground_truth.npz or its folder, a TUM file, or a "
+                        "7-Scenes sequence folder")
+    p.add_argument("--json", type=Path, default=None,
+                   help="report path (default: OUT/evaluation.json)")
+    p.add_argument("--align", choices=ALIGN_MODES, default="sim3",
+                   help="ATE alignment of predicted onto GT centres (default: sim3)")
+    p.add_argument("--rpe-delta", type=int, default=1, help="RPE frame offset (default: 1)")
+    p.add_argument("--per-frame", action="store_true", help="per-frame errors in the JSON")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns 0 when evaluated (or ``--help``), 2 on bad usage or
+    input (one ``error:`` line on stderr)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed the usage error (or the help)
+        return exc.code if isinstance(exc.code, int) else 2
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    options = EvaluateOptions(align=args.align, rpe_delta=args.rpe_delta,
+                              per_frame=args.per_frame)
+    try:
+        report = evaluate_output(args.pred, args.gt, options=options)
+        json_path = args.json or args.pred / EVALUATION_JSON
+        write_report(report, json_path)
+    except (PipelineError, ValueError, OSError) as exc:
+        message = " ".join(str(exc).split())
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    print(f"report: {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
