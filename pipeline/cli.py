@@ -1,6 +1,7 @@
 """The command line: ``python vae_data_pipeline_batch.py --input-dir DIR --output-dir OUT``.
 
-Exit codes: 0 every window succeeded; 1 some windows failed (the others are written);
+Exit codes: 0 every window succeeded (and the merge, if asked for); 1 some windows failed (the
+others are written) or the merge failed;
 2 bad usage or input; 130 interrupted.
 """
 
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("output")
     o.add_argument("--images", choices=IMAGE_MODES, default="link", help="what each window's "
                    "images/ holds: absolute symlinks to the frames (default), copies, or nothing")
+    o.add_argument("--merge", action="store_true", help="after the windows, join them into one "
+                   "reconstruction per connected segment in OUT/merged/ (also: python -m "
+                   "pipeline.merge OUT)")
     o.add_argument("--overwrite", action="store_true", help="redo every window, including "
                    "complete ones")
     v = p.add_mutually_exclusive_group()
@@ -89,7 +93,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         reconstructor=args.reconstructor, camera_type=args.camera_type,
         shared_camera=args.shared_camera, max_frames=args.max_frames, overwrite=args.overwrite,
         skip_bad_frames=args.skip_bad_frames, images=args.images, num_workers=args.num_workers,
-        min_registered_fraction=args.min_registered, show_progress=not args.quiet,
+        min_registered_fraction=args.min_registered, merge=args.merge,
+        show_progress=not args.quiet,
         verbose=args.verbose)
 
 
@@ -117,4 +122,4 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_INTERRUPTED
     print(summary.line())
-    return EXIT_WINDOWS_FAILED if summary.count("failed") else EXIT_OK
+    return EXIT_OK if summary.success else EXIT_WINDOWS_FAILED

@@ -49,6 +49,8 @@ class PipelineConfig:
     """Worker processes of the classical reconstructor; default one per window, up to the cores."""
     min_registered_fraction: float = 0.5
     """A window that registers fewer of its frames than this is marked failed."""
+    merge: bool = False
+    """After the windows finish, join them into ``output_dir/merged`` (see ``pipeline.merge``)."""
     show_progress: bool = True
     """Show tqdm progress bars."""
     verbose: bool = False

@@ -340,20 +340,30 @@ def load_window_poses(window_dir: str | Path) -> dict[str, np.ndarray]:
             for _, image in rec.images.items() if image.has_pose}
 
 
-def load_merged_poses(out_dir: Path, frame_names: Sequence[str]) -> dict[str, np.ndarray] | None:
-    """Poses of ``OUT/merged/trajectory.txt`` by frame name, ``None`` when there is no file.
+def merged_segment_dirs(out_dir: Path) -> list[Path]:
+    """Folders holding a merged trajectory: ``OUT/merged`` (one segment) or its
+    ``segment_XXX`` sub-folders (a sequence that merged into several segments)."""
+    merged = Path(out_dir) / MERGED_TRAJECTORY.parent
+    if (merged / MERGED_TRAJECTORY.name).is_file():
+        return [merged]
+    return sorted(p.parent for p in merged.glob(f"segment_*/{MERGED_TRAJECTORY.name}"))
 
-    Names come from ``merged/trajectory_names.txt`` when present, else the timestamps are
+
+def load_merged_poses(segment_dir: Path, frame_names: Sequence[str]
+                      ) -> dict[str, np.ndarray] | None:
+    """Poses of ``segment_dir/trajectory.txt`` by frame name, ``None`` when there is no file.
+
+    Names come from ``trajectory_names.txt`` beside it when present, else the timestamps are
     indices into ``frame_names`` sorted naturally.
 
     Raises:
         InputError: on a malformed file, or timestamps that are not valid frame indices.
     """
-    path = Path(out_dir) / MERGED_TRAJECTORY
+    path = Path(segment_dir) / MERGED_TRAJECTORY.name
     if not path.is_file():
         return None
     stamps, poses = read_tum_trajectory(path)
-    names_path = Path(out_dir) / MERGED_NAMES
+    names_path = Path(segment_dir) / MERGED_NAMES.name
     if names_path.is_file():
         names = read_names_file(names_path, len(poses))
     else:
@@ -514,13 +524,18 @@ def evaluate_output(out_dir: str | Path, gt: str | Path | Mapping[str, np.ndarra
 
 
 def _evaluate_merged(out_dir: Path, frame_names: list[str], gt: Mapping[str, np.ndarray],
-                     options: EvaluateOptions) -> dict[str, Any] | None:
-    """The report entry of the merged trajectory, ``None`` when there is none."""
-    poses = load_merged_poses(out_dir, frame_names)
-    if poses is None:
-        return None
-    entry = {"path": str(MERGED_TRAJECTORY), "status": "ok", "num_frames": len(poses),
-             "error": None}
+                     options: EvaluateOptions) -> list[dict[str, Any]] | None:
+    """One report entry per merged segment, ``None`` when nothing was merged."""
+    entries = [_evaluate_segment(d, out_dir, frame_names, gt, options)
+               for d in merged_segment_dirs(out_dir)]
+    return entries or None
+
+
+def _evaluate_segment(segment_dir: Path, out_dir: Path, frame_names: list[str],
+                      gt: Mapping[str, np.ndarray], options: EvaluateOptions) -> dict[str, Any]:
+    poses = load_merged_poses(segment_dir, frame_names)
+    entry = {"path": str(Path(segment_dir).relative_to(out_dir)), "status": "ok",
+             "num_frames": len(poses), "error": None}
     try:
         entry.update(evaluate_poses(poses, gt, options=options))
     except ValueError as exc:
@@ -557,8 +572,8 @@ def format_report(report: dict[str, Any]) -> str:
     """The report as a plain-text table with aligned columns, and a summary line."""
     rows = [_table_row(f"{w['window_index']:03d}", w["batch_index"], w)
             for w in report["windows"]]
-    if report.get("merged"):
-        rows.append(_table_row("merged", None, report["merged"]))
+    for entry in report.get("merged") or []:
+        rows.append(_table_row(entry["path"], None, entry))
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c)
               for i, c in enumerate(_COLUMNS)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(_COLUMNS, widths)).rstrip()]

@@ -46,6 +46,10 @@ class RunSummary:
     """One record per window (as in ``run.json``), in window order."""
     wall_time: float = 0.0
     """Seconds from start to end."""
+    merge: dict[str, Any] | None = None
+    """The merge report (``merged/merge.json``) when merging was asked for and succeeded."""
+    merge_error: str | None = None
+    """Why merging failed, when it was asked for and failed."""
 
     def count(self, status: str) -> int:
         """Windows whose status is ``status``."""
@@ -56,11 +60,22 @@ class RunSummary:
         """Windows a previous run had completed."""
         return sum(1 for w in self.windows if w.get("skipped"))
 
+    @property
+    def success(self) -> bool:
+        """Every window succeeded, and so did the merge if one was asked for."""
+        return not self.count(STATUS_FAILED) and self.merge_error is None
+
     def line(self) -> str:
         """The one-line summary printed at the end of a run."""
+        merged = ""
+        if self.merge is not None:
+            merged = f" | merged: {len(self.merge['segments'])} segment(s)"
+        elif self.merge_error is not None:
+            merged = " | merge failed"
         return (f"{len(self.windows)} windows: {self.count(STATUS_OK)} ok, "
                 f"{self.count(STATUS_FAILED)} failed ({self.num_skipped} already complete) | "
-                f"{self.num_frames} frames | {self.wall_time:.1f} s | output: {self.output_dir}")
+                f"{self.num_frames} frames | {self.wall_time:.1f} s{merged} | "
+                f"output: {self.output_dir}")
 
 
 def load_frames(config: PipelineConfig) -> list[Frame]:
@@ -289,8 +304,23 @@ def run(config: PipelineConfig) -> RunSummary:
         status = "finished"
     finally:
         manifest.write(status, wall_time=time.perf_counter() - start)
-    return RunSummary(output_dir=out, num_frames=len(frames), windows=manifest.data["windows"],
-                      wall_time=time.perf_counter() - start)
+    summary = RunSummary(output_dir=out, num_frames=len(frames),
+                         windows=manifest.data["windows"])
+    if config.merge:
+        _merge(summary)
+    summary.wall_time = time.perf_counter() - start
+    return summary
+
+
+def _merge(summary: RunSummary) -> None:
+    """Merge the finished windows; a failure is recorded, never loses the windows."""
+    from .merge import merge_output
+
+    try:
+        summary.merge = merge_output(summary.output_dir)
+    except Exception as exc:  # noqa: BLE001 - the windows are written; report and go on
+        logger.error("merging failed: %s", exc)
+        summary.merge_error = f"{type(exc).__name__}: {exc}"
 
 
 def _progress(config: PipelineConfig, total: int, done: int) -> tqdm:

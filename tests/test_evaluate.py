@@ -203,7 +203,8 @@ def test_evaluate_output_end_to_end(output, tmp_path):
         assert w["rpe"]["trans"]["max"] < 1e-9 and w["rpe"]["rot_deg"]["max"] < 1e-6
     failed = report["windows"][2]
     assert failed["status"] == "failed" and failed["error"] == "too few matches"
-    assert report["merged"]["num_matched"] == N and report["merged"]["ate"]["rmse"] < 1e-9
+    [merged] = report["merged"]
+    assert merged["num_matched"] == N and merged["ate"]["rmse"] < 1e-9
     assert report["summary"]["windows_ok"] == 2 and report["summary"]["windows_failed"] == 1
     table = format_report(report).splitlines()
     assert table[0].split()[:3] == ["window", "batch", "status"]
@@ -233,7 +234,7 @@ def test_merged_without_names_uses_sorted_frame_index(output, tmp_path):
               stamps=subset)
     report = evaluate_output(output, write_synthetic_gt(tmp_path / "gt"),
                              options=EvaluateOptions(per_frame=True))
-    merged = report["merged"]
+    [merged] = report["merged"]
     assert merged["frames"] == [NAMES[i] for i in subset]
     assert merged["ate"]["rmse"] < 1e-9
     write_tum(output / "merged" / "trajectory.txt", gt_poses()[:2], stamps=[0.5, 1.5])

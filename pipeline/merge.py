@@ -1,0 +1,515 @@
+"""Joining overlapping windows into one reconstruction per connected segment.
+
+1. Each pair of windows that share registered frames is aligned by a robust Sim(3)
+   (:func:`pipeline.geometry.robust_sim3`: weighted Umeyama with iterative reweighting) from
+   correspondences: the shared frames' camera centres, and 3D points that both windows
+   triangulated from the same keypoint of a shared frame (the same SIFT keypoint found again, or
+   the same pixel of a predicted depth map).
+2. Pairs with too few shared frames, or whose alignment leaves the shared cameras far apart, are
+   not joined. Connected windows form a *segment*; failed windows and weak overlaps split the
+   sequence, and every segment is written and reported separately, never bridged silently.
+3. In a segment, transforms are chained along a spanning tree from its first window (whose world
+   frame, the camera of its first frame, becomes the segment's) and then refined jointly, a
+   Sim(3) pose graph solved with ``scipy.optimize.least_squares``.
+4. Output per segment: ``sparse/`` (one COLMAP model, every frame once, pose averaged over the
+   windows that hold it, points voxel-downsampled), ``trajectory.txt`` (TUM), ``points.ply`` and
+   ``trajectory.png``. One segment goes straight into ``OUT/merged/``; several go into
+   ``OUT/merged/segment_XXX/``. ``OUT/merged/merge.json`` reports segments and pairs.
+
+``python -m pipeline.merge OUT`` merges an existing output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pycolmap
+from scipy.optimize import least_squares
+from scipy.spatial.transform import Rotation
+
+from .errors import InputError, PipelineError
+from .export import read_window_info, write_json
+from .geometry import Sim3, camera_centers, robust_sim3, tum_lines
+
+logger = logging.getLogger(__name__)
+
+MERGED_DIR = "merged"
+
+
+@dataclass(kw_only=True)
+class MergeOptions:
+    """Settings of :func:`merge_output`."""
+
+    min_shared_frames: int = 3
+    """Windows sharing fewer registered frames than this are not joined."""
+    max_camera_error: float = 0.05
+    """A pair is rejected when, after alignment, the shared camera centres differ by more than
+    this fraction of the shared cameras' extent (RMS)."""
+    refine: bool = True
+    """Refine all window transforms jointly after chaining (Sim(3) pose graph)."""
+    voxel_fraction: float = 0.002
+    """Voxel size for downsampling the merged points, as a fraction of their extent (the
+    diagonal of the box holding the central 98% of the points)."""
+
+
+@dataclass(kw_only=True)
+class WindowModel:
+    """One finished window, as the merge sees it (all in the window's own world frame)."""
+
+    index: int
+    """Global window index."""
+    frames: list[str]
+    """Registered frame names, in sequence order."""
+    frame_index: dict[str, int]
+    """Sequence index of each registered frame."""
+    poses: dict[str, np.ndarray]
+    """Camera-from-world (3, 4) pose of each registered frame."""
+    cameras: dict[str, pycolmap.Camera]
+    """Camera (intrinsics) of each registered frame."""
+    points: np.ndarray
+    """(M, 3) 3D points."""
+    colors: np.ndarray
+    """(M, 3) uint8 RGB colours of the points."""
+    scene_scale: float = 1.0
+    """Median distance of the points from the cameras (normalises residuals)."""
+
+
+@dataclass(kw_only=True)
+class PairAlignment:
+    """The Sim(3) taking window ``b``'s world onto window ``a``'s, and how well it fits."""
+
+    a: int
+    b: int
+    sim3: Sim3 | None
+    shared_frames: int
+    correspondences: int = 0
+    inliers: int = 0
+    camera_error: float = float("nan")
+    src: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)), repr=False)
+    dst: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)), repr=False)
+    weights: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    accepted: bool = False
+    reason: str = ""
+
+    def report(self) -> dict[str, Any]:
+        return {"windows": [self.a, self.b], "shared_frames": self.shared_frames,
+                "correspondences": self.correspondences, "inliers": self.inliers,
+                "camera_error": None if np.isnan(self.camera_error) else self.camera_error,
+                "accepted": self.accepted, "reason": self.reason,
+                "scale": None if self.sim3 is None else self.sim3.scale}
+
+
+def load_window_model(window_dir: Path, info: dict[str, Any]) -> WindowModel:
+    """Read a finished window's COLMAP model into a :class:`WindowModel`."""
+    rec = pycolmap.Reconstruction(Path(window_dir) / "sparse")
+    order = {name: info["start_frame"] + i for i, name in enumerate(info["frames"])}
+    point_ids = sorted(rec.point3D_ids())
+    points = np.array([rec.points3D[p].xyz for p in point_ids]).reshape(-1, 3)
+    colors = np.array([rec.points3D[p].color for p in point_ids], dtype=np.uint8).reshape(-1, 3)
+    poses, cameras = {}, {}
+    for image_id in rec.reg_image_ids():
+        image = rec.images[image_id]
+        poses[image.name] = image.cam_from_world().matrix()
+        cameras[image.name] = rec.cameras[image.camera_id]
+    frames = sorted(poses, key=order.__getitem__)
+    centres = camera_centers(np.array([poses[n] for n in frames]))
+    scale = (float(np.median(np.linalg.norm(points[:, None] - centres[None], axis=2)))
+             if len(points) else 1.0)
+    return WindowModel(index=info["window_index"], frames=frames,
+                       frame_index={n: order[n] for n in frames}, poses=poses, cameras=cameras,
+                       points=points, colors=colors,
+                       scene_scale=scale or 1.0)
+
+
+def load_windows(output_dir: Path) -> tuple[list[WindowModel], list[dict[str, Any]]]:
+    """The successful windows of an output folder, and the records of those that failed."""
+    models, failed = [], []
+    infos = [read_window_info(d) for d in Path(output_dir).glob("batch_*/window_*")]
+    for info in sorted((i for i in infos if i), key=lambda i: i["window_index"]):
+        window_dir = Path(output_dir) / info["path"]
+        if info.get("status") != "ok" or not (window_dir / "sparse").is_dir():
+            failed.append({"window": info["window_index"], "error": info.get("error")})
+            continue
+        models.append(load_window_model(window_dir, info))
+    return models, failed
+
+
+def correspondences(a: WindowModel, b: WindowModel,
+                    shared: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """3D-3D pairs (src in ``b``'s world, dst in ``a``'s) from the shared frames' cameras.
+
+    Per shared frame: its camera centre, and the tips of its three camera axes drawn with a
+    length ``L`` (in ``a``'s units; ``L / s0`` in ``b``'s, with ``s0`` the ratio of the shared
+    centres' spreads). The axis tips carry each camera's orientation, so that the rotation is
+    determined even when the shared centres lie on a line. Triangulated points are deliberately
+    not used: with the short baselines of a window, their depth depends on each window's focal
+    length estimate and disagrees between windows by a few percent, far more than the cameras.
+
+    Returns:
+        ``src`` and ``dst``, both ``(4 * len(shared), 3)``.
+    """
+    pa = np.array([a.poses[n] for n in shared])
+    pb = np.array([b.poses[n] for n in shared])
+    ca, cb = camera_centers(pa), camera_centers(pb)
+    spread_a = float(np.sqrt(np.sum((ca - ca.mean(0)) ** 2)))
+    spread_b = float(np.sqrt(np.sum((cb - cb.mean(0)) ** 2)))
+    length_a = max(spread_a, 0.1 * a.scene_scale)
+    length_b = length_a * (spread_b / spread_a if spread_a > 0 and spread_b > 0
+                           else b.scene_scale / a.scene_scale)
+    # rows of R are the camera axes in world coordinates
+    tips_a = ca[:, None] + length_a * pa[:, :, :3]
+    tips_b = cb[:, None] + length_b * pb[:, :, :3]
+    return (np.concatenate([cb, tips_b.reshape(-1, 3)]),
+            np.concatenate([ca, tips_a.reshape(-1, 3)]))
+
+
+def overlapping_pairs(models: Sequence[WindowModel]) -> list[tuple[WindowModel, WindowModel]]:
+    """Pairs of windows (in window order) that share at least one registered frame."""
+    pairs = []
+    for i, a in enumerate(models):
+        last = max(a.frame_index.values())
+        for b in models[i + 1:]:
+            if min(b.frame_index.values()) > last:
+                break
+            if a.frame_index.keys() & b.frame_index.keys():
+                pairs.append((a, b))
+    return pairs
+
+
+def align_pair(a: WindowModel, b: WindowModel, options: MergeOptions) -> PairAlignment:
+    """Estimate the Sim(3) from ``b``'s world to ``a``'s and judge whether to trust it."""
+    shared = [n for n in a.frames if n in b.poses]
+    pair = PairAlignment(a=a.index, b=b.index, sim3=None, shared_frames=len(shared))
+    if len(shared) < options.min_shared_frames:
+        pair.reason = f"{len(shared)} shared registered frames (< {options.min_shared_frames})"
+        return pair
+    src, dst = correspondences(a, b, shared)
+    try:
+        fit = robust_sim3(src, dst, loss="cauchy")
+    except ValueError as exc:
+        pair.reason = f"alignment failed: {exc}"
+        return pair
+    n = len(shared)
+    cam_res = fit.residuals[:n]
+    extent = np.linalg.norm(np.ptp(dst[:n], axis=0)) or a.scene_scale
+    pair.sim3, pair.src, pair.dst, pair.weights = fit.sim3, src, dst, fit.weights
+    pair.correspondences, pair.inliers = len(src), int(fit.inliers.sum())
+    pair.camera_error = float(np.sqrt(np.mean(cam_res ** 2)) / extent)
+    pair.accepted = pair.camera_error <= options.max_camera_error
+    if not pair.accepted:
+        pair.reason = (f"shared cameras differ by {100 * pair.camera_error:.1f}% of their extent "
+                       f"after alignment (> {100 * options.max_camera_error:.1f}%)")
+    return pair
+
+
+def find_segments(models: Sequence[WindowModel],
+                  pairs: Sequence[PairAlignment]) -> list[list[int]]:
+    """Connected groups of windows (by accepted pairs), each sorted, in window order."""
+    parent = {m.index: m.index for m in models}
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for pair in pairs:
+        if pair.accepted:
+            parent[root(pair.b)] = root(pair.a)
+    groups: dict[int, list[int]] = {}
+    for m in models:
+        groups.setdefault(root(m.index), []).append(m.index)
+    return sorted((sorted(g) for g in groups.values()), key=lambda g: g[0])
+
+
+def chain_transforms(segment: Sequence[int], pairs: Sequence[PairAlignment]) -> dict[int, Sim3]:
+    """Window-to-segment transforms along a breadth-first spanning tree from ``segment[0]``."""
+    edges: dict[int, list[tuple[int, Sim3]]] = {i: [] for i in segment}
+    for pair in pairs:
+        if pair.accepted and pair.a in edges and pair.b in edges:
+            edges[pair.a].append((pair.b, pair.sim3))            # b -> a
+            edges[pair.b].append((pair.a, pair.sim3.inverse()))  # a -> b
+    transforms = {segment[0]: Sim3.identity()}
+    queue = [segment[0]]
+    while queue:
+        current = queue.pop(0)
+        for neighbour, neighbour_to_current in sorted(edges[current], key=lambda e: e[0]):
+            if neighbour not in transforms:
+                transforms[neighbour] = transforms[current].compose(neighbour_to_current)
+                queue.append(neighbour)
+    return transforms
+
+
+def _pack(sim: Sim3) -> np.ndarray:
+    return np.concatenate([Rotation.from_matrix(sim.rotation).as_rotvec(), [np.log(sim.scale)],
+                           sim.translation])
+
+
+def _matrix(x: np.ndarray) -> np.ndarray:
+    """(4, 4) matrix of packed Sim(3) parameters (rotation vector, log scale, translation)."""
+    m = np.eye(4)
+    m[:3, :3] = np.exp(x[3]) * Rotation.from_rotvec(x[:3]).as_matrix()
+    m[:3, 3] = x[4:7]
+    return m
+
+
+def _unpack(x: np.ndarray) -> Sim3:
+    return Sim3(scale=float(np.exp(x[3])), rotation=Rotation.from_rotvec(x[:3]).as_matrix(),
+                translation=x[4:7])
+
+
+def _jacobian_sparsity(pairs: Sequence[PairAlignment], slot: dict[int, int]):
+    """Which parameters each residual depends on: the 7 of window ``a`` and of window ``b``."""
+    from scipy.sparse import lil_matrix
+
+    rows = sum(3 * len(p.src) for p in pairs)
+    pattern = lil_matrix((rows, 7 * len(slot)), dtype=np.int8)
+    row = 0
+    for p in pairs:
+        n = 3 * len(p.src)
+        for w in (p.a, p.b):
+            if w in slot:
+                pattern[row:row + n, 7 * slot[w]:7 * slot[w] + 7] = 1
+        row += n
+    return pattern
+
+
+def refine_transforms(segment: Sequence[int], transforms: dict[int, Sim3],
+                      pairs: Sequence[PairAlignment],
+                      scales: dict[int, float]) -> dict[int, Sim3]:
+    """Jointly refine window transforms: a Sim(3) pose graph over the pairs' correspondences.
+
+    Each pair contributes, per correspondence, ``(T_a^-1 T_b)(x_b) - x_a`` in window ``a``'s
+    units divided by its scene scale, with the pair's robust weights and a soft-L1 loss. The
+    first window stays fixed (gauge). Returns the refined transforms.
+    """
+    free = list(segment[1:])
+    used = [p for p in pairs if p.accepted and p.a in transforms and p.b in transforms]
+    if not free or len(used) < len(segment):  # a tree: chaining is already optimal
+        return transforms
+    slot = {w: i for i, w in enumerate(free)}
+    fixed = {w: transforms[w].as_matrix() for w in segment if w not in slot}
+    src = [np.c_[p.src, np.ones(len(p.src))] for p in used]  # homogeneous (n, 4)
+    sqrt_w = [np.sqrt(p.weights)[:, None] / scales[p.a] for p in used]
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        mats = {**fixed, **{w: _matrix(x[7 * i:7 * i + 7]) for w, i in slot.items()}}
+        out = [(((np.linalg.inv(mats[p.a]) @ mats[p.b]) @ s.T).T[:, :3] - p.dst) * w
+               for p, s, w in zip(used, src, sqrt_w)]
+        return np.concatenate(out).ravel()
+
+    x0 = np.concatenate([_pack(transforms[w]) for w in free])
+    sol = least_squares(residuals, x0, loss="soft_l1", f_scale=0.01, max_nfev=100,
+                        jac_sparsity=_jacobian_sparsity(used, slot), ftol=1e-6, xtol=1e-8)
+    logger.info("pose graph: %d windows, %d pairs, cost %.3g -> %.3g in %d evaluations",
+                len(segment), len(used), 0.5 * np.sum(residuals(x0) ** 2), sol.cost, sol.nfev)
+    refined = {w: _unpack(sol.x[7 * i:7 * i + 7]) for w, i in slot.items()}
+    return {w: refined.get(w, transforms[w]) for w in segment}
+
+
+def average_poses(poses: Sequence[np.ndarray]) -> np.ndarray:
+    """Mean of camera-from-world poses: chordal mean orientation, mean camera centre."""
+    poses = np.asarray(poses)
+    rotation = Rotation.from_matrix(poses[:, :, :3]).mean().as_matrix()
+    centre = camera_centers(poses).mean(axis=0)
+    return np.concatenate([rotation, (-rotation @ centre)[:, None]], axis=1)
+
+
+def voxel_downsample(points: np.ndarray, colors: np.ndarray,
+                     fraction: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """One point per occupied voxel (mean position and colour); returns points, colours, size."""
+    if len(points) == 0:
+        return points, colors, 0.0
+    lo, hi = np.percentile(points, [1, 99], axis=0)
+    size = float(np.linalg.norm(hi - lo)) * fraction
+    if size <= 0:
+        return points, colors, 0.0
+    keys = np.floor((points - lo) / size).astype(np.int64)
+    _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    inverse = inverse.ravel()
+    sums = np.zeros((len(counts), 3))
+    np.add.at(sums, inverse, points)
+    csum = np.zeros((len(counts), 3))
+    np.add.at(csum, inverse, colors.astype(np.float64))
+    return sums / counts[:, None], np.round(csum / counts[:, None]).astype(np.uint8), size
+
+
+@dataclass(kw_only=True)
+class Segment:
+    """One merged, connected part of the sequence, in the world frame of its first window."""
+
+    windows: list[int]
+    """Window indices joined in this segment."""
+    names: list[str]
+    """Frame names, in sequence order, each once."""
+    frame_index: list[int]
+    """Sequence index of each frame."""
+    poses: np.ndarray
+    """(N, 3, 4) camera-from-world poses."""
+    cameras: list[pycolmap.Camera]
+    """Camera of each frame."""
+    points: np.ndarray
+    """(M, 3) voxel-downsampled points."""
+    colors: np.ndarray
+    """(M, 3) uint8 colours."""
+    voxel_size: float = 0.0
+    """Voxel edge used for downsampling (segment units)."""
+
+
+def build_segment(models: dict[int, WindowModel], transforms: dict[int, Sim3],
+                  options: MergeOptions) -> Segment:
+    """Frames (each once, pose averaged over its windows) and points of one segment."""
+    per_frame: dict[str, list[np.ndarray]] = {}
+    camera, index = {}, {}
+    for w, sim in sorted(transforms.items()):
+        model = models[w]
+        for name in model.frames:
+            per_frame.setdefault(name, []).append(sim.transform_poses(model.poses[name]))
+            camera.setdefault(name, model.cameras[name])
+            index[name] = model.frame_index[name]
+    names = sorted(per_frame, key=index.__getitem__)
+    points = np.concatenate([transforms[w].apply(models[w].points) for w in sorted(transforms)])
+    colors = np.concatenate([models[w].colors for w in sorted(transforms)])
+    points, colors, voxel = voxel_downsample(points, colors, options.voxel_fraction)
+    return Segment(windows=sorted(transforms), names=names, frame_index=[index[n] for n in names],
+                   poses=np.array([average_poses(per_frame[n]) for n in names]),
+                   cameras=[camera[n] for n in names], points=points, colors=colors,
+                   voxel_size=voxel)
+
+
+def segment_reconstruction(segment: Segment) -> pycolmap.Reconstruction:
+    """A COLMAP model of the segment: one camera and image per frame, points without tracks."""
+    rec = pycolmap.Reconstruction()
+    for i, (name, pose, cam) in enumerate(zip(segment.names, segment.poses, segment.cameras)):
+        camera = pycolmap.Camera(model=cam.model_name, width=cam.width, height=cam.height,
+                                 params=cam.params, camera_id=i + 1)
+        rec.add_camera_with_trivial_rig(camera)
+        image = pycolmap.Image(name=name, keypoints=np.zeros((0, 2)), camera_id=i + 1,
+                               image_id=i + 1)
+        rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(pose))
+    for xyz, rgb in zip(segment.points, segment.colors):
+        rec.add_point3D(xyz, pycolmap.Track(), rgb)
+    return rec
+
+
+def write_segment(segment: Segment, out_dir: Path) -> None:
+    """``sparse/``, ``points.ply``, ``trajectory.txt`` (+ names) and ``trajectory.png``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rec = segment_reconstruction(segment)
+    (out_dir / "sparse").mkdir(exist_ok=True)
+    rec.write(out_dir / "sparse")
+    rec.export_PLY(out_dir / "points.ply")
+    (out_dir / "trajectory.txt").write_text(
+        "\n".join(tum_lines(segment.frame_index, segment.poses)) + "\n")
+    (out_dir / "trajectory_names.txt").write_text("\n".join(segment.names) + "\n")
+    plot_trajectory([camera_centers(segment.poses)], out_dir / "trajectory.png")
+
+
+def plot_trajectory(paths: Sequence[np.ndarray], png: Path, size: int = 640) -> None:
+    """A top-down picture of camera paths: the plane of their two main directions, drawn with
+    Pillow; start marked green, end red, each path in its own colour."""
+    from PIL import Image, ImageDraw
+
+    allpts = np.concatenate(paths)
+    mean = allpts.mean(axis=0)
+    axes = np.linalg.svd(allpts - mean, full_matrices=False)[2][:2] if len(allpts) > 2 else np.eye(3)[:2]
+    flat = [(p - mean) @ axes.T for p in paths]
+    lo, hi = np.concatenate(flat).min(axis=0), np.concatenate(flat).max(axis=0)
+    scale = (size - 40) / max(float(np.max(hi - lo)), 1e-12)
+    lo = lo - ((size - 40) / scale - (hi - lo)) / 2  # centre the drawing
+    img = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(img)
+    palette = [(31, 119, 180), (255, 127, 14), (148, 103, 189), (140, 86, 75), (23, 190, 207)]
+    for i, p in enumerate(flat):
+        xy = [(20 + (x - lo[0]) * scale, size - 20 - (y - lo[1]) * scale) for x, y in p]
+        draw.line(xy, fill=palette[i % len(palette)], width=2)
+        for point, colour in ((xy[0], (44, 160, 44)), (xy[-1], (214, 39, 40))):
+            draw.ellipse([point[0] - 4, point[1] - 4, point[0] + 4, point[1] + 4], fill=colour)
+    img.save(png)
+
+
+def merge_output(output_dir: Path, options: MergeOptions | None = None) -> dict[str, Any]:
+    """Merge the finished windows of ``output_dir`` into ``output_dir/merged``.
+
+    Returns:
+        The report also written to ``merged/merge.json``.
+
+    Raises:
+        InputError: the folder holds no successful window.
+    """
+    options = options or MergeOptions()
+    output_dir = Path(output_dir)
+    models, failed = load_windows(output_dir)
+    if not models:
+        raise InputError(f"no successful windows to merge in {output_dir}")
+    pairs = [align_pair(a, b, options) for a, b in overlapping_pairs(models)]
+    by_index = {m.index: m for m in models}
+    scales = {m.index: m.scene_scale for m in models}
+    segments = find_segments(models, pairs)
+    merged = output_dir / MERGED_DIR
+    shutil.rmtree(merged, ignore_errors=True)
+    report: dict[str, Any] = {"failed_windows": failed, "pairs": [p.report() for p in pairs],
+                              "segments": []}
+    for k, windows in enumerate(segments):
+        transforms = chain_transforms(windows, pairs)
+        if options.refine:
+            transforms = refine_transforms(windows, transforms, pairs, scales)
+        segment = build_segment(by_index, transforms, options)
+        folder = merged if len(segments) == 1 else merged / f"segment_{k:03d}"
+        write_segment(segment, folder)
+        report["segments"].append({
+            "path": str(folder.relative_to(output_dir)), "windows": windows,
+            "frames": len(segment.names), "first_frame": segment.names[0],
+            "last_frame": segment.names[-1], "points": len(segment.points),
+            "voxel_size": segment.voxel_size})
+    if len(segments) > 1:
+        logger.warning("the windows form %d separate segments (failed windows or weak overlaps); "
+                       "each is written to %s/segment_XXX", len(segments), merged)
+    write_json(merged / "merge.json", report)
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m pipeline.merge OUT``: merge an existing output folder; exit 0, or 2 on error."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline.merge",
+                                     description="Join the windows of a pipeline output folder "
+                                     "into one reconstruction per connected segment "
+                                     "(OUT/merged/).")
+    parser.add_argument("output_dir", type=Path, help="a pipeline output folder")
+    parser.add_argument("--min-shared-frames", type=int, default=3,
+                        help="windows sharing fewer registered frames are not joined (default 3)")
+    parser.add_argument("--max-camera-error", type=float, default=0.05,
+                        help="reject a pair whose shared cameras disagree by more than this "
+                        "fraction of their extent after alignment (default 0.05)")
+    parser.add_argument("--voxel-fraction", type=float, default=0.002,
+                        help="voxel size of the merged points, as a fraction of their extent")
+    parser.add_argument("--no-refine", action="store_true",
+                        help="skip the joint pose-graph refinement after chaining")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    options = MergeOptions(min_shared_frames=args.min_shared_frames,
+                           max_camera_error=args.max_camera_error,
+                           voxel_fraction=args.voxel_fraction, refine=not args.no_refine)
+    try:
+        if not args.output_dir.is_dir():
+            raise InputError(f"not a folder: {args.output_dir}")
+        report = merge_output(args.output_dir, options)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for seg in report["segments"]:
+        print(f"{seg['path']}: windows {seg['windows'][0]}-{seg['windows'][-1]}, "
+              f"{seg['frames']} frames, {seg['points']} points")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

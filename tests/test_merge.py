@@ -1,0 +1,197 @@
+"""Joining windows: known Sim(3) frames are undone, gaps split segments, outputs are valid."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import unittest
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+import pytest
+from scipy.spatial.transform import Rotation
+
+from pipeline.evaluate import evaluate_output
+from pipeline.export import write_json
+from pipeline.geometry import Sim3, ate, camera_centers
+from pipeline.merge import MergeOptions, main, merge_output
+from pipeline.synthetic import RenderOptions, camera_path, intrinsics
+from pipeline.windows import create_windows
+
+N_FRAMES = 60
+NAMES = [f"frame_{i:03d}.png" for i in range(N_FRAMES)]
+GT = camera_path(RenderOptions(num_frames=N_FRAMES, path="loop"))
+K = intrinsics(320, 240, 60.0)
+
+
+def random_sim3(rng: np.random.Generator) -> Sim3:
+    return Sim3(scale=float(rng.uniform(0.3, 3.0)),
+                rotation=Rotation.random(random_state=rng.integers(1 << 31)).as_matrix(),
+                translation=rng.normal(0, 5, 3))
+
+
+def noisy(poses: np.ndarray, rng: np.random.Generator, rot_deg: float, trans: float) -> np.ndarray:
+    """Poses with their orientation turned by ~rot_deg and their centre moved by ~trans."""
+    out = poses.copy()
+    for pose, centre in zip(out, camera_centers(poses)):
+        turn = Rotation.from_rotvec(rng.normal(0, np.radians(rot_deg), 3)).as_matrix()
+        pose[:, :3] = turn @ pose[:, :3]
+        pose[:, 3] = -pose[:, :3] @ (centre + rng.normal(0, trans, 3))
+    return out
+
+
+def write_window(out: Path, window, poses: np.ndarray, points: np.ndarray,
+                 status: str = "ok") -> None:
+    """A window folder as the pipeline writes it: sparse/ and window_info.json."""
+    folder = out / window.relative_dir
+    (folder / "sparse").mkdir(parents=True)
+    rec = pycolmap.Reconstruction()
+    for i, (name, pose) in enumerate(zip(window.items, poses)):
+        cam = pycolmap.Camera(model="PINHOLE", width=320, height=240, camera_id=i + 1,
+                              params=[K[0, 0], K[1, 1], K[0, 2], K[1, 2]])
+        rec.add_camera_with_trivial_rig(cam)
+        image = pycolmap.Image(name=name, keypoints=np.zeros((0, 2)), camera_id=i + 1,
+                               image_id=i + 1)
+        rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(pose))
+    for xyz in points:
+        rec.add_point3D(xyz, pycolmap.Track(), np.array([200, 100, 50], np.uint8))
+    rec.write(folder / "sparse")
+    write_json(folder / "window_info.json", {
+        "window_index": window.index, "path": str(window.relative_dir), "status": status,
+        "error": None if status == "ok" else "forced", "start_frame": window.start,
+        "frames": list(window.items), "num_frames": len(window)})
+
+
+def make_output(out: Path, *, stride: int = 4, failed=(), garbage=(), seed: int = 0,
+                rot_deg: float = 0.02, trans: float = 0.001) -> None:
+    """Windows of the loop, each in its own random Sim(3) world with a little pose noise."""
+    rng = np.random.default_rng(seed)
+    world_points = rng.uniform([-4, -4, 0], [4, 4, 3], (200, 3))
+    for window in create_windows(NAMES, 8, stride):
+        frames = [NAMES.index(n) for n in window.items]
+        sim = random_sim3(rng)
+        poses = noisy(sim.transform_poses(GT[frames]), rng, rot_deg, trans * sim.scale)
+        if window.index in garbage:
+            poses = noisy(poses, rng, 30.0, 2.0 * sim.scale)
+        status = "failed" if window.index in failed else "ok"
+        write_window(out, window, poses, sim.apply(world_points), status)
+
+
+def merged_ate(folder: Path) -> tuple[float, int]:
+    rec = pycolmap.Reconstruction(folder / "sparse")
+    names = [rec.images[i].name for i in sorted(rec.images)]
+    pred = np.array([rec.images[i].projection_center() for i in sorted(rec.images)])
+    gt = camera_centers(GT[[NAMES.index(n) for n in names]])
+    return ate(pred, gt).rmse_fraction, len(names)
+
+
+class MergeTest(unittest.TestCase):
+    def setUp(self):
+        self._tmp = tempfile.TemporaryDirectory()
+        self.out = Path(self._tmp.name)
+
+    def tearDown(self):
+        self._tmp.cleanup()
+
+    def test_windows_in_random_frames_merge_into_the_true_trajectory(self):
+        make_output(self.out)
+        report = merge_output(self.out)
+        merged = self.out / "merged"
+        self.assertEqual(len(report["segments"]), 1)
+        fraction, count = merged_ate(merged)
+        self.assertEqual(count, N_FRAMES)  # every frame once
+        self.assertLess(fraction, 0.005)
+        self.assertTrue(all(p["accepted"] for p in report["pairs"]))
+        lines = [l for l in (merged / "trajectory.txt").read_text().splitlines()
+                 if not l.startswith("#")]
+        self.assertEqual(len(lines), N_FRAMES)
+        self.assertEqual((merged / "trajectory_names.txt").read_text().split(), NAMES)
+        self.assertGreater((merged / "points.ply").stat().st_size, 100)
+        self.assertEqual((merged / "trajectory.png").read_bytes()[:4], b"\x89PNG")
+        self.assertEqual(json.loads((merged / "merge.json").read_text()), json.loads(
+            json.dumps(report)))
+        # the evaluator reads the merged trajectory (TUM + names) as written
+        gt = {n: GT[i] for i, n in enumerate(NAMES)}
+        [entry] = evaluate_output(self.out, gt)["merged"]
+        self.assertLess(entry["ate"]["rmse_fraction"], 0.005)
+
+    def test_merged_world_is_the_first_windows_world(self):
+        make_output(self.out, rot_deg=0.0, trans=0.0)
+        merge_output(self.out)
+        rec = pycolmap.Reconstruction(self.out / "merged" / "sparse")
+        first = json.loads((self.out / "batch_000/window_000/window_info.json").read_text())
+        window_rec = pycolmap.Reconstruction(self.out / "batch_000/window_000/sparse")
+        name = first["frames"][0]
+        np.testing.assert_allclose(rec.find_image_with_name(name).cam_from_world().matrix(),
+                                   window_rec.find_image_with_name(name).cam_from_world().matrix(),
+                                   atol=1e-6)
+
+    def test_failed_window_splits_into_two_segments(self):
+        make_output(self.out, failed={6})
+        report = merge_output(self.out)
+        self.assertEqual([s["windows"] for s in report["segments"]],
+                         [list(range(6)), list(range(7, 14))])
+        self.assertEqual(report["failed_windows"][0]["window"], 6)
+        self.assertFalse((self.out / "merged" / "sparse").exists())
+        for k in range(2):
+            fraction, _ = merged_ate(self.out / "merged" / f"segment_{k:03d}")
+            self.assertLess(fraction, 0.005)
+
+    def test_inconsistent_window_is_not_bridged(self):
+        make_output(self.out, garbage={5})
+        report = merge_output(self.out)
+        rejected = [p for p in report["pairs"] if not p["accepted"]]
+        self.assertTrue(rejected)
+        self.assertTrue(all(5 in p["windows"] for p in rejected))
+        self.assertGreaterEqual(len(report["segments"]), 2)
+        for segment in report["segments"]:
+            if 5 not in segment["windows"]:
+                fraction, _ = merged_ate(self.out / segment["path"])
+                self.assertLess(fraction, 0.005)
+
+    def test_pose_graph_refinement_with_cycles(self):
+        make_output(self.out, stride=2, rot_deg=0.1, trans=0.005)
+        merge_output(self.out, MergeOptions(refine=False))
+        chained, _ = merged_ate(self.out / "merged")
+        merge_output(self.out, MergeOptions(refine=True))
+        refined, count = merged_ate(self.out / "merged")
+        self.assertEqual(count, N_FRAMES)
+        self.assertLess(refined, 0.01)
+        self.assertLess(refined, 0.9 * chained)  # the cycles of the graph are used
+
+    def test_cli(self):
+        make_output(self.out)
+        self.assertEqual(main([str(self.out)]), 0)
+        self.assertTrue((self.out / "merged" / "sparse" / "images.bin").exists())
+        empty = self.out / "empty"
+        empty.mkdir()
+        self.assertEqual(main([str(empty)]), 2)
+        self.assertEqual(main([str(self.out / "missing")]), 2)
+
+
+@pytest.mark.slow
+class LongSequenceTest(unittest.TestCase):
+    """The real pipeline on a rendered 120-frame loop, merged, against ground truth."""
+
+    def test_merge_long_loop(self):
+        from pipeline.config import PipelineConfig
+        from pipeline.runner import run
+        from pipeline.synthetic import render_sequence, write_sequence
+
+        with tempfile.TemporaryDirectory() as tmp:
+            data = write_sequence(render_sequence(RenderOptions(num_frames=120, path="loop")),
+                                  Path(tmp) / "seq")
+            out = Path(tmp) / "out"
+            summary = run(PipelineConfig(input_dir=data / "images", output_dir=out, merge=True,
+                                         show_progress=False))
+            self.assertTrue(summary.success, summary.line())
+            self.assertEqual(len(summary.merge["segments"]), 1)
+            report = evaluate_output(out, data)
+            [merged] = report["merged"]
+            self.assertGreaterEqual(merged["num_matched"], 114)
+            self.assertLessEqual(merged["ate"]["rmse_fraction"], 0.01)
+
+
+if __name__ == "__main__":
+    unittest.main()
