@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "bmp, tif), ordered by natural sort (frame_2 before frame_10)")
     src.add_argument("--input-video", type=Path, help="a video file; its frames are extracted "
                      "once (PyAV) into OUT/frames/")
+    p.add_argument("--frame-pattern", metavar="GLOB", help="with --input-dir: only file names "
+                   "matching this glob, e.g. '*.color.jpg' (default: every image)")
     p.add_argument("--fps", type=float, help="with --input-video: frames per second of video to "
                    "extract (default: every frame)")
     p.add_argument("--output-dir", type=Path, required=True, help="output folder (created)")
@@ -87,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     """Map parsed flags to the run configuration."""
     return PipelineConfig(
-        input_dir=args.input_dir, input_video=args.input_video, fps=args.fps,
+        input_dir=args.input_dir, frame_pattern=args.frame_pattern,
+        input_video=args.input_video, fps=args.fps,
         output_dir=args.output_dir, window_size=args.window_size,
         window_stride=args.window_stride, window_batch_size=args.window_batch_size,
         reconstructor=args.reconstructor, camera_type=args.camera_type,
@@ -104,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.fps is not None and args.input_video is None:
         parser.error("--fps applies only to --input-video")
+    if args.frame_pattern is not None and args.input_dir is None:
+        parser.error("--frame-pattern applies only to --input-dir")
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")

@@ -21,6 +21,8 @@ class PipelineConfig:
     """Folder that receives ``run.json`` and one folder per window."""
     input_dir: Path | None = None
     """Folder of frames (jpg, jpeg, png, webp, bmp, tif), ordered by natural sort."""
+    frame_pattern: str | None = None
+    """Only files of ``input_dir`` whose names match this glob, e.g. ``"*.color.jpg"``."""
     input_video: Path | None = None
     """A video to decode (with PyAV) into ``output_dir/frames/`` instead of ``input_dir``."""
     fps: float | None = None

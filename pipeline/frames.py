@@ -9,6 +9,7 @@ PNG in the run's frame cache (``OUTPUT/frames/``); the others are used in place.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import os
@@ -63,8 +64,12 @@ def natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
 
 
-def list_image_files(input_dir: Path) -> list[Path]:
+def list_image_files(input_dir: Path, pattern: str | None = None) -> list[Path]:
     """The image files directly inside ``input_dir``, in natural order.
+
+    Args:
+        input_dir: The folder of frames.
+        pattern: Only names matching this glob (e.g. ``"*.color.jpg"``), when given.
 
     Raises:
         InputError: the folder is missing, not a folder, or holds no image.
@@ -74,11 +79,11 @@ def list_image_files(input_dir: Path) -> list[Path]:
         raise InputError(f"input folder does not exist: {input_dir}")
     if not input_dir.is_dir():
         raise InputError(f"input path is not a folder: {input_dir}")
-    paths = [p for p in input_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    paths = [p for p in input_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+             and (pattern is None or fnmatch.fnmatch(p.name, pattern))]
     if not paths:
-        raise InputError(
-            f"no images in {input_dir} (looked for {', '.join(IMAGE_EXTENSIONS)})"
-        )
+        wanted = pattern or ", ".join(IMAGE_EXTENSIONS)
+        raise InputError(f"no images in {input_dir} (looked for {wanted})")
     return sorted(paths, key=lambda p: natural_key(p.name))
 
 

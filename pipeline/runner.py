@@ -86,7 +86,7 @@ def load_frames(config: PipelineConfig) -> list[Frame]:
                                      max_frames=config.max_frames,
                                      show_progress=config.show_progress)
     elif config.input_dir is not None:
-        paths = list_image_files(config.input_dir)
+        paths = list_image_files(config.input_dir, config.frame_pattern)
     else:
         raise InputError("give an input: --input-dir DIR or --input-video PATH")
     if config.max_frames is not None:

@@ -39,6 +39,14 @@ class OrderingTest(FrameTestCase):
             Image.fromarray(_rgb()).save(self.dir / f"f{i}.{ext}")
         self.assertEqual(len(list_image_files(self.dir)), 7)
 
+    def test_pattern_selects_frames(self):
+        for name in ("frame-000001.color.jpg", "frame-000001.depth.png", "frame-000000.color.jpg"):
+            Image.fromarray(_rgb()).save(self.dir / name)
+        names = [p.name for p in list_image_files(self.dir, "*.color.jpg")]
+        self.assertEqual(names, ["frame-000000.color.jpg", "frame-000001.color.jpg"])
+        with self.assertRaisesRegex(InputError, r"looked for \*\.tif"):
+            list_image_files(self.dir, "*.tif")
+
     def test_missing_and_empty_folders(self):
         with self.assertRaisesRegex(InputError, "does not exist"):
             list_image_files(self.dir / "nope")
