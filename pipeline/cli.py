@@ -48,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, help="with --input-video: frames per second of video to "
                    "extract (default: every frame)")
     p.add_argument("--output-dir", type=Path, required=True, help="output folder (created)")
-    p.add_argument("--max-frames", type=_positive_int, help="use only the first N frames")
+    p.add_argument("--frame-step", type=_positive_int, default=1, metavar="N",
+                   help="use every N-th frame, for dense video frame dumps whose consecutive "
+                   "frames barely move (default 1)")
+    p.add_argument("--max-frames", type=_positive_int, help="use only the first N frames (after "
+                   "--frame-step)")
     p.add_argument("--skip-bad-frames", action="store_true", help="drop unreadable frames with a "
                    "warning (default: stop before any work, naming the file)")
     w = p.add_argument_group("windows")
@@ -94,7 +98,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         output_dir=args.output_dir, window_size=args.window_size,
         window_stride=args.window_stride, window_batch_size=args.window_batch_size,
         reconstructor=args.reconstructor, camera_type=args.camera_type,
-        shared_camera=args.shared_camera, max_frames=args.max_frames, overwrite=args.overwrite,
+        shared_camera=args.shared_camera, frame_step=args.frame_step,
+        max_frames=args.max_frames, overwrite=args.overwrite,
         skip_bad_frames=args.skip_bad_frames, images=args.images, num_workers=args.num_workers,
         min_registered_fraction=args.min_registered, merge=args.merge,
         show_progress=not args.quiet,

@@ -39,6 +39,8 @@ class PipelineConfig:
     """COLMAP camera model: SIMPLE_PINHOLE, PINHOLE or SIMPLE_RADIAL."""
     shared_camera: bool = False
     """One set of intrinsics for all frames of a window."""
+    frame_step: int = 1
+    """Use every ``frame_step``-th frame (for dense video frame dumps with little motion)."""
     max_frames: int | None = None
     """Use only the first ``max_frames`` frames of the sequence."""
     overwrite: bool = False

@@ -2,12 +2,12 @@
 
 1. Each pair of windows that share registered frames is aligned by a robust Sim(3)
    (:func:`pipeline.geometry.robust_sim3`: weighted Umeyama with iterative reweighting) from
-   correspondences: the shared frames' camera centres, and 3D points that both windows
-   triangulated from the same keypoint of a shared frame (the same SIFT keypoint found again, or
-   the same pixel of a predicted depth map).
-2. Pairs with too few shared frames, or whose alignment leaves the shared cameras far apart, are
-   not joined. Connected windows form a *segment*; failed windows and weak overlaps split the
-   sequence, and every segment is written and reported separately, never bridged silently.
+   correspondences made of the shared frames' cameras: centres and axis tips (see
+   :func:`correspondences`).
+2. Pairs with too few shared frames, or whose alignment leaves the shared cameras far apart
+   (relative to the scene depth), are not joined. Connected windows form a *segment*; failed
+   windows and weak overlaps split the sequence, and every segment is written and reported
+   separately, never bridged silently.
 3. In a segment, transforms are chained along a spanning tree from its first window (whose world
    frame, the camera of its first frame, becomes the segment's) and then refined jointly, a
    Sim(3) pose graph solved with ``scipy.optimize.least_squares``.
@@ -51,8 +51,8 @@ class MergeOptions:
     min_shared_frames: int = 3
     """Windows sharing fewer registered frames than this are not joined."""
     max_camera_error: float = 0.05
-    """A pair is rejected when, after alignment, the shared camera centres differ by more than
-    this fraction of the shared cameras' extent (RMS)."""
+    """A pair is rejected when, after alignment, the shared camera centres differ (RMS) by more
+    than this fraction of the scene depth (the median camera-to-point distance of the window)."""
     refine: bool = True
     """Refine all window transforms jointly after chaining (Sim(3) pose graph)."""
     voxel_fraction: float = 0.002
@@ -121,8 +121,10 @@ def load_window_model(window_dir: Path, info: dict[str, Any]) -> WindowModel:
         cameras[image.name] = rec.cameras[image.camera_id]
     frames = sorted(poses, key=order.__getitem__)
     centres = camera_centers(np.array([poses[n] for n in frames]))
-    scale = (float(np.median(np.linalg.norm(points[:, None] - centres[None], axis=2)))
-             if len(points) else 1.0)
+    if len(points):
+        scale = float(np.median(np.linalg.norm(points[:, None] - centres[None], axis=2)))
+    else:  # no points: the camera path's extent stands in for the scene depth
+        scale = float(np.linalg.norm(np.ptp(centres, axis=0)))
     return WindowModel(index=info["window_index"], frames=frames,
                        frame_index={n: order[n] for n in frames}, poses=poses, cameras=cameras,
                        points=points, colors=colors,
@@ -199,14 +201,13 @@ def align_pair(a: WindowModel, b: WindowModel, options: MergeOptions) -> PairAli
         return pair
     n = len(shared)
     cam_res = fit.residuals[:n]
-    extent = np.linalg.norm(np.ptp(dst[:n], axis=0)) or a.scene_scale
     pair.sim3, pair.src, pair.dst, pair.weights = fit.sim3, src, dst, fit.weights
     pair.correspondences, pair.inliers = len(src), int(fit.inliers.sum())
-    pair.camera_error = float(np.sqrt(np.mean(cam_res ** 2)) / extent)
+    pair.camera_error = float(np.sqrt(np.mean(cam_res ** 2)) / a.scene_scale)
     pair.accepted = pair.camera_error <= options.max_camera_error
     if not pair.accepted:
-        pair.reason = (f"shared cameras differ by {100 * pair.camera_error:.1f}% of their extent "
-                       f"after alignment (> {100 * options.max_camera_error:.1f}%)")
+        pair.reason = (f"shared cameras differ by {100 * pair.camera_error:.1f}% of the scene "
+                       f"depth after alignment (> {100 * options.max_camera_error:.1f}%)")
     return pair
 
 
@@ -488,7 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="windows sharing fewer registered frames are not joined (default 3)")
     parser.add_argument("--max-camera-error", type=float, default=0.05,
                         help="reject a pair whose shared cameras disagree by more than this "
-                        "fraction of their extent after alignment (default 0.05)")
+                        "fraction of the scene depth after alignment (default 0.05)")
     parser.add_argument("--voxel-fraction", type=float, default=0.002,
                         help="voxel size of the merged points, as a fraction of their extent")
     parser.add_argument("--no-refine", action="store_true",

@@ -89,6 +89,7 @@ def load_frames(config: PipelineConfig) -> list[Frame]:
         paths = list_image_files(config.input_dir, config.frame_pattern)
     else:
         raise InputError("give an input: --input-dir DIR or --input-video PATH")
+    paths = paths[::config.frame_step]
     if config.max_frames is not None:
         paths = paths[:config.max_frames]
     return prepare_frames(paths, cache, skip_bad_frames=config.skip_bad_frames,
@@ -256,6 +257,8 @@ def _check_config(config: PipelineConfig) -> Path:
         raise InputError(f"output path exists and is not a folder: {out}")
     if config.images not in IMAGE_MODES:
         raise InputError(f"--images must be link, copy or none, got {config.images!r}")
+    if config.frame_step < 1:
+        raise InputError(f"--frame-step must be at least 1, got {config.frame_step}")
     if config.max_frames is not None and config.max_frames < 2:
         raise InputError(f"--max-frames must be at least 2, got {config.max_frames}")
     try:

@@ -187,7 +187,9 @@ def _finish(rec: pycolmap.Reconstruction | None, names: list[str], sparse_dir: P
             options: ColmapOptions, timings: dict[str, float]) -> WindowResult:
     """Write the model and judge the window by how many frames it registered."""
     if rec is None:
-        return WindowResult.failure("COLMAP found no model (too few matches between frames)",
+        return WindowResult.failure("COLMAP found no model: too few matches, or too little "
+                                    "camera motion within the window to triangulate (try "
+                                    "--frame-step or a longer window)",
                                     timings=timings, memory=_peak_memory())
     t = time.perf_counter()
     registered = sorted((rec.images[i].name for i in rec.reg_image_ids()), key=names.index)
