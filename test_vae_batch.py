@@ -294,6 +294,17 @@ class CameraTypeTest(TempDirTestCase):
             models = {str(cam.model.name) for cam in rec.cameras.values()}
             self.assertEqual(models, {camera_type})
 
+    def test_known_camera_params_stay_fixed(self):
+        gt = load_ground_truth(TESTDATA)
+        params = tuple(float(v) for v in (gt.K[0, 0], gt.K[1, 1], gt.K[0, 2], gt.K[1, 2]))
+        out = self.tmp / "known"
+        self.assertEqual(run_cli("--input-dir", IMAGES, "--output-dir", out, "--max-frames", "8",
+                                 "--camera-type", "PINHOLE", "--camera-params",
+                                 ",".join(map(repr, params))), 0)
+        rec = pycolmap.Reconstruction(window_dirs(out)[0] / "sparse")
+        for cam in rec.cameras.values():
+            np.testing.assert_allclose(cam.params, params, rtol=1e-9)
+
 
 class BadInputTest(TempDirTestCase):
     """Bad input: a one-line error, exit status 2, nothing already written lost."""
@@ -337,6 +348,10 @@ class BadInputTest(TempDirTestCase):
     def test_invalid_window_options(self):
         self._assert_usage_error(["--input-dir", IMAGES, "--output-dir", self.tmp / "o",
                                   "--window-size", "4", "--window-stride", "6"], "stride")
+
+    def test_camera_params_must_fit_the_model(self):
+        self._assert_usage_error(["--input-dir", IMAGES, "--output-dir", self.tmp / "o",
+                                  "--camera-params", "300,160"], "needs 3 values")
 
     def test_argparse_errors_exit_2(self):
         with self.assertRaises(SystemExit) as ctx:

@@ -29,6 +29,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; ``--help`` explains every flag."""
     p = argparse.ArgumentParser(
@@ -68,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "model weights (default)")
     r.add_argument("--camera-type", choices=CAMERA_TYPES, default="SIMPLE_PINHOLE",
                    help="COLMAP camera model (default SIMPLE_PINHOLE)")
+    r.add_argument("--camera-params", type=_float_list, metavar="P1,P2,...",
+                   help="known intrinsics in COLMAP's order for --camera-type, in pixels of the "
+                   "original frames, kept fixed: f,cx,cy (SIMPLE_PINHOLE), fx,fy,cx,cy (PINHOLE), "
+                   "f,cx,cy,k (SIMPLE_RADIAL); default: estimated")
     r.add_argument("--shared-camera", action="store_true", help="one set of intrinsics for all "
                    "frames of a window (default: one per frame)")
     r.add_argument("--num-workers", type=_positive_int, help="colmap: worker processes per batch "
@@ -98,7 +109,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         output_dir=args.output_dir, window_size=args.window_size,
         window_stride=args.window_stride, window_batch_size=args.window_batch_size,
         reconstructor=args.reconstructor, camera_type=args.camera_type,
-        shared_camera=args.shared_camera, frame_step=args.frame_step,
+        shared_camera=args.shared_camera, camera_params=args.camera_params,
+        frame_step=args.frame_step,
         max_frames=args.max_frames, overwrite=args.overwrite,
         skip_bad_frames=args.skip_bad_frames, images=args.images, num_workers=args.num_workers,
         min_registered_fraction=args.min_registered, merge=args.merge,

@@ -12,6 +12,10 @@ IMAGE_MODES = ("link", "copy", "none")
 CAMERA_TYPES = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL")
 """COLMAP camera models users can ask for."""
 
+CAMERA_PARAMS = {"SIMPLE_PINHOLE": ("f", "cx", "cy"), "PINHOLE": ("fx", "fy", "cx", "cy"),
+                 "SIMPLE_RADIAL": ("f", "cx", "cy", "k")}
+"""The parameters of each camera model, in COLMAP's order."""
+
 
 @dataclass(kw_only=True)
 class PipelineConfig:
@@ -39,6 +43,9 @@ class PipelineConfig:
     """COLMAP camera model: SIMPLE_PINHOLE, PINHOLE or SIMPLE_RADIAL."""
     shared_camera: bool = False
     """One set of intrinsics for all frames of a window."""
+    camera_params: tuple[float, ...] | None = None
+    """Known intrinsics in COLMAP's order for ``camera_type`` (see ``CAMERA_PARAMS``), in pixels
+    of the original frames; they are kept fixed. ``None``: estimated per window."""
     frame_step: int = 1
     """Use every ``frame_step``-th frame (for dense video frame dumps with little motion)."""
     max_frames: int | None = None

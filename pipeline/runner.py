@@ -19,7 +19,7 @@ from typing import Any
 from tqdm import tqdm
 
 from . import __version__
-from .config import IMAGE_MODES, PipelineConfig
+from .config import CAMERA_PARAMS, IMAGE_MODES, PipelineConfig
 from .errors import InputError
 from .export import (create_staging, discard_staging, finalize_window, is_complete,
                      read_window_info, remove_stale_staging, write_json)
@@ -102,6 +102,7 @@ def build_reconstructor(config: PipelineConfig) -> Reconstructor:
         from .reconstructors.colmap import ColmapOptions
 
         options = ColmapOptions(camera_type=config.camera_type, shared_camera=config.shared_camera,
+                                camera_params=config.camera_params,
                                 num_workers=config.num_workers,
                                 min_registered_fraction=config.min_registered_fraction,
                                 colmap_log_level=1 if config.verbose else 2)
@@ -112,7 +113,8 @@ def build_reconstructor(config: PipelineConfig) -> Reconstructor:
 def window_signature(window: Window[Frame], config: PipelineConfig) -> dict[str, Any]:
     """What a finished window must match to be reused by a rerun."""
     return {"frames": [f.name for f in window.items], "reconstructor": config.reconstructor,
-            "camera_type": config.camera_type, "shared_camera": config.shared_camera}
+            "camera_type": config.camera_type, "shared_camera": config.shared_camera,
+            "camera_params": list(config.camera_params) if config.camera_params else None}
 
 
 def process_window_batch(window_batch: Batch[Frame] | Sequence[Window[Frame]], batch_idx: int,
@@ -257,6 +259,10 @@ def _check_config(config: PipelineConfig) -> Path:
         raise InputError(f"output path exists and is not a folder: {out}")
     if config.images not in IMAGE_MODES:
         raise InputError(f"--images must be link, copy or none, got {config.images!r}")
+    expected = CAMERA_PARAMS[config.camera_type] if config.camera_type in CAMERA_PARAMS else ()
+    if config.camera_params is not None and len(config.camera_params) != len(expected):
+        raise InputError(f"--camera-params for {config.camera_type} needs {len(expected)} values "
+                         f"({', '.join(expected)}), got {len(config.camera_params)}")
     if config.frame_step < 1:
         raise InputError(f"--frame-step must be at least 1, got {config.frame_step}")
     if config.max_frames is not None and config.max_frames < 2:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pycolmap
 
-from ..config import CAMERA_TYPES
+from ..config import CAMERA_PARAMS, CAMERA_TYPES
 from ..frames import Frame
 from ..windows import Window
 from . import STATUS_OK, Reconstructor, WindowResult
@@ -46,6 +46,8 @@ class ColmapOptions:
     """COLMAP camera model of every camera: SIMPLE_PINHOLE, PINHOLE or SIMPLE_RADIAL."""
     shared_camera: bool = False
     """One camera (intrinsics) for all frames of a window, instead of one per frame."""
+    camera_params: tuple[float, ...] | None = None
+    """Known intrinsics in COLMAP's order for ``camera_type``; kept fixed during mapping."""
     num_workers: int | None = None
     """Worker processes per batch; default: one per window of the batch, at most one per core.
     With 1, windows run one after another in this process."""
@@ -70,6 +72,10 @@ class ColmapOptions:
         if self.camera_type not in CAMERA_TYPES:
             raise ValueError(f"camera type must be one of {', '.join(CAMERA_TYPES)}, "
                              f"got {self.camera_type!r}")
+        expected = CAMERA_PARAMS[self.camera_type]
+        if self.camera_params is not None and len(self.camera_params) != len(expected):
+            raise ValueError(f"{self.camera_type} takes {len(expected)} camera parameters "
+                             f"({', '.join(expected)}), got {len(self.camera_params)}")
         if not 0.0 <= self.min_registered_fraction <= 1.0:
             raise ValueError("min_registered_fraction must lie in [0, 1]")
 
@@ -87,7 +93,8 @@ class ColmapReconstructor(Reconstructor):
     def describe(self) -> dict[str, Any]:
         o = self.options
         return {"name": self.name, "device": self.device, "camera_type": o.camera_type,
-                "shared_camera": o.shared_camera, "num_workers": o.num_workers,
+                "shared_camera": o.shared_camera, "camera_params": o.camera_params,
+                "num_workers": o.num_workers,
                 "num_threads": o.num_threads, "pairing_overlap": o.pairing_overlap,
                 "min_registered_fraction": o.min_registered_fraction,
                 "pycolmap": pycolmap.__version__}
@@ -156,6 +163,8 @@ def _run_sfm(names: list[str], image_dir: Path, work: Path, options: ColmapOptio
     db = work / "database.db"
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = options.camera_type
+    if options.camera_params is not None:
+        reader.camera_params = ",".join(repr(float(v)) for v in options.camera_params)
     extraction = _copy(options.extraction)
     extraction.num_threads = options.num_threads
     mode = pycolmap.CameraMode.SINGLE if options.shared_camera else pycolmap.CameraMode.PER_IMAGE
@@ -175,6 +184,9 @@ def _run_sfm(names: list[str], image_dir: Path, work: Path, options: ColmapOptio
     timings["matching"] = time.perf_counter() - t
     mapping = _copy(options.mapping)
     mapping.num_threads = options.num_threads
+    if options.camera_params is not None:  # known intrinsics stay as given
+        mapping.ba_refine_focal_length = False
+        mapping.ba_refine_extra_params = False
     t = time.perf_counter()
     models = pycolmap.incremental_mapping(db, image_dir, work / "models", options=mapping)
     timings["mapping"] = time.perf_counter() - t
