@@ -1,0 +1,286 @@
+"""``load_model``: checkpoints from a file, a folder or the Hugging Face hub, for any registered architecture.
+
+Weights are located by :func:`resolve_weights` (local file, folder, or hub repo id through
+``huggingface_hub``, honouring ``HF_HUB_OFFLINE`` and ``HF_HUB_CACHE`` at call time), read by
+:func:`read_state_dict` (``.safetensors``, or ``.pt``/``.pth``/``.bin`` possibly wrapped in a
+``"model"``/``"state_dict"`` key), and loaded ``strict`` into a network built on the ``meta``
+device (no double allocation). The architecture comes from ``config.json`` (``"architecture"``)
+or is detected from the state-dict keys; a new network plugs in with :func:`register_architecture`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Collection, Dict, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from .precision import DTypeLike, resolve_dtype
+from .vggt import VGGTConfig, build_model
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_FILENAMES = ("model.safetensors", "model.pt", "model.pth", "pytorch_model.bin")
+"""File names looked for in a folder or hub repo, in order of preference."""
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+CONFIG_FILENAME = "config.json"
+DEFAULT_REPO = "facebook/VGGT-1B"
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """No checkpoint could be found locally (or downloaded) for the requested model."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Architecture:
+    """How to recognise and build one network family."""
+
+    name: str
+    """Registry key, also written as ``"architecture"`` in config.json."""
+    matches: Callable[[Collection[str]], bool]
+    """True if a state dict with these keys belongs to this architecture."""
+    build: Callable[[Optional[Mapping[str, Any]]], nn.Module]
+    """Build the network on the current default device from a config dict (None = the default model)."""
+    config_to_dict: Callable[[Any], Dict[str, Any]]
+    """Turn a config object (or dict) into the dict written to config.json."""
+
+
+def _vggt_matches(keys: Collection[str]) -> bool:
+    return "aggregator.patch_embed.patch_embed.proj.weight" in keys and "aggregator.camera_token" in keys
+
+
+def _vggt_build(config: Optional[Mapping[str, Any]]) -> nn.Module:
+    return build_model(VGGTConfig.from_dict(dict(config)) if config else VGGTConfig.vggt_1b())
+
+
+def _vggt_config_dict(config: Any) -> Dict[str, Any]:
+    return config.to_dict() if isinstance(config, VGGTConfig) else dict(config)
+
+
+_ARCHITECTURES: Dict[str, Architecture] = {
+    "vggt": Architecture(name="vggt", matches=_vggt_matches, build=_vggt_build, config_to_dict=_vggt_config_dict),
+}
+
+
+def register_architecture(arch: Architecture) -> None:
+    """Make ``load_model`` able to detect and build ``arch`` (e.g. Depth Anything 3)."""
+    _ARCHITECTURES[arch.name] = arch
+
+
+def architectures() -> Tuple[str, ...]:
+    """Names of the registered architectures."""
+    return tuple(_ARCHITECTURES)
+
+
+def _how_to_get(name: str) -> str:
+    repo = name if _looks_like_repo_id(name) else DEFAULT_REPO
+    return (f"Download the weights on a machine with internet access, e.g. `huggingface-cli download {repo}` "
+            f"(or `hf download {repo}`) and copy the Hugging Face cache (HF_HUB_CACHE) here, or pass a local path to "
+            f"a .safetensors/.pt checkpoint or to a folder containing {' or '.join(WEIGHT_FILENAMES[:2])}.")
+
+
+def _looks_like_repo_id(name: str) -> bool:
+    parts = name.split("/")
+    return (len(parts) == 2 and all(parts) and not name.startswith((".", "~", "/"))
+            and not name.endswith(WEIGHT_SUFFIXES) and not os.path.exists(name))
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _hub_cache_dir(cache_dir: Optional[str]) -> Optional[str]:
+    """Cache folder from the argument or the environment *now* (huggingface_hub reads it at import)."""
+    if cache_dir:
+        return str(cache_dir)
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return os.environ[var]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.environ["HF_HOME"], "hub")
+    return None
+
+
+def _find_in_folder(folder: Path) -> Optional[Path]:
+    for name in WEIGHT_FILENAMES:
+        if (folder / name).is_file():
+            return folder / name
+    candidates = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def _local_files(path: Path) -> Tuple[Path, Optional[Path]]:
+    """(weights, config or None) for an existing local file or folder."""
+    weights = path if path.is_file() else _find_in_folder(path)
+    if weights is None:
+        raise WeightsNotFoundError(f"no checkpoint ({', '.join(WEIGHT_FILENAMES)}) in folder {path}. " + _how_to_get(str(path)))
+    if weights.suffix not in WEIGHT_SUFFIXES:
+        raise ValueError(f"unsupported checkpoint format {weights.suffix!r} ({weights}); expected one of {WEIGHT_SUFFIXES}")
+    config = weights.parent / CONFIG_FILENAME
+    return weights, (config if config.is_file() else None)
+
+
+def _from_hub_cache(repo_id: str, filename: str, revision: Optional[str], cache_dir: Optional[str]) -> Optional[str]:
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision)
+    return found if isinstance(found, str) else None
+
+
+def _hub_file(repo_id: str, filename: str, revision: Optional[str], cache_dir: Optional[str], offline: bool) -> Optional[str]:
+    """Path of ``filename`` of the hub repo (cache first; downloads unless offline), or None."""
+    cached = _from_hub_cache(repo_id, filename, revision, cache_dir)
+    if cached or offline:
+        return cached
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir)
+    except Exception as exc:  # missing entry, missing repo, no network: all mean "not available"
+        logger.debug("hub download of %s/%s failed: %s", repo_id, filename, exc)
+        return None
+
+
+def _hub_files(repo_id: str, revision: Optional[str], cache_dir: Optional[str]) -> Tuple[Path, Optional[Path]]:
+    try:
+        import huggingface_hub  # noqa: F401
+    except ImportError as exc:
+        raise WeightsNotFoundError(f"{repo_id!r} is not a local path and huggingface_hub is not installed "
+                                   f"(pip install huggingface_hub). " + _how_to_get(repo_id)) from exc
+    offline = _env_flag("HF_HUB_OFFLINE")
+    cache = _hub_cache_dir(cache_dir)
+    for name in WEIGHT_FILENAMES:
+        weights = _hub_file(repo_id, name, revision, cache, offline)
+        if weights:
+            config = _hub_file(repo_id, CONFIG_FILENAME, revision, cache, offline)
+            return Path(weights), (Path(config) if config else None)
+    where = f"the hub cache ({cache or 'default location'})" + (" with HF_HUB_OFFLINE=1" if offline else " or online")
+    raise WeightsNotFoundError(f"weights for {repo_id!r} not found in {where}. " + _how_to_get(repo_id))
+
+
+def resolve_weights(name_or_path: Union[str, os.PathLike], *, revision: Optional[str] = None,
+                    cache_dir: Optional[str] = None) -> Tuple[Path, Optional[Path]]:
+    """Locate ``(checkpoint file, config.json or None)``; raises :class:`WeightsNotFoundError`."""
+    name = os.fspath(name_or_path)
+    path = Path(name).expanduser()
+    if path.exists():
+        return _local_files(path)
+    if _looks_like_repo_id(name):
+        return _hub_files(name, revision, cache_dir)
+    raise WeightsNotFoundError(f"checkpoint {name!r} does not exist. " + _how_to_get(name))
+
+
+def weights_available(name_or_path: Union[str, os.PathLike], *, revision: Optional[str] = None,
+                      cache_dir: Optional[str] = None) -> bool:
+    """True if the checkpoint is on this machine (local path or hub cache). Never downloads."""
+    name = os.fspath(name_or_path)
+    path = Path(name).expanduser()
+    if path.exists():
+        try:
+            _local_files(path)
+            return True
+        except (WeightsNotFoundError, ValueError):
+            return False
+    if not _looks_like_repo_id(name):
+        return False
+    try:
+        cache = _hub_cache_dir(cache_dir)
+        return any(_from_hub_cache(name, f, revision, cache) for f in WEIGHT_FILENAMES)
+    except ImportError:
+        return False
+
+
+def read_state_dict(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` or torch pickle checkpoint, on CPU, unwrapped from ``model``/``state_dict``."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError as exc:
+            raise ImportError("reading .safetensors needs the safetensors package: pip install safetensors") from exc
+        state: Any = load_file(str(path), device="cpu")
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper in ("model", "state_dict"):
+        if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
+            state = state[wrapper]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    return dict(state)
+
+
+def detect_architecture(keys: Collection[str], config: Optional[Mapping[str, Any]] = None) -> Architecture:
+    """The registered architecture named by ``config["architecture"]`` or matching the state-dict keys."""
+    named = (config or {}).get("architecture")
+    if named is not None:
+        if named not in _ARCHITECTURES:
+            raise ValueError(f"unknown architecture {named!r}; registered: {architectures()}")
+        return _ARCHITECTURES[named]
+    for arch in _ARCHITECTURES.values():
+        if arch.matches(keys):
+            return arch
+    raise ValueError(f"checkpoint matches none of the registered architectures {architectures()}")
+
+
+def load_model(name_or_path: Union[str, os.PathLike] = DEFAULT_REPO, device: Union[str, torch.device] = "cpu",
+               dtype: DTypeLike = None, *, config: Any = None, architecture: Optional[str] = None,
+               revision: Optional[str] = None, cache_dir: Optional[str] = None, strict: bool = True) -> nn.Module:
+    """Load a checkpoint into its network, in eval mode on ``device``.
+
+    Args:
+        name_or_path: checkpoint file, folder holding one, or hub repo id (default ``facebook/VGGT-1B``).
+        device: target device.
+        dtype: compute precision: None (float32), "auto" (see :func:`resolve_dtype`) or a dtype/name.
+            Parameters stay float32; the dtype drives autocast where the reference allows it.
+        config: config object/dict overriding config.json (e.g. ``VGGTConfig.tiny()``).
+        architecture: registry name overriding detection.
+        revision, cache_dir: hub options.
+        strict: require the checkpoint keys to match the network exactly.
+    Raises:
+        WeightsNotFoundError: no checkpoint found (the message says how to get one).
+    """
+    weights, config_path = resolve_weights(name_or_path, revision=revision, cache_dir=cache_dir)
+    state = read_state_dict(weights)
+    cfg = config
+    if cfg is None and config_path is not None:
+        cfg = json.loads(config_path.read_text())
+    arch = _ARCHITECTURES[architecture] if architecture else detect_architecture(state.keys(), cfg if isinstance(cfg, Mapping) else None)
+    cfg_dict = arch.config_to_dict(cfg) if cfg is not None else None
+    with torch.device("meta"):
+        model = arch.build(cfg_dict)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(state, strict=strict, assign=True)
+    if hasattr(model, "reset_non_persistent_buffers"):
+        model.reset_non_persistent_buffers(torch.device("cpu"))
+    model = model.to(device)
+    model.compute_dtype = resolve_dtype(dtype, device)
+    model.requires_grad_(False)
+    logger.info("loaded %s from %s (%s, compute %s)", arch.name, weights, device, model.compute_dtype)
+    return model.eval()
+
+
+def save_pretrained(model: nn.Module, folder: Union[str, os.PathLike], *, architecture: str = "vggt",
+                    safetensors: bool = True) -> Path:
+    """Write ``model.safetensors`` (or ``model.pt``) and ``config.json`` to ``folder``; returns the weights path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if safetensors:
+        from safetensors.torch import save_file
+
+        path = folder / "model.safetensors"
+        save_file(state, str(path))
+    else:
+        path = folder / "model.pt"
+        torch.save(state, path)
+    cfg = _ARCHITECTURES[architecture].config_to_dict(getattr(model, "config", {}))
+    (folder / CONFIG_FILENAME).write_text(json.dumps({"architecture": architecture, **cfg}, indent=2))
+    return path

@@ -1,0 +1,190 @@
+"""Resizing frames to VGGT's input grid, and the exact inverse map back to each original image.
+
+Same arithmetic as the reference ``load_and_preprocess_images`` (VGGT), but on decoded frames:
+``uint8`` RGB arrays ``(H, W, 3)`` (``(H, W, 4)`` RGBA is composited onto white first).
+
+* ``mode="crop"``: width becomes ``target_size`` (518), height ``round(H * 518 / W / 14) * 14``
+  (PIL bicubic), then a centred crop to 518 rows if taller.
+* ``mode="pad"``: the longer side becomes 518, the other ``round(... / 14) * 14``, then white (1.0)
+  padding to a centred 518 x 518 square.
+* Frames that still differ in size are padded with white, centred, to the largest height and width.
+
+Pixel conventions (both used below, always named explicitly):
+
+* ``"colmap"``: continuous image coordinates whose origin is the top-left *corner* of the image;
+  the centre of pixel (row i, column j) is ``(j + 0.5, i + 0.5)``. COLMAP and the network's
+  intrinsics use it (VGGT puts the principal point at ``(W/2, H/2)``, the exact image centre).
+* ``"index"``: integer ``(x, y)`` is the centre of pixel column x, row y (``= colmap - 0.5``).
+  VGGT's query points, tracks, and the reference depth unprojection (``u = 0..W-1``) use it.
+
+In ``"colmap"`` coordinates resizing is a pure scale and cropping/padding a pure shift, so each
+frame's map is the affine ``x_net = sx * x_orig + ox``, ``y_net = sy * y_orig + oy`` (exact; ``sx``
+and ``sy`` differ slightly because sides are rounded to multiples of 14).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import List, Sequence, Tuple
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+CONVENTIONS = ("colmap", "index")
+
+
+@dataclass(kw_only=True)
+class PreprocessOptions:
+    """How frames are brought to the network grid."""
+
+    mode: str = "crop"
+    """"crop" (width 518, centre-crop height above 518) or "pad" (longer side 518, pad to square)."""
+    target_size: int = 518
+    """Target width (crop) or longer side and square size (pad), pixels."""
+    patch_size: int = 14
+    """Network patch size; resized sides are rounded to multiples of it."""
+    pad_value: float = 1.0
+    """Value of padded pixels in [0, 1] (reference: white)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FrameTransform:
+    """Map between one original frame and its network image (all sizes ``(height, width)`` in pixels)."""
+
+    original_hw: Tuple[int, int]
+    """Size of the original frame."""
+    resized_hw: Tuple[int, int]
+    """Size after the bicubic resize, before cropping/padding."""
+    offset_xy: Tuple[float, float]
+    """Position in the network image of the resized frame's top-left corner (negative when cropped)."""
+    network_hw: Tuple[int, int]
+    """Size of the network image."""
+
+    @property
+    def scale_xy(self) -> Tuple[float, float]:
+        """``(sx, sy)`` = resized / original size per axis."""
+        return self.resized_hw[1] / self.original_hw[1], self.resized_hw[0] / self.original_hw[0]
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """3x3 affine ``A`` (float64) taking original to network "colmap" coordinates."""
+        (sx, sy), (ox, oy) = self.scale_xy, self.offset_xy
+        return np.array([[sx, 0.0, ox], [0.0, sy, oy], [0.0, 0.0, 1.0]])
+
+    def to_network(self, xy: np.ndarray, convention: str = "colmap") -> np.ndarray:
+        """Original-image points ``(..., 2)`` -> network-image points, same convention."""
+        return _affine(self.matrix, xy, convention)
+
+    def to_original(self, xy: np.ndarray, convention: str = "colmap") -> np.ndarray:
+        """Network-image points ``(..., 2)`` (e.g. tracks, with ``convention="index"``) -> original image."""
+        return _affine(np.linalg.inv(self.matrix), xy, convention)
+
+    def intrinsics_to_original(self, K: np.ndarray) -> np.ndarray:
+        """Network intrinsics ``(..., 3, 3)`` ("colmap" convention) -> original-image intrinsics ``A^-1 K``."""
+        return np.linalg.inv(self.matrix) @ np.asarray(K, dtype=np.float64)
+
+    def intrinsics_to_network(self, K: np.ndarray) -> np.ndarray:
+        """Original-image intrinsics ``(..., 3, 3)`` -> network-image intrinsics ``A K``."""
+        return self.matrix @ np.asarray(K, dtype=np.float64)
+
+
+def _affine(A: np.ndarray, xy: np.ndarray, convention: str) -> np.ndarray:
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    shift = 0.5 if convention == "index" else 0.0
+    xy = np.asarray(xy, dtype=np.float64) + shift
+    out = xy @ A[:2, :2].T + A[:2, 2]
+    return out - shift
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreprocessResult:
+    """Network input and per-frame transforms."""
+
+    images: torch.Tensor
+    """``[S, 3, H, W]`` float32 RGB in [0, 1]."""
+    transforms: List[FrameTransform]
+    """One :class:`FrameTransform` per frame, in input order."""
+
+
+def _as_rgb(frame: np.ndarray, index: int) -> np.ndarray:
+    """Validate a uint8 frame; RGBA is composited onto white."""
+    frame = np.asarray(frame)
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] not in (3, 4) or min(frame.shape[:2]) < 1:
+        raise ValueError(f"frame {index}: expected a uint8 array (H, W, 3) or (H, W, 4), got {frame.dtype} {frame.shape}")
+    if frame.shape[2] == 3:
+        return frame
+    rgb = frame[..., :3].astype(np.float32)
+    alpha = frame[..., 3:].astype(np.float32) / 255.0
+    return np.round(rgb * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+
+
+def _resized_size(h: int, w: int, opts: PreprocessOptions) -> Tuple[int, int]:
+    """(height, width) after the resize, as the reference computes it (Python ``round``)."""
+    t, p = opts.target_size, opts.patch_size
+    if opts.mode == "pad" and h > w:
+        return t, round(w * (t / h) / p) * p
+    return round(h * (t / w) / p) * p, t
+
+
+def _resize(frame: np.ndarray, hw: Tuple[int, int]) -> torch.Tensor:
+    """PIL bicubic resize of uint8 RGB -> ``[3, h, w]`` float32 in [0, 1]."""
+    try:
+        from PIL import Image
+    except ImportError as exc:
+        raise ImportError("preprocessing needs Pillow: pip install pillow") from exc
+    img = Image.fromarray(frame).resize((hw[1], hw[0]), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
+def _centre_offset(out: int, size: int) -> int:
+    """Offset of a centred ``size`` span in ``out`` (pad: extra on the far side; crop: cut more at the far side)."""
+    return (out - size) // 2 if out >= size else -((size - out) // 2)
+
+
+def _place(img: torch.Tensor, out_hw: Tuple[int, int], value: float) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    """Centre ``img`` ``[3, h, w]`` in an ``out_hw`` canvas (crop or pad per axis); returns it and (ox, oy)."""
+    h, w = img.shape[1:]
+    oy, ox = _centre_offset(out_hw[0], h), _centre_offset(out_hw[1], w)
+    canvas = torch.full((3, *out_hw), float(value), dtype=img.dtype)
+    src = img[:, max(0, -oy): max(0, -oy) + min(h, out_hw[0]), max(0, -ox): max(0, -ox) + min(w, out_hw[1])]
+    canvas[:, max(0, oy): max(0, oy) + src.shape[1], max(0, ox): max(0, ox) + src.shape[2]] = src
+    return canvas, (ox, oy)
+
+
+def preprocess_frames(frames: Sequence[np.ndarray], options: PreprocessOptions | None = None) -> PreprocessResult:
+    """Bring decoded frames to the network grid (see the module docstring for the exact steps).
+
+    Args:
+        frames: uint8 RGB(A) arrays ``(H, W, 3|4)``; sizes may differ.
+        options: :class:`PreprocessOptions`.
+    Returns:
+        :class:`PreprocessResult` with images ``[S, 3, H, W]`` (H, W multiples of ``patch_size``).
+    """
+    opts = options or PreprocessOptions()
+    if opts.mode not in ("crop", "pad"):
+        raise ValueError(f"mode must be 'crop' or 'pad', got {opts.mode!r}")
+    if len(frames) == 0:
+        raise ValueError("at least one frame is required")
+    placed, records = [], []
+    for i, frame in enumerate(frames):
+        rgb = _as_rgb(frame, i)
+        hw = _resized_size(*rgb.shape[:2], opts)
+        img = _resize(rgb, hw)
+        t = opts.target_size
+        stage_hw = (t, t) if opts.mode == "pad" else (min(hw[0], t), hw[1])
+        img, (ox, oy) = _place(img, stage_hw, opts.pad_value)
+        placed.append(img)
+        records.append((rgb.shape[:2], hw, (ox, oy)))
+    out_hw = (max(p.shape[1] for p in placed), max(p.shape[2] for p in placed))
+    if len({tuple(p.shape[1:]) for p in placed}) > 1:
+        logger.warning("frames of different shapes; padding all to %s", out_hw)
+    images, transforms = [], []
+    for img, (orig_hw, hw, (ox, oy)) in zip(placed, records):
+        img, (dx, dy) = _place(img, out_hw, opts.pad_value)
+        images.append(img)
+        transforms.append(FrameTransform(original_hw=tuple(orig_hw), resized_hw=hw, offset_xy=(float(ox + dx), float(oy + dy)), network_hw=out_hw))
+    return PreprocessResult(images=torch.stack(images), transforms=transforms)
