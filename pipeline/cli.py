@@ -70,9 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--window-batch-size", type=_positive_int, default=4, help="windows processed "
                    "together; for colmap, in parallel worker processes (default 4)")
     r = p.add_argument_group("reconstruction")
-    r.add_argument("--reconstructor", choices=available_reconstructors(), default="colmap",
-                   help="colmap: classical SIFT + incremental mapping with pycolmap, CPU, no "
-                   "model weights (default)")
+    r.add_argument("--reconstructor", choices=["auto", *available_reconstructors()],
+                   default="auto", help="vggt: the VGGT network on batches of windows, then "
+                   "tracks and bundle adjustment; colmap: classical SIFT + incremental mapping "
+                   "with pycolmap, CPU, no weights; auto (default): vggt when its weights are "
+                   "here or can be downloaded, else colmap (the choice and why are logged and "
+                   "kept in run.json)")
     r.add_argument("--camera-type", choices=CAMERA_TYPES, default="SIMPLE_PINHOLE",
                    help="COLMAP camera model (default SIMPLE_PINHOLE)")
     r.add_argument("--camera-params", type=_float_list, metavar="P1,P2,...",
@@ -85,6 +88,33 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: one per window, at most one per CPU core; 1 runs in-process)")
     r.add_argument("--min-registered", type=float, default=0.5, metavar="FRACTION",
                    help="mark a window failed when fewer of its frames register (default 0.5)")
+    n = p.add_argument_group("vggt")
+    n.add_argument("--model", default="facebook/VGGT-1B", help="checkpoint: a .safetensors/.pt "
+                   "file, a folder holding one, or a hub id (default facebook/VGGT-1B)")
+    n.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), "
+                   "cpu, cuda, cuda:1, ...")
+    n.add_argument("--mixed-precision", choices=("auto", "bf16", "fp16", "no"), default="auto",
+                   help="auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU")
+    n.add_argument("--preprocess-mode", choices=("crop", "pad"), default="crop",
+                   help="crop: 518 px wide, centre-cropped to 518 rows; pad: longer side 518, "
+                   "padded to a square")
+    n.add_argument("--query-frame-num", type=_positive_int, default=4, help="frames per window "
+                   "whose SIFT keypoints are tracked (default 4)")
+    n.add_argument("--max-query-pts", type=_positive_int, default=2048, help="keypoints tracked "
+                   "per window (default 2048)")
+    n.add_argument("--fine-tracking", action="store_true", help="run the track head's "
+                   "refinement for twice as many iterations (slower, sometimes tighter tracks)")
+    n.add_argument("--vis-thresh", type=float, default=0.2, help="drop track observations with "
+                   "a lower visibility score (default 0.2)")
+    n.add_argument("--max-reproj-error", type=float, default=8.0, help="drop observations with "
+                   "a larger reprojection error in pixels (default 8)")
+    n.add_argument("--use-ba", action=argparse.BooleanOptionalAction, default=True,
+                   help="bundle-adjust the predicted cameras with the tracks (default on); "
+                   "--no-use-ba writes points from the predicted depth instead")
+    n.add_argument("--conf-thres-value", type=float, default=5.0, help="without BA: depth "
+                   "confidence a pixel needs to become a point (default 5)")
+    n.add_argument("--save-depth", action="store_true", help="write per-frame depth and "
+                   "confidence (float16 .npz, original size) into each window's depth/")
     o = p.add_argument_group("output")
     o.add_argument("--images", choices=IMAGE_MODES, default="link", help="what each window's "
                    "images/ holds: absolute symlinks to the frames (default), copies, or nothing")
@@ -113,7 +143,12 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         frame_step=args.frame_step,
         max_frames=args.max_frames, overwrite=args.overwrite,
         skip_bad_frames=args.skip_bad_frames, images=args.images, num_workers=args.num_workers,
-        min_registered_fraction=args.min_registered, merge=args.merge,
+        min_registered_fraction=args.min_registered, merge=args.merge, model=args.model,
+        device=args.device, mixed_precision=args.mixed_precision,
+        preprocess_mode=args.preprocess_mode, query_frame_num=args.query_frame_num,
+        max_query_pts=args.max_query_pts, fine_tracking=args.fine_tracking,
+        vis_thresh=args.vis_thresh, max_reproj_error=args.max_reproj_error,
+        use_ba=args.use_ba, conf_thres_value=args.conf_thres_value, save_depth=args.save_depth,
         show_progress=not args.quiet,
         verbose=args.verbose)
 

@@ -37,8 +37,35 @@ class PipelineConfig:
     """Frames between the starts of consecutive windows (at most ``window_size``)."""
     window_batch_size: int = 4
     """Windows processed together; output paths never depend on it."""
-    reconstructor: str = "colmap"
-    """How windows are reconstructed: ``colmap`` (classical SfM, no weights)."""
+    reconstructor: str = "auto"
+    """How windows are reconstructed: ``vggt`` (the network, then tracks and bundle
+    adjustment), ``colmap`` (classical SfM, no weights), or ``auto``: vggt when its weights are
+    on this machine or can be downloaded, else colmap."""
+    model: str = "facebook/VGGT-1B"
+    """vggt checkpoint: a local file or folder, or a Hugging Face hub id."""
+    device: str = "auto"
+    """vggt device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:1``..."""
+    mixed_precision: str = "auto"
+    """vggt precision: ``auto`` (bf16 where supported, fp16 on older GPUs, fp32 on CPU),
+    ``bf16``, ``fp16`` or ``no`` (fp32)."""
+    preprocess_mode: str = "crop"
+    """vggt input grid: ``crop`` (518 px wide, centre-cropped) or ``pad`` (518 px square)."""
+    query_frame_num: int = 4
+    """vggt: frames per window whose SIFT keypoints are tracked."""
+    max_query_pts: int = 2048
+    """vggt: keypoints tracked per window."""
+    fine_tracking: bool = False
+    """vggt: run the track head's refinement for twice as many iterations."""
+    vis_thresh: float = 0.2
+    """vggt: track observations with a lower visibility score are dropped."""
+    max_reproj_error: float = 8.0
+    """vggt: observations with a larger reprojection error (px) are dropped."""
+    conf_thres_value: float = 5.0
+    """vggt without BA: depth confidence a pixel needs to become a point."""
+    use_ba: bool = True
+    """vggt: bundle-adjust the predicted cameras with the tracks (else points from depth)."""
+    save_depth: bool = False
+    """vggt: write per-frame depth and confidence (float16 .npz) into each window."""
     camera_type: str = "SIMPLE_PINHOLE"
     """COLMAP camera model: SIMPLE_PINHOLE, PINHOLE or SIMPLE_RADIAL."""
     shared_camera: bool = False

@@ -10,7 +10,7 @@ import os
 import platform
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -96,8 +96,32 @@ def load_frames(config: PipelineConfig) -> list[Frame]:
                           show_progress=config.show_progress)
 
 
+def choose_reconstructor(config: PipelineConfig) -> tuple[str, str]:
+    """The reconstructor to run and why: ``auto`` becomes ``vggt`` when the weights are on this
+    machine or can be downloaded, else ``colmap``."""
+    if config.reconstructor != "auto":
+        return config.reconstructor, "asked for"
+    from .models import WeightsNotFoundError, resolve_weights, weights_available
+
+    if weights_available(config.model):
+        return "vggt", f"weights of {config.model} found on this machine"
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "colmap", f"no weights of {config.model} here and HF_HUB_OFFLINE is set"
+    try:
+        resolve_weights(config.model)  # downloads them into the hub cache
+        return "vggt", f"weights of {config.model} downloaded"
+    except (WeightsNotFoundError, OSError) as exc:
+        return "colmap", f"weights of {config.model} unavailable ({type(exc).__name__})"
+
+
 def build_reconstructor(config: PipelineConfig) -> Reconstructor:
-    """The reconstructor the configuration asks for."""
+    """The reconstructor the configuration asks for (``auto`` must be resolved first).
+
+    Raises:
+        InputError: the vggt weights cannot be found (the message says how to get them).
+    """
+    if config.reconstructor == "vggt":
+        return _build_vggt(config)
     if config.reconstructor == "colmap":
         from .reconstructors.colmap import ColmapOptions
 
@@ -110,11 +134,37 @@ def build_reconstructor(config: PipelineConfig) -> Reconstructor:
     return create_reconstructor(config.reconstructor)
 
 
+def _build_vggt(config: PipelineConfig) -> Reconstructor:
+    from .models import WeightsNotFoundError
+    from .preprocess import PreprocessOptions
+    from .reconstructors.vggt import VggtOptions
+    from .sfm import SfmOptions
+
+    sfm = SfmOptions(camera_type=config.camera_type, shared_camera=config.shared_camera,
+                     vis_thresh=config.vis_thresh, max_reproj_error=config.max_reproj_error,
+                     use_ba=config.use_ba, conf_thres_value=config.conf_thres_value)
+    dtype = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}.get(config.mixed_precision,
+                                                                        config.mixed_precision)
+    options = VggtOptions(model=config.model, device=config.device, dtype=dtype,
+                          preprocess=PreprocessOptions(mode=config.preprocess_mode),
+                          query_frame_num=config.query_frame_num,
+                          max_query_pts=config.max_query_pts,
+                          fine_tracking=config.fine_tracking, sfm=sfm,
+                          save_depth=config.save_depth,
+                          colmap_log_level=1 if config.verbose else 2)
+    try:
+        return create_reconstructor("vggt", options=options)
+    except WeightsNotFoundError as exc:
+        raise InputError(f"--reconstructor vggt: {exc}") from exc
+
+
 def window_signature(window: Window[Frame], config: PipelineConfig) -> dict[str, Any]:
     """What a finished window must match to be reused by a rerun."""
     return {"frames": [f.name for f in window.items], "reconstructor": config.reconstructor,
             "camera_type": config.camera_type, "shared_camera": config.shared_camera,
-            "camera_params": list(config.camera_params) if config.camera_params else None}
+            "camera_params": list(config.camera_params) if config.camera_params else None,
+            **({"model": config.model, "use_ba": config.use_ba}
+               if config.reconstructor == "vggt" else {})}
 
 
 def process_window_batch(window_batch: Batch[Frame] | Sequence[Window[Frame]], batch_idx: int,
@@ -287,8 +337,12 @@ def run(config: PipelineConfig) -> RunSummary:
     frames = load_frames(config)
     windows = create_windows(frames, config.window_size, config.window_stride)
     remove_stale_staging(out)
+    chosen, reason = choose_reconstructor(config)
+    logger.info("reconstructor: %s (%s)", chosen, reason)
+    config = replace(config, reconstructor=chosen)
     reconstructor = build_reconstructor(config)
     manifest = _Manifest(config, frames, windows, reconstructor)
+    manifest.data["reconstructor"]["chosen_because"] = reason
     todo = []
     for window in windows:
         window_dir = out / window.relative_dir

@@ -24,6 +24,7 @@ STATUS_FAILED = "failed"
 
 _REGISTRY = {
     "colmap": "pipeline.reconstructors.colmap:ColmapReconstructor",
+    "vggt": "pipeline.reconstructors.vggt:VggtReconstructor",
 }
 """Reconstructor name -> ``module:class``; modules are imported only when chosen."""
 
@@ -90,6 +91,19 @@ class Reconstructor(abc.ABC):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def peak_memory(device: Any = None) -> dict[str, float]:
+    """Memory peaks so far in MiB: this process's resident set (``peak_rss_mb``, Linux reports
+    KiB) and, on a CUDA ``device``, ``torch.cuda.max_memory_allocated`` (``cuda_peak_mb``)."""
+    import resource
+
+    memory = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    if device is not None and getattr(device, "type", None) == "cuda":
+        import torch
+
+        memory["cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return memory
 
 
 def available_reconstructors() -> list[str]:

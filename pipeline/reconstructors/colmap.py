@@ -10,7 +10,6 @@ import logging
 import math
 import multiprocessing
 import os
-import resource
 import shutil
 import time
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ import pycolmap
 from ..config import CAMERA_PARAMS, CAMERA_TYPES
 from ..frames import Frame
 from ..windows import Window
-from . import STATUS_OK, Reconstructor, WindowResult
+from . import STATUS_OK, Reconstructor, WindowResult, peak_memory
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +151,7 @@ def reconstruct_window(names: list[str], staging_dir: Path, options: ColmapOptio
     except Exception as exc:  # noqa: BLE001 - recorded in the window's result
         logger.debug("window in %s failed", staging_dir, exc_info=True)
         return WindowResult.failure(f"{type(exc).__name__}: {exc}", timings=timings,
-                                    memory=_peak_memory())
+                                    memory=peak_memory())
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -202,7 +201,7 @@ def _finish(rec: pycolmap.Reconstruction | None, names: list[str], sparse_dir: P
         return WindowResult.failure("COLMAP found no model: too few matches, or too little "
                                     "camera motion within the window to triangulate (try "
                                     "--frame-step or a longer window)",
-                                    timings=timings, memory=_peak_memory())
+                                    timings=timings, memory=peak_memory())
     t = time.perf_counter()
     registered = sorted((rec.images[i].name for i in rec.reg_image_ids()), key=names.index)
     anchor_to_first_frame(rec, registered[0])
@@ -214,7 +213,7 @@ def _finish(rec: pycolmap.Reconstruction | None, names: list[str], sparse_dir: P
     result = WindowResult(
         status=STATUS_OK, registered_frames=registered, num_points3D=rec.num_points3D(),
         mean_reprojection_error=float(rec.compute_mean_reprojection_error()),
-        timings=timings, memory=_peak_memory(),
+        timings=timings, memory=peak_memory(),
         details={"num_cameras": rec.num_cameras(), "camera_type": options.camera_type,
                  "shared_camera": options.shared_camera})
     if len(registered) < needed:
@@ -237,8 +236,3 @@ def _copy(options: Any) -> Any:
     clone = type(options)()
     clone.mergedict(options.todict())
     return clone
-
-
-def _peak_memory() -> dict[str, float]:
-    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
-    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}

@@ -1,0 +1,187 @@
+"""The vggt reconstructor end to end, with a tiny network whose generated weights the tests write.
+
+The tiny network's predictions are not meaningful; these tests prove the mechanics: one forward
+per batch, files, window_info.json, resume, failures, choosing, and that batching does not change
+the predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import unittest
+from contextlib import redirect_stderr
+from io import StringIO
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+import torch
+from PIL import Image
+
+from pipeline.cli import main
+from pipeline.config import PipelineConfig
+from pipeline.models import VGGTConfig, load_model
+from pipeline.models.generated_checkpoint import write_generated_checkpoint
+from pipeline.preprocess import PreprocessOptions, preprocess_frames
+from pipeline.reconstructors.vggt import to_original_grid
+from pipeline.runner import choose_reconstructor
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGES = ROOT / "testdata" / "synthetic" / "images"
+FAST = ("--max-query-pts", "48", "--query-frame-num", "2", "--window-size", "4",
+        "--window-stride", "4", "-q")
+
+
+def windows(out: Path) -> list[Path]:
+    return sorted(out.glob("batch_*/window_*"), key=lambda p: p.name)
+
+
+def info(window: Path) -> dict:
+    return json.loads((window / "window_info.json").read_text())
+
+
+class VggtTestCase(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls._tmp = tempfile.TemporaryDirectory()
+        cls.tmp = Path(cls._tmp.name)
+        cls.model = cls.tmp / "tiny"
+        write_generated_checkpoint(cls.model, VGGTConfig.tiny())
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._tmp.cleanup()
+
+    def run_cli(self, out: Path, *args: str, images: Path = IMAGES) -> int:
+        return main(["--input-dir", str(images), "--output-dir", str(out), "--reconstructor",
+                     "vggt", "--model", str(self.model), *FAST, *args])
+
+
+class EndToEndTest(VggtTestCase):
+    def test_windows_files_and_resume(self):
+        out = self.tmp / "run"
+        self.assertEqual(self.run_cli(out, "--max-frames", "12", "--save-depth"), 0)
+        dirs = windows(out)
+        self.assertEqual(len(dirs), 3)
+        for window in dirs:
+            record = info(window)
+            self.assertEqual((record["status"], record["reconstructor"]), ("ok", "vggt"))
+            self.assertEqual(record["num_registered"], 4)
+            self.assertIn("forward", record["timings"])
+            self.assertIn("flagged_frames", record["details"])
+            rec = pycolmap.Reconstruction(window / "sparse")
+            self.assertEqual(rec.num_reg_images(), 4)
+            cams = list(rec.cameras.values())
+            self.assertEqual({(c.width, c.height) for c in cams}, {(320, 240)})  # original size
+            first = rec.find_image_with_name(record["frames"][0])
+            np.testing.assert_allclose(first.cam_from_world().matrix(), np.eye(3, 4), atol=1e-6)
+            self.assertTrue((window / "sparse" / "points.ply").exists())
+            depth = np.load(window / "depth" / f"{Path(record['frames'][1]).stem}.npz")
+            self.assertEqual((depth["depth"].shape, depth["depth"].dtype), ((240, 320), np.float16))
+        manifest = json.loads((out / "run.json").read_text())
+        self.assertEqual(manifest["reconstructor"]["name"], "vggt")
+        # resume: a deleted window is redone, the others are skipped
+        shutil.rmtree(dirs[1])
+        self.assertEqual(self.run_cli(out, "--max-frames", "12", "--save-depth"), 0)
+        manifest = json.loads((out / "run.json").read_text())
+        self.assertEqual([w["skipped"] for w in manifest["windows"]], [True, False, True])
+
+    def test_without_ba_points_come_from_depth(self):
+        out = self.tmp / "noba"
+        self.assertEqual(self.run_cli(out, "--max-frames", "4", "--no-use-ba",
+                                      "--conf-thres-value", "0"), 0)
+        rec = pycolmap.Reconstruction(windows(out)[0] / "sparse")
+        self.assertGreater(rec.num_points3D(), 100)
+
+    def test_a_window_that_fails_leaves_the_others(self):
+        frames = self.tmp / "frames"
+        frames.mkdir()
+        for i, path in enumerate(sorted(IMAGES.iterdir())[:12]):
+            if 4 <= i < 8:  # textureless: no keypoint to track
+                Image.new("RGB", (320, 240), (90, 90, 90)).save(frames / path.name)
+            else:
+                shutil.copy(path, frames / path.name)
+        out = self.tmp / "fail"
+        self.assertEqual(self.run_cli(out, images=frames), 1)
+        self.assertEqual([info(w)["status"] for w in windows(out)], ["ok", "failed", "ok"])
+        self.assertIn("keypoint", info(windows(out)[1])["error"])
+
+
+class BatchingTest(VggtTestCase):
+    def test_batched_forward_equals_one_at_a_time(self):
+        model = load_model(self.model)
+        frames = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(IMAGES.iterdir())[:8]]
+        a = preprocess_frames(frames[:4]).images
+        b = preprocess_frames(frames[4:]).images
+        with torch.inference_mode():
+            batched = model(torch.stack([a, b]))
+            single = [model(x[None]) for x in (a, b)]
+        for key in ("pose_enc", "depth", "depth_conf"):
+            joined = torch.cat([s[key] for s in single])
+            torch.testing.assert_close(batched[key], joined, rtol=1e-4, atol=1e-5)
+
+    def test_batch_size_does_not_change_the_windows(self):
+        one, many = self.tmp / "one", self.tmp / "many"
+        self.assertEqual(self.run_cli(one, "--max-frames", "12", "--window-batch-size", "1"), 0)
+        self.assertEqual(self.run_cli(many, "--max-frames", "12", "--window-batch-size", "3"), 0)
+        self.assertEqual(json.loads((many / "run.json").read_text())["num_windows"], 3)
+        for w1, w2 in zip(windows(one), windows(many)):
+            r1, r2 = (pycolmap.Reconstruction(w / "sparse") for w in (w1, w2))
+            for name in info(w1)["frames"]:
+                np.testing.assert_allclose(
+                    r1.find_image_with_name(name).cam_from_world().matrix(),
+                    r2.find_image_with_name(name).cam_from_world().matrix(), atol=1e-3)
+
+
+class ChoosingTest(VggtTestCase):
+    def test_auto(self):
+        config = PipelineConfig(output_dir=self.tmp / "o", reconstructor="auto",
+                                model=str(self.model))
+        self.assertEqual(choose_reconstructor(config)[0], "vggt")
+        missing = PipelineConfig(output_dir=self.tmp / "o", reconstructor="auto",
+                                 model=str(self.tmp / "no-such-checkpoint"))
+        name, reason = choose_reconstructor(missing)
+        self.assertEqual(name, "colmap")
+        self.assertIn("unavailable", reason)
+
+    def test_auto_run_records_its_choice(self):
+        out = self.tmp / "auto"
+        code = main(["--input-dir", str(IMAGES), "--output-dir", str(out), "--max-frames", "4",
+                     "--model", str(self.tmp / "no-such-checkpoint"), "-q"])
+        self.assertEqual(code, 0)
+        manifest = json.loads((out / "run.json").read_text())
+        self.assertEqual(manifest["reconstructor"]["name"], "colmap")
+        self.assertIn("no-such-checkpoint", manifest["reconstructor"]["chosen_because"])
+
+    def test_vggt_without_weights_is_a_clear_error(self):
+        err = StringIO()
+        with redirect_stderr(err):
+            code = main(["--input-dir", str(IMAGES), "--output-dir", str(self.tmp / "x"),
+                         "--reconstructor", "vggt", "--model", str(self.tmp / "none"), "-q"])
+        self.assertEqual(code, 2)
+        self.assertEqual(len(err.getvalue().strip().splitlines()), 1)
+        self.assertIn("--reconstructor vggt", err.getvalue())
+
+
+class OriginalGridTest(unittest.TestCase):
+    def test_maps_return_to_original_pixels(self):
+        for mode in ("crop", "pad"):
+            frame = np.zeros((300, 500, 3), np.uint8)
+            prepared = preprocess_frames([frame], PreprocessOptions(mode=mode))
+            t = prepared.transforms[0]
+            h, w = prepared.images.shape[-2:]
+            # a network map holding each pixel's original x coordinate (COLMAP convention)
+            cols, rows = np.meshgrid(np.arange(w), np.arange(h))
+            orig = t.to_original(np.stack([cols, rows], -1).astype(float), "index") + 0.5
+            back = to_original_grid(torch.as_tensor(orig[None, ..., 0], dtype=torch.float32), [t])
+            x = np.arange(500) + 0.5
+            valid = back[0] != 0
+            self.assertGreater(valid.mean(), 0.5)
+            np.testing.assert_allclose(back[0][valid], np.broadcast_to(x, (300, 500))[valid],
+                                       atol=1e-3)
+
+
+if __name__ == "__main__":
+    unittest.main()
