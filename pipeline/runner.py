@@ -107,11 +107,27 @@ def choose_reconstructor(config: PipelineConfig) -> tuple[str, str]:
         return "vggt", f"weights of {config.model} found on this machine"
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return "colmap", f"no weights of {config.model} here and HF_HUB_OFFLINE is set"
+    if not _hub_reachable():
+        return "colmap", f"no weights of {config.model} here and the hub cannot be reached"
     try:
         resolve_weights(config.model)  # downloads them into the hub cache
         return "vggt", f"weights of {config.model} downloaded"
     except (WeightsNotFoundError, OSError) as exc:
         return "colmap", f"weights of {config.model} unavailable ({type(exc).__name__})"
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hugging Face endpoint opens within ``timeout`` seconds
+    (a quick check, so that ``auto`` does not sit through the hub client's retries offline)."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def build_reconstructor(config: PipelineConfig) -> Reconstructor:

@@ -144,7 +144,7 @@ class ChoosingTest(VggtTestCase):
                                  model=str(self.tmp / "no-such-checkpoint"))
         name, reason = choose_reconstructor(missing)
         self.assertEqual(name, "colmap")
-        self.assertIn("unavailable", reason)
+        self.assertIn("no-such-checkpoint", reason)
 
     def test_auto_run_records_its_choice(self):
         out = self.tmp / "auto"
