@@ -3,7 +3,9 @@
 1. Each pair of windows that share registered frames is aligned by a robust Sim(3)
    (:func:`pipeline.geometry.robust_sim3`: weighted Umeyama with iterative reweighting) from
    correspondences made of the shared frames' cameras: centres and axis tips (see
-   :func:`correspondences`).
+   :func:`correspondences`), plus, where the reconstructor saved depth maps (vggt with
+   ``--save-depth``), the same pixels back-projected by both windows
+   (:func:`depth_correspondences`).
 2. Pairs with too few shared frames, or whose alignment leaves the shared cameras far apart
    (relative to the scene depth), are not joined. Connected windows form a *segment*; failed
    windows and weak overlaps split the sequence, and every segment is written and reported
@@ -50,6 +52,9 @@ class MergeOptions:
 
     min_shared_frames: int = 3
     """Windows sharing fewer registered frames than this are not joined."""
+    depth_grid: int = 32
+    """Shared frames with predicted depth in both windows add correspondences on a grid of
+    ``depth_grid`` columns (rows in proportion): the same pixel back-projected by each window."""
     max_camera_error: float = 0.05
     """A pair is rejected when, after alignment, the shared camera centres differ (RMS) by more
     than this fraction of the scene depth (the median camera-to-point distance of the window)."""
@@ -80,6 +85,17 @@ class WindowModel:
     """(M, 3) uint8 RGB colours of the points."""
     scene_scale: float = 1.0
     """Median distance of the points from the cameras (normalises residuals)."""
+    depth_dir: Path | None = None
+    """``depth/`` folder of per-frame depth maps (``<stem>.npz``: ``depth``, ``confidence`` on
+    the original pixel grid), when the reconstructor wrote one."""
+
+    def depth(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(depth, confidence)`` ``(H, W)`` float32 of frame ``name``, or ``None``."""
+        path = self.depth_dir / f"{Path(name).stem}.npz" if self.depth_dir else None
+        if path is None or not path.is_file():
+            return None
+        with np.load(path) as data:
+            return data["depth"].astype(np.float32), data["confidence"].astype(np.float32)
 
 
 @dataclass(kw_only=True)
@@ -91,6 +107,7 @@ class PairAlignment:
     sim3: Sim3 | None
     shared_frames: int
     correspondences: int = 0
+    dense_correspondences: int = 0
     inliers: int = 0
     camera_error: float = float("nan")
     src: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)), repr=False)
@@ -101,7 +118,8 @@ class PairAlignment:
 
     def report(self) -> dict[str, Any]:
         return {"windows": [self.a, self.b], "shared_frames": self.shared_frames,
-                "correspondences": self.correspondences, "inliers": self.inliers,
+                "correspondences": self.correspondences,
+                "dense_correspondences": self.dense_correspondences, "inliers": self.inliers,
                 "camera_error": None if np.isnan(self.camera_error) else self.camera_error,
                 "accepted": self.accepted, "reason": self.reason,
                 "scale": None if self.sim3 is None else self.sim3.scale}
@@ -125,7 +143,9 @@ def load_window_model(window_dir: Path, info: dict[str, Any]) -> WindowModel:
         scale = float(np.median(np.linalg.norm(points[:, None] - centres[None], axis=2)))
     else:  # no points: the camera path's extent stands in for the scene depth
         scale = float(np.linalg.norm(np.ptp(centres, axis=0)))
+    depth_dir = Path(window_dir) / "depth"
     return WindowModel(index=info["window_index"], frames=frames,
+                       depth_dir=depth_dir if depth_dir.is_dir() else None,
                        frame_index={n: order[n] for n in frames}, poses=poses, cameras=cameras,
                        points=points, colors=colors,
                        scene_scale=scale or 1.0)
@@ -173,6 +193,37 @@ def correspondences(a: WindowModel, b: WindowModel,
             np.concatenate([ca, tips_a.reshape(-1, 3)]))
 
 
+def depth_correspondences(a: WindowModel, b: WindowModel, shared: Sequence[str],
+                          grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dense 3D-3D pairs (src in ``b``, dst in ``a``): the same pixels of the shared frames
+    back-projected with each window's depth, camera and pose.
+
+    Pixels are taken on a regular grid where both windows have depth and a confidence at least
+    the frame's median. Depth maps hold z-depth on the original pixel grid; pixel ``(col, row)``
+    has its centre at ``(col + 0.5, row + 0.5)`` (COLMAP convention).
+    """
+    src, dst = [], []
+    for name in shared:
+        da, db = a.depth(name), b.depth(name)
+        if da is None or db is None or da[0].shape != db[0].shape:
+            continue
+        h, w = da[0].shape
+        rows, cols = np.meshgrid(np.linspace(0, h - 1, max(2, grid * h // w)).astype(int),
+                                 np.linspace(0, w - 1, grid).astype(int), indexing="ij")
+        ok = np.ones(rows.shape, bool)
+        for depth, conf in (da, db):
+            ok &= (depth[rows, cols] > 0) & (conf[rows, cols] >= np.median(conf[conf > 0]))
+        pixels = np.stack([cols[ok] + 0.5, rows[ok] + 0.5, np.ones(ok.sum())], axis=1)
+        for model, (depth, _), out in ((a, da, dst), (b, db, src)):
+            rays = pixels @ np.linalg.inv(model.cameras[name].calibration_matrix()).T
+            cam_points = rays * depth[rows[ok], cols[ok]][:, None]
+            pose = model.poses[name]
+            out.append((cam_points - pose[:, 3]) @ pose[:, :3])  # R^T (X - t)
+    if not src:
+        return np.zeros((0, 3)), np.zeros((0, 3))
+    return np.concatenate(src), np.concatenate(dst)
+
+
 def overlapping_pairs(models: Sequence[WindowModel]) -> list[tuple[WindowModel, WindowModel]]:
     """Pairs of windows (in window order) that share at least one registered frame."""
     pairs = []
@@ -194,15 +245,21 @@ def align_pair(a: WindowModel, b: WindowModel, options: MergeOptions) -> PairAli
         pair.reason = f"{len(shared)} shared registered frames (< {options.min_shared_frames})"
         return pair
     src, dst = correspondences(a, b, shared)
+    weights = np.ones(len(src))
+    dense_src, dense_dst = depth_correspondences(a, b, shared, options.depth_grid)
+    if len(dense_src):  # the dense points together weigh as much as the cameras
+        src, dst = np.concatenate([src, dense_src]), np.concatenate([dst, dense_dst])
+        weights = np.concatenate([weights, np.full(len(dense_src), len(weights) / len(dense_src))])
     try:
-        fit = robust_sim3(src, dst, loss="cauchy")
+        fit = robust_sim3(src, dst, weights, loss="cauchy")
     except ValueError as exc:
         pair.reason = f"alignment failed: {exc}"
         return pair
     n = len(shared)
     cam_res = fit.residuals[:n]
-    pair.sim3, pair.src, pair.dst, pair.weights = fit.sim3, src, dst, fit.weights
+    pair.sim3, pair.src, pair.dst, pair.weights = fit.sim3, src, dst, weights * fit.weights
     pair.correspondences, pair.inliers = len(src), int(fit.inliers.sum())
+    pair.dense_correspondences = len(dense_src)
     pair.camera_error = float(np.sqrt(np.mean(cam_res ** 2)) / a.scene_scale)
     pair.accepted = pair.camera_error <= options.max_camera_error
     if not pair.accepted:

@@ -41,6 +41,18 @@ def noisy(poses: np.ndarray, rng: np.random.Generator, rot_deg: float, trans: fl
     return out
 
 
+def write_depth(folder: Path, names, scale: float) -> None:
+    """Depth maps as vggt --save-depth writes them; any depth is consistent between windows
+    (each window back-projects the same pixel with its own copy of the same depth)."""
+    (folder / "depth").mkdir()
+    rows, cols = np.mgrid[0:240, 0:320]
+    for name in names:
+        depth = (2.0 + 0.004 * cols + 0.002 * rows + 0.1 * (NAMES.index(name) % 3)) * scale
+        np.savez_compressed(folder / "depth" / f"{Path(name).stem}.npz",
+                            depth=depth.astype(np.float16),
+                            confidence=np.full((240, 320), 3.0, np.float16))
+
+
 def write_window(out: Path, window, poses: np.ndarray, points: np.ndarray,
                  status: str = "ok") -> None:
     """A window folder as the pipeline writes it: sparse/ and window_info.json."""
@@ -64,7 +76,7 @@ def write_window(out: Path, window, poses: np.ndarray, points: np.ndarray,
 
 
 def make_output(out: Path, *, stride: int = 4, failed=(), garbage=(), seed: int = 0,
-                rot_deg: float = 0.02, trans: float = 0.001) -> None:
+                rot_deg: float = 0.02, trans: float = 0.001, depth: bool = False) -> None:
     """Windows of the loop, each in its own random Sim(3) world with a little pose noise."""
     rng = np.random.default_rng(seed)
     world_points = rng.uniform([-4, -4, 0], [4, 4, 3], (200, 3))
@@ -76,6 +88,8 @@ def make_output(out: Path, *, stride: int = 4, failed=(), garbage=(), seed: int 
             poses = noisy(poses, rng, 30.0, 2.0 * sim.scale)
         status = "failed" if window.index in failed else "ok"
         write_window(out, window, poses, sim.apply(world_points), status)
+        if depth:
+            write_depth(out / window.relative_dir, window.items, sim.scale)
 
 
 def merged_ate(folder: Path) -> tuple[float, int]:
@@ -115,6 +129,14 @@ class MergeTest(unittest.TestCase):
         gt = {n: GT[i] for i, n in enumerate(NAMES)}
         [entry] = evaluate_output(self.out, gt)["merged"]
         self.assertLess(entry["ate"]["rmse_fraction"], 0.005)
+
+    def test_depth_maps_add_dense_correspondences(self):
+        make_output(self.out, depth=True, rot_deg=0.0, trans=0.0)
+        report = merge_output(self.out)
+        self.assertTrue(all(p["dense_correspondences"] > 500 for p in report["pairs"]))
+        fraction, count = merged_ate(self.out / "merged")
+        self.assertEqual(count, N_FRAMES)
+        self.assertLess(fraction, 0.001)
 
     def test_merged_world_is_the_first_windows_world(self):
         make_output(self.out, rot_deg=0.0, trans=0.0)
