@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "--no-use-ba writes points from the predicted depth instead")
     n.add_argument("--conf-thres-value", type=float, default=5.0, help="without BA: depth "
                    "confidence a pixel needs to become a point (default 5)")
+    n.add_argument("--allow-approximate", action="store_true", help="when one window runs out "
+                   "of memory even with the smallest chunks, also try frame batching (attention "
+                   "across frames within groups only: approximate) before failing it")
     n.add_argument("--save-depth", action="store_true", help="write per-frame depth and "
                    "confidence (float16 .npz, original size) into each window's depth/")
     o = p.add_argument_group("output")
@@ -149,6 +152,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         max_query_pts=args.max_query_pts, fine_tracking=args.fine_tracking,
         vis_thresh=args.vis_thresh, max_reproj_error=args.max_reproj_error,
         use_ba=args.use_ba, conf_thres_value=args.conf_thres_value, save_depth=args.save_depth,
+        allow_approximate=args.allow_approximate,
         show_progress=not args.quiet,
         verbose=args.verbose)
 

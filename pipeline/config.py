@@ -64,6 +64,9 @@ class PipelineConfig:
     """vggt without BA: depth confidence a pixel needs to become a point."""
     use_ba: bool = True
     """vggt: bundle-adjust the predicted cameras with the tracks (else points from depth)."""
+    allow_approximate: bool = False
+    """vggt: when one window does not fit in memory even with the smallest chunks, also try
+    frame batching (approximate) before failing it."""
     save_depth: bool = False
     """vggt: write per-frame depth and confidence (float16 .npz) into each window."""
     camera_type: str = "SIMPLE_PINHOLE"

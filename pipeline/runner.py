@@ -167,6 +167,7 @@ def _build_vggt(config: PipelineConfig) -> Reconstructor:
                           max_query_pts=config.max_query_pts,
                           fine_tracking=config.fine_tracking, sfm=sfm,
                           save_depth=config.save_depth,
+                          allow_approximate=config.allow_approximate,
                           colmap_log_level=1 if config.verbose else 2)
     try:
         return create_reconstructor("vggt", options=options)

@@ -1,4 +1,4 @@
-"""Networks (VGGT; later Depth Anything 3) and checkpoint loading.
+"""Networks (VGGT, Depth Anything 3) and checkpoint loading.
 
 Typical use::
 
@@ -8,6 +8,7 @@ Typical use::
         out = model(images, query_points)          # images [B, S, 3, H, W] in [0, 1]
 """
 
+from .da3 import DA3Config, DA3ForwardOptions, DepthAnything3, build_da3
 from .camera import depth_to_world_points, extri_intri_to_pose_encoding, pose_encoding_to_extri_intri
 from .generated_weights import load_rule_weights_, rule_state_dict
 from .loading import (
@@ -26,7 +27,7 @@ from .precision import choose_dtype, resolve_dtype
 from .vggt import VGGT, ForwardOptions, VGGTConfig, build_model
 
 __all__ = [
-    "DEFAULT_REPO", "Architecture", "ForwardOptions", "VGGT", "VGGTConfig", "WeightsNotFoundError",
+    "DA3Config", "DA3ForwardOptions", "DEFAULT_REPO", "DepthAnything3", "build_da3", "Architecture", "ForwardOptions", "VGGT", "VGGTConfig", "WeightsNotFoundError",
     "architectures", "build_model", "choose_dtype", "depth_to_world_points", "extri_intri_to_pose_encoding",
     "load_model", "load_rule_weights_", "pose_encoding_to_extri_intri", "read_state_dict", "register_architecture",
     "resolve_dtype", "resolve_weights", "rule_state_dict", "save_pretrained", "weights_available",

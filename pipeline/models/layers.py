@@ -126,7 +126,10 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: ``x + ls1(attn(norm1(x)))`` then ``x + ls2(mlp(norm2(x)))``."""
+    """Pre-norm transformer block: ``x + ls1(attn(norm1(x)))`` then ``x + ls2(mlp(norm2(x)))``.
+
+    ``ffn`` replaces the default :class:`Mlp` (``dim -> dim*mlp_ratio -> dim``) as ``mlp``, e.g. a SwiGLU.
+    """
 
     def __init__(
         self,
@@ -138,13 +141,14 @@ class Block(nn.Module):
         norm_eps: float = 1e-5,
         qk_norm: bool = False,
         rope: Optional[RotaryEmbedding2D] = None,
+        ffn: Optional[nn.Module] = None,
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, qk_norm=qk_norm, rope=rope)
         self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = ffn if ffn is not None else Mlp(dim, int(dim * mlp_ratio))
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
 
     def forward(self, x: torch.Tensor, pos: Optional[torch.Tensor] = None) -> torch.Tensor:

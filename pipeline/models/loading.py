@@ -20,6 +20,7 @@ from typing import Any, Callable, Collection, Dict, Mapping, Optional, Tuple, Un
 import torch
 from torch import nn
 
+from .da3 import DA3Config, build_da3, is_da3_state_dict
 from .precision import DTypeLike, resolve_dtype
 from .vggt import VGGTConfig, build_model
 
@@ -62,8 +63,19 @@ def _vggt_config_dict(config: Any) -> Dict[str, Any]:
     return config.to_dict() if isinstance(config, VGGTConfig) else dict(config)
 
 
+def _da3_build(config: Optional[Mapping[str, Any]]) -> nn.Module:
+    if not config:
+        raise ValueError("a DA3 checkpoint needs its config.json (model_name) or config=DA3Config.variant(...)")
+    return build_da3(DA3Config.from_dict(dict(config)))
+
+
+def _da3_config_dict(config: Any) -> Dict[str, Any]:
+    return config.to_dict() if isinstance(config, DA3Config) else dict(config)
+
+
 _ARCHITECTURES: Dict[str, Architecture] = {
     "vggt": Architecture(name="vggt", matches=_vggt_matches, build=_vggt_build, config_to_dict=_vggt_config_dict),
+    "da3": Architecture(name="da3", matches=is_da3_state_dict, build=_da3_build, config_to_dict=_da3_config_dict),
 }
 
 
@@ -272,7 +284,13 @@ def save_pretrained(model: nn.Module, folder: Union[str, os.PathLike], *, archit
     """Write ``model.safetensors`` (or ``model.pt``) and ``config.json`` to ``folder``; returns the weights path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state, seen = {}, set()
+    for k, v in model.state_dict().items():
+        alias = (v.data_ptr(), tuple(v.shape), v.stride())
+        if v.data_ptr() and alias in seen:  # tied alias (DA3's shared LayerNorm): stored once, as safetensors does
+            continue
+        seen.add(alias)
+        state[k] = v.detach().cpu().contiguous()
     if safetensors:
         from safetensors.torch import save_file
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,9 @@ class VggtOptions:
     """Write each frame's depth and confidence (original size, float16) to ``depth/NAME.npz``."""
     seed: int = 0
     """Seed of the keypoint subsampling."""
+    allow_approximate: bool = False
+    """When a single window runs out of memory even with the smallest chunks, also try frame
+    batching (attention across frames only within groups: approximate)."""
     colmap_log_level: int = 2
     """glog level of pycolmap's own messages: 0 info, 1 warnings, 2 errors."""
 
@@ -132,15 +135,71 @@ class VggtReconstructor(Reconstructor):
 
     def reconstruct_batch(self, windows: Sequence[Window[Frame]],
                           staging_dirs: Sequence[Path]) -> list[WindowResult]:
+        """Reconstruct the batch, recovering from running out of memory.
+
+        On ``torch.OutOfMemoryError`` the cache is freed and the batch is halved and retried;
+        a single window is retried with smaller chunks in the heads and the tracker, then (only
+        with ``allow_approximate``) with frame batching; only then does it fail, with the reason.
+        """
+        try:
+            return self._reconstruct(windows, staging_dirs, self.forward_options)
+        except torch.OutOfMemoryError:
+            self._free_memory()
+        if len(windows) > 1:
+            half = len(windows) // 2
+            logger.warning("out of memory with %d windows per batch; retrying with %d",
+                           len(windows), half)
+            return (self.reconstruct_batch(windows[:half], staging_dirs[:half])
+                    + self.reconstruct_batch(windows[half:], staging_dirs[half:]))
+        for options in self._fallbacks(len(windows[0])):
+            logger.warning("window %d: out of memory; retrying with %s", windows[0].index,
+                           _describe_fallback(options))
+            try:
+                results = self._reconstruct(windows, staging_dirs, options)
+                results[0].details["memory_fallback"] = _describe_fallback(options)
+                return results
+            except torch.OutOfMemoryError:
+                self._free_memory()
+        return [WindowResult.failure(
+            "out of memory even one window at a time with the smallest chunks"
+            + ("" if self.options.allow_approximate else
+               " (--allow-approximate would also try frame batching)"))]
+
+    def _fallbacks(self, frames: int) -> list[Any]:
+        """Forward options to try, in order, for a single window that ran out of memory."""
+        base = self.forward_options
+        options = [replace(base, frames_chunk_size=c, query_chunk_size=q)
+                   for c, q in ((2, 64), (1, 16))]
+        if self.options.allow_approximate:
+            options += [replace(options[-1], frame_batch_size=g)
+                        for g in (max(2, frames // 2), max(2, frames // 4), 2)
+                        if g < frames]
+        return options
+
+    def _free_memory(self) -> None:
+        import gc
+
+        gc.collect()
+        if self.torch_device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _reconstruct(self, windows: Sequence[Window[Frame]], staging_dirs: Sequence[Path],
+                     forward_options: Any) -> list[WindowResult]:
+        """One forward for the batch, then tracks and BA per window (out of memory propagates)."""
         t = time.perf_counter()
         batch = self._prepare(windows)
         prep = time.perf_counter() - t
-        out, fmaps, forward = self._forward(batch.images)
+        if self.torch_device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.torch_device)
+        out, fmaps, forward = self._forward(batch.images, forward_options)
         results = []
         for b, (window, staging) in enumerate(zip(windows, staging_dirs)):
             try:
-                result = self._finish_window(b, window, staging, batch, out, fmaps)
+                result = self._finish_window(b, window, staging, batch, out, fmaps,
+                                             forward_options)
                 result.timings = {"preprocess": prep, "forward": forward, **result.timings}
+            except torch.OutOfMemoryError:
+                raise
             except Exception as exc:  # noqa: BLE001 - one window never stops the others
                 logger.debug("window %d failed", window.index, exc_info=True)
                 result = WindowResult.failure(f"{type(exc).__name__}: {exc}")
@@ -158,10 +217,11 @@ class VggtReconstructor(Reconstructor):
             transforms.append(prepared.transforms)
         return _Batch(torch.stack(images), originals, transforms)
 
-    def _forward(self, images: torch.Tensor) -> tuple[dict[str, Any], torch.Tensor | None, float]:
+    def _forward(self, images: torch.Tensor, opts: Any
+                 ) -> tuple[dict[str, Any], torch.Tensor | None, float]:
         """One forward for the whole batch; returns outputs, track feature maps, seconds."""
         t = time.perf_counter()
-        model, opts = self.model, self.forward_options
+        model = self.model
         with torch.inference_mode():
             out = model(images.to(self.torch_device), options=opts, return_tokens=True)
             fmaps = None
@@ -178,7 +238,8 @@ class VggtReconstructor(Reconstructor):
 
 
     def _finish_window(self, b: int, window: Window[Frame], staging: Path, batch: _Batch,
-                       out: dict[str, Any], fmaps: torch.Tensor | None) -> WindowResult:
+                       out: dict[str, Any], fmaps: torch.Tensor | None,
+                       forward_options: Any) -> WindowResult:
         """Cameras, depth and tracks of window ``b`` -> bundle-adjusted model in ``staging``."""
         originals, transforms = batch.originals[b], batch.transforms[b]
         if len({f.shape for f in originals}) != 1:
@@ -187,7 +248,7 @@ class VggtReconstructor(Reconstructor):
         preds = self._predictions(b, window, originals, transforms, out)
         tracks = None
         if self.options.sfm.use_ba:
-            tracks = self._tracks(b, preds, transforms, fmaps)
+            tracks = self._tracks(b, preds, transforms, fmaps, forward_options.query_chunk_size)
         tracking = time.perf_counter() - t
         result = run_sfm(preds, tracks, self.options.sfm)
         write_sfm_result(result, staging / "sparse")
@@ -222,7 +283,7 @@ class VggtReconstructor(Reconstructor):
 
 
     def _tracks(self, b: int, preds: WindowPredictions, transforms: list[FrameTransform],
-                fmaps: torch.Tensor | None) -> Tracks:
+                fmaps: torch.Tensor | None, query_chunk_size: int | None) -> Tracks:
         """Track SIFT keypoints of the query frames through window ``b`` with the track head."""
         if fmaps is None:
             raise ValueError("this checkpoint has no track head; use the sfm option use_ba=False")
@@ -236,7 +297,8 @@ class VggtReconstructor(Reconstructor):
             queries = self._queries(preds, int(q), budget, rng)
             if len(queries) == 0:
                 continue
-            track, visibility = self._track_from(b, int(q), queries, transforms, fmaps)
+            track, visibility = self._track_from(b, int(q), queries, transforms, fmaps,
+                                                 query_chunk_size)
             xy.append(track)
             vis.append(visibility)
             origin.append(np.full(len(queries), q))
@@ -260,7 +322,8 @@ class VggtReconstructor(Reconstructor):
         return keypoints
 
     def _track_from(self, b: int, q: int, queries: np.ndarray, transforms: list[FrameTransform],
-                    fmaps: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+                    fmaps: torch.Tensor, query_chunk_size: int | None
+                    ) -> tuple[np.ndarray, np.ndarray]:
         """Track ``queries`` (N, 2) of frame ``q`` (original COLMAP pixels) through window ``b``.
 
         The track head queries its first frame, so frames ``0`` and ``q`` swap places (as the
@@ -275,12 +338,20 @@ class VggtReconstructor(Reconstructor):
             tracks, vis, _ = self.model.track_head.tracker(
                 torch.as_tensor(net, dtype=torch.float32, device=self.torch_device)[None],
                 fmaps[b:b + 1, order], iters=iters,
-                query_chunk_size=self.forward_options.query_chunk_size)
+                query_chunk_size=query_chunk_size)
         track = tracks[-1][0].float().cpu().numpy()[order]
         visibility = vis[0].float().cpu().numpy()[order]
         original = np.stack([t.to_original(track[s], "index") + 0.5
                              for s, t in enumerate(transforms)])
         return original, visibility
+
+
+def _describe_fallback(options: Any) -> str:
+    text = (f"frames_chunk_size={options.frames_chunk_size}, "
+            f"query_chunk_size={options.query_chunk_size}")
+    if options.frame_batch_size:
+        text += f", frame_batch_size={options.frame_batch_size} (approximate)"
+    return text
 
 
 def sift_keypoints(image: np.ndarray, options: Any) -> np.ndarray:

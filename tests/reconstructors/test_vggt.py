@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pycolmap
+import pytest
 import torch
 from PIL import Image
 
@@ -133,6 +134,55 @@ class BatchingTest(VggtTestCase):
                 np.testing.assert_allclose(
                     r1.find_image_with_name(name).cam_from_world().matrix(),
                     r2.find_image_with_name(name).cam_from_world().matrix(), atol=1e-3)
+
+
+@pytest.mark.slow
+class OutOfMemoryTest(VggtTestCase):
+    """Out-of-memory errors injected into the network's forward are recovered from."""
+
+    def run_batch(self, fail, **options):
+        from pipeline.frames import list_image_files, prepare_frames
+        from pipeline.runner import build_reconstructor, process_window_batch
+        from pipeline.windows import create_windows
+
+        out = self.tmp / f"oom{len(list(self.tmp.iterdir()))}"
+        config = PipelineConfig(output_dir=out, input_dir=IMAGES, reconstructor="vggt",
+                                model=str(self.model), max_query_pts=16, query_frame_num=1,
+                                show_progress=False, **options)
+        frames = prepare_frames(list_image_files(IMAGES)[:8], out / "cache", show_progress=False)
+        reconstructor = build_reconstructor(config)
+        real, calls = reconstructor.model.forward, []
+
+        def forward(images, *args, options=None, **kwargs):
+            calls.append((images.shape[0], options.frames_chunk_size, options.frame_batch_size))
+            if fail(images.shape[0], options):
+                raise torch.OutOfMemoryError("injected: CUDA out of memory")
+            return real(images, *args, options=options, **kwargs)
+
+        reconstructor.model.forward = forward
+        records = process_window_batch(create_windows(frames, 4, 4), 0, config,
+                                       reconstructor=reconstructor)
+        return records, calls
+
+    def test_batch_is_halved_until_it_fits(self):
+        records, calls = self.run_batch(lambda b, o: b > 1)
+        self.assertEqual([r["status"] for r in records], ["ok"] * 2)
+        self.assertEqual([c[0] for c in calls], [2, 1, 1])
+
+    def test_single_window_falls_back_to_smaller_chunks(self):
+        records, calls = self.run_batch(lambda b, o: b > 1 or o.frames_chunk_size > 1)
+        self.assertEqual([r["status"] for r in records], ["ok"] * 2)
+        self.assertTrue(all("frames_chunk_size=1" in r["details"]["memory_fallback"]
+                            for r in records))
+
+    def test_approximate_only_when_allowed(self):
+        needs_groups = lambda b, o: o.frame_batch_size is None  # noqa: E731
+        records, _ = self.run_batch(needs_groups)
+        self.assertEqual({r["status"] for r in records}, {"failed"})
+        self.assertIn("--allow-approximate", records[0]["error"])
+        records, _ = self.run_batch(needs_groups, allow_approximate=True)
+        self.assertEqual([r["status"] for r in records], ["ok"] * 2)
+        self.assertIn("approximate", records[0]["details"]["memory_fallback"])
 
 
 class ChoosingTest(VggtTestCase):
