@@ -23,7 +23,7 @@ class ParserTest(unittest.TestCase):
         config = config_from_args(args)
         self.assertEqual((config.window_size, config.window_stride, config.window_batch_size),
                          (8, 4, 4))
-        self.assertEqual((config.reconstructor, config.camera_type), ("colmap", "SIMPLE_PINHOLE"))
+        self.assertEqual((config.reconstructor, config.camera_type), ("auto", "SIMPLE_PINHOLE"))
         self.assertFalse(config.shared_camera or config.overwrite or config.skip_bad_frames)
 
     def test_help_explains_every_flag(self):
