@@ -8,6 +8,7 @@ others are written) or the merge failed;
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 import logging
 import sys
 from collections.abc import Sequence
@@ -36,15 +37,8 @@ def _float_list(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser; ``--help`` explains every flag."""
-    p = argparse.ArgumentParser(
-        prog="vae_data_pipeline_batch.py",
-        description="Slide overlapping windows over a frame sequence and reconstruct each window "
-                    "into a self-contained COLMAP scene (OUT/batch_XXX/window_YYY/sparse).",
-        epilog="Exit status: 0 all windows succeeded, 1 some windows failed (the others are "
-               "written), 2 bad usage or input. Rerunning into the same output folder skips "
-               "complete windows.")
+def _add_input_args(p: argparse.ArgumentParser) -> None:
+    """Where the frames come from."""
     src = p.add_argument_group("input").add_mutually_exclusive_group(required=True)
     src.add_argument("--input-dir", type=Path, help="folder of frames (jpg, jpeg, png, webp, "
                      "bmp, tif), ordered by natural sort (frame_2 before frame_10)")
@@ -62,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "--frame-step)")
     p.add_argument("--skip-bad-frames", action="store_true", help="drop unreadable frames with a "
                    "warning (default: stop before any work, naming the file)")
+
+
+def _add_window_args(p: argparse.ArgumentParser) -> None:
+    """Window size, stride and batching."""
     w = p.add_argument_group("windows")
     w.add_argument("--window-size", type=_positive_int, default=8, help="frames per window "
                    "(default 8)")
@@ -69,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "starts; at most the window size (default 4)")
     w.add_argument("--window-batch-size", type=_positive_int, default=4, help="windows processed "
                    "together; for colmap, in parallel worker processes (default 4)")
+
+
+def _add_reconstruction_args(p: argparse.ArgumentParser) -> None:
+    """Which reconstructor, cameras, and the classical one's settings."""
     r = p.add_argument_group("reconstruction")
     r.add_argument("--reconstructor", choices=["auto", *available_reconstructors()],
                    default="auto", help="vggt: the VGGT network on batches of windows, then "
@@ -86,8 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "frames of a window (default: one per frame)")
     r.add_argument("--num-workers", type=_positive_int, help="colmap: worker processes per batch "
                    "(default: one per window, at most one per CPU core; 1 runs in-process)")
-    r.add_argument("--min-registered", type=float, default=0.5, metavar="FRACTION",
+    r.add_argument("--min-registered", dest="min_registered_fraction", type=float, default=0.5,
+                   metavar="FRACTION",
                    help="mark a window failed when fewer of its frames register (default 0.5)")
+
+
+def _add_vggt_args(p: argparse.ArgumentParser) -> None:
+    """The network reconstructor's settings."""
     n = p.add_argument_group("vggt")
     n.add_argument("--model", default="facebook/VGGT-1B", help="checkpoint: a .safetensors/.pt "
                    "file, a folder holding one, or a hub id (default facebook/VGGT-1B)")
@@ -118,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "across frames within groups only: approximate) before failing it")
     n.add_argument("--save-depth", action="store_true", help="write per-frame depth and "
                    "confidence (float16 .npz, original size) into each window's depth/")
+
+
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    """What is written, and logging."""
     o = p.add_argument_group("output")
     o.add_argument("--images", choices=IMAGE_MODES, default="link", help="what each window's "
                    "images/ holds: absolute symlinks to the frames (default), copies, or nothing")
@@ -131,30 +142,29 @@ def build_parser() -> argparse.ArgumentParser:
                    "own warnings")
     v.add_argument("-q", "--quiet", action="store_true", help="warnings and the summary only; no "
                    "progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; ``--help`` explains every flag."""
+    p = argparse.ArgumentParser(
+        prog="vae_data_pipeline_batch.py",
+        description="Slide overlapping windows over a frame sequence and reconstruct each window "
+                    "into a self-contained COLMAP scene (OUT/batch_XXX/window_YYY/sparse).",
+        epilog="Exit status: 0 all windows succeeded, 1 some windows failed (the others are "
+               "written), 2 bad usage or input. Rerunning into the same output folder skips "
+               "complete windows.")
+    _add_input_args(p)
+    _add_window_args(p)
+    _add_reconstruction_args(p)
+    _add_vggt_args(p)
+    _add_output_args(p)
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
-    """Map parsed flags to the run configuration."""
-    return PipelineConfig(
-        input_dir=args.input_dir, frame_pattern=args.frame_pattern,
-        input_video=args.input_video, fps=args.fps,
-        output_dir=args.output_dir, window_size=args.window_size,
-        window_stride=args.window_stride, window_batch_size=args.window_batch_size,
-        reconstructor=args.reconstructor, camera_type=args.camera_type,
-        shared_camera=args.shared_camera, camera_params=args.camera_params,
-        frame_step=args.frame_step,
-        max_frames=args.max_frames, overwrite=args.overwrite,
-        skip_bad_frames=args.skip_bad_frames, images=args.images, num_workers=args.num_workers,
-        min_registered_fraction=args.min_registered, merge=args.merge, model=args.model,
-        device=args.device, mixed_precision=args.mixed_precision,
-        preprocess_mode=args.preprocess_mode, query_frame_num=args.query_frame_num,
-        max_query_pts=args.max_query_pts, fine_tracking=args.fine_tracking,
-        vis_thresh=args.vis_thresh, max_reproj_error=args.max_reproj_error,
-        use_ba=args.use_ba, conf_thres_value=args.conf_thres_value, save_depth=args.save_depth,
-        allow_approximate=args.allow_approximate,
-        show_progress=not args.quiet,
-        verbose=args.verbose)
+    """Map parsed flags to the run configuration (each flag's dest is a field's name)."""
+    values = {f.name: getattr(args, f.name) for f in fields(PipelineConfig) if hasattr(args, f.name)}
+    return PipelineConfig(**values, show_progress=not args.quiet)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

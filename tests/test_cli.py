@@ -26,6 +26,15 @@ class ParserTest(unittest.TestCase):
         self.assertEqual((config.reconstructor, config.camera_type), ("auto", "SIMPLE_PINHOLE"))
         self.assertFalse(config.shared_camera or config.overwrite or config.skip_bad_frames)
 
+    def test_every_flag_reaches_the_configuration(self):
+        from dataclasses import fields
+
+        from pipeline.config import PipelineConfig
+
+        names = {f.name for f in fields(PipelineConfig)}
+        dests = {a.dest for a in build_parser()._actions} - {"help", "quiet"}
+        self.assertEqual(dests - names, set())
+
     def test_help_explains_every_flag(self):
         parser = build_parser()
         for action in parser._actions:
