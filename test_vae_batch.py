@@ -294,6 +294,21 @@ class CameraTypeTest(TempDirTestCase):
             models = {str(cam.model.name) for cam in rec.cameras.values()}
             self.assertEqual(models, {camera_type})
 
+    def test_shared_camera_with_mixed_sizes_gives_one_camera_per_frame(self):
+        frames = self.tmp / "mixed"
+        frames.mkdir()
+        for i, path in enumerate(sorted(IMAGES.iterdir())[:8]):
+            image = Image.open(path)
+            (image.resize((300, 225)) if i % 2 else image).save(frames / path.name)
+        out = self.tmp / "mixed_out"
+        self.assertEqual(run_cli("--input-dir", frames, "--output-dir", out, "--shared-camera"), 0)
+        info = window_info(window_dirs(out)[0])
+        self.assertEqual(info["num_registered"], 8)
+        self.assertFalse(info["details"]["shared_camera"])
+        rec = pycolmap.Reconstruction(window_dirs(out)[0] / "sparse")
+        self.assertEqual({(c.width, c.height) for c in rec.cameras.values()},
+                         {(320, 240), (300, 225)})
+
     def test_known_camera_params_stay_fixed(self):
         gt = load_ground_truth(TESTDATA)
         params = tuple(float(v) for v in (gt.K[0, 0], gt.K[1, 1], gt.K[0, 2], gt.K[1, 2]))

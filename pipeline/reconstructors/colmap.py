@@ -104,7 +104,8 @@ class ColmapReconstructor(Reconstructor):
         workers = self.options.num_workers or min(len(windows), cores)
         threads = self.options.num_threads or max(1, cores // workers)
         options = replace(self.options, num_threads=threads)
-        jobs = [([f.name for f in w.items], Path(d), options) for w, d in zip(windows, staging_dirs)]
+        jobs = [([f.name for f in w.items], Path(d), _window_options(w, options))
+                for w, d in zip(windows, staging_dirs)]
         if workers == 1:
             return [reconstruct_window(*job) for job in jobs]
         pool = self._get_pool(workers)
@@ -133,6 +134,16 @@ class ColmapReconstructor(Reconstructor):
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+def _window_options(window: Window[Frame], options: ColmapOptions) -> ColmapOptions:
+    """The options for one window: a shared camera needs frames of one size, so a window whose
+    frames differ in size gets one camera per frame (said in the log and in its details)."""
+    if options.shared_camera and len({f.size for f in window.items}) > 1:
+        logger.warning("window %d: frames differ in size, so each gets its own camera",
+                       window.index)
+        return replace(options, shared_camera=False)
+    return options
 
 
 def reconstruct_window(names: list[str], staging_dir: Path, options: ColmapOptions) -> WindowResult:
