@@ -192,6 +192,24 @@ class ResumeTest(TempDirTestCase):
                                                "pending": 0})
         self.assertEqual(list(out.glob("batch_*/.*")), [])
 
+    def test_interrupted_run(self):
+        out = self.tmp / "out"
+        cmd = [sys.executable, str(ROOT / "vae_data_pipeline_batch.py"), *map(str, self.ARGS),
+               "--output-dir", str(out), "-q"]
+        proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                 signal.default_int_handler))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not list(out.glob("batch_*/.window_*")):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        self.assertEqual(proc.returncode, 130, err)
+        self.assertIn("rerun the same command", err)
+        self.assertEqual(json.loads((out / "run.json").read_text())["status"], "interrupted")
+        self.assertEqual(run_cli(*self.ARGS, "--output-dir", out), 0)
+        self.assertEqual(json.loads((out / "run.json").read_text())["summary"]["ok"], 4)
+
     def test_overwrite_redoes_all(self):
         out = self.tmp / "out"
         args = ("--input-dir", IMAGES, "--max-frames", "8", "--window-size", "4")

@@ -221,6 +221,10 @@ def process_window_batch(window_batch: Batch[Frame] | Sequence[Window[Frame]], b
     except Exception as exc:  # noqa: BLE001 - the batch's windows fail, the run goes on
         logger.exception("batch %d failed as a whole", batch_idx)
         results = [WindowResult.failure(f"{type(exc).__name__}: {exc}") for _ in windows]
+    except BaseException:  # interrupted: leave no half-written window behind
+        for staging in stagings:
+            discard_staging(staging)
+        raise
     elapsed = time.perf_counter() - start
     records = []
     for window, staging, final, result in zip(windows, stagings, finals, results):
