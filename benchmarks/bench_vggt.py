@@ -21,39 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from _measure import settle_and_reset_peak, status_mib, run_worker
+
 logger = logging.getLogger(__name__)
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _status_mib(field: str) -> float:
-    """A memory field of /proc/self/status (VmRSS, VmHWM) in MiB (Linux)."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _settle_and_reset_peak() -> None:
-    """Return freed heap to the OS and reset the peak-RSS counter, so the peak covers the forward only."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-    with open("/proc/self/clear_refs", "w") as fh:  # "5" resets VmHWM (peak RSS) to the current RSS
-        fh.write("5")
 
 
 def _build(device: str):
@@ -88,8 +63,8 @@ def worker(args: argparse.Namespace) -> dict:
     run = lambda: model(images, queries if args.queries else None, **opts)
     cuda = args.device.startswith("cuda")
     if not cuda:
-        _settle_and_reset_peak()
-    rss_model = _status_mib("VmRSS")
+        settle_and_reset_peak()
+    rss_model = status_mib("VmRSS")
     with torch.inference_mode():
         if cuda:
             run()  # warm-up (kernels, allocator)
@@ -106,7 +81,7 @@ def worker(args: argparse.Namespace) -> dict:
     if cuda:
         result.update(gpu=torch.cuda.get_device_name(), peak_allocated_mib=round(torch.cuda.max_memory_allocated() / 2**20))
     else:
-        peak = _status_mib("VmHWM")
+        peak = status_mib("VmHWM")
         result.update(rss_before_forward_mib=round(rss_model), peak_rss_mib=round(peak), forward_peak_extra_mib=round(peak - rss_model),
                       lifetime_peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
     return result
@@ -136,15 +111,11 @@ def main(argv=None) -> int:
     results = []
     for frames in args.frames:
         for mode in args.modes:
-            cmd = [sys.executable, __file__, "--worker", "--device", args.device, "--frame-count", str(frames), "--mode", mode,
-                   "--height", str(args.height), "--width", str(args.width), "--queries", str(args.queries)]
-            env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-            if proc.returncode:
-                logger.error("frames=%d mode=%s failed:\n%s", frames, mode, proc.stderr[-2000:])
-                continue
-            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            logger.info(json.dumps(results[-1]))
+            result = run_worker(__file__, ["--device", args.device, "--frame-count", str(frames),
+                                           "--mode", mode, "--height", str(args.height),
+                                           "--width", str(args.width), "--queries", str(args.queries)])
+            if result is not None:
+                results.append(result)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
