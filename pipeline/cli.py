@@ -74,7 +74,8 @@ def _add_reconstruction_args(p: argparse.ArgumentParser) -> None:
     r = p.add_argument_group("reconstruction")
     r.add_argument("--reconstructor", choices=["auto", *available_reconstructors()],
                    default="auto", help="vggt: the VGGT network on batches of windows, then "
-                   "tracks and bundle adjustment; colmap: classical SIFT + incremental mapping "
+                   "tracks and bundle adjustment; da3: Depth Anything 3 on batches of windows "
+                   "(checkpoint from --model), tracks from SIFT matching, bundle adjustment; colmap: classical SIFT + incremental mapping "
                    "with pycolmap, CPU, no weights; auto (default): vggt when its weights are "
                    "here or can be downloaded, else colmap (the choice and why are logged and "
                    "kept in run.json)")
@@ -97,7 +98,8 @@ def _add_vggt_args(p: argparse.ArgumentParser) -> None:
     """The network reconstructor's settings."""
     n = p.add_argument_group("vggt")
     n.add_argument("--model", default="facebook/VGGT-1B", help="checkpoint: a .safetensors/.pt "
-                   "file, a folder holding one, or a hub id (default facebook/VGGT-1B)")
+                   "file, a folder holding one, or a hub id (default facebook/VGGT-1B, for vggt; "
+                   "da3 needs one given, e.g. depth-anything/DA3-LARGE-1.1 or a folder)")
     n.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), "
                    "cpu, cuda, cuda:1, ...")
     n.add_argument("--mixed-precision", choices=("auto", "bf16", "fp16", "no"), default="auto",
@@ -125,6 +127,35 @@ def _add_vggt_args(p: argparse.ArgumentParser) -> None:
                    "across frames within groups only: approximate) before failing it")
     n.add_argument("--save-depth", action="store_true", help="write per-frame depth and "
                    "confidence (float16 .npz, original size) into each window's depth/")
+
+
+def _add_da3_args(p: argparse.ArgumentParser) -> None:
+    """Depth Anything 3's input grid, and the network reconstructors' exports."""
+    from .export_formats import parse_export_format
+    from .preprocess import DA3_METHODS
+
+    def export_format(text: str) -> str:
+        try:
+            return "-".join(parse_export_format(text))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    d = p.add_argument_group("da3 and exports")
+    d.add_argument("--process-res", type=_positive_int, default=504, metavar="PX",
+                   help="da3: length of the side --process-res-method bounds (default 504)")
+    d.add_argument("--process-res-method", choices=DA3_METHODS, default="upper_bound_resize",
+                   help="da3: upper_bound_* bound the longer side, lower_bound_* the shorter; "
+                   "*_resize rounds sides to multiples of 14 by resizing, *_crop by a centred "
+                   "crop (default upper_bound_resize)")
+    d.add_argument("--export-format", type=export_format, default="colmap", metavar="F1-F2",
+                   help="da3: formats per window joined by '-': colmap (always), mini_npz "
+                   "(exports/mini.npz), npz (exports/full.npz, with images), glb "
+                   "(exports/scene.glb), e.g. colmap-mini_npz-glb (default colmap)")
+    d.add_argument("--conf-thresh-percentile", type=float, default=40.0, metavar="P",
+                   help="glb: points from depth whose confidence reaches this percentile "
+                   "(default 40)")
+    d.add_argument("--num-max-points", type=_positive_int, default=1_000_000, metavar="N",
+                   help="glb: at most this many points (default 1000000)")
 
 
 def _add_output_args(p: argparse.ArgumentParser) -> None:
@@ -157,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_window_args(p)
     _add_reconstruction_args(p)
     _add_vggt_args(p)
+    _add_da3_args(p)
     _add_output_args(p)
     return p
 

@@ -39,10 +39,12 @@ class PipelineConfig:
     """Windows processed together; output paths never depend on it."""
     reconstructor: str = "auto"
     """How windows are reconstructed: ``vggt`` (the network, then tracks and bundle
-    adjustment), ``colmap`` (classical SfM, no weights), or ``auto``: vggt when its weights are
-    on this machine or can be downloaded, else colmap."""
+    adjustment), ``da3`` (Depth Anything 3, then tracks from SIFT matching and bundle
+    adjustment; needs ``model``), ``colmap`` (classical SfM, no weights), or ``auto``: vggt when
+    its weights are on this machine or can be downloaded, else colmap."""
     model: str = "facebook/VGGT-1B"
-    """vggt checkpoint: a local file or folder, or a Hugging Face hub id."""
+    """vggt/da3 checkpoint: a local file or folder, or a Hugging Face hub id (da3 has no default:
+    give a folder or an id such as ``depth-anything/DA3-LARGE-1.1``)."""
     device: str = "auto"
     """vggt device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:1``..."""
     mixed_precision: str = "auto"
@@ -50,6 +52,18 @@ class PipelineConfig:
     ``bf16``, ``fp16`` or ``no`` (fp32)."""
     preprocess_mode: str = "crop"
     """vggt input grid: ``crop`` (518 px wide, centre-cropped) or ``pad`` (518 px square)."""
+    process_res: int = 504
+    """da3: length in pixels of the side ``process_res_method`` bounds."""
+    process_res_method: str = "upper_bound_resize"
+    """da3 input grid: ``upper_bound_resize``, ``lower_bound_resize``, ``upper_bound_crop`` or
+    ``lower_bound_crop`` (see :mod:`pipeline.preprocess`)."""
+    export_format: str = "colmap"
+    """Network reconstructors' exports per window, joined by ``-`` (``colmap`` always):
+    ``colmap``, ``mini_npz``, ``npz``, ``glb`` (see :mod:`pipeline.export_formats`)."""
+    conf_thresh_percentile: float = 40.0
+    """glb export: points from depth pixels whose confidence reaches this percentile."""
+    num_max_points: int = 1_000_000
+    """glb export: at most this many points."""
     query_frame_num: int = 4
     """vggt: frames per window whose SIFT keypoints are tracked."""
     max_query_pts: int = 2048
@@ -68,7 +82,7 @@ class PipelineConfig:
     """vggt: when one window does not fit in memory even with the smallest chunks, also try
     frame batching (approximate) before failing it."""
     save_depth: bool = False
-    """vggt: write per-frame depth and confidence (float16 .npz) into each window."""
+    """vggt/da3: write per-frame depth and confidence (float16 .npz) into each window."""
     camera_type: str = "SIMPLE_PINHOLE"
     """COLMAP camera model: SIMPLE_PINHOLE, PINHOLE or SIMPLE_RADIAL."""
     shared_camera: bool = False

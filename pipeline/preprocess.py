@@ -9,6 +9,21 @@ Same arithmetic as the reference ``load_and_preprocess_images`` (VGGT), but on d
   padding to a centred 518 x 518 square.
 * Frames that still differ in size are padded with white, centred, to the largest height and width.
 
+Depth Anything 3's methods (``mode`` set to one of :data:`DA3_METHODS`, size ``process_res``,
+default 504), as the reference ``InputProcessor`` computes the sizes:
+
+* ``upper_bound_*``: the longer side becomes ``process_res``; ``lower_bound_*``: the shorter side
+  does; the other side is ``max(1, round(side * scale))`` (Python ``round``); a frame whose
+  bounding side already equals ``process_res`` is not resized.
+* ``*_resize``: each side is then resized to its nearest multiple of 14 (a tie goes up);
+  ``*_crop``: each side is floored to a multiple of 14 by a centred crop (``(w - w14) // 2``
+  columns cut on the left, the rest on the right; rows likewise). No square crop.
+* Frames that still differ in size are centre-cropped to the smallest height and width.
+
+Pixel values: the reference resizes with OpenCV (area when shrinking, bicubic when enlarging);
+here PIL's box filter (the same area average) and bicubic filter are used, so the geometry is
+exact and the pixel values may differ from the reference's in the last bits of interpolation.
+
 Pixel conventions (both used below, always named explicitly):
 
 * ``"colmap"``: continuous image coordinates whose origin is the top-left *corner* of the image;
@@ -35,13 +50,22 @@ logger = logging.getLogger(__name__)
 
 CONVENTIONS = ("colmap", "index")
 
+VGGT_MODES = ("crop", "pad")
+"""VGGT's resize modes."""
+
+DA3_METHODS = ("upper_bound_resize", "lower_bound_resize", "upper_bound_crop", "lower_bound_crop")
+"""Depth Anything 3's ``process_res_method`` values."""
+
 
 @dataclass(kw_only=True)
 class PreprocessOptions:
     """How frames are brought to the network grid."""
 
     mode: str = "crop"
-    """"crop" (width 518, centre-crop height above 518) or "pad" (longer side 518, pad to square)."""
+    """"crop" (width 518, centre-crop height above 518) or "pad" (longer side 518, pad to square),
+    VGGT's; or one of Depth Anything 3's :data:`DA3_METHODS` (sized by ``process_res``)."""
+    process_res: int = 504
+    """DA3 methods: the bounding side's length in pixels (``target_size`` is VGGT's)."""
     target_size: int = 518
     """Target width (crop) or longer side and square size (pad), pixels."""
     patch_size: int = 14
@@ -155,8 +179,53 @@ def _place(img: torch.Tensor, out_hw: Tuple[int, int], value: float) -> Tuple[to
     return canvas, (ox, oy)
 
 
+def _nearest_multiple(x: int, p: int) -> int:
+    """The multiple of ``p`` nearest to ``x`` (a tie goes up), at least ``p``."""
+    down = (x // p) * p
+    return max(p, down + p if (down + p - x) <= (x - down) else down)
+
+
+def _da3_sizes(h: int, w: int, opts: PreprocessOptions) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+    """DA3 sizes ``(bounded_hw, resized_hw)``: after the boundary resize, and after the whole resize
+    (``*_crop``: no second resize, the same size)."""
+    method, res, p = opts.mode, opts.process_res, opts.patch_size
+    side = max(h, w) if method.startswith("upper") else min(h, w)
+    bounded = (h, w)
+    if side != res:
+        scale = res / float(side)
+        bounded = (max(1, int(round(h * scale))), max(1, int(round(w * scale))))
+    if method.endswith("crop"):
+        return bounded, bounded
+    return bounded, (_nearest_multiple(bounded[0], p), _nearest_multiple(bounded[1], p))
+
+
+def _resize_area_or_cubic(img: "Image.Image", hw: Tuple[int, int]) -> "Image.Image":
+    """PIL resize to ``hw``: box (area) filter when no side grows, else bicubic (as DA3 picks)."""
+    from PIL import Image
+
+    if (img.height, img.width) == tuple(hw):
+        return img
+    grows = hw[0] > img.height or hw[1] > img.width
+    resample = Image.Resampling.BICUBIC if grows else Image.Resampling.BOX
+    return img.resize((hw[1], hw[0]), resample)
+
+
+def _da3_place(rgb: np.ndarray, opts: PreprocessOptions) -> Tuple[torch.Tensor, Tuple[int, int], Tuple[int, int]]:
+    """One frame by a DA3 method -> (``[3, h, w]`` in [0, 1], resized_hw, (ox, oy) in the result)."""
+    from PIL import Image
+
+    bounded, resized = _da3_sizes(*rgb.shape[:2], opts)
+    img = _resize_area_or_cubic(_resize_area_or_cubic(Image.fromarray(rgb), bounded), resized)
+    tensor = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+    p = opts.patch_size
+    out_hw = (max(p, resized[0] // p * p), max(p, resized[1] // p * p)) if opts.mode.endswith("crop") else resized
+    tensor, offset = _place(tensor, out_hw, opts.pad_value)
+    return tensor, resized, offset
+
+
 def preprocess_frames(frames: Sequence[np.ndarray], options: PreprocessOptions | None = None) -> PreprocessResult:
-    """Bring decoded frames to the network grid (see the module docstring for the exact steps).
+    """Bring decoded frames to the network grid (see the module docstring for the exact steps;
+    ``options.mode`` picks VGGT's or Depth Anything 3's).
 
     Args:
         frames: uint8 RGB(A) arrays ``(H, W, 3|4)``; sizes may differ.
@@ -165,23 +234,30 @@ def preprocess_frames(frames: Sequence[np.ndarray], options: PreprocessOptions |
         :class:`PreprocessResult` with images ``[S, 3, H, W]`` (H, W multiples of ``patch_size``).
     """
     opts = options or PreprocessOptions()
-    if opts.mode not in ("crop", "pad"):
-        raise ValueError(f"mode must be 'crop' or 'pad', got {opts.mode!r}")
+    if opts.mode not in VGGT_MODES + DA3_METHODS:
+        raise ValueError(f"mode must be one of {VGGT_MODES + DA3_METHODS}, got {opts.mode!r}")
+    if opts.mode in DA3_METHODS and opts.process_res < 1:
+        raise ValueError(f"process_res must be a positive number of pixels, got {opts.process_res}")
     if len(frames) == 0:
         raise ValueError("at least one frame is required")
     placed, records = [], []
     for i, frame in enumerate(frames):
         rgb = _as_rgb(frame, i)
-        hw = _resized_size(*rgb.shape[:2], opts)
-        img = _resize(rgb, hw)
-        t = opts.target_size
-        stage_hw = (t, t) if opts.mode == "pad" else (min(hw[0], t), hw[1])
-        img, (ox, oy) = _place(img, stage_hw, opts.pad_value)
+        if opts.mode in DA3_METHODS:
+            img, hw, (ox, oy) = _da3_place(rgb, opts)
+        else:
+            hw = _resized_size(*rgb.shape[:2], opts)
+            img = _resize(rgb, hw)
+            t = opts.target_size
+            stage_hw = (t, t) if opts.mode == "pad" else (min(hw[0], t), hw[1])
+            img, (ox, oy) = _place(img, stage_hw, opts.pad_value)
         placed.append(img)
         records.append((rgb.shape[:2], hw, (ox, oy)))
-    out_hw = (max(p.shape[1] for p in placed), max(p.shape[2] for p in placed))
+    pick = min if opts.mode in DA3_METHODS else max  # DA3 crops to the smallest, VGGT pads to the largest
+    out_hw = (pick(p.shape[1] for p in placed), pick(p.shape[2] for p in placed))
     if len({tuple(p.shape[1:]) for p in placed}) > 1:
-        logger.warning("frames of different shapes; padding all to %s", out_hw)
+        logger.warning("frames of different shapes; %s all to %s",
+                       "cropping" if pick is min else "padding", out_hw)
     images, transforms = [], []
     for img, (orig_hw, hw, (ox, oy)) in zip(placed, records):
         img, (dx, dy) = _place(img, out_hw, opts.pad_value)

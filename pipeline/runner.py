@@ -138,6 +138,8 @@ def build_reconstructor(config: PipelineConfig) -> Reconstructor:
     """
     if config.reconstructor == "vggt":
         return _build_vggt(config)
+    if config.reconstructor == "da3":
+        return _build_da3(config)
     if config.reconstructor == "colmap":
         from .reconstructors.colmap import ColmapOptions
 
@@ -150,17 +152,55 @@ def build_reconstructor(config: PipelineConfig) -> Reconstructor:
     return create_reconstructor(config.reconstructor)
 
 
+def _sfm_options(config: PipelineConfig) -> Any:
+    """The SfM stage's options of the network reconstructors."""
+    from .sfm import SfmOptions
+
+    return SfmOptions(camera_type=config.camera_type, shared_camera=config.shared_camera,
+                      vis_thresh=config.vis_thresh, max_reproj_error=config.max_reproj_error,
+                      use_ba=config.use_ba, conf_thres_value=config.conf_thres_value)
+
+
+def _dtype(config: PipelineConfig) -> str:
+    return {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}.get(config.mixed_precision,
+                                                                       config.mixed_precision)
+
+
+def _build_da3(config: PipelineConfig) -> Reconstructor:
+    """The da3 reconstructor; its checkpoint is ``config.model``, which must be given (the
+    VGGT default is no DA3 checkpoint, and nothing is downloaded unless a hub id is named)."""
+    from .export_formats import ExportOptions, parse_export_format
+    from .models import WeightsNotFoundError
+    from .preprocess import PreprocessOptions
+    from .reconstructors.da3 import Da3Options
+    from .reconstructors.vggt import DEFAULT_MODEL
+
+    if config.model == DEFAULT_MODEL:
+        raise InputError("--reconstructor da3 needs --model: a DA3 checkpoint folder or a hub id "
+                         "such as depth-anything/DA3-LARGE-1.1")
+    try:
+        exports = ExportOptions(formats=parse_export_format(config.export_format),
+                                conf_thresh_percentile=config.conf_thresh_percentile,
+                                num_max_points=config.num_max_points)
+        options = Da3Options(model=config.model, device=config.device, dtype=_dtype(config),
+                             preprocess=PreprocessOptions(mode=config.process_res_method,
+                                                          process_res=config.process_res),
+                             sfm=_sfm_options(config), exports=exports,
+                             save_depth=config.save_depth,
+                             allow_approximate=config.allow_approximate,
+                             colmap_log_level=1 if config.verbose else 2)
+        return create_reconstructor("da3", options=options)
+    except (WeightsNotFoundError, ValueError) as exc:
+        raise InputError(f"--reconstructor da3: {exc}") from exc
+
+
 def _build_vggt(config: PipelineConfig) -> Reconstructor:
     from .models import WeightsNotFoundError
     from .preprocess import PreprocessOptions
     from .reconstructors.vggt import VggtOptions
-    from .sfm import SfmOptions
 
-    sfm = SfmOptions(camera_type=config.camera_type, shared_camera=config.shared_camera,
-                     vis_thresh=config.vis_thresh, max_reproj_error=config.max_reproj_error,
-                     use_ba=config.use_ba, conf_thres_value=config.conf_thres_value)
-    dtype = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}.get(config.mixed_precision,
-                                                                        config.mixed_precision)
+    sfm = _sfm_options(config)
+    dtype = _dtype(config)
     options = VggtOptions(model=config.model, device=config.device, dtype=dtype,
                           preprocess=PreprocessOptions(mode=config.preprocess_mode),
                           query_frame_num=config.query_frame_num,
@@ -181,7 +221,9 @@ def window_signature(window: Window[Frame], config: PipelineConfig) -> dict[str,
             "camera_type": config.camera_type, "shared_camera": config.shared_camera,
             "camera_params": list(config.camera_params) if config.camera_params else None,
             **({"model": config.model, "use_ba": config.use_ba}
-               if config.reconstructor == "vggt" else {})}
+               if config.reconstructor in ("vggt", "da3") else {}),
+            **({"process_res": config.process_res, "process_res_method": config.process_res_method,
+                "export_format": config.export_format} if config.reconstructor == "da3" else {})}
 
 
 def process_window_batch(window_batch: Batch[Frame] | Sequence[Window[Frame]], batch_idx: int,

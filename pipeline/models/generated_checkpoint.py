@@ -1,4 +1,4 @@
-"""A VGGT checkpoint made from generated weights, for running the whole pipeline without the
+"""VGGT and DA3 checkpoints made from generated weights, for running the whole pipeline without the
 released weights (tests, the demo, benchmarks).
 
 The weights follow the golden weight rule (:mod:`pipeline.models.generated_weights`), except the
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .da3 import DA3Config, DepthAnything3, build_da3
 from .generated_weights import load_rule_weights_
 from .loading import save_pretrained
 from .vggt import VGGT, VGGTConfig, build_model
@@ -40,4 +41,29 @@ def write_generated_checkpoint(folder: str | Path, config: VGGTConfig | None = N
     """Write ``model.safetensors`` + ``config.json`` of :func:`generated_vggt` to ``folder``."""
     path = save_pretrained(generated_vggt(config), folder)
     logger.info("wrote a generated (untrained) VGGT checkpoint to %s", path)
+    return path
+
+
+def generated_da3(config: DA3Config | None = None) -> DepthAnything3:
+    """A main-series DA3 of ``config`` (default :meth:`DA3Config.tiny`) with generated weights
+    and a camera decoder that gives every frame a valid camera (near-identity pose, a field of
+    view of about :data:`FIELD_OF_VIEW` on both axes)."""
+    config = config or DA3Config.tiny()
+    model = load_rule_weights_(build_da3(config, device="meta"))
+    dec = model.model.cam_dec
+    if dec is None:
+        raise ValueError("a generated DA3 checkpoint needs a main-series config (camera=True)")
+    with torch.no_grad():
+        for layer, bias in ((dec.fc_t, [0.0, 0.0, 0.0]), (dec.fc_qvec, [0.0, 0.0, 0.0, 1.0]),
+                            (dec.fc_fov[0], [FIELD_OF_VIEW, FIELD_OF_VIEW])):
+            layer.weight.mul_(0.01)
+            layer.bias.copy_(torch.tensor(bias))
+    return model.eval()
+
+
+def write_generated_da3_checkpoint(folder: str | Path, config: DA3Config | None = None) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` of :func:`generated_da3` to ``folder``
+    (loadable with :func:`pipeline.models.load_model`)."""
+    path = save_pretrained(generated_da3(config), folder, architecture="da3")
+    logger.info("wrote a generated (untrained) DA3 checkpoint to %s", path)
     return path

@@ -24,6 +24,7 @@ STATUS_FAILED = "failed"
 
 _REGISTRY = {
     "colmap": "pipeline.reconstructors.colmap:ColmapReconstructor",
+    "da3": "pipeline.reconstructors.da3:Da3Reconstructor",
     "vggt": "pipeline.reconstructors.vggt:VggtReconstructor",
 }
 """Reconstructor name -> ``module:class``; modules are imported only when chosen."""

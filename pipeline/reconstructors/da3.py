@@ -1,0 +1,222 @@
+"""The Depth Anything 3 reconstructor: a batch of windows through DA3 at once, tracks from
+classical matching, then the shared SfM stage.
+
+For each batch: the windows' frames are resized by one of DA3's methods
+(:data:`pipeline.preprocess.DA3_METHODS`, ``process_res`` px) and stacked into one
+``[B, S, 3, H, W]`` tensor; one forward predicts depth, confidence and cameras (world-to-camera
+extrinsics, intrinsics in network pixels) for all of them. Per window: cameras and maps are
+mapped back to the original frames (the world moved exactly onto frame 0's camera); SIFT
+features of every frame (pycolmap, CPU) are matched between all pairs of frames (mutual nearest
+neighbours passing Lowe's ratio test) and joined into tracks; :func:`pipeline.sfm.run_sfm`
+starts each track's point from the depth at its first frame, triangulates, filters and
+bundle-adjusts; the model goes to ``sparse/`` and the asked-for exports to ``exports/``
+(:mod:`pipeline.export_formats`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..export_formats import ExportOptions, write_exports
+from ..frames import Frame
+from ..preprocess import PreprocessOptions
+from ..sfm import SfmOptions, Tracks, WindowPredictions
+from ..windows import Window
+from . import WindowResult
+from .network import NetworkBatch, NetworkReconstructor, sift_features, window_predictions
+
+logger = logging.getLogger(__name__)
+
+
+def _default_features() -> Any:
+    import pycolmap
+
+    options = pycolmap.FeatureExtractionOptions()
+    options.num_threads = 1
+    options.sift.max_num_features = 2048
+    return options
+
+
+def _default_preprocess() -> PreprocessOptions:
+    return PreprocessOptions(mode="upper_bound_resize", process_res=504)
+
+
+@dataclass(kw_only=True)
+class Da3Options:
+    """Settings of the DA3 reconstructor."""
+
+    model: str
+    """Checkpoint: a local file or folder (``model.safetensors`` + ``config.json``), or a
+    Hugging Face hub id such as ``depth-anything/DA3-LARGE-1.1``."""
+    device: str = "auto"
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:1``..."""
+    dtype: str = "auto"
+    """Backbone autocast: ``auto`` (bf16/fp16 on GPUs, fp32 on CPU) or a dtype name."""
+    preprocess: PreprocessOptions = field(default_factory=_default_preprocess)
+    """How frames reach the network grid (a DA3 method, ``process_res`` px)."""
+    forward: Any = None
+    """:class:`pipeline.models.DA3ForwardOptions`; default options."""
+    features: Any = field(default_factory=_default_features)
+    """pycolmap.FeatureExtractionOptions of the SIFT features that are matched."""
+    ratio_test: float = 0.8
+    """A match's best descriptor distance must be below this fraction of the second best."""
+    sfm: SfmOptions = field(default_factory=SfmOptions)
+    """Tracks, filtering and bundle adjustment (camera type, thresholds, ``use_ba``...)."""
+    exports: ExportOptions = field(default_factory=ExportOptions)
+    """What goes to each window's ``exports/`` besides ``sparse/``."""
+    save_depth: bool = False
+    """Write each frame's depth and confidence (original size, float16) to ``depth/NAME.npz``."""
+    allow_approximate: bool = False
+    """When one window runs out of memory even with the smallest head chunks, also try frame
+    batching in the backbone (approximate)."""
+    colmap_log_level: int = 2
+    """glog level of pycolmap's own messages: 0 info, 1 warnings, 2 errors."""
+
+
+class Da3Reconstructor(NetworkReconstructor):
+    """DA3 forward on stacked windows, tracks from SIFT matching, bundle adjustment per window."""
+
+    name = "da3"
+
+    def __init__(self, options: Da3Options) -> None:
+        from ..models import DA3ForwardOptions
+
+        self.options = options
+        self.preprocess_options = options.preprocess
+        self.allow_approximate = options.allow_approximate
+        self.forward_options = options.forward or DA3ForwardOptions()
+        self._load(options.model, options.device, options.dtype, options.colmap_log_level)
+        if getattr(getattr(self.model, "model", None), "cam_dec", None) is None:
+            raise ValueError(f"{options.model} predicts no cameras (a metric/mono or nested DA3); "
+                             "use a main-series checkpoint such as depth-anything/DA3-LARGE-1.1")
+
+    def describe(self) -> dict[str, Any]:
+        o = self.options
+        return {"name": self.name, "device": self.device, "model": o.model,
+                "dtype": str(self.dtype).replace("torch.", ""),
+                "process_res": o.preprocess.process_res, "process_res_method": o.preprocess.mode,
+                "export_formats": list(o.exports.formats), "use_ba": o.sfm.use_ba,
+                "camera_type": o.sfm.camera_type, "shared_camera": o.sfm.shared_camera,
+                "load_seconds": self.load_seconds}
+
+    def _fallbacks(self, frames: int) -> list[Any]:
+        """Smaller chunks in the dense heads, then (approximate) frame batching."""
+        options = [replace(self.forward_options, head_chunk_size=c) for c in (2, 1)]
+        if self.allow_approximate:
+            options += [replace(options[-1], frame_batch_size=g)
+                        for g in (max(2, frames // 2), max(2, frames // 4), 2) if g < frames]
+        return options
+
+    @staticmethod
+    def _describe_fallback(options: Any) -> str:
+        text = f"head_chunk_size={options.head_chunk_size}"
+        if options.frame_batch_size:
+            text += f", frame_batch_size={options.frame_batch_size} (approximate)"
+        return text
+
+    def _forward(self, images: torch.Tensor, opts: Any) -> dict[str, Any]:
+        with torch.inference_mode():
+            return self.model(images.to(self.torch_device), options=opts)
+
+    def _finish_window(self, b: int, window: Window[Frame], staging: Path, batch: NetworkBatch,
+                       out: dict[str, Any], options: Any) -> WindowResult:
+        """Cameras and depth of window ``b``, tracks from matching -> model (+ exports)."""
+        t = time.perf_counter()
+        preds = window_predictions(
+            window, batch.originals[b], batch.transforms[b],
+            out["extrinsics"][b].float().cpu().numpy().astype(np.float64),
+            out["intrinsics"][b].float().cpu().numpy(), out["depth"][b], out["depth_conf"][b])
+        tracks = None
+        if self.options.sfm.use_ba:
+            tracks = matched_tracks(preds.colors, self.options.features, self.options.ratio_test)
+        timings = {"tracking": time.perf_counter() - t}
+        result = self._sfm_result(preds, tracks, staging, self.options.sfm,
+                                  self.options.save_depth, timings)
+        t = time.perf_counter()
+        written = write_exports(staging, preds, self.options.exports)
+        result.timings["exports"] = time.perf_counter() - t
+        result.details["exports"] = [str(p.relative_to(staging)) for p in written]
+        return result
+
+
+def match_descriptors(a: np.ndarray, b: np.ndarray, ratio: float) -> np.ndarray:
+    """Mutual nearest neighbours of descriptors ``a`` ``(N, D)`` and ``b`` ``(M, D)`` (L2 on
+    unit-normalised descriptors) whose best distance is below ``ratio`` times the second best,
+    both ways. Returns ``(K, 2)`` index pairs ``(i in a, j in b)``."""
+    if len(a) < 2 or len(b) < 2:
+        return np.zeros((0, 2), int)
+    a = a.astype(np.float32) / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-9)
+    b = b.astype(np.float32) / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-9)
+    dist = np.sqrt(np.maximum(2.0 - 2.0 * (a @ b.T), 0.0))
+    best_ab, best_ba = dist.argmin(axis=1), dist.argmin(axis=0)
+    two_ab = np.partition(dist, 1, axis=1)[:, :2]
+    two_ba = np.partition(dist, 1, axis=0)[:2].T
+    i = np.arange(len(a))
+    j = best_ab
+    keep = ((best_ba[j] == i) & (two_ab[:, 0] < ratio * two_ab[:, 1])
+            & (two_ba[j, 0] < ratio * two_ba[j, 1]))
+    return np.stack([i[keep], j[keep]], axis=1)
+
+
+def matched_tracks(images: np.ndarray, features: Any, ratio: float) -> Tracks:
+    """Tracks of a window from SIFT matching between every pair of its frames.
+
+    Args:
+        images: ``(S, H, W, 3)`` uint8 original frames.
+        features: pycolmap.FeatureExtractionOptions.
+        ratio: Lowe's ratio test threshold.
+
+    Returns:
+        :class:`Tracks`: pairwise matches joined by union-find; a track holding two keypoints
+        of one frame is dropped; ``xy`` in original pixels (COLMAP convention; 0 where
+        unobserved), ``visibility`` 1 where observed and 0 elsewhere, ``query_frame`` the first
+        observed frame.
+
+    Raises:
+        ValueError: no track spans two frames (e.g. textureless frames: no keypoint matches).
+    """
+    feats = [sift_features(img, features) for img in images]
+    offsets = np.cumsum([0] + [len(xy) for xy, _ in feats])
+    parent = np.arange(offsets[-1])
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for s in range(len(feats)):
+        for t in range(s + 1, len(feats)):
+            for i, j in match_descriptors(feats[s][1], feats[t][1], ratio):
+                ri, rj = root(offsets[s] + i), root(offsets[t] + j)
+                if ri != rj:
+                    parent[max(ri, rj)] = min(ri, rj)
+    return _tracks_from_components(feats, offsets, np.array([root(x) for x in parent]))
+
+
+def _tracks_from_components(feats: list[tuple[np.ndarray, np.ndarray]], offsets: np.ndarray,
+                            roots: np.ndarray) -> Tracks:
+    """:class:`Tracks` of the union-find components ``roots`` (one entry per keypoint)."""
+    frame_of = np.repeat(np.arange(len(feats)), np.diff(offsets))
+    ids, track_of, sizes = np.unique(roots, return_inverse=True, return_counts=True)
+    pairs = np.unique(np.stack([track_of, frame_of], axis=1), axis=0).reshape(-1, 2)
+    frames_per_track = np.bincount(pairs[:, 0], minlength=len(ids))
+    good = (sizes >= 2) & (frames_per_track == sizes)  # >= 2 frames, one keypoint per frame
+    if not good.any():
+        raise ValueError("no keypoint matches between the frames of the window (textureless?)")
+    new_index = np.full(len(ids), -1)
+    new_index[good] = np.arange(good.sum())
+    s, n = len(feats), int(good.sum())
+    xy, vis = np.zeros((s, n, 2)), np.zeros((s, n))
+    all_xy = np.concatenate([f[0] for f in feats])
+    member = new_index[track_of] >= 0
+    xy[frame_of[member], new_index[track_of[member]]] = all_xy[member]
+    vis[frame_of[member], new_index[track_of[member]]] = 1.0
+    return Tracks(xy=xy, visibility=vis, query_frame=np.argmax(vis > 0, axis=0))

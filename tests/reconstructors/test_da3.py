@@ -1,0 +1,144 @@
+"""The da3 reconstructor and the exports end to end, with a tiny DA3 whose generated weights the
+tests write; DA3's preprocessing methods and their exact inverse."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import unittest
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+import pytest
+import trimesh
+from PIL import Image
+
+from pipeline.cli import main
+from pipeline.export_formats import parse_export_format
+from pipeline.models.generated_checkpoint import write_generated_da3_checkpoint
+from pipeline.preprocess import DA3_METHODS, PreprocessOptions, preprocess_frames
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGES = ROOT / "testdata" / "synthetic" / "images"
+FAST = ("--window-size", "4", "--window-stride", "4", "--process-res", "140", "-q")
+
+
+def windows(out: Path) -> list[Path]:
+    return sorted(out.glob("batch_*/window_*"), key=lambda p: p.name)
+
+
+def info(window: Path) -> dict:
+    return json.loads((window / "window_info.json").read_text())
+
+
+class Da3TestCase(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls._tmp = tempfile.TemporaryDirectory()
+        cls.tmp = Path(cls._tmp.name)
+        cls.model = cls.tmp / "tiny-da3"
+        write_generated_da3_checkpoint(cls.model)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._tmp.cleanup()
+
+    def run_cli(self, out: Path, *args: str, images: Path = IMAGES) -> int:
+        return main(["--input-dir", str(images), "--output-dir", str(out), "--reconstructor",
+                     "da3", "--model", str(self.model), *FAST, *args])
+
+
+class EndToEndTest(Da3TestCase):
+    def test_windows_and_every_export(self):
+        out = self.tmp / "run"
+        code = self.run_cli(out, "--max-frames", "8", "--export-format", "mini_npz-npz-glb",
+                            "--num-max-points", "500")
+        self.assertEqual(code, 0)
+        self.assertEqual(len(windows(out)), 2)
+        for window in windows(out):
+            record = info(window)
+            self.assertEqual((record["status"], record["reconstructor"]), ("ok", "da3"))
+            self.assertEqual(record["num_registered"], 4)
+            self.assertGreater(record["details"]["num_tracks"], 0)
+            rec = pycolmap.Reconstruction(window / "sparse")
+            self.assertEqual({(c.width, c.height) for c in rec.cameras.values()}, {(320, 240)})
+            first = rec.find_image_with_name(record["frames"][0])
+            np.testing.assert_allclose(first.cam_from_world().matrix(), np.eye(3, 4), atol=1e-6)
+            self.assertTrue((window / "sparse" / "points.ply").exists())
+            self.check_exports(window)
+        manifest = json.loads((out / "run.json").read_text())
+        self.assertEqual(manifest["reconstructor"]["process_res_method"], "upper_bound_resize")
+
+    def check_exports(self, window: Path):
+        mini = np.load(window / "exports" / "mini.npz")
+        self.assertEqual(sorted(mini.files), ["conf", "depth", "extrinsics", "intrinsics"])
+        self.assertEqual((mini["depth"].shape, mini["conf"].shape), ((4, 240, 320),) * 2)
+        self.assertEqual((mini["extrinsics"].shape, mini["intrinsics"].shape),
+                         ((4, 3, 4), (4, 3, 3)))
+        np.testing.assert_allclose(mini["extrinsics"][0], np.eye(3, 4), atol=1e-9)
+        np.testing.assert_allclose(mini["intrinsics"][:, :2, 2], [[160, 120]] * 4, atol=1e-6)
+        full = np.load(window / "exports" / "full.npz")
+        self.assertEqual(set(full.files), set(mini.files) | {"image", "names"})
+        self.assertEqual((full["image"].shape, full["image"].dtype), ((4, 240, 320, 3), np.uint8))
+        scene = trimesh.load(window / "exports" / "scene.glb")
+        self.assertIsInstance(scene, trimesh.Scene)
+        clouds = [g for g in scene.geometry.values() if isinstance(g, trimesh.PointCloud)]
+        self.assertEqual(len(clouds), 1)
+        self.assertTrue(0 < len(clouds[0].vertices) <= 500)
+        self.assertEqual(len(scene.geometry), 1 + 4)  # points + one frustum per camera
+
+    def test_a_window_that_fails_leaves_the_others(self):
+        frames = self.tmp / "frames"
+        frames.mkdir()
+        for i, path in enumerate(sorted(IMAGES.iterdir())[:12]):
+            if 4 <= i < 8:  # textureless: no keypoint to match
+                Image.new("RGB", (320, 240), (90, 90, 90)).save(frames / path.name)
+            else:
+                shutil.copy(path, frames / path.name)
+        out = self.tmp / "fail"
+        self.assertEqual(self.run_cli(out, images=frames), 1)
+        self.assertEqual([info(w)["status"] for w in windows(out)], ["ok", "failed", "ok"])
+        self.assertIn("keypoint", info(windows(out)[1])["error"])
+
+    def test_da3_needs_a_model(self):
+        code = main(["--input-dir", str(IMAGES), "--output-dir", str(self.tmp / "nomodel"),
+                     "--reconstructor", "da3", "-q"])
+        self.assertEqual(code, 2)
+
+
+def test_export_format_parsing():
+    assert parse_export_format("glb") == ("colmap", "glb")
+    assert parse_export_format("colmap-mini_npz-glb") == ("colmap", "mini_npz", "glb")
+    with pytest.raises(ValueError):
+        parse_export_format("colmap-ply")
+
+
+@pytest.mark.parametrize("method", DA3_METHODS)
+@pytest.mark.parametrize("hw", [(240, 320), (680, 1208), (1208, 680), (504, 376), (100, 100)])
+def test_da3_methods_sizes_and_exact_inverse(method, hw):
+    frame = np.random.default_rng(0).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    out = preprocess_frames([frame], PreprocessOptions(mode=method, process_res=504))
+    t = out.transforms[0]
+    h, w = out.images.shape[-2:]
+    assert h % 14 == 0 and w % 14 == 0 and t.network_hw == (h, w)
+    bound = max(h, w) if method.startswith("upper") else min(h, w)
+    assert abs(bound - 504) <= 7 if method.endswith("resize") else bound <= 504
+    pts = np.random.default_rng(1).uniform(0, [hw[1], hw[0]], (50, 2))
+    for convention in ("colmap", "index"):
+        back = t.to_original(t.to_network(pts, convention), convention)
+        np.testing.assert_allclose(back, pts, atol=1e-9)
+    k = np.array([[300.0, 0, hw[1] / 2], [0, 300.0, hw[0] / 2], [0, 0, 1]])
+    np.testing.assert_allclose(t.intrinsics_to_original(t.intrinsics_to_network(k)), k, atol=1e-9)
+
+
+def test_da3_sizes_follow_the_reference():
+    sizes = {m: tuple(preprocess_frames([np.zeros((376, 504, 3), np.uint8)],
+                                        PreprocessOptions(mode=m)).images.shape[-2:])
+             for m in DA3_METHODS}
+    assert sizes == {"upper_bound_resize": (378, 504), "upper_bound_crop": (364, 504),
+                     "lower_bound_resize": (504, 672), "lower_bound_crop": (504, 672)}
+    crop = preprocess_frames([np.zeros((680, 1208, 3), np.uint8)],
+                             PreprocessOptions(mode="lower_bound_crop")).transforms[0]
+    assert crop.resized_hw == (504, 895) and crop.offset_xy == (-6.0, 0.0)
