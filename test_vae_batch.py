@@ -29,6 +29,7 @@ from pipeline.reconstructors import Reconstructor, WindowResult
 from pipeline.runner import process_window_batch
 from pipeline.synthetic import load_ground_truth
 from pipeline.windows import create_windows
+from tests.helpers import window_dirs, window_info
 
 try:
     import pytest
@@ -45,14 +46,6 @@ IMAGES = TESTDATA / "images"
 
 def run_cli(*args: str) -> int:
     return main([*map(str, args), "--quiet"])
-
-
-def window_dirs(out: Path) -> list[Path]:
-    return sorted(out.glob("batch_*/window_*"), key=lambda p: p.name)
-
-
-def window_info(window_dir: Path) -> dict:
-    return json.loads((window_dir / "window_info.json").read_text())
 
 
 def camera_centres(rec: pycolmap.Reconstruction) -> dict[str, np.ndarray]:

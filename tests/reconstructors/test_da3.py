@@ -19,18 +19,12 @@ from pipeline.cli import main
 from pipeline.export_formats import parse_export_format
 from pipeline.models.generated_checkpoint import write_generated_da3_checkpoint
 from pipeline.preprocess import DA3_METHODS, PreprocessOptions, preprocess_frames
+from tests.helpers import window_dirs as windows
+from tests.helpers import window_info as info
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "testdata" / "synthetic" / "images"
 FAST = ("--window-size", "4", "--window-stride", "4", "--process-res", "140", "-q")
-
-
-def windows(out: Path) -> list[Path]:
-    return sorted(out.glob("batch_*/window_*"), key=lambda p: p.name)
-
-
-def info(window: Path) -> dict:
-    return json.loads((window / "window_info.json").read_text())
 
 
 class Da3TestCase(unittest.TestCase):

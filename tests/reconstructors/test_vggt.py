@@ -28,19 +28,13 @@ from pipeline.models.generated_checkpoint import write_generated_checkpoint
 from pipeline.preprocess import PreprocessOptions, preprocess_frames
 from pipeline.reconstructors.vggt import to_original_grid
 from pipeline.runner import choose_reconstructor
+from tests.helpers import window_dirs as windows
+from tests.helpers import window_info as info
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "testdata" / "synthetic" / "images"
 FAST = ("--max-query-pts", "48", "--query-frame-num", "2", "--window-size", "4",
         "--window-stride", "4", "-q")
-
-
-def windows(out: Path) -> list[Path]:
-    return sorted(out.glob("batch_*/window_*"), key=lambda p: p.name)
-
-
-def info(window: Path) -> dict:
-    return json.loads((window / "window_info.json").read_text())
 
 
 class VggtTestCase(unittest.TestCase):
