@@ -29,7 +29,7 @@ from pipeline.reconstructors import Reconstructor, WindowResult
 from pipeline.runner import process_window_batch
 from pipeline.synthetic import load_ground_truth
 from pipeline.windows import create_windows
-from tests.helpers import window_dirs, window_info
+from tests.helpers import frames_with_blank_window, window_dirs, window_info
 
 try:
     import pytest
@@ -218,13 +218,7 @@ class FailureTest(TempDirTestCase):
     """A window that cannot be reconstructed fails alone; the others are written."""
 
     def test_one_failed_window(self):
-        frames = self.tmp / "frames"
-        frames.mkdir()
-        for i, path in enumerate(sorted(IMAGES.iterdir())[:12]):
-            if 4 <= i < 8:  # textureless frames: no features, no model
-                Image.new("RGB", Image.open(path).size, (128, 128, 128)).save(frames / path.name)
-            else:
-                shutil.copy(path, frames / path.name)
+        frames = frames_with_blank_window(IMAGES, self.tmp / "frames")
         out = self.tmp / "out"
         code = run_cli("--input-dir", frames, "--output-dir", out, "--window-size", "4",
                        "--window-stride", "4")

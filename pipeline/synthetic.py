@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from scipy import ndimage
-from scipy.spatial.transform import Rotation
 
 from .geometry import camera_centers, tum_lines
 

@@ -27,7 +27,7 @@ import torch
 from ..export_formats import ExportOptions, write_exports
 from ..frames import Frame
 from ..preprocess import PreprocessOptions
-from ..sfm import SfmOptions, Tracks, WindowPredictions
+from ..sfm import SfmOptions, Tracks
 from ..windows import Window
 from . import WindowResult
 from .network import NetworkBatch, NetworkReconstructor, sift_features, window_predictions

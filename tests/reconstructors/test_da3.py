@@ -4,7 +4,6 @@ tests write; DA3's preprocessing methods and their exact inverse."""
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 import unittest
 from pathlib import Path
@@ -13,12 +12,12 @@ import numpy as np
 import pycolmap
 import pytest
 import trimesh
-from PIL import Image
 
 from pipeline.cli import main
 from pipeline.export_formats import parse_export_format
 from pipeline.models.generated_checkpoint import write_generated_da3_checkpoint
 from pipeline.preprocess import DA3_METHODS, PreprocessOptions, preprocess_frames
+from tests.helpers import frames_with_blank_window
 from tests.helpers import window_dirs as windows
 from tests.helpers import window_info as info
 
@@ -84,13 +83,7 @@ class EndToEndTest(Da3TestCase):
         self.assertEqual(len(scene.geometry), 1 + 4)  # points + one frustum per camera
 
     def test_a_window_that_fails_leaves_the_others(self):
-        frames = self.tmp / "frames"
-        frames.mkdir()
-        for i, path in enumerate(sorted(IMAGES.iterdir())[:12]):
-            if 4 <= i < 8:  # textureless: no keypoint to match
-                Image.new("RGB", (320, 240), (90, 90, 90)).save(frames / path.name)
-            else:
-                shutil.copy(path, frames / path.name)
+        frames = frames_with_blank_window(IMAGES, self.tmp / "frames")
         out = self.tmp / "fail"
         self.assertEqual(self.run_cli(out, images=frames), 1)
         self.assertEqual([info(w)["status"] for w in windows(out)], ["ok", "failed", "ok"])

@@ -28,6 +28,7 @@ from pipeline.models.generated_checkpoint import write_generated_checkpoint
 from pipeline.preprocess import PreprocessOptions, preprocess_frames
 from pipeline.reconstructors.vggt import to_original_grid
 from pipeline.runner import choose_reconstructor
+from tests.helpers import frames_with_blank_window
 from tests.helpers import window_dirs as windows
 from tests.helpers import window_info as info
 
@@ -91,13 +92,7 @@ class EndToEndTest(VggtTestCase):
         self.assertGreater(rec.num_points3D(), 100)
 
     def test_a_window_that_fails_leaves_the_others(self):
-        frames = self.tmp / "frames"
-        frames.mkdir()
-        for i, path in enumerate(sorted(IMAGES.iterdir())[:12]):
-            if 4 <= i < 8:  # textureless: no keypoint to track
-                Image.new("RGB", (320, 240), (90, 90, 90)).save(frames / path.name)
-            else:
-                shutil.copy(path, frames / path.name)
+        frames = frames_with_blank_window(IMAGES, self.tmp / "frames")
         out = self.tmp / "fail"
         self.assertEqual(self.run_cli(out, images=frames), 1)
         self.assertEqual([info(w)["status"] for w in windows(out)], ["ok", "failed", "ok"])
