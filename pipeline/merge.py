@@ -271,20 +271,17 @@ def align_pair(a: WindowModel, b: WindowModel, options: MergeOptions) -> PairAli
 def find_segments(models: Sequence[WindowModel],
                   pairs: Sequence[PairAlignment]) -> list[list[int]]:
     """Connected groups of windows (by accepted pairs), each sorted, in window order."""
-    parent = {m.index: m.index for m in models}
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for pair in pairs:
-        if pair.accepted:
-            parent[root(pair.b)] = root(pair.a)
+    slot = {m.index: i for i, m in enumerate(models)}
+    edges = np.array([(slot[p.a], slot[p.b]) for p in pairs if p.accepted], int).reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])),
+                       shape=(len(models), len(models)))
+    _, labels = connected_components(graph, directed=False)
     groups: dict[int, list[int]] = {}
-    for m in models:
-        groups.setdefault(root(m.index), []).append(m.index)
+    for m, label in zip(models, labels):
+        groups.setdefault(label, []).append(m.index)
     return sorted((sorted(g) for g in groups.values()), key=lambda g: g[0])
 
 

@@ -109,10 +109,7 @@ class Da3Reconstructor(NetworkReconstructor):
     def _fallbacks(self, frames: int) -> list[Any]:
         """Smaller chunks in the dense heads, then (approximate) frame batching."""
         options = [replace(self.forward_options, head_chunk_size=c) for c in (2, 1)]
-        if self.allow_approximate:
-            options += [replace(options[-1], frame_batch_size=g)
-                        for g in (max(2, frames // 2), max(2, frames // 4), 2) if g < frames]
-        return options
+        return options + self._approximate_fallbacks(options[-1], frames)
 
     @staticmethod
     def _describe_fallback(options: Any) -> str:
@@ -174,7 +171,7 @@ def matched_tracks(images: np.ndarray, features: Any, ratio: float) -> Tracks:
         ratio: Lowe's ratio test threshold.
 
     Returns:
-        :class:`Tracks`: pairwise matches joined by union-find; a track holding two keypoints
+        :class:`Tracks`: pairwise matches joined into connected components; a track holding two keypoints
         of one frame is dropped; ``xy`` in original pixels (COLMAP convention; 0 where
         unobserved), ``visibility`` 1 where observed and 0 elsewhere, ``query_frame`` the first
         observed frame.
@@ -182,28 +179,23 @@ def matched_tracks(images: np.ndarray, features: Any, ratio: float) -> Tracks:
     Raises:
         ValueError: no track spans two frames (e.g. textureless frames: no keypoint matches).
     """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     feats = [sift_features(img, features) for img in images]
     offsets = np.cumsum([0] + [len(xy) for xy, _ in feats])
-    parent = np.arange(offsets[-1])
-
-    def root(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for s in range(len(feats)):
-        for t in range(s + 1, len(feats)):
-            for i, j in match_descriptors(feats[s][1], feats[t][1], ratio):
-                ri, rj = root(offsets[s] + i), root(offsets[t] + j)
-                if ri != rj:
-                    parent[max(ri, rj)] = min(ri, rj)
-    return _tracks_from_components(feats, offsets, np.array([root(x) for x in parent]))
+    edges = [match_descriptors(feats[s][1], feats[t][1], ratio) + offsets[[s, t]]
+             for s in range(len(feats)) for t in range(s + 1, len(feats))]
+    edges = np.concatenate(edges).reshape(-1, 2) if edges else np.zeros((0, 2), int)
+    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])),
+                       shape=(offsets[-1], offsets[-1]))
+    _, components = connected_components(graph, directed=False)
+    return _tracks_from_components(feats, offsets, components)
 
 
 def _tracks_from_components(feats: list[tuple[np.ndarray, np.ndarray]], offsets: np.ndarray,
                             roots: np.ndarray) -> Tracks:
-    """:class:`Tracks` of the union-find components ``roots`` (one entry per keypoint)."""
+    """:class:`Tracks` of the match-graph components ``roots`` (a label per keypoint)."""
     frame_of = np.repeat(np.arange(len(feats)), np.diff(offsets))
     ids, track_of, sizes = np.unique(roots, return_inverse=True, return_counts=True)
     pairs = np.unique(np.stack([track_of, frame_of], axis=1), axis=0).reshape(-1, 2)

@@ -18,7 +18,7 @@ import abc
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,14 @@ class NetworkReconstructor(Reconstructor):
     def _fallbacks(self, frames: int) -> list[Any]:
         """Forward options to try, in order, for one window of ``frames`` that ran out of memory
         (frame batching only when ``allow_approximate``)."""
+
+    def _approximate_fallbacks(self, smallest: Any, frames: int) -> list[Any]:
+        """With ``allow_approximate``: ``smallest`` with frame batching in groups of about a
+        half, a quarter, then 2 of the window's ``frames`` (each smaller than the window)."""
+        if not self.allow_approximate:
+            return []
+        groups = (max(2, frames // 2), max(2, frames // 4), 2)
+        return [replace(smallest, frame_batch_size=g) for g in groups if g < frames]
 
     @staticmethod
     @abc.abstractmethod

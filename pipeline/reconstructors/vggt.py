@@ -108,11 +108,7 @@ class VggtReconstructor(NetworkReconstructor):
         base = self.forward_options
         options = [replace(base, frames_chunk_size=c, query_chunk_size=q)
                    for c, q in ((2, 64), (1, 16))]
-        if self.allow_approximate:
-            options += [replace(options[-1], frame_batch_size=g)
-                        for g in (max(2, frames // 2), max(2, frames // 4), 2)
-                        if g < frames]
-        return options
+        return options + self._approximate_fallbacks(options[-1], frames)
 
     @staticmethod
     def _describe_fallback(options: Any) -> str:
