@@ -171,9 +171,9 @@ def matched_tracks(images: np.ndarray, features: Any, ratio: float) -> Tracks:
         ratio: Lowe's ratio test threshold.
 
     Returns:
-        :class:`Tracks`: pairwise matches joined into connected components; a track holding two keypoints
-        of one frame is dropped; ``xy`` in original pixels (COLMAP convention; 0 where
-        unobserved), ``visibility`` 1 where observed and 0 elsewhere, ``query_frame`` the first
+        :class:`Tracks`: pairwise matches joined into connected components; a track holding
+        two keypoints of one frame is dropped; ``xy`` in original pixels (COLMAP convention; 0
+        where unobserved), ``visibility`` 1 where observed and 0 elsewhere, ``query_frame`` the first
         observed frame.
 
     Raises:
