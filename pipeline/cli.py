@@ -30,6 +30,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _batch_size(text: str) -> int | None:
+    return None if text == "auto" else _positive_int(text)
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def _float_list(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(","))
@@ -65,8 +76,11 @@ def _add_window_args(p: argparse.ArgumentParser) -> None:
                    "(default 8)")
     w.add_argument("--window-stride", type=_positive_int, default=4, help="frames between window "
                    "starts; at most the window size (default 4)")
-    w.add_argument("--window-batch-size", type=_positive_int, default=4, help="windows processed "
-                   "together; for colmap, in parallel worker processes (default 4)")
+    w.add_argument("--window-batch-size", type=_batch_size, default=None, metavar="N|auto",
+                   help="windows processed together (colmap: in parallel worker processes). "
+                   "auto (default): vggt/da3 measure a first batch of one window and then take "
+                   "the most windows that fit the free memory (the memory model goes to "
+                   "run.json); colmap takes one per CPU core, at most 8")
 
 
 def _add_reconstruction_args(p: argparse.ArgumentParser) -> None:
@@ -105,8 +119,8 @@ def _add_vggt_args(p: argparse.ArgumentParser) -> None:
     n.add_argument("--mixed-precision", choices=("auto", "bf16", "fp16", "no"), default="auto",
                    help="auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU")
     n.add_argument("--preprocess-mode", choices=("crop", "pad"), default="crop",
-                   help="crop: 518 px wide, centre-cropped to 518 rows; pad: longer side 518, "
-                   "padded to a square")
+                   help="crop: --process-res px wide, centre-cropped to at most as many rows; "
+                   "pad: longer side --process-res, padded to a square")
     n.add_argument("--query-frame-num", type=_positive_int, default=4, help="frames per window "
                    "whose SIFT keypoints are tracked (default 4)")
     n.add_argument("--max-query-pts", type=_positive_int, default=2048, help="keypoints tracked "
@@ -129,6 +143,27 @@ def _add_vggt_args(p: argparse.ArgumentParser) -> None:
                    "confidence (float16 .npz, original size) into each window's depth/")
 
 
+def _add_memory_args(p: argparse.ArgumentParser) -> None:
+    """Resolution, memory budget, offloading, several processes."""
+    m = p.add_argument_group("memory and devices")
+    m.add_argument("--process-res", type=_positive_int, metavar="PX", help="network input size: "
+                   "vggt, the long side (a multiple of 14); da3, the side --process-res-method "
+                   "bounds. Default: the network's own (vggt 518, da3 504), lowered only when one "
+                   "window does not fit in memory even with the smallest chunks")
+    m.add_argument("--max-res", type=_positive_int, metavar="PX", help="upper bound on the "
+                   "network input size (caps the default and --process-res)")
+    m.add_argument("--max-memory-gb", type=_positive_float, metavar="GB", help="memory the run "
+                   "may use (GPU memory on a GPU, RAM on the CPU; default: what is free)")
+    m.add_argument("--cpu-offload", action="store_true", help="vggt/da3: keep the transformer "
+                   "blocks' weights in CPU memory and move each to the GPU only while it runs "
+                   "(6-8 GB cards; slower)")
+    m.add_argument("--use-accelerate", action="store_true", help="schedule through Hugging Face "
+                   "Accelerate; implied under 'accelerate launch', which splits the windows "
+                   "between its processes (one GPU each) and merges run.json")
+    m.add_argument("--profile-memory", action="store_true", help="print a per-stage table of "
+                   "time and peak memory (load, forward, tracking, bundle adjustment, export)")
+
+
 def _add_da3_args(p: argparse.ArgumentParser) -> None:
     """Depth Anything 3's input grid, and the network reconstructors' exports."""
     from .export_formats import parse_export_format
@@ -141,8 +176,6 @@ def _add_da3_args(p: argparse.ArgumentParser) -> None:
             raise argparse.ArgumentTypeError(str(exc)) from exc
 
     d = p.add_argument_group("da3 and exports")
-    d.add_argument("--process-res", type=_positive_int, default=504, metavar="PX",
-                   help="da3: length of the side --process-res-method bounds (default 504)")
     d.add_argument("--process-res-method", choices=DA3_METHODS, default="upper_bound_resize",
                    help="da3: upper_bound_* bound the longer side, lower_bound_* the shorter; "
                    "*_resize rounds sides to multiples of 14 by resizing, *_crop by a centred "
@@ -188,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_window_args(p)
     _add_reconstruction_args(p)
     _add_vggt_args(p)
+    _add_memory_args(p)
     _add_da3_args(p)
     _add_output_args(p)
     return p
@@ -214,9 +248,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from .runner import run
 
+    config = config_from_args(args)
     try:
         with logging_redirect_tqdm():
-            summary = run(config_from_args(args))
+            summary = run(config)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -224,5 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted; rerun the same command to finish the remaining windows",
               file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(summary.line())
+    if config.profile_memory and summary.profile is not None:
+        print(summary.profile.format(summary.device))
+    if summary.is_main:
+        print(summary.line())
     return EXIT_OK if summary.success else EXIT_WINDOWS_FAILED

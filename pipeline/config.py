@@ -35,8 +35,13 @@ class PipelineConfig:
     """Frames per window."""
     window_stride: int = 4
     """Frames between the starts of consecutive windows (at most ``window_size``)."""
-    window_batch_size: int = 4
-    """Windows processed together; output paths never depend on it."""
+    window_batch_size: int | None = None
+    """Windows processed together; output paths never depend on it. ``None`` (``auto``): for
+    vggt/da3, the largest number that fits the memory budget after a measured first batch of one
+    window (see :mod:`pipeline.memory`); for colmap, one per CPU core (at most 8)."""
+    max_memory_gb: float | None = None
+    """Cap on the memory the run may use, GiB (GPU memory on a GPU, RAM on the CPU); ``None``:
+    what is free."""
     reconstructor: str = "auto"
     """How windows are reconstructed: ``vggt`` (the network, then tracks and bundle
     adjustment), ``da3`` (Depth Anything 3, then tracks from SIFT matching and bundle
@@ -51,9 +56,23 @@ class PipelineConfig:
     """vggt precision: ``auto`` (bf16 where supported, fp16 on older GPUs, fp32 on CPU),
     ``bf16``, ``fp16`` or ``no`` (fp32)."""
     preprocess_mode: str = "crop"
-    """vggt input grid: ``crop`` (518 px wide, centre-cropped) or ``pad`` (518 px square)."""
-    process_res: int = 504
-    """da3: length in pixels of the side ``process_res_method`` bounds."""
+    """vggt input grid: ``crop`` (``process_res`` wide, centre-cropped to a square at most) or
+    ``pad`` (longer side ``process_res``, padded to a square)."""
+    process_res: int | None = None
+    """Network input size in pixels: vggt, the long side (a multiple of 14); da3, the side
+    ``process_res_method`` bounds. ``None``: the network's own (vggt 518, da3 504), lowered in
+    steps only when one window does not fit in memory even with the smallest chunks."""
+    max_res: int | None = None
+    """Upper bound on ``process_res`` (and on the network's default), pixels."""
+    cpu_offload: bool = False
+    """vggt/da3: keep the transformer blocks' weights in CPU memory and move each to the GPU only
+    while it runs (for 6-8 GB cards; slower)."""
+    use_accelerate: bool = False
+    """Schedule through Hugging Face Accelerate (implied under ``accelerate launch``): the windows
+    are split between the launched processes, one device each, and run.json is merged."""
+    profile_memory: bool = False
+    """Print a per-stage table of time and peak memory (load, forward, tracking, bundle
+    adjustment, export) at the end; it is kept in run.json either way."""
     process_res_method: str = "upper_bound_resize"
     """da3 input grid: ``upper_bound_resize``, ``lower_bound_resize``, ``upper_bound_crop`` or
     ``lower_bound_crop`` (see :mod:`pipeline.preprocess`)."""

@@ -5,6 +5,7 @@ Rerunning into the same output folder skips the windows that are complete and re
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -20,18 +21,23 @@ from tqdm import tqdm
 
 from . import __version__
 from .config import CAMERA_PARAMS, IMAGE_MODES, PipelineConfig
+from .distributed import ProcessGroup, process_group
 from .errors import InputError
 from .export import (create_staging, discard_staging, finalize_window, is_complete,
                      read_window_info, remove_stale_staging, write_json)
 from .frames import Frame, extract_video_frames, list_image_files, prepare_frames
+from .memory import MemoryGovernor, StageTable, budget_mb
 from .reconstructors import (STATUS_FAILED, STATUS_OK, Reconstructor, WindowResult,
                              create_reconstructor)
-from .windows import Batch, Window, create_windows, make_batches
+from .windows import Batch, Window, create_windows, take_batch
 
 logger = logging.getLogger(__name__)
 
 RUN_MANIFEST = "run.json"
 FRAME_CACHE = "frames"
+VGGT_RES, DA3_RES, MIN_AUTO_RES = 518, 504, 224
+"""The networks' own input sizes, and the lowest an automatic resolution goes (pixels)."""
+MAX_AUTO_COLMAP_WORKERS = 8
 
 
 @dataclass(kw_only=True)
@@ -50,6 +56,12 @@ class RunSummary:
     """The merge report (``merged/merge.json``) when merging was asked for and succeeded."""
     merge_error: str | None = None
     """Why merging failed, when it was asked for and failed."""
+    profile: StageTable | None = None
+    """Per-stage time and peak memory of this process's work."""
+    device: str = "cpu"
+    """Where the reconstructor ran (for the profile table)."""
+    is_main: bool = True
+    """False in the processes of a multi-process run other than process 0."""
 
     def count(self, status: str) -> int:
         """Windows whose status is ``status``."""
@@ -182,9 +194,11 @@ def _build_da3(config: PipelineConfig) -> Reconstructor:
         exports = ExportOptions(formats=parse_export_format(config.export_format),
                                 conf_thresh_percentile=config.conf_thresh_percentile,
                                 num_max_points=config.num_max_points)
+        res, min_res = _resolution(config, DA3_RES, multiple=1)
         options = Da3Options(model=config.model, device=config.device, dtype=_dtype(config),
                              preprocess=PreprocessOptions(mode=config.process_res_method,
-                                                          process_res=config.process_res),
+                                                          process_res=res),
+                             min_process_res=min_res, cpu_offload=config.cpu_offload,
                              sfm=_sfm_options(config), exports=exports,
                              save_depth=config.save_depth,
                              allow_approximate=config.allow_approximate,
@@ -194,6 +208,29 @@ def _build_da3(config: PipelineConfig) -> Reconstructor:
         raise InputError(f"--reconstructor da3: {exc}") from exc
 
 
+def _resolution(config: PipelineConfig, default: int, *, multiple: int) -> tuple[int, int | None]:
+    """The network input size to start at, and the lowest that out-of-memory recovery may lower
+    it to (None: the user fixed it with ``--process-res``).
+
+    Raises:
+        InputError: ``--process-res`` is not a multiple of ``multiple`` or exceeds ``--max-res``.
+    """
+    if config.process_res is not None:
+        if config.process_res % multiple or config.process_res < 4 * multiple:
+            raise InputError(f"--process-res must be a multiple of {multiple} of at least "
+                             f"{4 * multiple} for {config.reconstructor}, got {config.process_res}")
+        if config.max_res is not None and config.process_res > config.max_res:
+            raise InputError(f"--process-res {config.process_res} exceeds --max-res "
+                             f"{config.max_res}")
+        return config.process_res, None
+    res = default
+    if config.max_res is not None:
+        res = min(default, config.max_res // multiple * multiple)
+        if res < 4 * multiple:
+            raise InputError(f"--max-res {config.max_res} is too small for {config.reconstructor}")
+    return res, min(MIN_AUTO_RES, res)
+
+
 def _build_vggt(config: PipelineConfig) -> Reconstructor:
     from .models import WeightsNotFoundError
     from .preprocess import PreprocessOptions
@@ -201,8 +238,11 @@ def _build_vggt(config: PipelineConfig) -> Reconstructor:
 
     sfm = _sfm_options(config)
     dtype = _dtype(config)
+    res, min_res = _resolution(config, VGGT_RES, multiple=14)
     options = VggtOptions(model=config.model, device=config.device, dtype=dtype,
-                          preprocess=PreprocessOptions(mode=config.preprocess_mode),
+                          preprocess=PreprocessOptions(mode=config.preprocess_mode,
+                                                       target_size=res),
+                          min_process_res=min_res, cpu_offload=config.cpu_offload,
                           query_frame_num=config.query_frame_num,
                           max_query_pts=config.max_query_pts,
                           fine_tracking=config.fine_tracking, sfm=sfm,
@@ -305,6 +345,7 @@ def _window_record(window: Window[Frame], batch_idx: int, result: WindowResult,
         "mean_reprojection_error": result.mean_reprojection_error,
         "timings": {**result.timings, "batch_total": batch_seconds},
         "memory": result.memory,
+        "stages": result.stages,
         "details": result.details,
         "signature": window_signature(window, args),
         "finished_at": _now(),
@@ -321,11 +362,18 @@ _MANIFEST_KEYS = ("window_index", "path", "status", "error", "start_frame", "num
 
 
 class _Manifest:
-    """``run.json``: configuration, versions, device and each window's status, kept current."""
+    """``run.json``: configuration, versions, device and each window's status, kept current.
+
+    In a multi-process run, process 0 writes ``run.json`` (folding in what the others have
+    recorded so far) and each other process its own ``.run.rank<N>.json``, merged at the end.
+    """
 
     def __init__(self, config: PipelineConfig, frames: Sequence[Frame],
-                 windows: Sequence[Window[Frame]], reconstructor: Reconstructor) -> None:
-        self.path = Path(config.output_dir) / RUN_MANIFEST
+                 windows: Sequence[Window[Frame]], reconstructor: Reconstructor,
+                 group: ProcessGroup) -> None:
+        out = Path(config.output_dir)
+        self.group = group
+        self.path = out / (RUN_MANIFEST if group.is_main else f".run.rank{group.rank}.json")
         self.records: dict[int, dict[str, Any]] = {}
         self.data: dict[str, Any] = {
             "pipeline_version": __version__, "status": "running", "started_at": _now(),
@@ -334,24 +382,69 @@ class _Manifest:
             "device": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                        "reconstructor": reconstructor.device},
             "frames": {"count": len(frames), "first": frames[0].name, "last": frames[-1].name},
-            "num_windows": len(windows), "summary": {}, "windows": [],
+            "num_windows": len(windows), "summary": {}, "memory": None, "profile": None,
+            "windows": [],
         }
+        if group.world_size > 1:
+            self.data["processes"] = []
 
     def add(self, record: dict[str, Any], *, skipped: bool = False) -> None:
         entry = {k: record.get(k) for k in _MANIFEST_KEYS}
         entry["skipped"] = skipped
         self.records[record["window_index"]] = entry
 
+    def _parts(self) -> list[dict[str, Any]]:
+        """The other processes' records so far (process 0 of a multi-process run only)."""
+        if not self.group.is_main or self.group.world_size == 1:
+            return []
+        parts = []
+        for rank in range(1, self.group.world_size):
+            try:
+                parts.append(json.loads((self.path.parent / f".run.rank{rank}.json").read_text()))
+            except (OSError, ValueError):
+                continue
+        return parts
+
     def write(self, status: str = "running", wall_time: float | None = None) -> None:
-        windows = [self.records[i] for i in sorted(self.records)]
+        records = dict(self.records)
+        parts = self._parts()
+        for part in parts:
+            records.update({w["window_index"]: w for w in part["windows"]})
+        windows = [records[i] for i in sorted(records)]
         self.data.update(status=status, windows=windows, summary={
             "ok": sum(w["status"] == STATUS_OK for w in windows),
             "failed": sum(w["status"] == STATUS_FAILED for w in windows),
             "skipped": sum(w["skipped"] for w in windows),
             "pending": self.data["num_windows"] - len(windows)})
+        if "processes" in self.data:
+            mine = list(self.records.values())
+            self.data["processes"] = [self._process_entry(self.data, mine, self.group.rank)] + [
+                self._process_entry(part, part["windows"], rank)
+                for rank, part in enumerate(parts, start=1)]
         if status != "running":
             self.data.update(finished_at=_now(), wall_time=wall_time)
         write_json(self.path, self.data)
+
+    @staticmethod
+    def _process_entry(data: dict[str, Any], windows: list[dict[str, Any]],
+                       rank: int) -> dict[str, Any]:
+        return {"rank": rank, "status": data["status"], "device": data["device"]["reconstructor"],
+                "memory": data["memory"], "profile": data["profile"],
+                "windows": sorted(w["window_index"] for w in windows if not w["skipped"])}
+
+    def finish(self, status: str, wall_time: float) -> None:
+        """Write the final state; process 0 waits for the others and merges their records."""
+        self.write(status, wall_time)
+        if self.group.world_size == 1 or status != "finished":
+            return  # an interrupted process does not wait for the others
+        self.group.barrier()
+        if self.group.is_main:
+            parts = self._parts()
+            if any(p["status"] != "finished" for p in parts):
+                status = "interrupted"
+            self.write(status, wall_time)
+            for rank in range(1, self.group.world_size):
+                (self.path.parent / f".run.rank{rank}.json").unlink(missing_ok=True)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -376,13 +469,17 @@ def _check_config(config: PipelineConfig) -> Path:
     if config.camera_params is not None and len(config.camera_params) != len(expected):
         raise InputError(f"--camera-params for {config.camera_type} needs {len(expected)} values "
                          f"({', '.join(expected)}), got {len(config.camera_params)}")
+    batch = config.window_batch_size
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise InputError(f"--window-batch-size must be a positive integer or auto, got {batch!r}")
+    if config.max_memory_gb is not None and not config.max_memory_gb > 0:
+        raise InputError(f"--max-memory-gb must be positive, got {config.max_memory_gb}")
     if config.frame_step < 1:
         raise InputError(f"--frame-step must be at least 1, got {config.frame_step}")
     if config.max_frames is not None and config.max_frames < 2:
         raise InputError(f"--max-frames must be at least 2, got {config.max_frames}")
     try:
         create_windows(range(config.window_size + 1), config.window_size, config.window_stride)
-        make_batches([], config.window_batch_size)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     return out
@@ -396,46 +493,137 @@ def run(config: PipelineConfig) -> RunSummary:
     """
     start = time.perf_counter()
     out = _check_config(config)
-    out.mkdir(parents=True, exist_ok=True)
-    frames = load_frames(config)
+    group = _process_group(config)
+    with group.main_first():
+        if group.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            remove_stale_staging(out)
+        frames = load_frames(config)
     windows = create_windows(frames, config.window_size, config.window_stride)
-    remove_stale_staging(out)
     chosen, reason = choose_reconstructor(config)
     logger.info("reconstructor: %s (%s)", chosen, reason)
-    config = replace(config, reconstructor=chosen)
+    config = replace(config, reconstructor=chosen,
+                     device=group.device if group.device and config.device == "auto"
+                     else config.device)
     reconstructor = build_reconstructor(config)
-    manifest = _Manifest(config, frames, windows, reconstructor)
+    manifest = _Manifest(config, frames, windows, reconstructor, group)
     manifest.data["reconstructor"]["chosen_because"] = reason
+    todo = _windows_to_do(config, windows, manifest, group)
+    group.barrier()  # every process has judged the finished windows before any writes one
+    profile = StageTable()
+    if reconstructor.load_stage:
+        profile.add("load", reconstructor.load_stage)
+    governor = _governor(config, reconstructor, group)
+    manifest.write()
+    status = "interrupted"
+    try:
+        with reconstructor, _progress(config, len(todo)) as bar:
+            _process_all(todo, config, reconstructor, governor, manifest, profile, bar)
+        status = "finished"
+    finally:
+        _record_memory(manifest, governor, profile)
+        manifest.finish(status, wall_time=time.perf_counter() - start)
+    summary = RunSummary(output_dir=out, num_frames=len(frames), windows=manifest.data["windows"],
+                         profile=profile, device=reconstructor.device, is_main=group.is_main)
+    if config.merge and group.is_main:
+        _merge(summary)
+    summary.wall_time = time.perf_counter() - start
+    return summary
+
+
+def _process_group(config: PipelineConfig) -> ProcessGroup:
+    try:
+        return process_group(config.use_accelerate, config.device)
+    except ImportError as exc:
+        raise InputError(str(exc)) from exc
+
+
+def _windows_to_do(config: PipelineConfig, windows: Sequence[Window[Frame]],
+                   manifest: _Manifest, group: ProcessGroup) -> list[Window[Frame]]:
+    """This process's share of the windows that are not complete yet (process 0 records the
+    complete ones in the manifest)."""
+    out = Path(config.output_dir)
     todo = []
     for window in windows:
         window_dir = out / window.relative_dir
         if not config.overwrite and is_complete(window_dir, window_signature(window, config)):
-            manifest.add(read_window_info(window_dir), skipped=True)
+            if group.is_main:
+                manifest.add(read_window_info(window_dir), skipped=True)
         else:
             todo.append(window)
-    logger.info("%d frames -> %d windows of %d (stride %d): %d to do, %d already complete",
-                len(frames), len(windows), config.window_size, config.window_stride,
-                len(todo), len(windows) - len(todo))
-    batches = make_batches(todo, config.window_batch_size, size_of=lambda f: f.size)
-    manifest.write()
-    status = "interrupted"
-    try:
-        with reconstructor, _progress(config, len(windows), len(windows) - len(todo)) as bar:
-            for batch in batches:
-                for record in process_window_batch(batch, batch.index, config,
-                                                   reconstructor=reconstructor):
-                    manifest.add(record)
-                manifest.write()
-                bar.update(len(batch))
-        status = "finished"
-    finally:
-        manifest.write(status, wall_time=time.perf_counter() - start)
-    summary = RunSummary(output_dir=out, num_frames=len(frames),
-                         windows=manifest.data["windows"])
-    if config.merge:
-        _merge(summary)
-    summary.wall_time = time.perf_counter() - start
-    return summary
+    mine = group.take(todo)
+    logger.info("%d frames -> %d windows of %d (stride %d): %d to do%s, %d already complete",
+                manifest.data["frames"]["count"], len(windows), config.window_size,
+                config.window_stride, len(todo),
+                f" ({len(mine)} in process {group.rank})" if group.world_size > 1 else "",
+                len(windows) - len(todo))
+    return mine
+
+
+def _governor(config: PipelineConfig, reconstructor: Reconstructor,
+              group: ProcessGroup) -> MemoryGovernor | None:
+    """The memory governor of an automatic batch size for a network reconstructor, else None."""
+    device = getattr(reconstructor, "torch_device", None)
+    if config.window_batch_size is not None or device is None:
+        return None
+    budget, source = budget_mb(device, config.max_memory_gb, processes=group.local_world_size)
+    logger.info("memory budget %.0f MiB (%s); the first batch is one window, measured", budget,
+                source)
+    return MemoryGovernor(budget_mb=budget, budget_source=source)
+
+
+def _batch_size(config: PipelineConfig, governor: MemoryGovernor | None,
+                group: ProcessGroup) -> int:
+    """Windows for the next batch: as asked, from the governor, or colmap's core count."""
+    if config.window_batch_size is not None:
+        return config.window_batch_size
+    if governor is not None:
+        return governor.windows_per_batch()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(MAX_AUTO_COLMAP_WORKERS, (cores or 1) // group.local_world_size))
+
+
+def _process_all(todo: list[Window[Frame]], config: PipelineConfig,
+                 reconstructor: Reconstructor, governor: MemoryGovernor | None,
+                 manifest: _Manifest, profile: StageTable, bar: tqdm) -> None:
+    """Batch after batch until ``todo`` is done, each sized just before it runs."""
+    pending, index = list(todo), 0
+    while pending:
+        size = _batch_size(config, governor, manifest.group)
+        batch, pending = take_batch(pending, size, index, size_of=lambda f: f.size)
+        records = process_window_batch(batch, batch.index, config, reconstructor=reconstructor)
+        _observe(reconstructor, governor, profile, records)
+        for record in records:
+            manifest.add(record)
+        if governor is not None:
+            manifest.data["memory"] = governor.to_json()
+        manifest.write()
+        bar.update(len(batch))
+        index += 1
+
+
+def _observe(reconstructor: Reconstructor, governor: MemoryGovernor | None,
+             profile: StageTable, records: list[dict[str, Any]]) -> None:
+    """Feed what the batch measured to the governor and the stage table."""
+    report = reconstructor.last_report
+    if report is not None:
+        for stage, span in report.stages:
+            profile.add(stage, span)
+        if governor is not None:
+            for observation in report.observations:
+                governor.observe(observation)
+            if report.out_of_memory_at is not None:
+                governor.observe_out_of_memory(report.out_of_memory_at)
+    for record in records:
+        for stage, span in (record.get("stages") or {}).items():
+            profile.add(stage, span)
+
+
+def _record_memory(manifest: _Manifest, governor: MemoryGovernor | None,
+                   profile: StageTable) -> None:
+    if governor is not None:
+        manifest.data["memory"] = governor.to_json()
+    manifest.data["profile"] = profile.rows
 
 
 def _merge(summary: RunSummary) -> None:
@@ -449,6 +637,5 @@ def _merge(summary: RunSummary) -> None:
         summary.merge_error = f"{type(exc).__name__}: {exc}"
 
 
-def _progress(config: PipelineConfig, total: int, done: int) -> tqdm:
-    return tqdm(total=total, initial=done, desc="windows", unit="window",
-                disable=not config.show_progress)
+def _progress(config: PipelineConfig, total: int) -> tqdm:
+    return tqdm(total=total, desc="windows", unit="window", disable=not config.show_progress)

@@ -149,3 +149,39 @@ def make_batches(
     closed.extend(open_batches.items())
     closed.sort(key=lambda kv: kv[1][0].index)
     return [Batch(i, tuple(group), key) for i, (key, group) in enumerate(closed)]
+
+
+def take_batch(
+    windows: Sequence[Window[T]],
+    batch_size: int,
+    index: int,
+    size_of: Callable[[T], tuple[int, int]] | None = None,
+) -> tuple[Batch[T], list[Window[T]]]:
+    """The next batch of a queue of windows, for batch sizes chosen as the run goes.
+
+    The batch holds the first window and the next ones of its shape (as in
+    :func:`make_batches`), at most ``batch_size``; the rest keep their order.
+
+    Returns:
+        The batch (numbered ``index``) and the windows still to do.
+
+    Raises:
+        ValueError: no windows, or ``batch_size`` is not a positive integer.
+    """
+    if not windows:
+        raise ValueError("no windows left to batch")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"window batch size must be an integer >= 1, got {batch_size!r}")
+
+    def key(window: Window[T]) -> tuple:
+        return (len(window), tuple(size_of(item) for item in window.items) if size_of else ())
+
+    shape = key(windows[0])
+    chosen: list[Window[T]] = []
+    rest: list[Window[T]] = []
+    for window in windows:
+        if len(chosen) < batch_size and key(window) == shape:
+            chosen.append(window)
+        else:
+            rest.append(window)
+    return Batch(index, tuple(chosen), shape), rest

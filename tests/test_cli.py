@@ -22,7 +22,7 @@ class ParserTest(unittest.TestCase):
         args = build_parser().parse_args(["--input-dir", "x", "--output-dir", "y"])
         config = config_from_args(args)
         self.assertEqual((config.window_size, config.window_stride, config.window_batch_size),
-                         (8, 4, 4))
+                         (8, 4, None))
         self.assertEqual((config.reconstructor, config.camera_type), ("auto", "SIMPLE_PINHOLE"))
         self.assertFalse(config.shared_camera or config.overwrite or config.skip_bad_frames)
 

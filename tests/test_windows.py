@@ -4,7 +4,7 @@ import unittest
 from pathlib import Path
 
 from pipeline.windows import (WINDOWS_PER_BATCH_DIR, Window, create_windows, make_batches,
-                              window_relative_dir)
+                              take_batch, window_relative_dir)
 
 
 def spans(windows):
@@ -95,6 +95,24 @@ class MakeBatchesTest(unittest.TestCase):
         for bad in (0, -1, 1.5, True):
             with self.assertRaisesRegex(ValueError, "batch size"):
                 make_batches([], bad)
+
+
+class TakeBatchTest(unittest.TestCase):
+    def test_sizes_chosen_batch_by_batch_keep_order_and_shape(self):
+        sizes = {i: (320, 240) if i < 12 else (640, 480) for i in range(24)}
+        pending = create_windows(list(range(24)), 4, 4)
+        batches = []
+        for size in (1, 4, 4):
+            batch, pending = take_batch(pending, size, len(batches), size_of=sizes.__getitem__)
+            batches.append(batch)
+        self.assertEqual([[w.index for w in b.windows] for b in batches], [[0], [1, 2], [3, 4, 5]])
+        self.assertEqual(([b.index for b in batches], pending), ([0, 1, 2], []))
+
+    def test_invalid(self):
+        with self.assertRaisesRegex(ValueError, "no windows"):
+            take_batch([], 1, 0)
+        with self.assertRaisesRegex(ValueError, "batch size"):
+            take_batch(create_windows(list(range(8)), 4, 4), 0, 0)
 
 
 if __name__ == "__main__":

@@ -47,14 +47,31 @@ class WindowResult:
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds spent per stage (e.g. ``features``, ``matching``, ``mapping``, ``write``)."""
     memory: dict[str, float] = field(default_factory=dict)
-    """Memory peaks in MiB (e.g. ``peak_rss_mb`` of the process that reconstructed it)."""
+    """Memory peaks in MiB while its batch ran: ``peak_rss_mb`` of the process that
+    reconstructed it and, on a GPU, ``cuda_peak_mb`` (``torch.cuda.max_memory_allocated``)."""
     details: dict[str, Any] = field(default_factory=dict)
     """Reconstructor-specific facts worth keeping in ``window_info.json``."""
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per stage of this window's own work (e.g. ``tracking``, ``bundle_adjustment``,
+    ``export``): ``seconds``, ``held_mb``, ``peak_mb`` and ``rss_peak_mb`` (see
+    :class:`pipeline.memory.PeakSpan`)."""
 
     @classmethod
     def failure(cls, error: str, **kwargs: Any) -> WindowResult:
         """A failed result with a one-line ``error``."""
         return cls(status=STATUS_FAILED, error=" ".join(str(error).split()), **kwargs)
+
+
+@dataclass(kw_only=True)
+class BatchReport:
+    """What a reconstructor measured while reconstructing one batch (read by the runner)."""
+
+    stages: list[tuple[str, dict[str, float]]] = field(default_factory=list)
+    """Batch-wide stages (``preprocess``, ``forward``), one entry per attempt that finished."""
+    observations: list[Any] = field(default_factory=list)
+    """:class:`pipeline.memory.BatchObservation` of each forward that fitted."""
+    out_of_memory_at: int | None = None
+    """The smallest number of windows that ran out of memory together, if any did."""
 
 
 class Reconstructor(abc.ABC):
@@ -65,6 +82,12 @@ class Reconstructor(abc.ABC):
 
     device: str = "cpu"
     """Where the work runs, for the run manifest."""
+
+    load_stage: dict[str, float] | None = None
+    """Time and memory of loading (a :class:`pipeline.memory.PeakSpan` as JSON), if any."""
+
+    last_report: BatchReport | None = None
+    """Measurements of the latest :meth:`reconstruct_batch` (None: it measures nothing)."""
 
     @abc.abstractmethod
     def reconstruct_batch(
@@ -92,19 +115,6 @@ class Reconstructor(abc.ABC):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def peak_memory(device: Any = None) -> dict[str, float]:
-    """Memory peaks so far in MiB: this process's resident set (``peak_rss_mb``, Linux reports
-    KiB) and, on a CUDA ``device``, ``torch.cuda.max_memory_allocated`` (``cuda_peak_mb``)."""
-    import resource
-
-    memory = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
-    if device is not None and getattr(device, "type", None) == "cuda":
-        import torch
-
-        memory["cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return memory
 
 
 def available_reconstructors() -> list[str]:

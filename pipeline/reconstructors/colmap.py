@@ -11,7 +11,6 @@ import math
 import multiprocessing
 import os
 import shutil
-import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -24,7 +23,8 @@ import pycolmap
 from ..config import CAMERA_PARAMS, CAMERA_TYPES
 from ..frames import Frame
 from ..windows import Window
-from . import STATUS_OK, Reconstructor, WindowResult, peak_memory
+from ..memory import PeakMeter, memory_record, reset_peak
+from . import STATUS_OK, Reconstructor, WindowResult
 
 logger = logging.getLogger(__name__)
 
@@ -152,24 +152,33 @@ def reconstruct_window(names: list[str], staging_dir: Path, options: ColmapOptio
     Writes the largest model to ``staging_dir/sparse/`` (binary COLMAP files and ``points.ply``).
     Catches every error and returns it as a failed result.
     """
-    timings: dict[str, float] = {}
+    stages: dict[str, dict[str, float]] = {}
     work = staging_dir / ".work"
+    reset_peak()  # the window's peak, in the process that reconstructs it
+    meter = PeakMeter()
     try:
         pycolmap.logging.minloglevel = options.colmap_log_level
         work.mkdir(parents=True, exist_ok=True)
-        rec = _run_sfm(names, staging_dir / "images", work, options, timings)
-        return _finish(rec, names, staging_dir / "sparse", options, timings)
+        rec = _run_sfm(names, staging_dir / "images", work, options, meter, stages)
+        with meter.stage("export", stages):
+            result = _finish(rec, names, staging_dir / "sparse", options)
     except Exception as exc:  # noqa: BLE001 - recorded in the window's result
         logger.debug("window in %s failed", staging_dir, exc_info=True)
-        return WindowResult.failure(f"{type(exc).__name__}: {exc}", timings=timings,
-                                    memory=peak_memory())
+        result = WindowResult.failure(f"{type(exc).__name__}: {exc}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    result.stages = stages
+    result.timings = {name: span["seconds"] for name, span in stages.items()}
+    result.memory = ({"peak_rss_mb": max(s["rss_peak_mb"] for s in stages.values())}
+                     if stages else memory_record())
+    return result
 
 
 def _run_sfm(names: list[str], image_dir: Path, work: Path, options: ColmapOptions,
-             timings: dict[str, float]) -> pycolmap.Reconstruction | None:
-    """Extract, match and map; return the model that registers the most frames (or None)."""
+             meter: PeakMeter, stages: dict[str, dict[str, float]]
+             ) -> pycolmap.Reconstruction | None:
+    """Extract, match and map (each a measured stage in ``stages``); return the model that
+    registers the most frames (or None)."""
     db = work / "database.db"
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = options.camera_type
@@ -178,53 +187,46 @@ def _run_sfm(names: list[str], image_dir: Path, work: Path, options: ColmapOptio
     extraction = _copy(options.extraction)
     extraction.num_threads = options.num_threads
     mode = pycolmap.CameraMode.SINGLE if options.shared_camera else pycolmap.CameraMode.PER_IMAGE
-    t = time.perf_counter()
-    pycolmap.extract_features(db, image_dir, image_names=names, camera_mode=mode,
-                              reader_options=reader, extraction_options=extraction,
-                              device=pycolmap.Device.cpu)
-    timings["features"] = time.perf_counter() - t
+    with meter.stage("features", stages):
+        pycolmap.extract_features(db, image_dir, image_names=names, camera_mode=mode,
+                                  reader_options=reader, extraction_options=extraction,
+                                  device=pycolmap.Device.cpu)
     matching = _copy(options.matching)
     matching.num_threads = options.num_threads
     pairing = pycolmap.SequentialPairingOptions()
     pairing.overlap = max(1, min(options.pairing_overlap, len(names) - 1))
     pairing.num_threads = options.num_threads
-    t = time.perf_counter()
-    pycolmap.match_sequential(db, matching_options=matching, pairing_options=pairing,
-                              device=pycolmap.Device.cpu)
-    timings["matching"] = time.perf_counter() - t
+    with meter.stage("matching", stages):
+        pycolmap.match_sequential(db, matching_options=matching, pairing_options=pairing,
+                                  device=pycolmap.Device.cpu)
     mapping = _copy(options.mapping)
     mapping.num_threads = options.num_threads
     if options.camera_params is not None:  # known intrinsics stay as given
         mapping.ba_refine_focal_length = False
         mapping.ba_refine_extra_params = False
-    t = time.perf_counter()
-    models = pycolmap.incremental_mapping(db, image_dir, work / "models", options=mapping)
-    timings["mapping"] = time.perf_counter() - t
+    with meter.stage("mapping", stages):
+        models = pycolmap.incremental_mapping(db, image_dir, work / "models", options=mapping)
     if not models:
         return None
     return max(models.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
 
 
 def _finish(rec: pycolmap.Reconstruction | None, names: list[str], sparse_dir: Path,
-            options: ColmapOptions, timings: dict[str, float]) -> WindowResult:
+            options: ColmapOptions) -> WindowResult:
     """Write the model and judge the window by how many frames it registered."""
     if rec is None:
         return WindowResult.failure("COLMAP found no model: too few matches, or too little "
                                     "camera motion within the window to triangulate (try "
-                                    "--frame-step or a longer window)",
-                                    timings=timings, memory=peak_memory())
-    t = time.perf_counter()
+                                    "--frame-step or a longer window)")
     registered = sorted((rec.images[i].name for i in rec.reg_image_ids()), key=names.index)
     anchor_to_first_frame(rec, registered[0])
     sparse_dir.mkdir(parents=True, exist_ok=True)
     rec.write(sparse_dir)
     rec.export_PLY(sparse_dir / "points.ply")
-    timings["write"] = time.perf_counter() - t
     needed = max(2, math.ceil(options.min_registered_fraction * len(names)))
     result = WindowResult(
         status=STATUS_OK, registered_frames=registered, num_points3D=rec.num_points3D(),
         mean_reprojection_error=float(rec.compute_mean_reprojection_error()),
-        timings=timings, memory=peak_memory(),
         details={"num_cameras": rec.num_cameras(), "camera_type": options.camera_type,
                  "shared_camera": options.shared_camera})
     if len(registered) < needed:

@@ -16,7 +16,6 @@ bundle-adjusts; the model goes to ``sparse/`` and the asked-for exports to ``exp
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import torch
 from ..export_formats import ExportOptions, write_exports
 from ..frames import Frame
 from ..preprocess import PreprocessOptions
-from ..sfm import SfmOptions, Tracks
+from ..sfm import SfmOptions, Tracks, WindowPredictions
 from ..windows import Window
 from . import WindowResult
 from .network import NetworkBatch, NetworkReconstructor, sift_features, window_predictions
@@ -76,6 +75,12 @@ class Da3Options:
     allow_approximate: bool = False
     """When one window runs out of memory even with the smallest head chunks, also try frame
     batching in the backbone (approximate)."""
+    min_process_res: int | None = None
+    """When set, a window that runs out of memory even with the smallest chunks is retried at
+    lower resolutions down to this many pixels (for resolutions the user did not fix)."""
+    cpu_offload: bool = False
+    """Keep the transformer blocks' weights in CPU memory; each moves to the device only while
+    it runs (see :mod:`pipeline.models.offload`)."""
     colmap_log_level: int = 2
     """glog level of pycolmap's own messages: 0 info, 1 warnings, 2 errors."""
 
@@ -91,8 +96,10 @@ class Da3Reconstructor(NetworkReconstructor):
         self.options = options
         self.preprocess_options = options.preprocess
         self.allow_approximate = options.allow_approximate
+        self.min_process_res = options.min_process_res
         self.forward_options = options.forward or DA3ForwardOptions()
-        self._load(options.model, options.device, options.dtype, options.colmap_log_level)
+        self._load(options.model, options.device, options.dtype, options.colmap_log_level,
+                   cpu_offload=options.cpu_offload)
         if getattr(getattr(self.model, "model", None), "cam_dec", None) is None:
             raise ValueError(f"{options.model} predicts no cameras (a metric/mono or nested DA3); "
                              "use a main-series checkpoint such as depth-anything/DA3-LARGE-1.1")
@@ -101,15 +108,15 @@ class Da3Reconstructor(NetworkReconstructor):
         o = self.options
         return {"name": self.name, "device": self.device, "model": o.model,
                 "dtype": str(self.dtype).replace("torch.", ""),
-                "process_res": o.preprocess.process_res, "process_res_method": o.preprocess.mode,
+                "process_res": self.process_res, "process_res_method": o.preprocess.mode,
+                "cpu_offload": o.cpu_offload,
                 "export_formats": list(o.exports.formats), "use_ba": o.sfm.use_ba,
                 "camera_type": o.sfm.camera_type, "shared_camera": o.sfm.shared_camera,
                 "load_seconds": self.load_seconds}
 
-    def _fallbacks(self, frames: int) -> list[Any]:
-        """Smaller chunks in the dense heads, then (approximate) frame batching."""
-        options = [replace(self.forward_options, head_chunk_size=c) for c in (2, 1)]
-        return options + self._approximate_fallbacks(options[-1], frames)
+    def _fallbacks(self) -> list[Any]:
+        """Smaller chunks in the dense heads."""
+        return [replace(self.forward_options, head_chunk_size=c) for c in (2, 1)]
 
     @staticmethod
     def _describe_fallback(options: Any) -> str:
@@ -125,22 +132,23 @@ class Da3Reconstructor(NetworkReconstructor):
     def _finish_window(self, b: int, window: Window[Frame], staging: Path, batch: NetworkBatch,
                        out: dict[str, Any], options: Any) -> WindowResult:
         """Cameras and depth of window ``b``, tracks from matching -> model (+ exports)."""
-        t = time.perf_counter()
-        preds = window_predictions(
-            window, batch.originals[b], batch.transforms[b],
-            out["extrinsics"][b].float().cpu().numpy().astype(np.float64),
-            out["intrinsics"][b].float().cpu().numpy(), out["depth"][b], out["depth_conf"][b])
-        tracks = None
-        if self.options.sfm.use_ba:
-            tracks = matched_tracks(preds.colors, self.options.features, self.options.ratio_test)
-        timings = {"tracking": time.perf_counter() - t}
-        result = self._sfm_result(preds, tracks, staging, self.options.sfm,
-                                  self.options.save_depth, timings)
-        t = time.perf_counter()
+        with self.meter.measure() as tracking:
+            preds = window_predictions(
+                window, batch.originals[b], batch.transforms[b],
+                out["extrinsics"][b].float().cpu().numpy().astype(np.float64),
+                out["intrinsics"][b].float().cpu().numpy(), out["depth"][b],
+                out["depth_conf"][b])
+            tracks = None
+            if self.options.sfm.use_ba:
+                tracks = matched_tracks(preds.colors, self.options.features,
+                                        self.options.ratio_test)
+        return self._sfm_result(preds, tracks, staging, self.options.sfm,
+                                self.options.save_depth, {"tracking": tracking.to_json()})
+
+    def _export_extras(self, preds: WindowPredictions, staging: Path) -> list[str]:
+        """The ``--export-format`` files of the window (``colmap`` is ``sparse/`` itself)."""
         written = write_exports(staging, preds, self.options.exports)
-        result.timings["exports"] = time.perf_counter() - t
-        result.details["exports"] = [str(p.relative_to(staging)) for p in written]
-        return result
+        return [str(p.relative_to(staging)) for p in written]
 
 
 def match_descriptors(a: np.ndarray, b: np.ndarray, ratio: float) -> np.ndarray:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import abc
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,11 +25,12 @@ import numpy as np
 import torch
 
 from ..frames import Frame, load_image
-from ..preprocess import FrameTransform, PreprocessOptions, preprocess_frames
+from ..memory import BatchObservation, PeakMeter, settle
+from ..preprocess import VGGT_MODES, FrameTransform, PreprocessOptions, preprocess_frames
 from ..sfm import (SfmOptions, Tracks, WindowPredictions, anchor_predictions, run_sfm,
                    write_sfm_result)
 from ..windows import Window
-from . import Reconstructor, WindowResult, peak_memory
+from . import BatchReport, Reconstructor, WindowResult
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +63,15 @@ class NetworkReconstructor(Reconstructor):
 
     preprocess_options: PreprocessOptions
     allow_approximate: bool = False
+    min_process_res: int | None = None
+    """When set, the resolution was not fixed by the user: a window that runs out of memory even
+    with the smallest chunks is retried at lower resolutions down to this one (and the run
+    keeps the lowered resolution)."""
 
-    def _load(self, model: str, device: str, dtype: str, colmap_log_level: int) -> None:
-        """Load checkpoint ``model`` onto ``device`` (``auto``: CUDA if any) with compute ``dtype``."""
+    def _load(self, model: str, device: str, dtype: str, colmap_log_level: int, *,
+              cpu_offload: bool = False) -> None:
+        """Load checkpoint ``model`` onto ``device`` (``auto``: CUDA if any) with compute
+        ``dtype``; with ``cpu_offload`` the transformer blocks' weights stay in CPU memory."""
         import pycolmap
 
         from ..models import load_model, resolve_dtype
@@ -74,15 +80,51 @@ class NetworkReconstructor(Reconstructor):
         self.torch_device = resolve_device(device)
         self.device = str(self.torch_device)
         self.dtype = resolve_dtype(dtype, self.torch_device)
-        t = time.perf_counter()
-        self.model = load_model(model, device=self.torch_device, dtype=self.dtype)
-        self.load_seconds = time.perf_counter() - t
+        self.meter = PeakMeter(self.torch_device)
+        with self.meter.measure() as span:
+            if cpu_offload:
+                from ..models.offload import enable_cpu_offload
+
+                self.model = load_model(model, device="cpu", dtype=self.dtype)
+                self.offload = enable_cpu_offload(self.model, self.torch_device)
+                logger.info("cpu offload: %.0f MiB of block weights stay in CPU memory, "
+                            "%.0f MiB on %s", self.offload.offloaded_bytes / 2**20,
+                            self.offload.resident_bytes / 2**20, self.device)
+            else:
+                self.model = load_model(model, device=self.torch_device, dtype=self.dtype)
+        self.load_seconds = span.seconds
+        self.load_stage = span.to_json()
         logger.info("loaded %s on %s (%s) in %.1f s", model, self.device,
                     str(self.dtype).replace("torch.", ""), self.load_seconds)
 
     def close(self) -> None:
         if self.torch_device.type == "cuda":
             torch.cuda.empty_cache()
+
+    @property
+    def process_res(self) -> int:
+        """The network input's bounding side in pixels: VGGT's target size (crop: the width,
+        pad: the longer side) or DA3's ``process_res``."""
+        o = self.preprocess_options
+        return o.target_size if o.mode in VGGT_MODES else o.process_res
+
+    def set_process_res(self, res: int) -> None:
+        """Use ``res`` for the following batches (see :attr:`process_res`)."""
+        o = self.preprocess_options
+        self.preprocess_options = (replace(o, target_size=res) if o.mode in VGGT_MODES
+                                   else replace(o, process_res=res))
+
+    def _lower_resolutions(self) -> list[int]:
+        """Resolutions below the current one to try after the smallest chunks: steps of about
+        an eighth, multiples of 14, down to :attr:`min_process_res` (none when it is unset)."""
+        if self.min_process_res is None:
+            return []
+        out, res = [], self.process_res
+        while True:
+            res = max(self.min_process_res, int(res * 0.875) // 14 * 14)
+            if out and res >= out[-1] or res >= self.process_res:
+                return out
+            out.append(res)
 
     @abc.abstractmethod
     def _forward(self, images: torch.Tensor, options: Any) -> dict[str, Any]:
@@ -94,9 +136,9 @@ class NetworkReconstructor(Reconstructor):
         """Window ``b`` of the batch's outputs -> its model in ``staging``."""
 
     @abc.abstractmethod
-    def _fallbacks(self, frames: int) -> list[Any]:
-        """Forward options to try, in order, for one window of ``frames`` that ran out of memory
-        (frame batching only when ``allow_approximate``)."""
+    def _fallbacks(self) -> list[Any]:
+        """Exact forward options to try, in order, for one window that ran out of memory
+        (smaller chunks; the last is the smallest)."""
 
     def _approximate_fallbacks(self, smallest: Any, frames: int) -> list[Any]:
         """With ``allow_approximate``: ``smallest`` with frame batching in groups of about a
@@ -117,31 +159,57 @@ class NetworkReconstructor(Reconstructor):
 
         On ``torch.OutOfMemoryError`` the cache is freed and the batch is halved and retried; a
         single window is retried with each of :meth:`_fallbacks`; only then does it fail, with
-        the reason.
+        the reason. What was measured is left in :attr:`last_report`.
         """
+        self.last_report = BatchReport()
+        return self._reconstruct_recovering(windows, staging_dirs)
+
+    def _reconstruct_recovering(self, windows: Sequence[Window[Frame]],
+                                staging_dirs: Sequence[Path]) -> list[WindowResult]:
+        report = self.last_report
         try:
             return self._reconstruct(windows, staging_dirs, self.forward_options)
         except torch.OutOfMemoryError:
             self._free_memory()
         if len(windows) > 1:
+            report.out_of_memory_at = min(len(windows), report.out_of_memory_at or len(windows))
             half = len(windows) // 2
             logger.warning("out of memory with %d windows per batch; retrying with %d",
                            len(windows), half)
-            return (self.reconstruct_batch(windows[:half], staging_dirs[:half])
-                    + self.reconstruct_batch(windows[half:], staging_dirs[half:]))
-        for options in self._fallbacks(len(windows[0])):
+            return (self._reconstruct_recovering(windows[:half], staging_dirs[:half])
+                    + self._reconstruct_recovering(windows[half:], staging_dirs[half:]))
+        start_res = self.process_res
+        for options, res in self._single_window_attempts(len(windows[0])):
+            if res != self.process_res:
+                logger.warning("out of memory at %d px; lowering the resolution to %d px for "
+                               "the rest of the run", self.process_res, res)
+                self.set_process_res(res)
+            change = self._describe_fallback(options) + (
+                f", process_res={res}" if res != start_res else "")
             logger.warning("window %d: out of memory; retrying with %s", windows[0].index,
-                           self._describe_fallback(options))
+                           change)
             try:
                 results = self._reconstruct(windows, staging_dirs, options)
-                results[0].details["memory_fallback"] = self._describe_fallback(options)
+                results[0].details["memory_fallback"] = change
                 return results
             except torch.OutOfMemoryError:
                 self._free_memory()
         return [WindowResult.failure(
             "out of memory even one window at a time with the smallest chunks"
+            + ("" if self.min_process_res is None else " and the lowest resolution")
             + ("" if self.allow_approximate else
                " (--allow-approximate would also try frame batching)"))]
+
+    def _single_window_attempts(self, frames: int) -> list[tuple[Any, int]]:
+        """(forward options, resolution) to try for one window that ran out of memory: smaller
+        chunks; then lower resolutions (when not fixed); then frame batching (approximate)."""
+        exact = self._fallbacks()
+        attempts = [(o, self.process_res) for o in exact]
+        lower = self._lower_resolutions()
+        attempts += [(exact[-1], r) for r in lower]
+        last_res = lower[-1] if lower else self.process_res
+        return attempts + [(o, last_res)
+                           for o in self._approximate_fallbacks(exact[-1], frames)]
 
     def _free_memory(self) -> None:
         import gc
@@ -153,28 +221,40 @@ class NetworkReconstructor(Reconstructor):
     def _reconstruct(self, windows: Sequence[Window[Frame]], staging_dirs: Sequence[Path],
                      options: Any) -> list[WindowResult]:
         """One forward for the batch, then each window (out of memory propagates)."""
-        t = time.perf_counter()
-        batch = self._prepare(windows)
-        prep = time.perf_counter() - t
-        if self.torch_device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.torch_device)
-        t = time.perf_counter()
-        out = self._forward(batch.images, options)
-        if self.torch_device.type == "cuda":
-            torch.cuda.synchronize()
-        forward = time.perf_counter() - t
-        results = []
-        for b, (window, staging) in enumerate(zip(windows, staging_dirs)):
-            try:
-                result = self._finish_window(b, window, staging, batch, out, options)
-                result.timings = {"preprocess": prep, "forward": forward, **result.timings}
-            except torch.OutOfMemoryError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - one window never stops the others
-                logger.debug("window %d failed", window.index, exc_info=True)
-                result = WindowResult.failure(f"{type(exc).__name__}: {exc}")
-            results.append(result)
+        if self.torch_device.type == "cpu":
+            settle()  # return freed heap first, so the resident set measures this batch
+        with self.meter.measure() as batch_span:
+            with self.meter.measure() as prep:
+                batch = self._prepare(windows)
+            with self.meter.measure() as forward:
+                out = self._forward(batch.images, options)
+                if self.torch_device.type == "cuda":
+                    torch.cuda.synchronize()
+            results = [self._finish_one(b, window, staging, batch, out, options)
+                       for b, (window, staging) in enumerate(zip(windows, staging_dirs))]
+            del out
+        self.last_report.stages += [("preprocess", prep.to_json()), ("forward", forward.to_json())]
+        self.last_report.observations.append(BatchObservation(
+            windows=len(windows), held_mb=forward.held_mb, peak_mb=batch_span.peak_mb,
+            process_res=self.process_res))
+        for result in results:
+            result.timings = {"preprocess": prep.seconds, "forward": forward.seconds,
+                              **result.timings}
+            result.memory = {"peak_rss_mb": round(batch_span.rss_peak_mb, 1), **(
+                {"cuda_peak_mb": round(batch_span.peak_mb, 1)}
+                if self.torch_device.type == "cuda" else {})}
         return results
+
+    def _finish_one(self, b: int, window: Window[Frame], staging: Path, batch: NetworkBatch,
+                    out: dict[str, Any], options: Any) -> WindowResult:
+        """Window ``b`` of the batch's outputs; an error fails only this window."""
+        try:
+            return self._finish_window(b, window, staging, batch, out, options)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one window never stops the others
+            logger.debug("window %d failed", window.index, exc_info=True)
+            return WindowResult.failure(f"{type(exc).__name__}: {exc}")
 
     def _prepare(self, windows: Sequence[Window[Frame]]) -> NetworkBatch:
         """Decode every frame once and stack the windows on the network grid."""
@@ -188,21 +268,34 @@ class NetworkReconstructor(Reconstructor):
         return NetworkBatch(torch.stack(images), originals, transforms)
 
     def _sfm_result(self, preds: WindowPredictions, tracks: Tracks | None, staging: Path,
-                    sfm: SfmOptions, save_depth: bool, timings: dict[str, float]) -> WindowResult:
+                    sfm: SfmOptions, save_depth: bool,
+                    stages: dict[str, dict[str, float]]) -> WindowResult:
         """Run the SfM stage, write ``staging/sparse`` (and ``depth/`` when ``save_depth``) and
-        build the window's result; ``timings`` (seconds per step so far) come first."""
-        result = run_sfm(preds, tracks, sfm)
-        write_sfm_result(result, staging / "sparse")
-        if save_depth:
-            save_depth_maps(staging / "depth", preds)
+        build the window's result; ``stages`` (measured so far, e.g. ``tracking``) come first."""
+        with self.meter.measure() as ba:
+            result = run_sfm(preds, tracks, sfm)
+        with self.meter.measure() as export:
+            write_sfm_result(result, staging / "sparse")
+            if save_depth:
+                save_depth_maps(staging / "depth", preds)
+            exports = self._export_extras(preds, staging)
         details = result.details()
+        if exports:
+            details["exports"] = exports
         details["num_tracks"] = 0 if tracks is None else int(tracks.xy.shape[1])
+        details["process_res"] = self.process_res
+        stages = {**stages, "bundle_adjustment": ba.to_json(), "export": export.to_json()}
         return WindowResult(status="ok", registered_frames=result.registered_frames,
                             num_points3D=result.num_points3D,
                             mean_reprojection_error=result.error_after or result.error_before,
-                            timings={**timings, **result.timings},
-                            memory=peak_memory(self.torch_device), details=details)
+                            timings={**{k: v["seconds"] for k, v in stages.items()},
+                                     **result.timings},
+                            details=details, stages=stages)
 
+    def _export_extras(self, preds: WindowPredictions, staging: Path) -> list[str]:
+        """Further per-window exports, as paths relative to ``staging`` (none here; da3 writes
+        its ``--export-format`` files)."""
+        return []
 
 def window_predictions(window: Window[Frame], originals: Sequence[np.ndarray],
                        transforms: Sequence[FrameTransform], cam_from_world: np.ndarray,

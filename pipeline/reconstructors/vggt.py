@@ -11,7 +11,6 @@ the original image size.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -75,6 +74,12 @@ class VggtOptions:
     allow_approximate: bool = False
     """When a single window runs out of memory even with the smallest chunks, also try frame
     batching (attention across frames only within groups: approximate)."""
+    min_process_res: int | None = None
+    """When set, a window that runs out of memory even with the smallest chunks is retried at
+    lower resolutions down to this many pixels (for resolutions the user did not fix)."""
+    cpu_offload: bool = False
+    """Keep the transformer blocks' weights in CPU memory; each moves to the device only while
+    it runs (see :mod:`pipeline.models.offload`)."""
     colmap_log_level: int = 2
     """glog level of pycolmap's own messages: 0 info, 1 warnings, 2 errors."""
 
@@ -90,25 +95,25 @@ class VggtReconstructor(NetworkReconstructor):
         self.options = options or VggtOptions()
         self.preprocess_options = self.options.preprocess
         self.allow_approximate = self.options.allow_approximate
+        self.min_process_res = self.options.min_process_res
         self.forward_options = self.options.forward or ForwardOptions()
         self._load(self.options.model, self.options.device, self.options.dtype,
-                   self.options.colmap_log_level)
+                   self.options.colmap_log_level, cpu_offload=self.options.cpu_offload)
 
     def describe(self) -> dict[str, Any]:
         o = self.options
         return {"name": self.name, "device": self.device, "model": o.model,
                 "dtype": str(self.dtype).replace("torch.", ""), "preprocess": o.preprocess.mode,
+                "process_res": self.process_res, "cpu_offload": o.cpu_offload,
                 "query_frame_num": o.query_frame_num, "max_query_pts": o.max_query_pts,
                 "fine_tracking": o.fine_tracking, "use_ba": o.sfm.use_ba,
                 "camera_type": o.sfm.camera_type, "shared_camera": o.sfm.shared_camera,
                 "load_seconds": self.load_seconds}
 
-    def _fallbacks(self, frames: int) -> list[Any]:
-        """Smaller chunks in the heads and the tracker, then (approximate) frame batching."""
-        base = self.forward_options
-        options = [replace(base, frames_chunk_size=c, query_chunk_size=q)
-                   for c, q in ((2, 64), (1, 16))]
-        return options + self._approximate_fallbacks(options[-1], frames)
+    def _fallbacks(self) -> list[Any]:
+        """Smaller chunks in the heads and the tracker."""
+        return [replace(self.forward_options, frames_chunk_size=c, query_chunk_size=q)
+                for c, q in ((2, 64), (1, 16))]
 
     @staticmethod
     def _describe_fallback(options: Any) -> str:
@@ -138,15 +143,14 @@ class VggtReconstructor(NetworkReconstructor):
                        out: dict[str, Any], forward_options: Any) -> WindowResult:
         """Cameras, depth and tracks of window ``b`` -> bundle-adjusted model in ``staging``."""
         transforms = batch.transforms[b]
-        t = time.perf_counter()
-        preds = self._predictions(b, window, batch.originals[b], transforms, out)
-        tracks = None
-        if self.options.sfm.use_ba:
-            tracks = self._tracks(b, preds, transforms, out["track_fmaps"],
-                                  forward_options.query_chunk_size)
+        with self.meter.measure() as tracking:
+            preds = self._predictions(b, window, batch.originals[b], transforms, out)
+            tracks = None
+            if self.options.sfm.use_ba:
+                tracks = self._tracks(b, preds, transforms, out["track_fmaps"],
+                                      forward_options.query_chunk_size)
         return self._sfm_result(preds, tracks, staging, self.options.sfm,
-                                self.options.save_depth,
-                                {"tracking": time.perf_counter() - t})
+                                self.options.save_depth, {"tracking": tracking.to_json()})
 
     def _predictions(self, b: int, window: Window[Frame], originals: list[np.ndarray],
                      transforms: list[FrameTransform], out: dict[str, Any]) -> WindowPredictions:

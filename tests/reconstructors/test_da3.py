@@ -95,6 +95,41 @@ class EndToEndTest(Da3TestCase):
         self.assertEqual(code, 2)
 
 
+class OutOfMemoryTest(Da3TestCase):
+    """Out-of-memory errors injected into the DA3 forward are recovered from."""
+
+    def test_halves_the_batch_then_smaller_head_chunks_then_lower_resolution(self):
+        import torch
+
+        from pipeline.config import PipelineConfig
+        from pipeline.frames import list_image_files, prepare_frames
+        from pipeline.runner import build_reconstructor, process_window_batch
+        from pipeline.windows import create_windows
+
+        out = self.tmp / "oom"
+        config = PipelineConfig(output_dir=out, input_dir=IMAGES, reconstructor="da3",
+                                model=str(self.model), max_res=252, show_progress=False)
+        frames = prepare_frames(list_image_files(IMAGES)[:8], out / "cache", show_progress=False)
+        reconstructor = build_reconstructor(config)
+        real, calls = reconstructor.model.forward, []
+
+        def forward(images, *args, options=None, **kwargs):
+            calls.append((images.shape[0], options.head_chunk_size, images.shape[-1]))
+            if images.shape[0] > 1 or images.shape[-1] > 230:  # fits at 224 px, the lowest
+                raise torch.OutOfMemoryError("injected: CUDA out of memory")
+            return real(images, *args, options=options, **kwargs)
+
+        reconstructor.model.forward = forward
+        records = process_window_batch(create_windows(frames, 4, 4), 0, config,
+                                       reconstructor=reconstructor)
+        self.assertEqual([r["status"] for r in records], ["ok"] * 2)
+        self.assertEqual([c[:2] for c in calls[:4]], [(2, 8), (1, 8), (1, 2), (1, 1)])
+        self.assertEqual(calls[4][2], 224)  # 252 * 7/8 = 220.5 -> 224, the lowest automatic
+        self.assertIn("head_chunk_size=1, process_res=224",
+                      records[0]["details"]["memory_fallback"])
+        self.assertEqual(records[1]["details"]["process_res"], 224)
+
+
 def test_export_format_parsing():
     assert parse_export_format("glb") == ("colmap", "glb")
     assert parse_export_format("colmap-mini_npz-glb") == ("colmap", "mini_npz", "glb")

@@ -11,7 +11,7 @@ import json
 import shutil
 import tempfile
 import unittest
-from contextlib import redirect_stderr
+from contextlib import redirect_stderr, redirect_stdout
 from io import StringIO
 from pathlib import Path
 
@@ -78,11 +78,40 @@ class EndToEndTest(VggtTestCase):
             self.assertEqual((depth["depth"].shape, depth["depth"].dtype), ((240, 320), np.float16))
         manifest = json.loads((out / "run.json").read_text())
         self.assertEqual(manifest["reconstructor"]["name"], "vggt")
+        self.assert_memory_recorded(manifest, [info(w) for w in dirs])
         # resume: a deleted window is redone, the others are skipped
         shutil.rmtree(dirs[1])
         self.assertEqual(self.run_cli(out, "--max-frames", "12", "--save-depth"), 0)
         manifest = json.loads((out / "run.json").read_text())
         self.assertEqual([w["skipped"] for w in manifest["windows"]], [True, False, True])
+
+    def assert_memory_recorded(self, manifest, records):
+        """Automatic batch size: a first batch of one window, then sizes from the model."""
+        memory = manifest["memory"]
+        observations = memory["observations"]
+        self.assertEqual(observations[0]["windows"], 1)
+        self.assertEqual(sum(o["windows"] for o in observations), len(records))
+        self.assertGreater(memory["per_window_mb"], 0)
+        self.assertEqual(memory["budget_source"], "available system memory")
+        for record in records:
+            self.assertGreater(record["memory"]["peak_rss_mb"], 0)
+            self.assertEqual(set(record["stages"]), {"tracking", "bundle_adjustment", "export"})
+        self.assertEqual(list(manifest["profile"]), ["load", "preprocess", "forward", "tracking",
+                                                     "bundle_adjustment", "export"])
+
+    def test_profile_table_and_memory_cap(self):
+        out = self.tmp / "profile"
+        with redirect_stdout(StringIO()) as stdout:
+            self.assertEqual(self.run_cli(out, "--max-frames", "12", "--profile-memory",
+                                          "--max-memory-gb", "0.05"), 0)
+        table = stdout.getvalue().splitlines()
+        self.assertEqual([line.split()[0] for line in table[:7]],
+                         ["stage", "load", "preprocess", "forward", "tracking",
+                          "bundle_adjustment", "export"])
+        self.assertEqual(table[3].split()[1], "3")  # three forwards: one window each
+        memory = json.loads((out / "run.json").read_text())["memory"]
+        self.assertEqual(memory["budget_source"], "--max-memory-gb 0.05")
+        self.assertEqual([o["windows"] for o in memory["observations"]], [1, 1, 1])
 
     def test_without_ba_points_come_from_depth(self):
         out = self.tmp / "noba"
@@ -116,13 +145,27 @@ class BatchingTest(VggtTestCase):
         one, many = self.tmp / "one", self.tmp / "many"
         self.assertEqual(self.run_cli(one, "--max-frames", "12", "--window-batch-size", "1"), 0)
         self.assertEqual(self.run_cli(many, "--max-frames", "12", "--window-batch-size", "3"), 0)
-        self.assertEqual(json.loads((many / "run.json").read_text())["num_windows"], 3)
+        manifest = json.loads((many / "run.json").read_text())
+        self.assertEqual((manifest["num_windows"], manifest["memory"]), (3, None))
         for w1, w2 in zip(windows(one), windows(many)):
             r1, r2 = (pycolmap.Reconstruction(w / "sparse") for w in (w1, w2))
             for name in info(w1)["frames"]:
                 np.testing.assert_allclose(
                     r1.find_image_with_name(name).cam_from_world().matrix(),
                     r2.find_image_with_name(name).cam_from_world().matrix(), atol=1e-3)
+
+    def test_cpu_offload_under_accelerate_gives_the_same_window(self):
+        plain, offload = self.tmp / "plain", self.tmp / "offload"
+        self.assertEqual(self.run_cli(plain, "--max-frames", "4"), 0)
+        self.assertEqual(self.run_cli(offload, "--max-frames", "4", "--cpu-offload",
+                                      "--use-accelerate"), 0)
+        self.assertTrue(json.loads((offload / "run.json").read_text())
+                        ["reconstructor"]["cpu_offload"])
+        r1, r2 = (pycolmap.Reconstruction(windows(o)[0] / "sparse") for o in (plain, offload))
+        for name in info(windows(plain)[0])["frames"]:
+            np.testing.assert_allclose(r1.find_image_with_name(name).cam_from_world().matrix(),
+                                       r2.find_image_with_name(name).cam_from_world().matrix(),
+                                       atol=1e-6)
 
 
 @pytest.mark.slow
@@ -144,7 +187,7 @@ class OutOfMemoryTest(VggtTestCase):
 
         def forward(images, *args, options=None, **kwargs):
             calls.append((images.shape[0], options.frames_chunk_size, options.frame_batch_size))
-            if fail(images.shape[0], options):
+            if fail(images.shape[0], options, images.shape[-1]):
                 raise torch.OutOfMemoryError("injected: CUDA out of memory")
             return real(images, *args, options=options, **kwargs)
 
@@ -154,24 +197,34 @@ class OutOfMemoryTest(VggtTestCase):
         return records, calls
 
     def test_batch_is_halved_until_it_fits(self):
-        records, calls = self.run_batch(lambda b, o: b > 1)
+        records, calls = self.run_batch(lambda b, o, w: b > 1)
         self.assertEqual([r["status"] for r in records], ["ok"] * 2)
         self.assertEqual([c[0] for c in calls], [2, 1, 1])
 
     def test_single_window_falls_back_to_smaller_chunks(self):
-        records, calls = self.run_batch(lambda b, o: b > 1 or o.frames_chunk_size > 1)
+        records, calls = self.run_batch(lambda b, o, w: b > 1 or o.frames_chunk_size > 1)
         self.assertEqual([r["status"] for r in records], ["ok"] * 2)
         self.assertTrue(all("frames_chunk_size=1" in r["details"]["memory_fallback"]
                             for r in records))
 
     def test_approximate_only_when_allowed(self):
-        needs_groups = lambda b, o: o.frame_batch_size is None  # noqa: E731
+        needs_groups = lambda b, o, w: o.frame_batch_size is None  # noqa: E731
         records, _ = self.run_batch(needs_groups)
         self.assertEqual({r["status"] for r in records}, {"failed"})
         self.assertIn("--allow-approximate", records[0]["error"])
         records, _ = self.run_batch(needs_groups, allow_approximate=True)
         self.assertEqual([r["status"] for r in records], ["ok"] * 2)
         self.assertIn("approximate", records[0]["details"]["memory_fallback"])
+
+    def test_resolution_is_lowered_only_when_not_fixed(self):
+        too_wide = lambda b, o, w: w > 400  # noqa: E731 - fits from 392 px down
+        records, calls = self.run_batch(too_wide)
+        self.assertEqual([r["status"] for r in records], ["ok"] * 2)
+        self.assertIn("process_res=392", records[0]["details"]["memory_fallback"])
+        self.assertNotIn("memory_fallback", records[1]["details"])  # kept for the next window
+        self.assertEqual(records[1]["details"]["process_res"], 392)
+        records, _ = self.run_batch(too_wide, process_res=518)
+        self.assertEqual({r["status"] for r in records}, {"failed"})
 
 
 class ChoosingTest(VggtTestCase):
