@@ -20,9 +20,9 @@ default 504), as the reference ``InputProcessor`` computes the sizes:
   columns cut on the left, the rest on the right; rows likewise). No square crop.
 * Frames that still differ in size are centre-cropped to the smallest height and width.
 
-Pixel values: the reference resizes with OpenCV (area when shrinking, bicubic when enlarging);
-here PIL's box filter (the same area average) and bicubic filter are used, so the geometry is
-exact and the pixel values may differ from the reference's in the last bits of interpolation.
+Pixel values: as the reference, with OpenCV (``INTER_AREA`` when shrinking, ``INTER_CUBIC`` when
+enlarging: the boundary resize by its scale, the multiple-of-14 resize when a side grows) on the
+uint8 frame, so the network input equals the reference's.
 
 Pixel conventions (both used below, always named explicitly):
 
@@ -199,24 +199,27 @@ def _da3_sizes(h: int, w: int, opts: PreprocessOptions) -> Tuple[Tuple[int, int]
     return bounded, (_nearest_multiple(bounded[0], p), _nearest_multiple(bounded[1], p))
 
 
-def _resize_area_or_cubic(img: "Image.Image", hw: Tuple[int, int]) -> "Image.Image":
-    """PIL resize to ``hw``: box (area) filter when no side grows, else bicubic (as DA3 picks)."""
-    from PIL import Image
-
-    if (img.height, img.width) == tuple(hw):
-        return img
-    grows = hw[0] > img.height or hw[1] > img.width
-    resample = Image.Resampling.BICUBIC if grows else Image.Resampling.BOX
-    return img.resize((hw[1], hw[0]), resample)
+def _resize_area_or_cubic(rgb: np.ndarray, hw: Tuple[int, int], upscale: bool) -> np.ndarray:
+    """OpenCV resize of uint8 RGB to ``hw``: bicubic when ``upscale``, else area (as DA3 does)."""
+    if rgb.shape[:2] == tuple(hw):
+        return rgb
+    try:
+        import cv2
+    except ImportError as exc:
+        raise ImportError("Depth Anything 3 preprocessing needs OpenCV: "
+                          "pip install opencv-python-headless") from exc
+    mode = cv2.INTER_CUBIC if upscale else cv2.INTER_AREA
+    return cv2.resize(np.ascontiguousarray(rgb), (hw[1], hw[0]), interpolation=mode)
 
 
 def _da3_place(rgb: np.ndarray, opts: PreprocessOptions) -> Tuple[torch.Tensor, Tuple[int, int], Tuple[int, int]]:
     """One frame by a DA3 method -> (``[3, h, w]`` in [0, 1], resized_hw, (ox, oy) in the result)."""
-    from PIL import Image
-
-    bounded, resized = _da3_sizes(*rgb.shape[:2], opts)
-    img = _resize_area_or_cubic(_resize_area_or_cubic(Image.fromarray(rgb), bounded), resized)
-    tensor = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+    h, w = rgb.shape[:2]
+    bounded, resized = _da3_sizes(h, w, opts)
+    side = max(h, w) if opts.mode.startswith("upper") else min(h, w)
+    img = _resize_area_or_cubic(rgb, bounded, upscale=opts.process_res > side)
+    img = _resize_area_or_cubic(img, resized, upscale=resized[0] > bounded[0] or resized[1] > bounded[1])
+    tensor = torch.from_numpy(img.astype(np.float32) / 255.0).permute(2, 0, 1).contiguous()
     p = opts.patch_size
     out_hw = (max(p, resized[0] // p * p), max(p, resized[1] // p * p)) if opts.mode.endswith("crop") else resized
     tensor, offset = _place(tensor, out_hw, opts.pad_value)

@@ -110,3 +110,24 @@ def test_rgba_is_composited_on_white_and_bad_input_is_rejected():
 def test_transform_matrix_is_affine():
     tr = FrameTransform(original_hw=(100, 200), resized_hw=(50, 100), offset_xy=(3.0, -4.0), network_hw=(42, 106))
     assert np.allclose(tr.matrix, [[0.5, 0, 3.0], [0, 0.5, -4.0], [0, 0, 1]])
+
+
+@pytest.mark.parametrize("hw, method, steps", [
+    ((240, 320), "upper_bound_resize", [((378, 504), "cubic")]),
+    ((750, 1000), "upper_bound_resize", [((378, 504), "area")]),
+    ((481, 640), "upper_bound_resize", [((379, 504), "area"), ((378, 504), "area")]),
+    ((241, 320), "lower_bound_resize", [((504, 669), "cubic"), ((504, 672), "cubic")]),
+])
+def test_da3_pixels_equal_the_references_opencv_resizes(hw, method, steps):
+    """DA3's InputProcessor: cv2 INTER_CUBIC when enlarging, INTER_AREA when shrinking, on uint8."""
+    import cv2
+
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 256, (*hw, 3), dtype=np.uint8)
+    expected = frame
+    for (h, w), mode in steps:
+        flag = cv2.INTER_CUBIC if mode == "cubic" else cv2.INTER_AREA
+        expected = cv2.resize(expected, (w, h), interpolation=flag)
+    out = preprocess_frames([frame], PreprocessOptions(mode=method, process_res=504)).images[0]
+    torch.testing.assert_close(out, torch.from_numpy(expected / 255.0).permute(2, 0, 1).float(),
+                               rtol=0, atol=1e-7)
