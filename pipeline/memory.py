@@ -6,8 +6,9 @@ peak is ``torch.cuda.max_memory_allocated``; on the CPU it is the process's peak
 the lifetime peak ``ru_maxrss`` is reported and cannot be reset).
 
 The model. A network forward's peak is ``held + windows * per_window``: ``held`` is what the
-process holds before the forward (weights, buffers; measured, not fitted) and ``per_window`` what
-one window of ``S`` frames adds at the current resolution. Windows of a batch never attend to each
+process holds apart from the batch (weights, buffers; measured before the forward and after the
+batch, not fitted) and ``per_window`` what one window of ``S`` frames adds at the current
+resolution. Windows of a batch never attend to each
 other, so the cost is linear in the batch size; within a window it grows with the frame count and
 the pixels per frame. The first batch of a run is a single window: that is the probe forward, its
 outputs are used like any other batch's. Every later batch refines ``per_window`` (the largest
@@ -255,7 +256,8 @@ class BatchObservation:
     windows: int
     """Windows in the batch."""
     held_mb: float
-    """Memory held just before the forward, MiB."""
+    """Memory held apart from the batch, MiB: the larger of what was held just before the
+    forward and after the batch (memory-mapped weights become resident during the first)."""
     peak_mb: float
     """Peak during the batch (forward and per-window work), MiB."""
     process_res: int | None = None

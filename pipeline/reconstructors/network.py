@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..frames import Frame, load_image
-from ..memory import BatchObservation, PeakMeter, settle
+from ..memory import BatchObservation, PeakMeter, current_mb, settle
 from ..preprocess import VGGT_MODES, FrameTransform, PreprocessOptions, preprocess_frames
 from ..sfm import (SfmOptions, Tracks, WindowPredictions, anchor_predictions, run_sfm,
                    write_sfm_result)
@@ -232,11 +232,11 @@ class NetworkReconstructor(Reconstructor):
                     torch.cuda.synchronize()
             results = [self._finish_one(b, window, staging, batch, out, options)
                        for b, (window, staging) in enumerate(zip(windows, staging_dirs))]
-            del out
+            del out, batch
         self.last_report.stages += [("preprocess", prep.to_json()), ("forward", forward.to_json())]
         self.last_report.observations.append(BatchObservation(
-            windows=len(windows), held_mb=forward.held_mb, peak_mb=batch_span.peak_mb,
-            process_res=self.process_res))
+            windows=len(windows), held_mb=max(forward.held_mb, self._held_after()),
+            peak_mb=batch_span.peak_mb, process_res=self.process_res))
         for result in results:
             result.timings = {"preprocess": prep.seconds, "forward": forward.seconds,
                               **result.timings}
@@ -244,6 +244,13 @@ class NetworkReconstructor(Reconstructor):
                 {"cuda_peak_mb": round(batch_span.peak_mb, 1)}
                 if self.torch_device.type == "cuda" else {})}
         return results
+
+    def _held_after(self) -> float:
+        """Memory held once a batch is done, MiB. Memory-mapped weights are only resident once a
+        forward has touched them, so before the first forward this is what the weights hold."""
+        if self.torch_device.type == "cpu":
+            settle()
+        return current_mb(self.torch_device)
 
     def _finish_one(self, b: int, window: Window[Frame], staging: Path, batch: NetworkBatch,
                     out: dict[str, Any], options: Any) -> WindowResult:
