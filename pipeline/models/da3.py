@@ -29,6 +29,7 @@ from torch import nn
 from .camera import extri_intri_to_pose_encoding, quaternion_to_matrix
 from .da3_backbone import BackboneShape, DA3Backbone
 from .da3_heads import DPT, GSDPT, CameraDecoder, CameraEncoder, DualDPT
+from .da3_metric import align_to_metric, fill_sky
 from .precision import autocast_context
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,14 @@ class DA3Config:
         return cls(model_name=key, embed_dim=dim, depth=depth, num_heads=heads, out_layers=t["out_layers"],
                    alt_start=t["start"], rope_start=t["start"], swiglu=t["vit"] == "vitg", head_features=t["features"],
                    head_out_channels=t["oc"], gs_head=key == "da3-giant")
+
+    @classmethod
+    def tiny_nested(cls) -> "DA3Config":
+        """:meth:`tiny` paired with a tiny metric network, as the nested release pairs two."""
+        tiny = cls.tiny()
+        metric = dataclasses.replace(tiny, alt_start=-1, rope_start=-1, cat_token=False, head="dpt",
+                                     camera=False)
+        return dataclasses.replace(tiny, metric=metric)
 
     @classmethod
     def tiny(cls) -> "DA3Config":
@@ -202,6 +211,8 @@ class DepthAnything3Net(nn.Module):
                 if options.keep_logits:
                     f = self.cam_dec.backbone(bb.camera_tokens[-1].float())
                     out["fov_logits"] = self.cam_dec.fc_fov[0](f)
+            if "sky" in out:
+                out["depth"] = fill_sky(out["depth"], out["sky"])
         out["ref_view_index"] = bb.ref_view_index
         if options.return_features:
             out["features"], out["camera_tokens"] = bb.features, bb.camera_tokens
@@ -219,7 +230,8 @@ class DepthAnything3Net(nn.Module):
 
 
 class NestedDepthAnything3Net(nn.Module):
-    """DA3NESTED: an any-view network ``da3`` (giant) and a metric network ``da3_metric`` (layout only)."""
+    """DA3NESTED: an any-view network ``da3`` (giant) and a metric network ``da3_metric``, whose
+    depth brings the any-view depth and cameras to metres (see :mod:`.da3_metric`)."""
 
     def __init__(self, config: DA3Config):
         super().__init__()
@@ -227,8 +239,16 @@ class NestedDepthAnything3Net(nn.Module):
         self.da3 = DepthAnything3Net(dataclasses.replace(config, metric=None))
         self.da3_metric = DepthAnything3Net(config.metric)
 
-    def forward(self, *args, **kwargs):
-        raise NotImplementedError("the nested model's metric alignment is not implemented; run .da3 and .da3_metric")
+    def forward(self, images: torch.Tensor, extrinsics: Optional[torch.Tensor] = None,
+                intrinsics: Optional[torch.Tensor] = None, *, options: DA3ForwardOptions,
+                compute_dtype: torch.dtype = torch.float32) -> Dict[str, Any]:
+        """Both networks on normalised ``images`` ``[B, S, 3, H, W]``; the any-view outputs in
+        metres plus ``scale_factor`` ``[B]``, ``sky`` and ``is_metric``."""
+        out = self.da3(images, extrinsics, intrinsics, options=options, compute_dtype=compute_dtype)
+        metric_options = dataclasses.replace(options, keep_logits=False, return_features=False)
+        metric = self.da3_metric(images, options=metric_options, compute_dtype=compute_dtype)
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            return align_to_metric(out, metric)
 
 
 class DepthAnything3(nn.Module):
@@ -259,7 +279,9 @@ class DepthAnything3(nn.Module):
             dict with ``depth`` ``[B, S, H, W]`` and, main series: ``depth_conf`` ``[B, S, H, W]``,
             ``ray`` ``[B, S, 8H/14, 8W/14, 6]``, ``ray_conf`` ``[B, S, 8H/14, 8W/14]``, ``pose_enc``
             ``[B, S, 9]``, ``extrinsics`` ``[B, S, 3, 4]`` (w2c), ``intrinsics`` ``[B, S, 3, 3]``;
-            metric/mono: ``sky`` ``[B, S, H, W]``. ``ref_view_index`` ``[B]`` (None with < 3 views
+            metric/mono: ``sky`` ``[B, S, H, W]`` (sky pixels' depth is filled, see
+            :func:`.da3_metric.fill_sky`); nested: the main-series outputs in metres plus
+            ``scale_factor`` ``[B]`` and ``sky``. ``ref_view_index`` ``[B]`` (None with < 3 views
             or given cameras).
         """
         opts = dataclasses.replace(options or DA3ForwardOptions(), **overrides)

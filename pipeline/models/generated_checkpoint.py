@@ -50,7 +50,8 @@ def generated_da3(config: DA3Config | None = None) -> DepthAnything3:
     view of about :data:`FIELD_OF_VIEW` on both axes)."""
     config = config or DA3Config.tiny()
     model = load_rule_weights_(build_da3(config, device="meta"))
-    dec = model.model.cam_dec
+    net = getattr(model.model, "da3", model.model)  # nested: the any-view network
+    dec = net.cam_dec
     if dec is None:
         raise ValueError("a generated DA3 checkpoint needs a main-series config (camera=True)")
     with torch.no_grad():
@@ -58,6 +59,11 @@ def generated_da3(config: DA3Config | None = None) -> DepthAnything3:
                             (dec.fc_fov[0], [FIELD_OF_VIEW, FIELD_OF_VIEW])):
             layer.weight.mul_(0.01)
             layer.bias.copy_(torch.tensor(bias))
+        metric = getattr(model.model, "da3_metric", None)
+        if metric is not None:  # nested: no pixel is sky (score 0), so every window aligns
+            last = metric.head.scratch.sky_output_conv2[-1]
+            last.weight.zero_()
+            last.bias.fill_(-1.0)
     return model.eval()
 
 

@@ -100,16 +100,18 @@ class Da3Reconstructor(NetworkReconstructor):
         self.forward_options = options.forward or DA3ForwardOptions()
         self._load(options.model, options.device, options.dtype, options.colmap_log_level,
                    cpu_offload=options.cpu_offload)
-        if getattr(getattr(self.model, "model", None), "cam_dec", None) is None:
-            raise ValueError(f"{options.model} predicts no cameras (a metric/mono or nested DA3); "
-                             "use a main-series checkpoint such as depth-anything/DA3-LARGE-1.1")
+        net = self.model.model
+        if getattr(getattr(net, "da3", net), "cam_dec", None) is None:
+            raise ValueError(f"{options.model} predicts no cameras (a metric or mono DA3); use a "
+                             "main-series or nested checkpoint such as depth-anything/DA3-LARGE-1.1")
+        self.metric = hasattr(net, "da3_metric")
 
     def describe(self) -> dict[str, Any]:
         o = self.options
         return {"name": self.name, "device": self.device, "model": o.model,
                 "dtype": str(self.dtype).replace("torch.", ""),
                 "process_res": self.process_res, "process_res_method": o.preprocess.mode,
-                "cpu_offload": o.cpu_offload,
+                "cpu_offload": o.cpu_offload, "metric": self.metric,
                 "export_formats": list(o.exports.formats), "use_ba": o.sfm.use_ba,
                 "camera_type": o.sfm.camera_type, "shared_camera": o.sfm.shared_camera,
                 "load_seconds": self.load_seconds}
@@ -142,8 +144,11 @@ class Da3Reconstructor(NetworkReconstructor):
             if self.options.sfm.use_ba:
                 tracks = matched_tracks(preds.colors, self.options.features,
                                         self.options.ratio_test)
-        return self._sfm_result(preds, tracks, staging, self.options.sfm,
-                                self.options.save_depth, {"tracking": tracking.to_json()})
+        result = self._sfm_result(preds, tracks, staging, self.options.sfm,
+                                  self.options.save_depth, {"tracking": tracking.to_json()})
+        if "scale_factor" in out:  # nested: depth and poses in metres
+            result.details["metric_scale"] = float(out["scale_factor"][b])
+        return result
 
     def _export_extras(self, preds: WindowPredictions, staging: Path) -> list[str]:
         """The ``--export-format`` files of the window (``colmap`` is ``sparse/`` itself)."""

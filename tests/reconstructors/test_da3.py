@@ -89,6 +89,21 @@ class EndToEndTest(Da3TestCase):
         self.assertEqual([info(w)["status"] for w in windows(out)], ["ok", "failed", "ok"])
         self.assertIn("keypoint", info(windows(out)[1])["error"])
 
+    def test_nested_checkpoint_gives_metric_windows(self):
+        from pipeline.models.da3 import DA3Config
+
+        nested = self.tmp / "tiny-nested"
+        write_generated_da3_checkpoint(nested, DA3Config.tiny_nested())
+        out = self.tmp / "nested"
+        self.assertEqual(main(["--input-dir", str(IMAGES), "--output-dir", str(out),
+                               "--reconstructor", "da3", "--model", str(nested), *FAST,
+                               "--max-frames", "4"]), 0)
+        record = info(windows(out)[0])
+        self.assertEqual(record["status"], "ok")
+        self.assertGreater(record["details"]["metric_scale"], 0)
+        manifest = json.loads((out / "run.json").read_text())
+        self.assertTrue(manifest["reconstructor"]["metric"])
+
     def test_da3_needs_a_model(self):
         code = main(["--input-dir", str(IMAGES), "--output-dir", str(self.tmp / "nomodel"),
                      "--reconstructor", "da3", "-q"])
