@@ -59,7 +59,7 @@ class RunSummary:
     profile: StageTable | None = None
     """Per-stage time and peak memory of this process's work."""
     device: str = "cpu"
-    """Where the reconstructor ran (for the profile table)."""
+    """Where the reconstructor ran, and which process this was (for the profile table)."""
     is_main: bool = True
     """False in the processes of a multi-process run other than process 0."""
 
@@ -524,7 +524,10 @@ def run(config: PipelineConfig) -> RunSummary:
         _record_memory(manifest, governor, profile)
         manifest.finish(status, wall_time=time.perf_counter() - start)
     summary = RunSummary(output_dir=out, num_frames=len(frames), windows=manifest.data["windows"],
-                         profile=profile, device=reconstructor.device, is_main=group.is_main)
+                         profile=profile, is_main=group.is_main,
+                         device=reconstructor.device + (f", process {group.rank} of "
+                                                        f"{group.world_size}"
+                                                        if group.world_size > 1 else ""))
     if config.merge and group.is_main:
         _merge(summary)
     summary.wall_time = time.perf_counter() - start
