@@ -26,10 +26,11 @@ import torch
 from ..export_formats import ExportOptions, write_exports
 from ..frames import Frame
 from ..preprocess import PreprocessOptions
-from ..sfm import SfmOptions, Tracks, WindowPredictions
+from ..sfm import Tracks, WindowPredictions
 from ..windows import Window
 from . import WindowResult
-from .network import NetworkBatch, NetworkReconstructor, sift_features, window_predictions
+from .network import (NetworkBatch, NetworkOptions, NetworkReconstructor, sift_features,
+                      window_predictions)
 
 logger = logging.getLogger(__name__)
 
@@ -48,16 +49,12 @@ def _default_preprocess() -> PreprocessOptions:
 
 
 @dataclass(kw_only=True)
-class Da3Options:
+class Da3Options(NetworkOptions):
     """Settings of the DA3 reconstructor."""
 
     model: str
     """Checkpoint: a local file or folder (``model.safetensors`` + ``config.json``), or a
     Hugging Face hub id such as ``depth-anything/DA3-LARGE-1.1``."""
-    device: str = "auto"
-    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:1``..."""
-    dtype: str = "auto"
-    """Backbone autocast: ``auto`` (bf16/fp16 on GPUs, fp32 on CPU) or a dtype name."""
     preprocess: PreprocessOptions = field(default_factory=_default_preprocess)
     """How frames reach the network grid (a DA3 method, ``process_res`` px)."""
     forward: Any = None
@@ -66,23 +63,8 @@ class Da3Options:
     """pycolmap.FeatureExtractionOptions of the SIFT features that are matched."""
     ratio_test: float = 0.8
     """A match's best descriptor distance must be below this fraction of the second best."""
-    sfm: SfmOptions = field(default_factory=SfmOptions)
-    """Tracks, filtering and bundle adjustment (camera type, thresholds, ``use_ba``...)."""
     exports: ExportOptions = field(default_factory=ExportOptions)
     """What goes to each window's ``exports/`` besides ``sparse/``."""
-    save_depth: bool = False
-    """Write each frame's depth and confidence (original size, float16) to ``depth/NAME.npz``."""
-    allow_approximate: bool = False
-    """When one window runs out of memory even with the smallest head chunks, also try frame
-    batching in the backbone (approximate)."""
-    min_process_res: int | None = None
-    """When set, a window that runs out of memory even with the smallest chunks is retried at
-    lower resolutions down to this many pixels (for resolutions the user did not fix)."""
-    cpu_offload: bool = False
-    """Keep the transformer blocks' weights in CPU memory; each moves to the device only while
-    it runs (see :mod:`pipeline.models.offload`)."""
-    colmap_log_level: int = 2
-    """glog level of pycolmap's own messages: 0 info, 1 warnings, 2 errors."""
 
 
 class Da3Reconstructor(NetworkReconstructor):
@@ -93,13 +75,7 @@ class Da3Reconstructor(NetworkReconstructor):
     def __init__(self, options: Da3Options) -> None:
         from ..models import DA3ForwardOptions
 
-        self.options = options
-        self.preprocess_options = options.preprocess
-        self.allow_approximate = options.allow_approximate
-        self.min_process_res = options.min_process_res
-        self.forward_options = options.forward or DA3ForwardOptions()
-        self._load(options.model, options.device, options.dtype, options.colmap_log_level,
-                   cpu_offload=options.cpu_offload)
+        self._setup(options, DA3ForwardOptions())
         net = self.model.model
         if getattr(getattr(net, "da3", net), "cam_dec", None) is None:
             raise ValueError(f"{options.model} predicts no cameras (a metric or mono DA3); use a "
@@ -144,8 +120,7 @@ class Da3Reconstructor(NetworkReconstructor):
             if self.options.sfm.use_ba:
                 tracks = matched_tracks(preds.colors, self.options.features,
                                         self.options.ratio_test)
-        result = self._sfm_result(preds, tracks, staging, self.options.sfm,
-                                  self.options.save_depth, {"tracking": tracking.to_json()})
+        result = self._sfm_result(preds, tracks, staging, {"tracking": tracking.to_json()})
         if "scale_factor" in out:  # nested: depth and poses in metres
             result.details["metric_scale"] = float(out["scale_factor"][b])
         return result

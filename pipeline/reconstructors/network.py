@@ -17,7 +17,7 @@ from __future__ import annotations
 import abc
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..frames import Frame, load_image
-from ..memory import BatchObservation, PeakMeter, current_mb, settle
+from ..memory import BatchObservation, PeakMeter, current_mb, lower_resolutions, settle
 from ..preprocess import VGGT_MODES, FrameTransform, PreprocessOptions, preprocess_frames
 from ..sfm import (SfmOptions, Tracks, WindowPredictions, anchor_predictions, run_sfm,
                    write_sfm_result)
@@ -54,19 +54,53 @@ class NetworkBatch:
     """Per window and frame, the map between original and network pixels."""
 
 
+@dataclass(kw_only=True)
+class NetworkOptions:
+    """Settings every network reconstructor has (the vggt and da3 options extend these)."""
+
+    device: str = "auto"
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:1``..."""
+    dtype: str = "auto"
+    """``auto`` (bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU), or a dtype name."""
+    sfm: SfmOptions = field(default_factory=SfmOptions)
+    """Tracks, filtering and bundle adjustment (camera type, thresholds, ``use_ba``...)."""
+    save_depth: bool = False
+    """Write each frame's depth and confidence (original size, float16) to ``depth/NAME.npz``."""
+    allow_approximate: bool = False
+    """When a single window runs out of memory even with the smallest chunks, also try frame
+    batching (attention across frames only within groups: approximate)."""
+    min_process_res: int | None = None
+    """When set, the resolution was not fixed by the user: a window that runs out of memory even
+    with the smallest chunks is retried at lower resolutions down to this many pixels (and the
+    run keeps the lowered resolution)."""
+    cpu_offload: bool = False
+    """Keep the transformer blocks' weights in CPU memory; each moves to the device only while
+    it runs (see :mod:`pipeline.models.offload`)."""
+    colmap_log_level: int = 2
+    """glog level of pycolmap's own messages: 0 info, 1 warnings, 2 errors."""
+
+
 class NetworkReconstructor(Reconstructor):
     """A network run once per batch of stacked windows, then per-window work (see module doc).
 
-    Subclasses set ``self.preprocess_options`` (a :class:`PreprocessOptions`) and
-    ``self.allow_approximate`` before use, and call :meth:`_load` from their ``__init__``.
+    Subclasses call :meth:`_setup` from their ``__init__`` with options that extend
+    :class:`NetworkOptions` by ``model``, ``preprocess`` and ``forward``.
     """
 
+    options: Any
+    """The subclass's options (a :class:`NetworkOptions` with ``model``, ``preprocess``,
+    ``forward``)."""
     preprocess_options: PreprocessOptions
-    allow_approximate: bool = False
-    min_process_res: int | None = None
-    """When set, the resolution was not fixed by the user: a window that runs out of memory even
-    with the smallest chunks is retried at lower resolutions down to this one (and the run
-    keeps the lowered resolution)."""
+    """The network grid now (its resolution may be lowered during a run)."""
+
+    def _setup(self, options: Any, default_forward: Any) -> None:
+        """Keep ``options``, take its grid and forward options (``default_forward`` when it
+        has none) and load its checkpoint."""
+        self.options = options
+        self.preprocess_options = options.preprocess
+        self.forward_options = options.forward or default_forward
+        self._load(options.model, options.device, options.dtype, options.colmap_log_level,
+                   cpu_offload=options.cpu_offload)
 
     def _load(self, model: str, device: str, dtype: str, colmap_log_level: int, *,
               cpu_offload: bool = False) -> None:
@@ -114,18 +148,6 @@ class NetworkReconstructor(Reconstructor):
         self.preprocess_options = (replace(o, target_size=res) if o.mode in VGGT_MODES
                                    else replace(o, process_res=res))
 
-    def _lower_resolutions(self) -> list[int]:
-        """Resolutions below the current one to try after the smallest chunks: steps of about
-        an eighth, multiples of 14, down to :attr:`min_process_res` (none when it is unset)."""
-        if self.min_process_res is None:
-            return []
-        out, res = [], self.process_res
-        while True:
-            res = max(self.min_process_res, int(res * 0.875) // 14 * 14)
-            if out and res >= out[-1] or res >= self.process_res:
-                return out
-            out.append(res)
-
     @abc.abstractmethod
     def _forward(self, images: torch.Tensor, options: Any) -> dict[str, Any]:
         """One forward of ``images`` ``[B, S, 3, H, W]`` with forward ``options``."""
@@ -143,7 +165,7 @@ class NetworkReconstructor(Reconstructor):
     def _approximate_fallbacks(self, smallest: Any, frames: int) -> list[Any]:
         """With ``allow_approximate``: ``smallest`` with frame batching in groups of about a
         half, a quarter, then 2 of the window's ``frames`` (each smaller than the window)."""
-        if not self.allow_approximate:
+        if not self.options.allow_approximate:
             return []
         groups = (max(2, frames // 2), max(2, frames // 4), 2)
         return [replace(smallest, frame_batch_size=g) for g in groups if g < frames]
@@ -196,8 +218,8 @@ class NetworkReconstructor(Reconstructor):
                 self._free_memory()
         return [WindowResult.failure(
             "out of memory even one window at a time with the smallest chunks"
-            + ("" if self.min_process_res is None else " and the lowest resolution")
-            + ("" if self.allow_approximate else
+            + ("" if self.options.min_process_res is None else " and the lowest resolution")
+            + ("" if self.options.allow_approximate else
                " (--allow-approximate would also try frame batching)"))]
 
     def _single_window_attempts(self, frames: int) -> list[tuple[Any, int]]:
@@ -205,7 +227,8 @@ class NetworkReconstructor(Reconstructor):
         chunks; then lower resolutions (when not fixed); then frame batching (approximate)."""
         exact = self._fallbacks()
         attempts = [(o, self.process_res) for o in exact]
-        lower = self._lower_resolutions()
+        lowest = self.options.min_process_res
+        lower = [] if lowest is None else lower_resolutions(self.process_res, lowest)
         attempts += [(exact[-1], r) for r in lower]
         last_res = lower[-1] if lower else self.process_res
         return attempts + [(o, last_res)
@@ -275,15 +298,15 @@ class NetworkReconstructor(Reconstructor):
         return NetworkBatch(torch.stack(images), originals, transforms)
 
     def _sfm_result(self, preds: WindowPredictions, tracks: Tracks | None, staging: Path,
-                    sfm: SfmOptions, save_depth: bool,
                     stages: dict[str, dict[str, float]]) -> WindowResult:
-        """Run the SfM stage, write ``staging/sparse`` (and ``depth/`` when ``save_depth``) and
-        build the window's result; ``stages`` (measured so far, e.g. ``tracking``) come first."""
+        """Run the SfM stage (``options.sfm``), write ``staging/sparse`` (and ``depth/`` with
+        ``options.save_depth``) and build the window's result; ``stages`` (measured so far,
+        e.g. ``tracking``) come first."""
         with self.meter.measure() as ba:
-            result = run_sfm(preds, tracks, sfm)
+            result = run_sfm(preds, tracks, self.options.sfm)
         with self.meter.measure() as export:
             write_sfm_result(result, staging / "sparse")
-            if save_depth:
+            if self.options.save_depth:
                 save_depth_maps(staging / "depth", preds)
             exports = self._export_extras(preds, staging)
         details = result.details()

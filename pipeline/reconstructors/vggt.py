@@ -21,11 +21,11 @@ import torch
 from ..frames import Frame
 from ..models.precision import autocast_context
 from ..preprocess import FrameTransform, PreprocessOptions
-from ..sfm import SfmOptions, Tracks, WindowPredictions
+from ..sfm import Tracks, WindowPredictions
 from ..windows import Window
 from . import WindowResult
-from .network import (NetworkBatch, NetworkReconstructor, resolve_device, save_depth_maps,
-                      sift_keypoints, to_original_grid, window_predictions)
+from .network import (NetworkBatch, NetworkOptions, NetworkReconstructor, resolve_device,
+                      save_depth_maps, sift_keypoints, to_original_grid, window_predictions)
 
 logger = logging.getLogger(__name__)
 
@@ -41,15 +41,11 @@ def _default_keypoints() -> Any:
 
 
 @dataclass(kw_only=True)
-class VggtOptions:
+class VggtOptions(NetworkOptions):
     """Settings of the VGGT reconstructor."""
 
     model: str = DEFAULT_MODEL
     """Checkpoint: a local file or folder, or a Hugging Face hub id."""
-    device: str = "auto"
-    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:1``..."""
-    dtype: str = "auto"
-    """``auto`` (bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU), or a dtype name."""
     preprocess: PreprocessOptions = field(default_factory=PreprocessOptions)
     """How frames are resized to the network grid (crop or pad, 518 px)."""
     forward: Any = None
@@ -65,23 +61,8 @@ class VggtOptions:
     frame's confidences (0.5: the more confident half of the frame)."""
     keypoints: Any = field(default_factory=_default_keypoints)
     """pycolmap.FeatureExtractionOptions of the SIFT keypoints on the query frames."""
-    sfm: SfmOptions = field(default_factory=SfmOptions)
-    """Tracks, filtering and bundle adjustment (camera type, thresholds, ``use_ba``...)."""
-    save_depth: bool = False
-    """Write each frame's depth and confidence (original size, float16) to ``depth/NAME.npz``."""
     seed: int = 0
     """Seed of the keypoint subsampling."""
-    allow_approximate: bool = False
-    """When a single window runs out of memory even with the smallest chunks, also try frame
-    batching (attention across frames only within groups: approximate)."""
-    min_process_res: int | None = None
-    """When set, a window that runs out of memory even with the smallest chunks is retried at
-    lower resolutions down to this many pixels (for resolutions the user did not fix)."""
-    cpu_offload: bool = False
-    """Keep the transformer blocks' weights in CPU memory; each moves to the device only while
-    it runs (see :mod:`pipeline.models.offload`)."""
-    colmap_log_level: int = 2
-    """glog level of pycolmap's own messages: 0 info, 1 warnings, 2 errors."""
 
 
 class VggtReconstructor(NetworkReconstructor):
@@ -92,13 +73,7 @@ class VggtReconstructor(NetworkReconstructor):
     def __init__(self, options: VggtOptions | None = None) -> None:
         from ..models import ForwardOptions
 
-        self.options = options or VggtOptions()
-        self.preprocess_options = self.options.preprocess
-        self.allow_approximate = self.options.allow_approximate
-        self.min_process_res = self.options.min_process_res
-        self.forward_options = self.options.forward or ForwardOptions()
-        self._load(self.options.model, self.options.device, self.options.dtype,
-                   self.options.colmap_log_level, cpu_offload=self.options.cpu_offload)
+        self._setup(options or VggtOptions(), ForwardOptions())
 
     def describe(self) -> dict[str, Any]:
         o = self.options
@@ -149,8 +124,7 @@ class VggtReconstructor(NetworkReconstructor):
             if self.options.sfm.use_ba:
                 tracks = self._tracks(b, preds, transforms, out["track_fmaps"],
                                       forward_options.query_chunk_size)
-        return self._sfm_result(preds, tracks, staging, self.options.sfm,
-                                self.options.save_depth, {"tracking": tracking.to_json()})
+        return self._sfm_result(preds, tracks, staging, {"tracking": tracking.to_json()})
 
     def _predictions(self, b: int, window: Window[Frame], originals: list[np.ndarray],
                      transforms: list[FrameTransform], out: dict[str, Any]) -> WindowPredictions:
