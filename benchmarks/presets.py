@@ -3,7 +3,7 @@
 The model is the one the memory governor measures during a run (``run.json`` -> ``memory``:
 ``held_mb``, ``per_window_mb`` at ``process_res``) or numbers given on the command line. For
 each memory size the table applies the governor's own rules (:mod:`pipeline.memory`): the
-highest resolution of the automatic ladder at which one window fits within the headroom, then
+highest resolution of out-of-memory recovery's steps (``lower_resolutions``) at which one window fits within the headroom, then
 as many windows as fit. A window's cost is scaled with its number of image patches (the
 frames' aspect ratio is kept, as the crop preprocessing does).
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.memory import BatchObservation, MemoryGovernor  # noqa: E402
+from pipeline.memory import BatchObservation, MemoryGovernor, lower_resolutions  # noqa: E402
 from pipeline.preprocess import PreprocessOptions, _resized_size  # noqa: E402
 
 MEMORY_SIZES_GB = (6, 8, 12, 16, 24, 40, 48, 80)
@@ -32,20 +32,10 @@ def patches(res: int, frame_hw: tuple[int, int]) -> int:
     return min(h, res) // 14 * (w // 14)
 
 
-def ladder(top: int, lowest: int = 224) -> list[int]:
-    """The automatic resolutions from ``top`` down (the governor's steps of about an eighth)."""
-    out = [top]
-    while True:
-        res = max(lowest, int(out[-1] * 0.875) // 14 * 14)
-        if res >= out[-1]:
-            return out
-        out.append(res)
-
-
 def preset(memory_gb: float, held_mb: float, per_window_mb: float, res: int,
            frame_hw: tuple[int, int]) -> tuple[int | None, int]:
     """(resolution, windows per batch) for ``memory_gb``; resolution None when nothing fits."""
-    for r in ladder(res):
+    for r in [res, *lower_resolutions(res)]:
         cost = per_window_mb * patches(r, frame_hw) / patches(res, frame_hw)
         governor = MemoryGovernor(budget_mb=memory_gb * 1024)
         governor.observe(BatchObservation(windows=1, held_mb=held_mb, peak_mb=held_mb + cost,

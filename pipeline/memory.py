@@ -156,7 +156,8 @@ class PeakMeter:
         self._open: list[PeakSpan] = []
 
     def _fold(self) -> None:
-        device, rss = peak_mb(self.device), cpu_peak_mb()
+        rss = cpu_peak_mb()
+        device = peak_mb(self.device) if _is_cuda(self.device) else rss
         for span in self._open:
             span.peak_mb, span.rss_peak_mb = max(span.peak_mb, device), max(span.rss_peak_mb, rss)
 
@@ -247,6 +248,20 @@ def budget_mb(device: Any, max_memory_gb: float | None = None, *,
     if max_memory_gb is not None and max_memory_gb * 1024 < budget:
         return max_memory_gb * 1024.0, f"--max-memory-gb {max_memory_gb:g}"
     return budget, source
+
+
+MIN_AUTO_RES = 224
+"""The lowest network input size (pixels) the governor lowers a resolution to by itself."""
+
+
+def lower_resolutions(res: int, lowest: int = MIN_AUTO_RES) -> list[int]:
+    """The resolutions below ``res`` that out-of-memory recovery tries, in order: steps of
+    about an eighth, multiples of 14, down to ``lowest`` (empty when ``res <= lowest``)."""
+    out, current = [], res
+    while (step := max(lowest, int(current * 0.875) // 14 * 14)) < current:
+        out.append(step)
+        current = step
+    return out
 
 
 @dataclass(kw_only=True)

@@ -26,7 +26,7 @@ from .errors import InputError
 from .export import (create_staging, discard_staging, finalize_window, is_complete,
                      read_window_info, remove_stale_staging, write_json)
 from .frames import Frame, extract_video_frames, list_image_files, prepare_frames
-from .memory import MemoryGovernor, StageTable, budget_mb
+from .memory import MIN_AUTO_RES, MemoryGovernor, StageTable, budget_mb
 from .reconstructors import (STATUS_FAILED, STATUS_OK, Reconstructor, WindowResult,
                              create_reconstructor)
 from .windows import Batch, Window, create_windows, take_batch
@@ -35,8 +35,8 @@ logger = logging.getLogger(__name__)
 
 RUN_MANIFEST = "run.json"
 FRAME_CACHE = "frames"
-VGGT_RES, DA3_RES, MIN_AUTO_RES = 518, 504, 224
-"""The networks' own input sizes, and the lowest an automatic resolution goes (pixels)."""
+VGGT_RES, DA3_RES = 518, 504
+"""The networks' own input sizes (pixels)."""
 MAX_AUTO_COLMAP_WORKERS = 8
 
 

@@ -7,7 +7,7 @@ import unittest
 import numpy as np
 
 from pipeline.memory import (BatchObservation, MemoryGovernor, PeakMeter, StageTable, budget_mb,
-                             can_reset_cpu_peak, current_mb, settle)
+                             can_reset_cpu_peak, current_mb, lower_resolutions, settle)
 
 
 @unittest.skipUnless(can_reset_cpu_peak(), "needs Linux /proc/self/clear_refs")
@@ -74,6 +74,13 @@ class GovernorTest(unittest.TestCase):
         self.assertEqual(tight.windows_per_batch(), 1)  # never below one window
         record = g.to_json()
         self.assertEqual((record["windows_per_batch"], record["out_of_memory_at"]), (3, 4))
+
+
+class LowerResolutionsTest(unittest.TestCase):
+    def test_steps_of_an_eighth_in_multiples_of_14_down_to_the_lowest(self):
+        self.assertEqual(lower_resolutions(518), [448, 392, 336, 294, 252, 224])
+        self.assertEqual(lower_resolutions(504, 300), [434, 378, 322, 300])
+        self.assertEqual(lower_resolutions(224), [])
 
 
 class BudgetTest(unittest.TestCase):
