@@ -120,10 +120,7 @@ class NetworkReconstructor(Reconstructor):
                 from ..models.offload import enable_cpu_offload
 
                 self.model = load_model(model, device="cpu", dtype=self.dtype)
-                self.offload = enable_cpu_offload(self.model, self.torch_device)
-                logger.info("cpu offload: %.0f MiB of block weights stay in CPU memory, "
-                            "%.0f MiB on %s", self.offload.offloaded_bytes / 2**20,
-                            self.offload.resident_bytes / 2**20, self.device)
+                self.offload = enable_cpu_offload(self.model, self.torch_device)  # logs its sizes
             else:
                 self.model = load_model(model, device=self.torch_device, dtype=self.dtype)
         self.load_seconds = span.seconds
