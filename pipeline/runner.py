@@ -373,7 +373,8 @@ class _Manifest:
                  group: ProcessGroup) -> None:
         out = Path(config.output_dir)
         self.group = group
-        self.path = out / (RUN_MANIFEST if group.is_main else f".run.rank{group.rank}.json")
+        self.out = out
+        self.path = out / RUN_MANIFEST if group.is_main else self._part(group.rank)
         self.records: dict[int, dict[str, Any]] = {}
         self.data: dict[str, Any] = {
             "pipeline_version": __version__, "status": "running", "started_at": _now(),
@@ -393,6 +394,10 @@ class _Manifest:
         entry["skipped"] = skipped
         self.records[record["window_index"]] = entry
 
+    def _part(self, rank: int) -> Path:
+        """Where process ``rank`` (not 0) keeps its records during a multi-process run."""
+        return self.out / f".run.rank{rank}.json"
+
     def _parts(self) -> list[dict[str, Any]]:
         """The other processes' records so far (process 0 of a multi-process run only)."""
         if not self.group.is_main or self.group.world_size == 1:
@@ -400,7 +405,7 @@ class _Manifest:
         parts = []
         for rank in range(1, self.group.world_size):
             try:
-                parts.append(json.loads((self.path.parent / f".run.rank{rank}.json").read_text()))
+                parts.append(json.loads(self._part(rank).read_text()))
             except (OSError, ValueError):
                 continue
         return parts
@@ -444,7 +449,7 @@ class _Manifest:
                 status = "interrupted"
             self.write(status, wall_time)
             for rank in range(1, self.group.world_size):
-                (self.path.parent / f".run.rank{rank}.json").unlink(missing_ok=True)
+                self._part(rank).unlink(missing_ok=True)
 
 
 def package_versions() -> dict[str, str | None]:
