@@ -6,9 +6,14 @@ import torch
 from pipeline.models.aggregator import global_groups
 
 KEYS = ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf", "vis", "conf")
-# The tracker amplifies float rounding (different matmul blocking) ~20x per iteration, as the
+# The tracker amplifies float rounding (different matmul blocking) 20-35x per iteration, as the
 # golden README describes for the full model: compare the first iteration tightly, then widen.
-TRACK_TOL = (1e-5, 1e-4, 2e-3, 3e-2)
+# Measured with frame chunks of 1: (3.8e-6, 1.3e-4, 3.4e-3, 4.0e-2) px on an AMD EPYC, about
+# 1.3x what an Intel CPU gave; the last iteration's visibility differs by 1.9e-5.
+TRACK_TOL = (1e-5, 3e-4, 1e-2, 1e-1)
+TRACKER_KEYS = ("vis", "conf")
+"""Outputs of the tracker's last iteration: they carry its amplified rounding."""
+TRACKER_OUT_TOL = 1e-4
 
 
 def _run(model, inputs, **options):
@@ -19,7 +24,8 @@ def _run(model, inputs, **options):
 def _assert_close(a, b, atol=1e-5, keys=KEYS):
     for key in keys:
         assert a[key].shape == b[key].shape, key
-        assert torch.allclose(a[key], b[key], rtol=1e-5, atol=atol), (key, float((a[key] - b[key]).abs().max()))
+        tol = max(atol, TRACKER_OUT_TOL) if key in TRACKER_KEYS and atol > 0 else atol
+        assert torch.allclose(a[key], b[key], rtol=1e-5, atol=tol), (key, float((a[key] - b[key]).abs().max()))
     for i, (x, y) in enumerate(zip(a["track_list"], b["track_list"])):
         tol = 0.0 if atol == 0.0 else TRACK_TOL[i]
         assert float((x - y).abs().max()) <= tol, ("track iteration", i)
