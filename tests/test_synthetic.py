@@ -84,7 +84,8 @@ def test_regeneration_equals_bundled_data(bundled, rendered):
     differing = np.count_nonzero(np.any(images != rendered.images, axis=-1))
     assert differing == 0, f"{differing} pixels differ: rerun testdata/make_testdata.py if intended"
     np.testing.assert_array_equal(gt.K, rendered.K)
-    np.testing.assert_array_equal(gt.cam_from_world, rendered.cam_from_world)
+    # poses are computed with libm's sin/cos, which differ in the last bit between CPUs
+    np.testing.assert_allclose(gt.cam_from_world, rendered.cam_from_world, rtol=0, atol=1e-12)
     np.testing.assert_array_equal(gt.depth, rendered.depth.astype(np.float16).astype(np.float32))
     np.testing.assert_allclose(gt.depth, rendered.depth, rtol=FLOAT16_REL, atol=0)
 
