@@ -1,5 +1,6 @@
 """Frames are found in natural order, decoded the same way everywhere, and bad files named."""
 
+import os
 import tempfile
 import unittest
 from pathlib import Path
@@ -86,7 +87,7 @@ class DecodingTest(FrameTestCase):
         Image.fromarray(np.zeros((24, 32), np.uint8), mode="L").save(self.dir / "c.png")
         cache = self.dir / "cache"
         frames = prepare_frames(list_image_files(self.dir), cache, show_progress=False)
-        self.assertEqual([f.name for f in frames], ["a.png", "b.png", "c.png.png"])
+        self.assertEqual([f.name for f in frames], ["a.png", "b.png", "c.png"])
         self.assertEqual(frames[0].path, self.dir / "a.png")  # plain frames are used in place
         for frame in frames[1:]:
             self.assertEqual(frame.path.parent, cache)
@@ -95,6 +96,40 @@ class DecodingTest(FrameTestCase):
         np.testing.assert_array_equal(load_image(frames[1].path), load_image(self.dir / "b.webp"))
         self.assertEqual([f.index for f in frames], [0, 1, 2])
         self.assertEqual(frames[0].size, (32, 24))
+
+
+    def test_16_bit_rgb_png_is_converted(self):
+        import cv2
+
+        rgb16 = (_rgb().astype(np.uint16) * 257)[..., ::-1]  # OpenCV writes BGR
+        cv2.imwrite(str(self.dir / "deep.png"), rgb16)
+        with Image.open(self.dir / "deep.png") as img:
+            self.assertEqual(img.mode, "RGB")  # Pillow hides the 16 bits
+        [frame, _] = prepare_frames([self.dir / "deep.png", self._plain("b.png")],
+                                    self.dir / "cache", show_progress=False)
+        self.assertEqual((frame.name, frame.path), ("deep.png", self.dir / "cache" / "deep.png"))
+        with open(frame.path, "rb") as f:
+            self.assertEqual(f.read()[24], 8)  # an 8-bit PNG
+        np.testing.assert_array_equal(load_image(frame.path), _rgb())
+
+    def test_content_hash_and_a_stale_conversion_is_redone(self):
+        source = self.dir / "a.webp"
+        Image.fromarray(_rgb(seed=1)).save(source, lossless=True)
+        cache = self.dir / "cache"
+        [first, _] = prepare_frames([source, self._plain("b.png")], cache, show_progress=False)
+        stamp = os.stat(source)
+        Image.fromarray(_rgb(seed=2)).save(source, lossless=True)  # other pixels,
+        os.utime(source, ns=(stamp.st_atime_ns, stamp.st_mtime_ns - 10**9))  # an older mtime
+        [second, _] = prepare_frames([source, self.dir / "b.png"], cache, show_progress=False)
+        self.assertNotEqual(first.digest, second.digest)
+        np.testing.assert_array_equal(load_image(second.path), _rgb(seed=2))
+        [third, _] = prepare_frames([source, self.dir / "b.png"], cache, show_progress=False)
+        self.assertEqual(third.digest, second.digest)
+        self.assertEqual(os.stat(third.path).st_mtime_ns, os.stat(second.path).st_mtime_ns)
+
+    def _plain(self, name):
+        Image.fromarray(_rgb(seed=3)).save(self.dir / name)
+        return self.dir / name
 
 
 class BadFramesTest(FrameTestCase):
@@ -116,6 +151,15 @@ class BadFramesTest(FrameTestCase):
                                     show_progress=False)
         self.assertEqual([f.name for f in frames], ["f0.jpg", "f1.jpg"])
         self.assertEqual(len(logs.records), 2)
+
+    def test_control_character_in_a_name_is_a_bad_frame(self):
+        for name in ("a.png", "b.png", "c\nd.png"):
+            Image.fromarray(_rgb()).save(self.dir / name)
+        with self.assertRaisesRegex(InputError, "control character"):
+            prepare_frames(list_image_files(self.dir), self.dir / "cache", show_progress=False)
+        frames = prepare_frames(list_image_files(self.dir), self.dir / "cache",
+                                skip_bad_frames=True, show_progress=False)
+        self.assertEqual([f.name for f in frames], ["a.png", "b.png"])
 
     def test_too_few_good_frames(self):
         paths = self._make()[2:]
