@@ -14,8 +14,10 @@ from .generated_weights import load_rule_weights_, rule_state_dict
 from .loading import (
     DEFAULT_REPO,
     Architecture,
+    CheckpointError,
     WeightsNotFoundError,
     architectures,
+    checkpoint_fingerprint,
     load_model,
     read_state_dict,
     register_architecture,
@@ -28,7 +30,7 @@ from .vggt import VGGT, ForwardOptions, VGGTConfig, build_model
 
 __all__ = [
     "DA3Config", "DA3ForwardOptions", "DEFAULT_REPO", "DepthAnything3", "build_da3", "Architecture", "ForwardOptions", "VGGT", "VGGTConfig", "WeightsNotFoundError",
-    "architectures", "build_model", "choose_dtype", "depth_to_world_points", "extri_intri_to_pose_encoding",
+    "CheckpointError", "architectures", "checkpoint_fingerprint", "build_model", "choose_dtype", "depth_to_world_points", "extri_intri_to_pose_encoding",
     "load_model", "load_rule_weights_", "pose_encoding_to_extri_intri", "read_state_dict", "register_architecture",
     "resolve_dtype", "resolve_weights", "rule_state_dict", "save_pretrained", "weights_available",
 ]

@@ -149,11 +149,11 @@ class DA3ForwardOptions:
     """APPROXIMATE: from block ``alt_start - 1`` on, views pass through the backbone in groups of this
     many, each group holding the reference view (so all outputs stay in its frame) plus consecutive
     others; outputs are concatenated in input order. None, or a size >= S, is the exact model."""
-    head_chunk_size: Optional[int] = 8
+    head_chunk_size: Optional[int] = dataclasses.field(default=8, metadata={"result": False})
     """Frames per chunk in the dense heads; None = all at once (results identical)."""
-    keep_logits: bool = False
+    keep_logits: bool = dataclasses.field(default=False, metadata={"result": False})
     """Add the dense heads' pre-activation outputs (``depth_logits``, ``ray_logits``) and ``fov_logits``."""
-    return_features: bool = False
+    return_features: bool = dataclasses.field(default=False, metadata={"result": False})
     """Add ``features`` and ``camera_tokens`` (backbone out layers) to the outputs."""
 
 

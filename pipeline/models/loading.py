@@ -37,6 +37,11 @@ class WeightsNotFoundError(FileNotFoundError):
     """No checkpoint could be found locally (or downloaded) for the requested model."""
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file exists but cannot be used: unreadable, not tensors, or not the weights
+    of a known network (missing, unexpected or misshapen keys). The message is one line."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class Architecture:
     """How to recognise and build one network family."""
@@ -208,25 +213,55 @@ def weights_available(name_or_path: Union[str, os.PathLike], *, revision: Option
 
 
 def read_state_dict(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
-    """Tensors of a ``.safetensors`` or torch pickle checkpoint, on CPU, unwrapped from ``model``/``state_dict``."""
+    """Tensors of a ``.safetensors`` or torch pickle checkpoint, on CPU, unwrapped from ``model``/``state_dict``.
+
+    Raises:
+        CheckpointError: the file cannot be read as a checkpoint, or holds no tensors.
+    """
     path = Path(path)
+    try:
+        state = _read_checkpoint(path)
+    except ImportError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - safetensors, pickle and zip readers raise many kinds
+        raise CheckpointError(f"cannot read checkpoint {path}: {_one_line(exc)}") from exc
+    for wrapper in ("model", "state_dict"):
+        if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
+            state = state[wrapper]
+    if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    return dict(state)
+
+
+def _read_checkpoint(path: Path) -> Any:
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
         except ImportError as exc:
             raise ImportError("reading .safetensors needs the safetensors package: pip install safetensors") from exc
-        state: Any = load_file(str(path), device="cpu")
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    for wrapper in ("model", "state_dict"):
-        if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
-            state = state[wrapper]
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors")
-    return dict(state)
+        return load_file(str(path), device="cpu")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def checkpoint_fingerprint(name_or_path: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """What identifies a checkpoint's weights without reading them: the name, and the file's
+    size and modification time (a hub checkpoint's file is a blob named by its content hash).
+
+    Raises:
+        WeightsNotFoundError: see :func:`resolve_weights`.
+    """
+    weights, _ = resolve_weights(name_or_path)
+    stat = weights.stat()
+    return {"name": str(name_or_path), "file": Path(weights).resolve().name, "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns}
 
 
 def detect_architecture(keys: Collection[str], config: Optional[Mapping[str, Any]] = None) -> Architecture:
@@ -263,13 +298,19 @@ def load_model(name_or_path: Union[str, os.PathLike] = DEFAULT_REPO, device: Uni
     state = read_state_dict(weights)
     cfg = config
     if cfg is None and config_path is not None:
-        cfg = json.loads(config_path.read_text())
-    arch = _ARCHITECTURES[architecture] if architecture else detect_architecture(state.keys(), cfg if isinstance(cfg, Mapping) else None)
-    cfg_dict = arch.config_to_dict(cfg) if cfg is not None else None
-    with torch.device("meta"):
-        model = arch.build(cfg_dict)
+        try:
+            cfg = json.loads(config_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"cannot read {config_path}: {_one_line(exc)}") from exc
+    try:
+        arch = _ARCHITECTURES[architecture] if architecture else detect_architecture(state.keys(), cfg if isinstance(cfg, Mapping) else None)
+        cfg_dict = arch.config_to_dict(cfg) if cfg is not None else None
+        with torch.device("meta"):
+            model = arch.build(cfg_dict)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"{weights}: {_one_line(exc)}") from exc
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    model.load_state_dict(state, strict=strict, assign=True)
+    _load_state(model, state, weights, arch.name, strict)
     if hasattr(model, "reset_non_persistent_buffers"):
         model.reset_non_persistent_buffers(torch.device("cpu"))
     model = model.to(device)
@@ -277,6 +318,23 @@ def load_model(name_or_path: Union[str, os.PathLike] = DEFAULT_REPO, device: Uni
     model.requires_grad_(False)
     logger.info("loaded %s from %s (%s, compute %s)", arch.name, weights, device, model.compute_dtype)
     return model.eval()
+
+
+def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], weights: Path, arch: str,
+                strict: bool) -> None:
+    """``model.load_state_dict`` (its load hooks included), with a one-line
+    :class:`CheckpointError` when the checkpoint does not fit: tensors of another shape, or
+    (when ``strict``) missing or unexpected keys."""
+    try:
+        result = model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as exc:  # shapes that differ
+        detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line),
+                      _one_line(exc))
+        raise CheckpointError(f"checkpoint {weights} does not fit the {arch} network: {detail}") from exc
+    problems = [f"{len(keys)} {what} (e.g. {keys[0]})" for keys, what in
+                ((result.missing_keys, "missing keys"), (result.unexpected_keys, "unexpected keys")) if keys]
+    if strict and problems:
+        raise CheckpointError(f"checkpoint {weights} does not fit the {arch} network: {', '.join(problems)}")
 
 
 def save_pretrained(model: nn.Module, folder: Union[str, os.PathLike], *, architecture: str = "vggt",

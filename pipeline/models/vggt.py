@@ -117,11 +117,11 @@ class VGGTConfig:
 class ForwardOptions:
     """Memory/speed options of :meth:`VGGT.forward`. All but ``frame_batch_size`` leave results unchanged."""
 
-    frames_chunk_size: Optional[int] = 8
+    frames_chunk_size: Optional[int] = dataclasses.field(default=8, metadata={"result": False})
     """Frames per chunk in the dense (depth, point, track-feature) heads; None = all frames at once."""
-    query_chunk_size: Optional[int] = 256
+    query_chunk_size: Optional[int] = dataclasses.field(default=256, metadata={"result": False})
     """Track queries per correlation-volume chunk; None = all at once."""
-    keep_all_layers: bool = False
+    keep_all_layers: bool = dataclasses.field(default=False, metadata={"result": False})
     """Keep all aggregator layers (reference behaviour) instead of only those the enabled heads read."""
     frame_batch_size: Optional[int] = None
     """APPROXIMATE: global attention only within groups of this many frames, each group including
@@ -129,9 +129,9 @@ class ForwardOptions:
     outputs come from the first group). None, or a size >= S, is the exact model."""
     track_iters: Optional[int] = None
     """Tracker iterations; None = the config's ``track_iters``."""
-    return_tokens: bool = False
+    return_tokens: bool = dataclasses.field(default=False, metadata={"result": False})
     """Add ``aggregated_tokens`` (list per layer, ``[B, S, P, 2C]`` or None) to the outputs."""
-    return_track_features: bool = False
+    return_track_features: bool = dataclasses.field(default=False, metadata={"result": False})
     """Add ``track_features`` ``[B, S, C, H/2, W/2]`` to the outputs (when tracking)."""
 
 

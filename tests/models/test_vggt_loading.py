@@ -7,6 +7,7 @@ import torch
 
 from pipeline.models import (
     VGGT,
+    CheckpointError,
     VGGTConfig,
     WeightsNotFoundError,
     load_model,
@@ -98,7 +99,7 @@ def test_missing_local_path_and_empty_folder(tmp_path):
 
 def test_wrong_config_fails_loudly(tmp_path, tiny_model):
     save_pretrained(tiny_model, tmp_path)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(CheckpointError, match="does not fit the vggt network: size mismatch"):
         load_model(tmp_path, config=VGGTConfig(embed_dim=64))
 
 
