@@ -29,7 +29,7 @@ from pipeline.reconstructors import Reconstructor, WindowResult
 from pipeline.runner import process_window_batch
 from pipeline.synthetic import load_ground_truth
 from pipeline.windows import create_windows
-from tests.helpers import frames_with_blank_window, window_dirs, window_info
+from tests.helpers import frames_with_blank_window, window_dirs, window_info, write_model
 
 try:
     import pytest
@@ -252,8 +252,7 @@ class _FlakyReconstructor(Reconstructor):
             if window.index in self.fail:
                 results.append(WindowResult.failure("forced failure"))
                 continue
-            (staging / "sparse").mkdir()
-            pycolmap.Reconstruction().write(staging / "sparse")
+            write_model(staging / "sparse", [f.name for f in window.items])
             results.append(WindowResult(status="ok", registered_frames=[f.name for f in window.items]))
         return results
 

@@ -1,21 +1,25 @@
 """The command line: ``python vae_data_pipeline_batch.py --input-dir DIR --output-dir OUT``.
 
 Exit codes: 0 every window succeeded (and the merge, if asked for); 1 some windows failed (the
-others are written) or the merge failed;
-2 bad usage or input; 130 interrupted.
+others are written), the merge failed, or the disk filled up during the run; 2 bad usage or
+input, or an output folder that cannot be written or that another run holds (one ``error:``
+line); 130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 129 hung up (SIGHUP).
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
+import contextlib
 import logging
+import math
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import fields
 from pathlib import Path
 
 from .config import CAMERA_TYPES, IMAGE_MODES, PipelineConfig
-from .errors import PipelineError
+from .errors import DiskFullError, PipelineError
 from .reconstructors import available_reconstructors
 
 logger = logging.getLogger(__name__)
@@ -23,19 +27,55 @@ logger = logging.getLogger(__name__)
 EXIT_OK, EXIT_WINDOWS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
+class Terminated(KeyboardInterrupt):
+    """The process got SIGTERM or SIGHUP: handled like Ctrl-C (staging removed, workers
+    stopped, ``run.json`` says ``interrupted``), then exit ``128 + signal``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one ``error:`` line (usage is in ``--help``)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"error: {message} (see --help)\n")
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
 
 
 def _batch_size(text: str) -> int | None:
-    return None if text == "auto" else _positive_int(text)
+    if text == "auto":
+        return None
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or auto, got {text!r}") \
+            from None
+
+
+def _number(text: str) -> float:
+    """A finite number (ranges are checked with the configuration)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
@@ -43,23 +83,33 @@ def _positive_float(text: str) -> float:
 
 def _float_list(text: str) -> tuple[float, ...]:
     try:
-        return tuple(float(v) for v in text.split(","))
+        values = tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") \
+            from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
+    return values
+
+
+def _folder(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a folder, got an empty string")
+    return Path(text)
 
 
 def _add_input_args(p: argparse.ArgumentParser) -> None:
     """Where the frames come from."""
     src = p.add_argument_group("input").add_mutually_exclusive_group(required=True)
-    src.add_argument("--input-dir", type=Path, help="folder of frames (jpg, jpeg, png, webp, "
+    src.add_argument("--input-dir", type=_folder, help="folder of frames (jpg, jpeg, png, webp, "
                      "bmp, tif), ordered by natural sort (frame_2 before frame_10)")
-    src.add_argument("--input-video", type=Path, help="a video file; its frames are extracted "
+    src.add_argument("--input-video", type=_folder, help="a video file; its frames are extracted "
                      "once (PyAV) into OUT/frames/")
     p.add_argument("--frame-pattern", metavar="GLOB", help="with --input-dir: only file names "
                    "matching this glob, e.g. '*.color.jpg' (default: every image)")
-    p.add_argument("--fps", type=float, help="with --input-video: frames per second of video to "
+    p.add_argument("--fps", type=_positive_float, help="with --input-video: frames per second of video to "
                    "extract (default: every frame)")
-    p.add_argument("--output-dir", type=Path, required=True, help="output folder (created)")
+    p.add_argument("--output-dir", type=_folder, required=True, help="output folder (created)")
     p.add_argument("--frame-step", type=_positive_int, default=1, metavar="N",
                    help="use every N-th frame, for dense video frame dumps whose consecutive "
                    "frames barely move (default 1)")
@@ -102,8 +152,9 @@ def _add_reconstruction_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--shared-camera", action="store_true", help="one set of intrinsics for all "
                    "frames of a window (default: one per frame)")
     r.add_argument("--num-workers", type=_positive_int, help="colmap: worker processes per batch "
-                   "(default: one per window, at most one per CPU core; 1 runs in-process)")
-    r.add_argument("--min-registered", dest="min_registered_fraction", type=float, default=0.5,
+                   "(default: one per window, at most one per CPU core); windows always run in "
+                   "workers, so that COLMAP aborting costs one window, not the run")
+    r.add_argument("--min-registered", dest="min_registered_fraction", type=_number, default=0.5,
                    metavar="FRACTION",
                    help="mark a window failed when fewer of its frames register (default 0.5)")
 
@@ -127,14 +178,14 @@ def _add_vggt_args(p: argparse.ArgumentParser) -> None:
                    "per window (default 2048)")
     n.add_argument("--fine-tracking", action="store_true", help="run the track head's "
                    "refinement for twice as many iterations (slower, sometimes tighter tracks)")
-    n.add_argument("--vis-thresh", type=float, default=0.2, help="drop track observations with "
+    n.add_argument("--vis-thresh", type=_number, default=0.2, help="drop track observations with "
                    "a lower visibility score (default 0.2)")
-    n.add_argument("--max-reproj-error", type=float, default=8.0, help="drop observations with "
+    n.add_argument("--max-reproj-error", type=_number, default=8.0, help="drop observations with "
                    "a larger reprojection error in pixels (default 8)")
     n.add_argument("--use-ba", action=argparse.BooleanOptionalAction, default=True,
                    help="bundle-adjust the predicted cameras with the tracks (default on); "
                    "--no-use-ba writes points from the predicted depth instead")
-    n.add_argument("--conf-thres-value", type=float, default=5.0, help="without BA: depth "
+    n.add_argument("--conf-thres-value", type=_number, default=5.0, help="without BA: depth "
                    "confidence a pixel needs to become a point (default 5)")
     n.add_argument("--allow-approximate", action="store_true", help="when one window runs out "
                    "of memory even with the smallest chunks, also try frame batching (attention "
@@ -184,7 +235,7 @@ def _add_da3_args(p: argparse.ArgumentParser) -> None:
                    help="da3: formats per window joined by '-': colmap (always), mini_npz "
                    "(exports/mini.npz), npz (exports/full.npz, with images), glb "
                    "(exports/scene.glb), e.g. colmap-mini_npz-glb (default colmap)")
-    d.add_argument("--conf-thresh-percentile", type=float, default=40.0, metavar="P",
+    d.add_argument("--conf-thresh-percentile", type=_number, default=40.0, metavar="P",
                    help="glb: points from depth whose confidence reaches this percentile "
                    "(default 40)")
     d.add_argument("--num-max-points", type=_positive_int, default=1_000_000, metavar="N",
@@ -210,13 +261,14 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; ``--help`` explains every flag."""
-    p = argparse.ArgumentParser(
+    p = _OneLineParser(
         prog="vae_data_pipeline_batch.py",
         description="Slide overlapping windows over a frame sequence and reconstruct each window "
                     "into a self-contained COLMAP scene (OUT/batch_XXX/window_YYY/sparse).",
         epilog="Exit status: 0 all windows succeeded, 1 some windows failed (the others are "
-               "written), 2 bad usage or input. Rerunning into the same output folder skips "
-               "complete windows.")
+               "written) or the disk filled up, 2 bad usage or input or a busy output folder, "
+               "130/143 interrupted/terminated. Rerunning into the same output folder skips "
+               "windows made from the same frame contents and options, and redoes the rest.")
     _add_input_args(p)
     _add_window_args(p)
     _add_reconstruction_args(p)
@@ -231,6 +283,24 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     """Map parsed flags to the run configuration (each flag's dest is a field's name)."""
     values = {f.name: getattr(args, f.name) for f in fields(PipelineConfig) if hasattr(args, f.name)}
     return PipelineConfig(**values, show_progress=not args.quiet)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """While the run lasts, SIGTERM and SIGHUP raise :class:`Terminated` in the main thread,
+    so they end the run the way Ctrl-C does; the previous handlers are restored after."""
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated(signum)
+
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            previous[signum] = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -250,15 +320,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     config = config_from_args(args)
     try:
-        with logging_redirect_tqdm():
+        with logging_redirect_tqdm(), _terminate_as_interrupt():
             summary = run(config)
+    except DiskFullError as exc:  # windows were under way: what is written stays
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_WINDOWS_FAILED
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("interrupted; rerun the same command to finish the remaining windows",
               file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return 128 + exc.signum if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     if config.profile_memory and summary.profile is not None:
         print(summary.profile.format(summary.device))
     if summary.is_main:

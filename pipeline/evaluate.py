@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError, PipelineError
+from .output import PLAN, planned_windows
 from .geometry import (ALIGN_MODES, ate, camera_centers, invert_pose,
                        nearest_rotation, quat_xyzw_to_rotmat, rpe)
 
@@ -60,8 +61,6 @@ TUM_NAMES_FILES = ("{stem}_names.txt", "names.txt")
 TUM_DEFAULT_FILES = ("trajectory_tum.txt", "groundtruth.txt", "trajectory.txt")
 """TUM files looked for when the ground-truth path is a folder."""
 
-_BATCH_RE = re.compile(r"^batch_(\d+)$")
-_WINDOW_RE = re.compile(r"^window_(\d+)$")
 _SEVEN_SCENES_POSE = "frame-*.pose.txt"
 MIN_FRAMES = 3
 """Matched frames needed to align and score a trajectory."""
@@ -281,42 +280,30 @@ def read_7scenes_gt(folder: Path) -> GroundTruth:
 
 @dataclass(kw_only=True)
 class WindowDir:
-    """One ``batch_XXX/window_YYY`` folder of an output."""
+    """One window of the run's plan, as evaluation sees it."""
 
     path: Path
     """The window folder."""
     batch_index: int
-    """``XXX``."""
+    """``XXX`` of its ``batch_XXX`` folder."""
     window_index: int
-    """Global window index (``window_info.json``'s, else ``YYY``)."""
+    """Global window index."""
     info: dict[str, Any] | None
-    """Parsed ``window_info.json``, ``None`` when missing or unreadable."""
+    """Parsed ``window_info.json``, ``None`` when missing or not a record."""
+    problem: str | None = None
+    """Why the folder is not a whole, successful window of the plan (``None``: it is)."""
 
 
 def find_windows(out_dir: Path) -> list[WindowDir]:
-    """The window folders of an output, ordered by window index (staging folders ignored)."""
-    found = []
-    for batch in sorted(p for p in Path(out_dir).iterdir() if p.is_dir()):
-        b = _BATCH_RE.match(batch.name)
-        if not b:
-            continue
-        for wdir in sorted(p for p in batch.iterdir() if p.is_dir()):
-            w = _WINDOW_RE.match(wdir.name)
-            if not w:
-                continue
-            info = _read_json(wdir / "window_info.json")
-            index = info.get("window_index") if isinstance(info, dict) else None
-            found.append(WindowDir(path=wdir, batch_index=int(b.group(1)), info=info,
-                                   window_index=int(index if index is not None else w.group(1))))
-    return sorted(found, key=lambda w: (w.window_index, w.batch_index))
+    """The windows of the output's current run plan, in window order (folders the plan does not
+    hold are reported in the log, never scored).
 
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    Raises:
+        InputError: the folder holds no run plan.
+    """
+    planned, _ = planned_windows(out_dir)
+    return [WindowDir(path=w.path, batch_index=int(w.path.parent.name.split("_")[-1]),
+                      window_index=w.index, info=w.info, problem=w.problem) for w in planned]
 
 
 def load_window_poses(window_dir: str | Path) -> dict[str, np.ndarray]:
@@ -445,10 +432,12 @@ def _evaluate_window(win: WindowDir, out_dir: Path, gt: Mapping[str, np.ndarray]
              "path": str(win.path.relative_to(out_dir)), "status": info.get("status", "failed"),
              "reconstructor": info.get("reconstructor"), "num_frames": len(info.get("frames", [])),
              "num_registered": None, "error": info.get("error")}
-    if win.info is None:
-        entry["error"] = "missing or unreadable window_info.json"
-    if entry["status"] != "ok":
-        entry["status"] = "failed"
+    if entry["status"] != "ok" or win.info is None:
+        entry.update(status="failed", error=entry["error"] or win.problem)
+        return entry
+    if win.problem is not None:  # recorded as ok, but not whole or not made for this plan
+        entry.update(status="error", error=win.problem)
+        logger.warning("window %d: %s", win.window_index, win.problem)
         return entry
     try:
         poses = load_window_poses(win.path)
@@ -504,10 +493,10 @@ def evaluate_output(out_dir: str | Path, gt: str | Path | Mapping[str, np.ndarra
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise InputError(f"output folder not found: {out_dir}")
-    windows = find_windows(out_dir)
-    if not windows and not (out_dir / MERGED_TRAJECTORY).is_file():
-        raise InputError(f"no window folders (batch_XXX/window_YYY) or {MERGED_TRAJECTORY} in "
-                         f"{out_dir}")
+    if not (out_dir / PLAN).is_file() and not (out_dir / MERGED_TRAJECTORY).is_file():
+        raise InputError(f"no run plan ({PLAN}) or {MERGED_TRAJECTORY} in {out_dir}: not a "
+                         "pipeline output folder, or one an older version wrote")
+    windows = find_windows(out_dir) if (out_dir / PLAN).is_file() else []
     frame_names = sorted({n for w in windows for n in (w.info or {}).get("frames", [])},
                          key=natural_key)
     gt_kind, gt_poses = "mapping", gt

@@ -1,12 +1,15 @@
-"""Writing window folders atomically, and reading them back to decide what a rerun must redo.
+"""Writing window folders atomically.
 
 A window is first built in a hidden *staging* folder beside its final place
-(``batch_XXX/.window_YYY.partial-PID``) and renamed into place once ``window_info.json`` is
-written, so a crash never leaves a half-written folder that looks complete.
+(``batch_XXX/.window_YYY.partial-PID``). Before it is renamed into place, what it holds is read
+back (its COLMAP model must load: pycolmap writes silently truncated files on a full disk), and
+``window_info.json`` records every file with its size, so a crash or a full disk never leaves a
+half-written folder that looks complete (see :mod:`pipeline.output` for the reading side).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -15,20 +18,35 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .errors import DiskFullError
 from .frames import Frame
+from .output import WINDOW_INFO, list_files, model_problem
 
 logger = logging.getLogger(__name__)
 
-WINDOW_INFO = "window_info.json"
 _PARTIAL = ".partial-"
 _TRASH = ".trash-"
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+"""``errno`` values of a full disk or an exhausted quota."""
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (a temporary file renamed over ``path``)."""
+    """Write JSON atomically (a temporary file renamed over ``path``; on failure the temporary
+    file is removed and ``path`` keeps its old content).
+
+    Raises:
+        DiskFullError: the disk is full (or the quota is spent).
+        OSError: any other failure to write.
+    """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in NO_SPACE:
+            raise DiskFullError(path, exc) from exc
+        raise
 
 
 def _json_default(value: Any) -> Any:
@@ -64,13 +82,27 @@ def create_staging(final_dir: Path, frames: Sequence[Frame], images: str = "link
 
 def finalize_window(staging: Path, final_dir: Path, info: dict[str, Any], *,
                     images: str = "link") -> Path:
-    """Write ``window_info.json`` into ``staging`` and rename it to ``final_dir``.
+    """Check what ``staging`` holds, record it in ``window_info.json`` and rename the folder to
+    ``final_dir``.
 
-    An existing ``final_dir`` (incomplete, or being overwritten) is moved aside first and deleted
-    only after the new folder is in place.
+    A successful window whose COLMAP model does not load back is turned into a failed one (its
+    ``status`` and ``error`` in ``info`` are updated). ``info["files"]`` lists every file with its
+    size. An existing ``final_dir`` (incomplete, or being overwritten) is moved aside first and
+    deleted only after the new folder is in place.
+
+    Raises:
+        DiskFullError: the disk filled up while the window was written.
+        OSError: another failure to write.
     """
     if images == "none":
         shutil.rmtree(staging / "images", ignore_errors=True)
+    if info["status"] == "ok":
+        problem = model_problem(staging / "sparse", info["registered_frames"])
+        if problem:
+            if disk_nearly_full(staging):
+                raise DiskFullError(staging / "sparse", None)
+            info.update(status="failed", error=f"written model unusable: {problem}")
+    info["files"] = list_files(staging)
     write_json(staging / WINDOW_INFO, info)
     trash = None
     if final_dir.exists():
@@ -82,29 +114,17 @@ def finalize_window(staging: Path, final_dir: Path, info: dict[str, Any], *,
     return final_dir
 
 
+def disk_nearly_full(path: Path, margin: int = 1 << 20) -> bool:
+    """Whether the filesystem of ``path`` has less than ``margin`` bytes free."""
+    try:
+        return shutil.disk_usage(path).free < margin
+    except OSError:
+        return False
+
+
 def discard_staging(staging: Path) -> None:
     """Remove a staging folder that will not be finalised."""
     shutil.rmtree(staging, ignore_errors=True)
-
-
-def read_window_info(window_dir: Path) -> dict[str, Any] | None:
-    """The window's ``window_info.json``, or ``None`` when missing or unreadable."""
-    try:
-        return json.loads((Path(window_dir) / WINDOW_INFO).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def is_complete(window_dir: Path, signature: dict[str, Any]) -> bool:
-    """Whether ``window_dir`` holds a successful window made with the same ``signature``.
-
-    The signature names what makes a window's result (its frames, reconstructor and camera
-    settings); a window made with other settings is redone.
-    """
-    info = read_window_info(window_dir)
-    return (info is not None and info.get("status") == "ok"
-            and info.get("signature") == signature
-            and (Path(window_dir) / "sparse").is_dir())
 
 
 def remove_stale_staging(output_dir: Path) -> int:

@@ -38,8 +38,10 @@ from scipy.optimize import least_squares
 from scipy.spatial.transform import Rotation
 
 from .errors import InputError, PipelineError
-from .export import read_window_info, write_json
+from .export import write_json
 from .geometry import Sim3, camera_centers, robust_sim3, tum_lines
+from .lock import OutputLock
+from .output import planned_windows
 
 logger = logging.getLogger(__name__)
 
@@ -151,17 +153,22 @@ def load_window_model(window_dir: Path, info: dict[str, Any]) -> WindowModel:
                        scene_scale=scale or 1.0)
 
 
-def load_windows(output_dir: Path) -> tuple[list[WindowModel], list[dict[str, Any]]]:
-    """The successful windows of an output folder, and the records of those that failed."""
+def load_windows(output_dir: Path) -> tuple[list[WindowModel], list[dict[str, Any]],
+                                           list[str]]:
+    """The whole, successful windows of the current run's plan; a record (``window``,
+    ``error``) of every other planned window; the window folders the plan does not hold.
+
+    Raises:
+        InputError: the folder holds no run plan (see :func:`pipeline.output.read_plan`).
+    """
     models, failed = [], []
-    infos = [read_window_info(d) for d in Path(output_dir).glob("batch_*/window_*")]
-    for info in sorted((i for i in infos if i), key=lambda i: i["window_index"]):
-        window_dir = Path(output_dir) / info["path"]
-        if info.get("status") != "ok" or not (window_dir / "sparse").is_dir():
-            failed.append({"window": info["window_index"], "error": info.get("error")})
+    planned, leftovers = planned_windows(output_dir)
+    for window in planned:
+        if window.problem is not None:
+            failed.append({"window": window.index, "error": window.problem})
             continue
-        models.append(load_window_model(window_dir, info))
-    return models, failed
+        models.append(load_window_model(window.path, window.info))
+    return models, failed, [str(p.relative_to(output_dir)) for p in leftovers]
 
 
 def correspondences(a: WindowModel, b: WindowModel,
@@ -502,7 +509,7 @@ def merge_output(output_dir: Path, options: MergeOptions | None = None) -> dict[
     """
     options = options or MergeOptions()
     output_dir = Path(output_dir)
-    models, failed = load_windows(output_dir)
+    models, failed, leftovers = load_windows(output_dir)
     if not models:
         raise InputError(f"no successful windows to merge in {output_dir}")
     pairs = [align_pair(a, b, options) for a, b in overlapping_pairs(models)]
@@ -511,8 +518,8 @@ def merge_output(output_dir: Path, options: MergeOptions | None = None) -> dict[
     segments = find_segments(models, pairs)
     merged = output_dir / MERGED_DIR
     shutil.rmtree(merged, ignore_errors=True)
-    report: dict[str, Any] = {"failed_windows": failed, "pairs": [p.report() for p in pairs],
-                              "segments": []}
+    report: dict[str, Any] = {"failed_windows": failed, "ignored_folders": leftovers,
+                              "pairs": [p.report() for p in pairs], "segments": []}
     for k, windows in enumerate(segments):
         transforms = chain_transforms(windows, pairs)
         if options.refine:
@@ -556,7 +563,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not args.output_dir.is_dir():
             raise InputError(f"not a folder: {args.output_dir}")
-        report = merge_output(args.output_dir, options)
+        with OutputLock(args.output_dir):  # never while a run writes windows into it
+            report = merge_output(args.output_dir, options)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,16 +1,21 @@
 """Scheduling a run: frames -> windows -> batches -> reconstructor -> window folders -> run.json.
 
 Rerunning into the same output folder skips the windows that are complete and redoes the rest.
+A window is reused only when its folder is whole and was made from the same frame contents with
+the same result-changing options (see :mod:`pipeline.output`); one run at a time holds an output
+folder (:mod:`pipeline.lock`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import metadata
@@ -22,22 +27,26 @@ from tqdm import tqdm
 from . import __version__
 from .config import CAMERA_PARAMS, IMAGE_MODES, PipelineConfig
 from .distributed import ProcessGroup, process_group
-from .errors import InputError
-from .export import (create_staging, discard_staging, finalize_window, is_complete,
-                     read_window_info, remove_stale_staging, write_json)
+from .errors import DiskFullError, InputError, PipelineError
+from .export import (NO_SPACE, create_staging, discard_staging, disk_nearly_full,
+                     finalize_window, remove_stale_staging, write_json)
 from .frames import Frame, extract_video_frames, list_image_files, prepare_frames
+from .lock import OutputLock
 from .memory import MIN_AUTO_RES, MemoryGovernor, StageTable, budget_mb
+from .output import (PLAN, RUN_MANIFEST, check_window, read_window_info, refresh_links,
+                     window_signature, write_plan)
 from .reconstructors import (STATUS_FAILED, STATUS_OK, Reconstructor, WindowResult,
                              create_reconstructor)
 from .windows import Batch, Window, create_windows, take_batch
 
 logger = logging.getLogger(__name__)
 
-RUN_MANIFEST = "run.json"
 FRAME_CACHE = "frames"
 VGGT_RES, DA3_RES = 518, 504
 """The networks' own input sizes (pixels)."""
 MAX_AUTO_COLMAP_WORKERS = 8
+MAX_REDO_LOGS = 10
+"""Windows whose reason for being redone is logged at INFO; the rest at DEBUG."""
 
 
 @dataclass(kw_only=True)
@@ -146,22 +155,47 @@ def build_reconstructor(config: PipelineConfig) -> Reconstructor:
     """The reconstructor the configuration asks for (``auto`` must be resolved first).
 
     Raises:
-        InputError: the vggt weights cannot be found (the message says how to get them).
+        InputError: its options are invalid, or its checkpoint cannot be found or used (the
+            message says how to get one).
     """
-    if config.reconstructor == "vggt":
-        return _build_vggt(config)
-    if config.reconstructor == "da3":
-        return _build_da3(config)
-    if config.reconstructor == "colmap":
-        from .reconstructors.colmap import ColmapOptions
+    from .models import CheckpointError, WeightsNotFoundError
 
-        options = ColmapOptions(camera_type=config.camera_type, shared_camera=config.shared_camera,
-                                camera_params=config.camera_params,
-                                num_workers=config.num_workers,
-                                min_registered_fraction=config.min_registered_fraction,
-                                colmap_log_level=1 if config.verbose else 2)
-        return create_reconstructor("colmap", options=options)
-    return create_reconstructor(config.reconstructor)
+    options = reconstructor_options(config)
+    try:
+        return create_reconstructor(config.reconstructor, options=options)
+    except (WeightsNotFoundError, CheckpointError) as exc:
+        raise InputError(f"--reconstructor {config.reconstructor}: {exc}") from exc
+    except ValueError as exc:
+        if config.reconstructor == "da3":  # a checkpoint that predicts no cameras
+            raise InputError(f"--reconstructor da3: {exc}") from exc
+        raise
+
+
+def reconstructor_options(config: PipelineConfig) -> Any:
+    """The options object of ``config.reconstructor``, filled from the configuration.
+
+    Raises:
+        InputError: options that cannot work together.
+    """
+    builders = {"colmap": _colmap_options, "vggt": _vggt_options, "da3": _da3_options}
+    if config.reconstructor not in builders:
+        raise InputError(f"unknown reconstructor {config.reconstructor!r}; choose one of "
+                         f"auto, {', '.join(sorted(builders))}")
+    try:
+        return builders[config.reconstructor](config)
+    except ValueError as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"--reconstructor {config.reconstructor}: {exc}") from exc
+
+
+def _colmap_options(config: PipelineConfig) -> Any:
+    from .reconstructors.colmap import ColmapOptions
+
+    return ColmapOptions(camera_type=config.camera_type, shared_camera=config.shared_camera,
+                         camera_params=config.camera_params, num_workers=config.num_workers,
+                         min_registered_fraction=config.min_registered_fraction,
+                         colmap_log_level=1 if config.verbose else 2)
 
 
 def _sfm_options(config: PipelineConfig) -> Any:
@@ -178,11 +212,10 @@ def _dtype(config: PipelineConfig) -> str:
                                                                        config.mixed_precision)
 
 
-def _build_da3(config: PipelineConfig) -> Reconstructor:
-    """The da3 reconstructor; its checkpoint is ``config.model``, which must be given (the
-    VGGT default is no DA3 checkpoint, and nothing is downloaded unless a hub id is named)."""
+def _da3_options(config: PipelineConfig) -> Any:
+    """The da3 options; its checkpoint is ``config.model``, which must be given (the VGGT
+    default is no DA3 checkpoint, and nothing is downloaded unless a hub id is named)."""
     from .export_formats import ExportOptions, parse_export_format
-    from .models import WeightsNotFoundError
     from .preprocess import PreprocessOptions
     from .reconstructors.da3 import Da3Options
     from .reconstructors.vggt import DEFAULT_MODEL
@@ -190,22 +223,17 @@ def _build_da3(config: PipelineConfig) -> Reconstructor:
     if config.model == DEFAULT_MODEL:
         raise InputError("--reconstructor da3 needs --model: a DA3 checkpoint folder or a hub id "
                          "such as depth-anything/DA3-LARGE-1.1")
-    try:
-        exports = ExportOptions(formats=parse_export_format(config.export_format),
-                                conf_thresh_percentile=config.conf_thresh_percentile,
-                                num_max_points=config.num_max_points)
-        res, min_res = _resolution(config, DA3_RES, multiple=1)
-        options = Da3Options(model=config.model, device=config.device, dtype=_dtype(config),
-                             preprocess=PreprocessOptions(mode=config.process_res_method,
-                                                          process_res=res),
-                             min_process_res=min_res, cpu_offload=config.cpu_offload,
-                             sfm=_sfm_options(config), exports=exports,
-                             save_depth=config.save_depth,
-                             allow_approximate=config.allow_approximate,
-                             colmap_log_level=1 if config.verbose else 2)
-        return create_reconstructor("da3", options=options)
-    except (WeightsNotFoundError, ValueError) as exc:
-        raise InputError(f"--reconstructor da3: {exc}") from exc
+    exports = ExportOptions(formats=parse_export_format(config.export_format),
+                            conf_thresh_percentile=config.conf_thresh_percentile,
+                            num_max_points=config.num_max_points)
+    res, min_res = _resolution(config, DA3_RES, multiple=1)
+    return Da3Options(model=config.model, device=config.device, dtype=_dtype(config),
+                      preprocess=PreprocessOptions(mode=config.process_res_method,
+                                                   process_res=res),
+                      min_process_res=min_res, cpu_offload=config.cpu_offload,
+                      sfm=_sfm_options(config), exports=exports, save_depth=config.save_depth,
+                      allow_approximate=config.allow_approximate,
+                      colmap_log_level=1 if config.verbose else 2)
 
 
 def _resolution(config: PipelineConfig, default: int, *, multiple: int) -> tuple[int, int | None]:
@@ -231,42 +259,24 @@ def _resolution(config: PipelineConfig, default: int, *, multiple: int) -> tuple
     return res, min(MIN_AUTO_RES, res)
 
 
-def _build_vggt(config: PipelineConfig) -> Reconstructor:
-    from .models import WeightsNotFoundError
+def _vggt_options(config: PipelineConfig) -> Any:
     from .preprocess import PreprocessOptions
     from .reconstructors.vggt import VggtOptions
 
-    sfm = _sfm_options(config)
-    dtype = _dtype(config)
     res, min_res = _resolution(config, VGGT_RES, multiple=14)
-    options = VggtOptions(model=config.model, device=config.device, dtype=dtype,
-                          preprocess=PreprocessOptions(mode=config.preprocess_mode,
-                                                       target_size=res),
-                          min_process_res=min_res, cpu_offload=config.cpu_offload,
-                          query_frame_num=config.query_frame_num,
-                          max_query_pts=config.max_query_pts,
-                          fine_tracking=config.fine_tracking, sfm=sfm,
-                          save_depth=config.save_depth,
-                          allow_approximate=config.allow_approximate,
-                          colmap_log_level=1 if config.verbose else 2)
-    try:
-        return create_reconstructor("vggt", options=options)
-    except WeightsNotFoundError as exc:
-        raise InputError(f"--reconstructor vggt: {exc}") from exc
+    return VggtOptions(model=config.model, device=config.device, dtype=_dtype(config),
+                       preprocess=PreprocessOptions(mode=config.preprocess_mode,
+                                                    target_size=res),
+                       min_process_res=min_res, cpu_offload=config.cpu_offload,
+                       query_frame_num=config.query_frame_num,
+                       max_query_pts=config.max_query_pts,
+                       fine_tracking=config.fine_tracking, sfm=_sfm_options(config),
+                       save_depth=config.save_depth,
+                       allow_approximate=config.allow_approximate,
+                       colmap_log_level=1 if config.verbose else 2)
 
 
-def window_signature(window: Window[Frame], config: PipelineConfig) -> dict[str, Any]:
-    """What a finished window must match to be reused by a rerun."""
-    return {"frames": [f.name for f in window.items], "reconstructor": config.reconstructor,
-            "camera_type": config.camera_type, "shared_camera": config.shared_camera,
-            "camera_params": list(config.camera_params) if config.camera_params else None,
-            **({"model": config.model, "use_ba": config.use_ba}
-               if config.reconstructor in ("vggt", "da3") else {}),
-            **({"process_res": config.process_res, "process_res_method": config.process_res_method,
-                "export_format": config.export_format} if config.reconstructor == "da3" else {})}
-
-
-def process_window_batch(window_batch: Batch[Frame] | Sequence[Window[Frame]], batch_idx: int,
+def process_window_batch(window_batch: Batch[Any] | Sequence[Window[Any]], batch_idx: int,
                          args: PipelineConfig, *,
                          reconstructor: Reconstructor | None = None) -> list[dict[str, Any]]:
     """Reconstruct one batch of windows and write each window's folder.
@@ -276,24 +286,29 @@ def process_window_batch(window_batch: Batch[Frame] | Sequence[Window[Frame]], b
     error of the reconstructor as a whole is recorded against each window of the batch.
 
     Args:
-        window_batch: Windows of one shape (a :class:`Batch` or a plain sequence of windows).
+        window_batch: Windows of one shape (a :class:`Batch` or a plain sequence of windows),
+            holding :class:`~pipeline.frames.Frame` objects or plain image paths (validated and
+            converted as a run does, into ``args.output_dir/frames``).
         batch_idx: Index of the batch in this run, recorded in each ``window_info.json``.
         args: The run's configuration.
-        reconstructor: Reused across batches by :func:`run`; built from ``args`` when ``None``.
+        reconstructor: Reused across batches by :func:`run`; built from ``args`` when ``None``
+            (``auto`` is resolved as the command line resolves it).
 
     Returns:
         The window records written to ``window_info.json``, in order.
+
+    Raises:
+        DiskFullError: the disk filled up; ``records`` on the exception holds the windows that
+            were finalised before.
     """
-    windows = list(getattr(window_batch, "windows", window_batch))
+    windows = _frame_windows(list(getattr(window_batch, "windows", window_batch)), args)
     if reconstructor is None:
+        args = replace(args, reconstructor=choose_reconstructor(args)[0])
         with build_reconstructor(args) as owned:
             return process_window_batch(windows, batch_idx, args, reconstructor=owned)
     out = Path(args.output_dir)
     finals = [out / w.relative_dir for w in windows]
-    stagings = []
-    for window, final in zip(windows, finals):
-        final.parent.mkdir(parents=True, exist_ok=True)
-        stagings.append(create_staging(final, window.items, args.images))
+    stagings = _create_stagings(windows, finals, args.images)
     start = time.perf_counter()
     try:
         results = reconstructor.reconstruct_batch(windows, stagings)
@@ -308,18 +323,71 @@ def process_window_batch(window_batch: Batch[Frame] | Sequence[Window[Frame]], b
             discard_staging(staging)
         raise
     elapsed = time.perf_counter() - start
-    records = []
-    for window, staging, final, result in zip(windows, stagings, finals, results):
+    options = reconstructor.signature_options()
+    records: list[dict[str, Any]] = []
+    for k, (window, staging, final, result) in enumerate(zip(windows, stagings, finals, results)):
         info = _window_record(window, batch_idx, result, args, reconstructor, elapsed)
+        info["signature"] = window_signature(window.items, reconstructor.name, options,
+                                             args.images)
         try:
-            finalize_window(staging, final, info, images=args.images)
-        except OSError as exc:
-            discard_staging(staging)
-            info.update(status=STATUS_FAILED, error=f"cannot write {final}: {exc}")
+            _finalize(staging, final, info, args.images)
+        except DiskFullError as exc:
+            for rest in stagings[k + 1:]:
+                discard_staging(rest)
+            exc.records = records
+            raise
         if info["status"] != STATUS_OK:
             logger.warning("window %d failed: %s", window.index, info["error"])
         records.append(info)
     return records
+
+
+def _frame_windows(windows: list[Window[Any]], args: PipelineConfig) -> list[Window[Frame]]:
+    """``windows`` whose items are :class:`Frame` objects: plain image paths are validated and
+    converted as a run prepares its frames."""
+    if all(isinstance(f, Frame) for w in windows for f in w.items):
+        return windows
+    paths = list(dict.fromkeys(Path(f).absolute() for w in windows for f in w.items))
+    prepared = prepare_frames(paths, Path(args.output_dir) / FRAME_CACHE, show_progress=False)
+    if len(prepared) != len(paths):
+        raise InputError("some frames of the windows are unreadable")
+    by_source = {f.source: f for f in prepared}
+    return [replace(w, items=tuple(by_source[Path(f).absolute()] for f in w.items))
+            for w in windows]
+
+
+def _create_stagings(windows: Sequence[Window[Frame]], finals: Sequence[Path],
+                     images: str) -> list[Path]:
+    """One staging folder per window; on a full disk those made are removed and it raises."""
+    stagings: list[Path] = []
+    try:
+        for window, final in zip(windows, finals):
+            final.parent.mkdir(parents=True, exist_ok=True)
+            stagings.append(create_staging(final, window.items, images))
+    except OSError as exc:
+        for staging in stagings:
+            discard_staging(staging)
+        if exc.errno in NO_SPACE:
+            raise DiskFullError(exc.filename or finals[len(stagings)], exc) from exc
+        raise
+    return stagings
+
+
+def _finalize(staging: Path, final: Path, info: dict[str, Any], images: str) -> None:
+    """Finalise one window. A write error other than a full disk fails the window alone; a
+    window that failed while the disk is full is not the window's fault: the run stops."""
+    try:
+        if info["status"] != STATUS_OK and disk_nearly_full(staging):
+            raise DiskFullError(staging, None)
+        finalize_window(staging, final, info, images=images)
+    except DiskFullError:
+        discard_staging(staging)
+        raise
+    except OSError as exc:
+        discard_staging(staging)
+        if exc.errno in NO_SPACE:
+            raise DiskFullError(final, exc) from exc
+        info.update(status=STATUS_FAILED, error=f"cannot write {final}: {exc}")
 
 
 def _window_record(window: Window[Frame], batch_idx: int, result: WindowResult,
@@ -347,7 +415,6 @@ def _window_record(window: Window[Frame], batch_idx: int, result: WindowResult,
         "memory": result.memory,
         "stages": result.stages,
         "details": result.details,
-        "signature": window_signature(window, args),
         "finished_at": _now(),
         "pipeline_version": __version__,
     }
@@ -382,9 +449,10 @@ class _Manifest:
             "reconstructor": reconstructor.describe(), "versions": package_versions(),
             "device": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                        "reconstructor": reconstructor.device},
+            "process": {"pid": os.getpid(), "host": platform.node()},
             "frames": {"count": len(frames), "first": frames[0].name, "last": frames[-1].name},
-            "num_windows": len(windows), "summary": {}, "memory": None, "profile": None,
-            "windows": [],
+            "plan": None, "num_windows": len(windows), "summary": {}, "error": None,
+            "memory": None, "profile": None, "windows": [],
         }
         if group.world_size > 1:
             self.data["processes"] = []
@@ -437,8 +505,17 @@ class _Manifest:
                 "memory": data["memory"], "profile": data["profile"],
                 "windows": sorted(w["window_index"] for w in windows if not w["skipped"])}
 
-    def finish(self, status: str, wall_time: float) -> None:
-        """Write the final state; process 0 waits for the others and merges their records."""
+    def finish(self, status: str, wall_time: float, error: str | None = None) -> None:
+        """Write the final state; process 0 waits for the others and merges their records.
+        A manifest that cannot be written (a full disk) is logged, never raised: the run's own
+        outcome is what the caller reports."""
+        self.data["error"] = error
+        try:
+            self._finish(status, wall_time)
+        except (PipelineError, OSError) as exc:
+            logger.error("cannot record the end of the run in %s: %s", self.path, exc)
+
+    def _finish(self, status: str, wall_time: float) -> None:
         self.write(status, wall_time)
         if self.group.world_size == 1 or status != "finished":
             return  # an interrupted process does not wait for the others
@@ -465,20 +542,26 @@ def package_versions() -> dict[str, str | None]:
 
 def _check_config(config: PipelineConfig) -> Path:
     """Fail fast, before any work, on options and output paths that cannot work."""
+    if not str(config.output_dir).strip():
+        raise InputError("--output-dir is empty: name the output folder")
     out = Path(config.output_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"output path exists and is not a folder: {out}")
     if config.images not in IMAGE_MODES:
         raise InputError(f"--images must be link, copy or none, got {config.images!r}")
-    expected = CAMERA_PARAMS[config.camera_type] if config.camera_type in CAMERA_PARAMS else ()
-    if config.camera_params is not None and len(config.camera_params) != len(expected):
-        raise InputError(f"--camera-params for {config.camera_type} needs {len(expected)} values "
-                         f"({', '.join(expected)}), got {len(config.camera_params)}")
+    _check_camera_params(config)
     batch = config.window_batch_size
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
         raise InputError(f"--window-batch-size must be a positive integer or auto, got {batch!r}")
-    if config.max_memory_gb is not None and not config.max_memory_gb > 0:
-        raise InputError(f"--max-memory-gb must be positive, got {config.max_memory_gb}")
+    for flag, value, low, high, low_open in (
+            ("--max-memory-gb", config.max_memory_gb, 0.0, math.inf, True),
+            ("--fps", config.fps, 0.0, math.inf, True),
+            ("--min-registered", config.min_registered_fraction, 0.0, 1.0, False),
+            ("--vis-thresh", config.vis_thresh, 0.0, 1.0, False),
+            ("--max-reproj-error", config.max_reproj_error, 0.0, math.inf, True),
+            ("--conf-thres-value", config.conf_thres_value, 0.0, math.inf, False),
+            ("--conf-thresh-percentile", config.conf_thresh_percentile, 0.0, 100.0, False)):
+        _check_number(flag, value, low, high, low_open=low_open)
     if config.frame_step < 1:
         raise InputError(f"--frame-step must be at least 1, got {config.frame_step}")
     if config.max_frames is not None and config.max_frames < 2:
@@ -490,20 +573,101 @@ def _check_config(config: PipelineConfig) -> Path:
     return out
 
 
+def _check_number(flag: str, value: float | None, low: float, high: float, *,
+                  low_open: bool) -> None:
+    """``value`` (``None``: not given) must be a finite number in its range."""
+    if value is None:
+        return
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value) and (value > low if low_open else value >= low)
+          and value <= high)
+    if not ok:
+        bound = "positive" if low_open and high == math.inf else (
+            f"at least {low:g}" if high == math.inf else f"between {low:g} and {high:g}")
+        raise InputError(f"{flag} must be a finite number {bound}, got {value!r}")
+
+
+def _check_camera_params(config: PipelineConfig) -> None:
+    """Known intrinsics: as many as the camera model takes, finite, positive focal lengths and
+    a principal point that is not negative."""
+    if config.camera_params is None:
+        return
+    expected = CAMERA_PARAMS.get(config.camera_type, ())
+    params = tuple(config.camera_params)
+    if len(params) != len(expected):
+        raise InputError(f"--camera-params for {config.camera_type} needs {len(expected)} values "
+                         f"({', '.join(expected)}), got {len(params)}")
+    for name, value in zip(expected, params):
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InputError(f"--camera-params: {name} must be a finite number, got {value!r}")
+        if name in ("f", "fx", "fy") and value <= 0:
+            raise InputError(f"--camera-params: the focal length {name} must be positive, "
+                             f"got {value:g}")
+        if name in ("cx", "cy") and value < 0:
+            raise InputError(f"--camera-params: the principal point {name} must not be "
+                             f"negative, got {value:g}")
+
+
 def run(config: PipelineConfig) -> RunSummary:
     """Reconstruct every window of the configured sequence into ``config.output_dir``.
 
     Raises:
-        InputError: bad input or options (nothing is written then, beyond the output folder).
+        InputError: bad input or options, an output folder that cannot be written, or one that
+            another live run holds (nothing is written then, beyond the output folder).
+        DiskFullError: the disk filled up during the run; what was written stays, ``run.json``
+            says ``failed``, and a rerun finishes the rest.
     """
     start = time.perf_counter()
     out = _check_config(config)
     group = _process_group(config)
-    with group.main_first():
-        if group.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            remove_stale_staging(out)
-        frames = load_frames(config)
+    lock = OutputLock(out)
+    try:
+        with _setup_errors(out):
+            with group.main_first():
+                if group.is_main:
+                    _prepare_output(out, lock)
+                frames = load_frames(config)
+        return _run(config, frames, group, start)
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def _setup_errors(out: Path) -> Iterator[None]:
+    """Turn failures to write while setting up (before any window) into one-line input errors."""
+    try:
+        yield
+    except DiskFullError as exc:  # nothing of the windows could be written: a usage-level error
+        raise InputError(str(exc)) from exc
+    except PipelineError:
+        raise
+    except OSError as exc:
+        where = exc.filename or out
+        raise InputError(f"cannot write {where}: {exc.strerror or exc}") from exc
+
+
+def _prepare_output(out: Path, lock: OutputLock) -> None:
+    """Create the output folder, prove it writable, lock it and clean what crashed runs left."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create output folder {out}: {exc.strerror or exc}") from exc
+    probe = out / f".write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"\0" * 4096)
+    except OSError as exc:
+        raise InputError(f"cannot write into output folder {out}: {exc.strerror or exc}") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    lock.acquire()
+    remove_stale_staging(out)
+
+
+def _run(config: PipelineConfig, frames: list[Frame], group: ProcessGroup,
+         start: float) -> RunSummary:
+    """The run once the output folder is held and the frames are ready."""
+    out = Path(config.output_dir)
     windows = create_windows(frames, config.window_size, config.window_stride)
     chosen, reason = choose_reconstructor(config)
     logger.info("reconstructor: %s (%s)", chosen, reason)
@@ -511,23 +675,35 @@ def run(config: PipelineConfig) -> RunSummary:
                      device=group.device if group.device and config.device == "auto"
                      else config.device)
     reconstructor = build_reconstructor(config)
-    manifest = _Manifest(config, frames, windows, reconstructor, group)
-    manifest.data["reconstructor"]["chosen_because"] = reason
-    todo = _windows_to_do(config, windows, manifest, group)
-    group.barrier()  # every process has judged the finished windows before any writes one
+    with _setup_errors(out):
+        manifest = _Manifest(config, frames, windows, reconstructor, group)
+        manifest.data["reconstructor"]["chosen_because"] = reason
+        options = reconstructor.signature_options()
+        signatures = [window_signature(w.items, reconstructor.name, options, config.images)
+                      for w in windows]
+        if group.is_main:
+            manifest.data["plan"] = {"file": PLAN,
+                                     "digest": write_plan(out, frames, windows, signatures)}
+        todo = _windows_to_do(config, windows, signatures, manifest, group)
+        group.barrier()  # every process has judged the finished windows before any writes one
+        manifest.write()
     profile = StageTable()
     if reconstructor.load_stage:
         profile.add("load", reconstructor.load_stage)
     governor = _governor(config, reconstructor, group)
-    manifest.write()
-    status = "interrupted"
+    status, error = "interrupted", None
     try:
         with reconstructor, _progress(config, len(todo)) as bar:
             _process_all(todo, config, reconstructor, governor, manifest, profile, bar)
         status = "finished"
+    except DiskFullError as exc:
+        for record in getattr(exc, "records", []):
+            manifest.add(record)
+        status, error = "failed", str(exc)
+        raise
     finally:
         _record_memory(manifest, governor, profile)
-        manifest.finish(status, wall_time=time.perf_counter() - start)
+        manifest.finish(status, wall_time=time.perf_counter() - start, error=error)
     summary = RunSummary(output_dir=out, num_frames=len(frames), windows=manifest.data["windows"],
                          profile=profile, is_main=group.is_main,
                          device=reconstructor.device + (f", process {group.rank} of "
@@ -547,18 +723,29 @@ def _process_group(config: PipelineConfig) -> ProcessGroup:
 
 
 def _windows_to_do(config: PipelineConfig, windows: Sequence[Window[Frame]],
-                   manifest: _Manifest, group: ProcessGroup) -> list[Window[Frame]]:
+                   signatures: Sequence[dict[str, Any]], manifest: _Manifest,
+                   group: ProcessGroup) -> list[Window[Frame]]:
     """This process's share of the windows that are not complete yet (process 0 records the
-    complete ones in the manifest)."""
+    complete ones in the manifest). Why a window folder that exists is redone is logged."""
     out = Path(config.output_dir)
-    todo = []
-    for window in windows:
+    todo, redone = [], 0
+    for window, signature in zip(windows, signatures):
         window_dir = out / window.relative_dir
-        if not config.overwrite and is_complete(window_dir, window_signature(window, config)):
+        problem = "--overwrite" if config.overwrite else check_window(window_dir, signature)
+        if problem is None:
             if group.is_main:
+                if config.images == "link":
+                    refresh_links(window_dir, window.items)
                 manifest.add(read_window_info(window_dir), skipped=True)
-        else:
-            todo.append(window)
+            continue
+        todo.append(window)
+        if window_dir.exists() and group.is_main:
+            redone += 1
+            log = logger.info if redone <= MAX_REDO_LOGS else logger.debug
+            log("redoing window %d: %s", window.index, problem)
+    if redone > MAX_REDO_LOGS:
+        logger.info("... %d windows redone in all (-v lists every reason)", redone)
+    _report_leftovers(out, windows, group)
     mine = group.take(todo)
     logger.info("%d frames -> %d windows of %d (stride %d): %d to do%s, %d already complete",
                 manifest.data["frames"]["count"], len(windows), config.window_size,
@@ -566,6 +753,18 @@ def _windows_to_do(config: PipelineConfig, windows: Sequence[Window[Frame]],
                 f" ({len(mine)} in process {group.rank})" if group.world_size > 1 else "",
                 len(windows) - len(todo))
     return mine
+
+
+def _report_leftovers(out: Path, windows: Sequence[Window[Frame]], group: ProcessGroup) -> None:
+    """Warn about window folders this run's plan does not hold (an earlier run over more
+    frames, or another size and stride): they are kept, and merge and evaluate ignore them."""
+    planned = {w.relative_dir.as_posix() for w in windows}
+    leftovers = [p for p in sorted(out.glob("batch_*/window_*"))
+                 if p.relative_to(out).as_posix() not in planned]
+    if leftovers and group.is_main:
+        logger.warning("%d window folder(s) are not part of this run (e.g. %s), left by an "
+                       "earlier run over other frames or windows: kept, but merge and evaluate "
+                       "ignore them", len(leftovers), leftovers[0].relative_to(out))
 
 
 def _governor(config: PipelineConfig, reconstructor: Reconstructor,

@@ -6,6 +6,25 @@ import json
 from pathlib import Path
 
 
+def write_model(sparse_dir: Path, names, poses=None, size=(64, 48)) -> None:
+    """Write a COLMAP model whose images ``names`` are registered with camera-from-world
+    ``poses`` ((N, 3, 4); identity when ``None``), one shared PINHOLE camera, no points."""
+    import numpy as np
+    import pycolmap
+
+    rec = pycolmap.Reconstruction()
+    width, height = size
+    cam = pycolmap.Camera(model="PINHOLE", width=width, height=height, camera_id=1,
+                          params=[50.0, 50.0, width / 2, height / 2])
+    rec.add_camera_with_trivial_rig(cam)
+    for i, name in enumerate(names):
+        pose = np.eye(4)[:3] if poses is None else poses[i]
+        im = pycolmap.Image(name=name, keypoints=np.zeros((0, 2)), camera_id=1, image_id=i + 1)
+        rec.add_image_with_trivial_frame(im, pycolmap.Rigid3d(pose))
+    Path(sparse_dir).mkdir(parents=True, exist_ok=True)
+    rec.write(str(sparse_dir))
+
+
 def window_dirs(out: Path) -> list[Path]:
     """The window folders of an output folder, in window order."""
     return sorted(Path(out).glob("batch_*/window_*"), key=lambda p: p.name)
@@ -33,3 +52,55 @@ def frames_with_blank_window(images: Path, out: Path, count: int = 12,
         else:
             copy(path, out / path.name)
     return out
+
+
+def fake_frame(name: str, index: int = 0, size=(64, 48)):
+    """A :class:`pipeline.frames.Frame` for a frame known only by name (content hash of the
+    name), for outputs the tests write by hand."""
+    import hashlib
+
+    from pipeline.frames import Frame
+
+    return Frame(index, name, Path(name), Path(name), size[0], size[1],
+                 hashlib.blake2b(name.encode(), digest_size=16).hexdigest())
+
+
+def finish_window(out: Path, window, *, status: str = "ok", error: str | None = None,
+                  registered=None) -> dict:
+    """Record ``out/<window folder>`` (``sparse/`` etc. already written there) as the pipeline
+    finishes a window: a ``window_info.json`` with its signature and files, written through the
+    pipeline's own staging and rename. ``window.items`` are frame names.
+
+    Returns:
+        The record.
+    """
+    import os
+
+    from pipeline.export import finalize_window
+    from pipeline.output import window_signature
+
+    folder = Path(out) / window.relative_dir
+    staging = folder.parent / f".{folder.name}.partial-{os.getpid()}"
+    os.rename(folder, staging)
+    names = list(window.items)
+    info = {"window_index": window.index, "path": window.relative_dir.as_posix(),
+            "status": status, "error": error if status == "ok" else error or "forced",
+            "start_frame": window.start, "frames": names, "num_frames": len(names),
+            "registered_frames": names if registered is None else list(registered),
+            "num_registered": len(names if registered is None else registered),
+            "reconstructor": "test",
+            "signature": window_signature([fake_frame(n) for n in names], "test", {}, "none")}
+    finalize_window(staging, folder, info, images="none")
+    return info
+
+
+def write_test_plan(out: Path, windows) -> str:
+    """``plan.json`` for ``windows`` (over frame names) as :func:`finish_window` records them."""
+    from pipeline.output import window_signature, write_plan
+    from pipeline.windows import Window
+
+    names = list(dict.fromkeys(n for w in windows for n in w.items))
+    frames = {n: fake_frame(n, i) for i, n in enumerate(names)}
+    framed = [Window(w.index, w.start, tuple(frames[n] for n in w.items)) for w in windows]
+    signatures = [window_signature(w.items, "test", {}, "none") for w in framed]
+    return write_plan(Path(out), list(frames.values()), framed, signatures)

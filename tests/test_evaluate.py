@@ -15,6 +15,8 @@ from pipeline.evaluate import (EvaluateOptions, evaluate_output, format_report,
                                load_ground_truth_poses, load_window_poses, main, match_names,
                                read_ground_truth)
 from pipeline.geometry import Sim3, camera_centers, invert_pose, rotmat_to_quat_xyzw
+from pipeline.windows import Window
+from tests.helpers import finish_window, write_model, write_test_plan
 
 REPO = Path(__file__).resolve().parents[1]
 SEVEN_SCENES = Path("/work/shared/data/real/7scenes_redkitchen_000_199")
@@ -39,28 +41,20 @@ def gt_poses(n: int = N) -> np.ndarray:
     return np.stack(poses)
 
 
-def write_sparse(sparse_dir: Path, names, poses) -> None:
-    rec = pycolmap.Reconstruction()
-    cam = pycolmap.Camera(model="PINHOLE", width=64, height=48, camera_id=1,
-                          params=[50.0, 50.0, 32.0, 24.0])
-    rec.add_camera_with_trivial_rig(cam)
-    for i, (name, pose) in enumerate(zip(names, poses)):
-        im = pycolmap.Image(name=name, keypoints=np.zeros((0, 2)), camera_id=1, image_id=i + 1)
-        rec.add_image_with_trivial_frame(im, pycolmap.Rigid3d(pose))
-    sparse_dir.mkdir(parents=True)
-    rec.write(str(sparse_dir))
-
-
-def write_window(out: Path, index: int, names, poses=None, status: str = "ok") -> Path:
-    wdir = out / f"batch_{index // 4:03d}" / f"window_{index:03d}"
+def write_window(out: Path, index: int, names, poses=None, status: str = "ok",
+                 windows: list | None = None) -> Path:
+    """A finished window (as the pipeline records it) over frame ``names``; with ``windows``,
+    the window is appended to that list and the output's plan rewritten to hold them all."""
+    window = Window(index, 0, tuple(names))
+    wdir = out / window.relative_dir
     wdir.mkdir(parents=True)
-    info = {"window_index": index, "frames": list(names), "status": status,
-            "reconstructor": "colmap",
-            "registered_frames": list(names) if poses is not None else [],
-            "error": None if status == "ok" else "too few matches"}
-    (wdir / "window_info.json").write_text(json.dumps(info))
     if poses is not None:
-        write_sparse(wdir / "sparse", names, poses)
+        write_model(wdir / "sparse", names, poses)
+    finish_window(out, window, status=status, error="too few matches",
+                  registered=list(names) if poses is not None else [])
+    windows = [] if windows is None else windows
+    windows.append(window)
+    write_test_plan(out, windows)
     return wdir
 
 
@@ -88,9 +82,10 @@ def output(tmp_path):
     """An output with two good windows (other Sim(3) frames), one failed, and a merged file."""
     gt = gt_poses()
     out = tmp_path / "out"
-    write_window(out, 0, NAMES[0:6], S_A.transform_poses(gt[0:6]))
-    write_window(out, 1, NAMES[3:9], S_B.transform_poses(gt[3:9]))
-    write_window(out, 2, NAMES[6:12], None, status="failed")
+    windows = []
+    write_window(out, 0, NAMES[0:6], S_A.transform_poses(gt[0:6]), windows=windows)
+    write_window(out, 1, NAMES[3:9], S_B.transform_poses(gt[3:9]), windows=windows)
+    write_window(out, 2, NAMES[6:12], None, status="failed", windows=windows)
     (out / "merged").mkdir()
     write_tum(out / "merged" / "trajectory.txt", S_B.transform_poses(gt))
     (out / "merged" / "trajectory_names.txt").write_text("\n".join(NAMES) + "\n")
@@ -218,8 +213,9 @@ def test_evaluate_detects_errors(tmp_path):
     out = tmp_path / "out"
     noisy = gt[:8].copy()
     noisy[:, :, 3] += np.random.default_rng(0).normal(scale=0.05, size=(8, 3))
-    write_window(out, 0, NAMES[:8], noisy)
-    write_window(out, 1, NAMES[:8], gt[[3, 0, 6, 1, 7, 2, 5, 4]])  # poses of the wrong frames
+    windows = []
+    write_window(out, 0, NAMES[:8], noisy, windows=windows)
+    write_window(out, 1, NAMES[:8], gt[[3, 0, 6, 1, 7, 2, 5, 4]], windows=windows)  # wrong frames
     report = evaluate_output(out, dict(zip(NAMES, gt)), options=EvaluateOptions(align="se3"))
     noisy_ate, swapped_ate = (w["ate"]["rmse"] for w in report["windows"])
     assert 0.02 < noisy_ate < 0.1
@@ -242,14 +238,25 @@ def test_merged_without_names_uses_sorted_frame_index(output, tmp_path):
         evaluate_output(output, write_synthetic_gt(tmp_path / "gt"))
 
 
-def test_unreadable_window_model_is_reported_not_raised(output, tmp_path):
+def test_damaged_window_model_is_reported_not_raised(output, tmp_path):
     sparse = output / "batch_000" / "window_001" / "sparse"
     for f in sparse.iterdir():
         f.write_bytes(b"garbage")
     report = evaluate_output(output, write_synthetic_gt(tmp_path / "gt"))
     bad = report["windows"][1]
-    assert bad["status"] == "error" and "cannot read COLMAP model" in bad["error"]
+    assert bad["status"] == "error" and "bytes, not the" in bad["error"]
     assert report["summary"]["windows_error"] == 1
+
+
+def test_window_model_that_does_not_load_is_reported(output, tmp_path):
+    (output / "batch_000" / "window_001" / "window_info.json").write_text(json.dumps(
+        {**json.loads((output / "batch_000" / "window_001" / "window_info.json").read_text()),
+         "files": {}}))  # a record that no longer lists its files: the model is still read
+    (output / "batch_000" / "window_001" / "sparse" / "images.bin").write_bytes(b"garbage")
+    report = evaluate_output(output, write_synthetic_gt(tmp_path / "gt"))
+    bad = report["windows"][1]
+    assert bad["status"] == "error"
+    assert "COLMAP model does not load" in bad["error"]
 
 
 def test_too_few_matched_frames_is_an_error_entry(tmp_path):

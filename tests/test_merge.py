@@ -13,11 +13,11 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from pipeline.evaluate import evaluate_output
-from pipeline.export import write_json
 from pipeline.geometry import Sim3, ate, camera_centers
 from pipeline.merge import MergeOptions, main, merge_output
 from pipeline.synthetic import RenderOptions, camera_path, intrinsics
 from pipeline.windows import create_windows
+from tests.helpers import finish_window, write_test_plan
 
 N_FRAMES = 60
 NAMES = [f"frame_{i:03d}.png" for i in range(N_FRAMES)]
@@ -44,7 +44,7 @@ def noisy(poses: np.ndarray, rng: np.random.Generator, rot_deg: float, trans: fl
 def write_depth(folder: Path, names, scale: float) -> None:
     """Depth maps as vggt --save-depth writes them; any depth is consistent between windows
     (each window back-projects the same pixel with its own copy of the same depth)."""
-    (folder / "depth").mkdir()
+    (folder / "depth").mkdir(parents=True)
     rows, cols = np.mgrid[0:240, 0:320]
     for name in names:
         depth = (2.0 + 0.004 * cols + 0.002 * rows + 0.1 * (NAMES.index(name) % 3)) * scale
@@ -57,7 +57,7 @@ def write_window(out: Path, window, poses: np.ndarray, points: np.ndarray,
                  status: str = "ok") -> None:
     """A window folder as the pipeline writes it: sparse/ and window_info.json."""
     folder = out / window.relative_dir
-    (folder / "sparse").mkdir(parents=True)
+    (folder / "sparse").mkdir(parents=True, exist_ok=True)
     rec = pycolmap.Reconstruction()
     for i, (name, pose) in enumerate(zip(window.items, poses)):
         cam = pycolmap.Camera(model="PINHOLE", width=320, height=240, camera_id=i + 1,
@@ -69,10 +69,7 @@ def write_window(out: Path, window, poses: np.ndarray, points: np.ndarray,
     for xyz in points:
         rec.add_point3D(xyz, pycolmap.Track(), np.array([200, 100, 50], np.uint8))
     rec.write(folder / "sparse")
-    write_json(folder / "window_info.json", {
-        "window_index": window.index, "path": str(window.relative_dir), "status": status,
-        "error": None if status == "ok" else "forced", "start_frame": window.start,
-        "frames": list(window.items), "num_frames": len(window)})
+    finish_window(out, window, status=status)
 
 
 def make_output(out: Path, *, stride: int = 4, failed=(), garbage=(), seed: int = 0,
@@ -80,16 +77,19 @@ def make_output(out: Path, *, stride: int = 4, failed=(), garbage=(), seed: int 
     """Windows of the loop, each in its own random Sim(3) world with a little pose noise."""
     rng = np.random.default_rng(seed)
     world_points = rng.uniform([-4, -4, 0], [4, 4, 3], (200, 3))
-    for window in create_windows(NAMES, 8, stride):
+    windows = create_windows(NAMES, 8, stride)
+    write_test_plan(out, windows)
+    for window in windows:
         frames = [NAMES.index(n) for n in window.items]
         sim = random_sim3(rng)
         poses = noisy(sim.transform_poses(GT[frames]), rng, rot_deg, trans * sim.scale)
         if window.index in garbage:
             poses = noisy(poses, rng, 30.0, 2.0 * sim.scale)
         status = "failed" if window.index in failed else "ok"
-        write_window(out, window, poses, sim.apply(world_points), status)
+        folder = out / window.relative_dir
         if depth:
-            write_depth(out / window.relative_dir, window.items, sim.scale)
+            write_depth(folder, window.items, sim.scale)
+        write_window(out, window, poses, sim.apply(world_points), status)
 
 
 def merged_ate(folder: Path) -> tuple[float, int]:

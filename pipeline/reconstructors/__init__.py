@@ -107,6 +107,14 @@ class Reconstructor(abc.ABC):
         """Settings worth recording in ``run.json``."""
         return {"name": self.name, "device": self.device}
 
+    def signature_options(self) -> Any:
+        """Every option that decides this reconstructor's results, as JSON: the resume
+        signature's ``options`` (see :func:`pipeline.output.options_signature`). Derived from
+        the ``options`` attribute, so that a new option is part of it without further code."""
+        from ..output import options_signature
+
+        return options_signature(getattr(self, "options", None))
+
     def close(self) -> None:
         """Release workers and memory."""
 

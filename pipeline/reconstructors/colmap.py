@@ -11,6 +11,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -47,10 +48,11 @@ class ColmapOptions:
     """One camera (intrinsics) for all frames of a window, instead of one per frame."""
     camera_params: tuple[float, ...] | None = None
     """Known intrinsics in COLMAP's order for ``camera_type``; kept fixed during mapping."""
-    num_workers: int | None = None
+    num_workers: int | None = field(default=None, metadata={"result": False})
     """Worker processes per batch; default: one per window of the batch, at most one per core.
-    With 1, windows run one after another in this process."""
-    num_threads: int | None = None
+    Windows always run in worker processes, so that COLMAP aborting (it does on some internal
+    errors) costs one window, not the run."""
+    num_threads: int | None = field(default=None, metadata={"result": False})
     """Threads of each worker; default: the cores divided among the workers."""
     pairing_overlap: int = 10
     """Each frame is matched with this many following frames of its window."""
@@ -64,7 +66,7 @@ class ColmapOptions:
     """pycolmap's matching options, passed through."""
     mapping: pycolmap.IncrementalPipelineOptions = field(default_factory=_default_mapping)
     """pycolmap's incremental mapping options, passed through (``min_model_size`` defaults to 3)."""
-    colmap_log_level: int = 2
+    colmap_log_level: int = field(default=2, metadata={"result": False})
     """glog level of COLMAP's own messages in the workers: 0 info, 1 warnings, 2 errors."""
 
     def __post_init__(self) -> None:
@@ -106,8 +108,6 @@ class ColmapReconstructor(Reconstructor):
         options = replace(self.options, num_threads=threads)
         jobs = [([f.name for f in w.items], Path(d), _window_options(w, options))
                 for w, d in zip(windows, staging_dirs)]
-        if workers == 1:
-            return [reconstruct_window(*job) for job in jobs]
         pool = self._get_pool(workers)
         futures = [pool.submit(reconstruct_window, *job) for job in jobs]
         return [self._collect(future) for future in futures]
@@ -122,11 +122,13 @@ class ColmapReconstructor(Reconstructor):
             return WindowResult.failure(f"{type(exc).__name__}: {exc}")
 
     def _get_pool(self, workers: int) -> ProcessPoolExecutor:
-        if self._pool is None or self._pool_size != workers:
+        if self._pool is None or self._pool_size < workers:  # a larger pool serves as well
             self.close()
             # spawn: forking a process that already runs threads (pycolmap, torch) can deadlock
             ctx = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+            self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                                             initializer=exit_with_parent,
+                                             initargs=(os.getpid(),))
             self._pool_size = workers
         return self._pool
 
@@ -134,6 +136,36 @@ class ColmapReconstructor(Reconstructor):
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+    def __exit__(self, exc_type: object, *exc_info: object) -> None:
+        if exc_type is not None and self._pool is not None:  # interrupted: stop the workers now
+            stop_workers(self._pool)
+            self._pool = None
+        self.close()
+
+
+def exit_with_parent(parent_pid: int, interval: float = 0.5) -> None:
+    """Worker initializer: end this process as soon as ``parent_pid`` is gone (a parent killed
+    with ``kill -9`` never tells its workers; they would wait on their queue forever). A daemon
+    thread polls the parent every ``interval`` seconds (pycolmap releases the GIL while it
+    works, so the thread runs during long COLMAP calls too)."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Kill a pool's worker processes at once (their windows are abandoned; SIGKILL, because
+    COLMAP's failure handler answers SIGTERM with a stack dump) and let the pool go."""
+    for process in list(getattr(pool, "_processes", {}).values()):
+        process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _window_options(window: Window[Frame], options: ColmapOptions) -> ColmapOptions:
@@ -153,12 +185,13 @@ def reconstruct_window(names: list[str], staging_dir: Path, options: ColmapOptio
     Catches every error and returns it as a failed result.
     """
     stages: dict[str, dict[str, float]] = {}
-    work = staging_dir / ".work"
     reset_peak()  # the window's peak, in the process that reconstructs it
     meter = PeakMeter()
+    # COLMAP's SQLite database lives in local temporary space: SQLite is unsafe on network
+    # filesystems, and a full output disk makes COLMAP abort inside SQLite
+    work = Path(tempfile.mkdtemp(prefix="window-colmap-"))
     try:
         pycolmap.logging.minloglevel = options.colmap_log_level
-        work.mkdir(parents=True, exist_ok=True)
         rec = _run_sfm(names, staging_dir / "images", work, options, meter, stages)
         with meter.stage("export", stages):
             result = _finish(rec, names, staging_dir / "sparse", options)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import InputError
 from ..frames import Frame, load_image
 from ..memory import BatchObservation, PeakMeter, current_mb, lower_resolutions, settle
 from ..preprocess import VGGT_MODES, FrameTransform, PreprocessOptions, preprocess_frames
@@ -36,10 +37,29 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else as torch reads it."""
+    """``auto`` -> CUDA when available, else CPU; anything else as torch reads it.
+
+    Raises:
+        InputError: ``device`` is no device name, or names a device this machine lacks.
+    """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise InputError(f"--device {device!r} is not a device: use auto, cpu, cuda or "
+                         "cuda:N") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InputError(f"--device {device}: this machine has no CUDA device usable by "
+                             f"torch {torch.__version__} (use --device cpu or auto)")
+        if resolved.index is not None and resolved.index >= count:
+            raise InputError(f"--device {device}: this machine has {count} CUDA device(s)")
+    elif resolved.type not in ("cpu", "mps") or (
+            resolved.type == "mps" and not torch.backends.mps.is_available()):
+        raise InputError(f"--device {device}: not available here (use auto, cpu or cuda)")
+    return resolved
 
 
 @dataclass
@@ -58,7 +78,7 @@ class NetworkBatch:
 class NetworkOptions:
     """Settings every network reconstructor has (the vggt and da3 options extend these)."""
 
-    device: str = "auto"
+    device: str = field(default="auto", metadata={"result": False})
     """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:1``..."""
     dtype: str = "auto"
     """``auto`` (bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU), or a dtype name."""
@@ -73,10 +93,10 @@ class NetworkOptions:
     """When set, the resolution was not fixed by the user: a window that runs out of memory even
     with the smallest chunks is retried at lower resolutions down to this many pixels (and the
     run keeps the lowered resolution)."""
-    cpu_offload: bool = False
+    cpu_offload: bool = field(default=False, metadata={"result": False})
     """Keep the transformer blocks' weights in CPU memory; each moves to the device only while
     it runs (see :mod:`pipeline.models.offload`)."""
-    colmap_log_level: int = 2
+    colmap_log_level: int = field(default=2, metadata={"result": False})
     """glog level of pycolmap's own messages: 0 info, 1 warnings, 2 errors."""
 
 
@@ -131,6 +151,16 @@ class NetworkReconstructor(Reconstructor):
     def close(self) -> None:
         if self.torch_device.type == "cuda":
             torch.cuda.empty_cache()
+
+    def signature_options(self) -> dict[str, Any]:
+        """The options' signature with the compute dtype as resolved on this device and the
+        checkpoint named by its file (see :func:`pipeline.models.checkpoint_fingerprint`)."""
+        from ..models import checkpoint_fingerprint
+
+        options = super().signature_options()
+        options["dtype"] = str(self.dtype).replace("torch.", "")
+        options["model"] = checkpoint_fingerprint(self.options.model)
+        return options
 
     @property
     def process_res(self) -> int:

@@ -1,0 +1,331 @@
+"""The output folder as readers see it: window records, what makes a window reusable, the run plan.
+
+A window folder is *trusted* (reused by a rerun, read by merge and evaluate) only when
+
+* its ``window_info.json`` is a record of the expected shape whose status is ``ok``,
+* its *signature* equals the one the current run expects: the content hash of each of its
+  frames, the reconstructor and every option that changes its result (derived from the
+  reconstructor's options object by :func:`options_signature`, so a new option cannot be left
+  out), and the ``images`` mode;
+* every file the record lists is there with its recorded size, and its COLMAP model loads with
+  the registered frames the record names.
+
+The run's *plan* (``plan.json``, written by every run before any window) lists the frames (name,
+source, content hash, size) and the windows (index, folder, signature digest) of that run. Merge
+and evaluate read the windows of the plan only; a window folder the plan does not name (left by an
+earlier run over other input) is reported, never used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+logger = logging.getLogger(__name__)
+
+WINDOW_INFO = "window_info.json"
+RUN_MANIFEST = "run.json"
+PLAN = "plan.json"
+SIGNATURE_VERSION = 2
+"""Bumped when the signature's shape or meaning changes: older windows are then redone."""
+
+NOT_RESULT_KEYS = frozenset({"num_threads", "gpu_index", "print_summary", "logging_type",
+                             "minimizer_progress_to_stdout", "snapshot_path",
+                             "snapshot_frequency", "image_path"})
+"""Keys of pycolmap option objects that change how fast or how loudly work runs, not its result."""
+
+RECORD_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "window_index": int, "path": str, "status": str, "frames": list, "registered_frames": list,
+    "num_registered": int, "signature": dict}
+"""Fields every ``window_info.json`` holds, with their JSON types."""
+
+
+def options_signature(value: Any) -> Any:
+    """The JSON form of options that decide a result, for the resume signature.
+
+    Dataclasses give every field except those declared with ``metadata={"result": False}``
+    (worker counts, log levels, devices: how the work runs, not what it makes); pycolmap option
+    objects give ``todict()`` without :data:`NOT_RESULT_KEYS`; enums their name, paths and sets
+    plain strings and sorted lists.
+
+    Raises:
+        TypeError: a value of a kind the signature cannot represent (so that an option of a new
+            kind fails loudly instead of silently dropping out of the signature).
+    """
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: options_signature(getattr(value, f.name))
+                for f in dataclasses.fields(value) if f.metadata.get("result", True)}
+    if hasattr(value, "todict") and type(value).__module__.startswith("pycolmap"):
+        return _strip(options_signature(value.todict()))
+    if isinstance(value, Mapping):
+        return {str(k): options_signature(v) for k, v in value.items()}
+    if isinstance(value, (set, frozenset)):
+        return sorted(options_signature(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        return [options_signature(v) for v in value]
+    if isinstance(value, enum.Enum) or type(value).__module__.startswith("pycolmap"):
+        return str(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if type(value).__module__ == "torch":  # torch.dtype / torch.device
+        return str(value)
+    raise TypeError(f"cannot put a {type(value).__name__} into a resume signature")
+
+
+def _strip(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: _strip(v) if isinstance(v, dict) else v for k, v in options.items()
+            if k not in NOT_RESULT_KEYS}
+
+
+def window_signature(frames: Iterable[Any], reconstructor: str, options: Any,
+                     images: str) -> dict[str, Any]:
+    """What a finished window must match to be reused.
+
+    Args:
+        frames: The window's :class:`pipeline.frames.Frame` objects (name and content hash).
+        reconstructor: The reconstructor's name.
+        options: The reconstructor's :func:`options_signature`.
+        images: What the window's ``images/`` holds (``link``, ``copy``, ``none``).
+    """
+    return {"version": SIGNATURE_VERSION, "reconstructor": reconstructor, "options": options,
+            "images": images, "frames": [[f.name, f.digest] for f in frames]}
+
+
+def digest(data: Any) -> str:
+    """A short stable hash of JSON-ready ``data`` (32 hex digits)."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def signature_difference(old: Any, new: Mapping[str, Any]) -> str | None:
+    """What differs between a window's recorded signature and the expected one, in words;
+    ``None`` when they are equal."""
+    if old == new:
+        return None
+    if not isinstance(old, Mapping) or old.get("version") != new.get("version"):
+        return "it was made by another version of the pipeline"
+    if old.get("reconstructor") != new.get("reconstructor"):
+        return f"it was made by {old.get('reconstructor')}, not {new.get('reconstructor')}"
+    old_frames, new_frames = old.get("frames") or [], new["frames"]
+    if [f[0] for f in old_frames if isinstance(f, list)] != [f[0] for f in new_frames]:
+        return "its frames are other frames"
+    for (name, new_hash), old_frame in zip(new_frames, old_frames):
+        if old_frame[1:2] != [new_hash]:
+            return f"frame {name} has other content now"
+    if old.get("images") != new.get("images"):
+        return f"its images/ was made with --images {old.get('images')}"
+    return f"option {_first_difference(old.get('options'), new.get('options'))} changed"
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> str:
+    """The first difference between two unequal JSON values: ``"dotted.path (old -> new)"``."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+    return f"{path or 'settings'} ({_short(a)} -> {_short(b)})"
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def read_window_info(window_dir: Path) -> dict[str, Any] | None:
+    """The window's ``window_info.json`` when it holds a JSON object, else ``None``."""
+    try:
+        data = json.loads((Path(window_dir) / WINDOW_INFO).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def record_problem(info: Any) -> str | None:
+    """Why ``info`` is not a window record of the expected shape, or ``None``."""
+    if not isinstance(info, dict):
+        return "its window_info.json is missing, unreadable or not a JSON object"
+    for key, kind in RECORD_FIELDS.items():
+        value = info.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+            return f"its window_info.json has no valid {key!r}"
+    return None
+
+
+def list_files(folder: Path) -> dict[str, int]:
+    """``{relative path: size}`` of the regular files under ``folder`` (symlinks left out)."""
+    folder = Path(folder)
+    files = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = Path(root) / name
+            if not path.is_symlink():
+                files[path.relative_to(folder).as_posix()] = path.stat().st_size
+    return dict(sorted(files.items()))
+
+
+def check_window(window_dir: Path, signature: Mapping[str, Any] | None = None) -> str | None:
+    """Why the window in ``window_dir`` cannot be trusted, or ``None`` when it can.
+
+    Args:
+        window_dir: The window folder.
+        signature: The signature the window must have been made with (see
+            :func:`window_signature`); ``None`` skips that comparison.
+    """
+    info = read_window_info(window_dir)
+    problem = record_problem(info)
+    if problem:
+        return problem
+    if info["status"] != "ok":
+        return f"its status is {info['status']!r}"
+    if signature is not None:
+        difference = signature_difference(info["signature"], signature)
+        if difference:
+            return difference
+    return files_problem(Path(window_dir), info)
+
+
+def files_problem(window_dir: Path, info: Mapping[str, Any]) -> str | None:
+    """Why the files of a finished window are not whole, or ``None``: every file the record
+    lists must have its recorded size, and ``sparse/`` must load with the registered frames."""
+    files = info.get("files")
+    if not isinstance(files, dict):
+        return "its window_info.json lists no files (made by an older version)"
+    for name, size in files.items():
+        path = window_dir / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, not the {size} written"
+    return model_problem(window_dir / "sparse", info["registered_frames"])
+
+
+def model_problem(sparse: Path, registered: Sequence[str]) -> str | None:
+    """Why the COLMAP model in ``sparse`` does not load with exactly the ``registered`` frames."""
+    import pycolmap  # deferred: reading records needs it only here
+
+    try:
+        rec = pycolmap.Reconstruction(str(sparse))
+    except Exception as exc:  # noqa: BLE001 - pycolmap raises C++ errors of several kinds
+        return f"its COLMAP model does not load ({' '.join(str(exc).split())[:200]})"
+    names = {rec.images[i].name for i in rec.reg_image_ids()}
+    if names != set(registered):
+        return "its COLMAP model does not hold the registered frames its record names"
+    return None
+
+
+def refresh_links(window_dir: Path, frames: Sequence[Any]) -> int:
+    """Point the window's ``images/`` links at the frames' current files (an input folder that
+    moved); return how many were replaced. Copies and windows without ``images/`` are left."""
+    image_dir = Path(window_dir) / "images"
+    replaced = 0
+    for frame in frames:
+        link = image_dir / frame.name
+        target = Path(frame.path).resolve()
+        if not link.is_symlink() or Path(os.readlink(link)) == target:
+            continue
+        tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(target)
+        os.replace(tmp, link)
+        replaced += 1
+    return replaced
+
+
+@dataclass(kw_only=True)
+class PlannedWindow:
+    """One window of a run's plan, with what its folder holds now."""
+
+    index: int
+    """Global window index."""
+    path: Path
+    """The window folder."""
+    digest: str
+    """Digest of the signature the plan expects."""
+    info: dict[str, Any] | None
+    """The folder's ``window_info.json`` (``None`` when missing or not a record)."""
+    problem: str | None
+    """Why the folder cannot be used (``None``: a whole, successful window of this plan)."""
+
+
+def write_plan(output_dir: Path, frames: Sequence[Any], windows: Sequence[Any],
+               signatures: Sequence[Mapping[str, Any]]) -> str:
+    """Write ``plan.json`` (frames and windows of this run); return its digest."""
+    from .export import write_json
+
+    plan = {"version": 1,
+            "frames": [{"name": f.name, "source": str(f.source), "digest": f.digest,
+                        "size": list(f.size)} for f in frames],
+            "windows": [{"index": w.index, "path": w.relative_dir.as_posix(), "start": w.start,
+                         "num_frames": len(w), "digest": digest(s)}
+                        for w, s in zip(windows, signatures)]}
+    plan["digest"] = digest(plan)
+    write_json(Path(output_dir) / PLAN, plan)
+    return plan["digest"]
+
+
+def read_plan(output_dir: Path) -> dict[str, Any]:
+    """The run plan of ``output_dir``.
+
+    Raises:
+        InputError: there is no readable plan (no run wrote this folder, or an older version did).
+    """
+    path = Path(output_dir) / PLAN
+    try:
+        plan = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{output_dir} holds no {PLAN}: it is not a pipeline output folder, or "
+                         "an older version wrote it (rerun the pipeline into it)") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(plan, dict) or not isinstance(plan.get("windows"), list):
+        raise InputError(f"{path} is not a run plan")
+    return plan
+
+
+def planned_windows(output_dir: Path) -> tuple[list[PlannedWindow], list[Path]]:
+    """The windows of the current run's plan, and the window folders it does not name.
+
+    Each planned window says whether its folder is a whole window made for this plan (its
+    signature digest is the planned one, its files are whole). Leftover folders are logged.
+
+    Raises:
+        InputError: see :func:`read_plan`.
+    """
+    output_dir = Path(output_dir)
+    plan = read_plan(output_dir)
+    windows = []
+    for entry in plan["windows"]:
+        folder = output_dir / entry["path"]
+        info = read_window_info(folder)
+        problem = record_problem(info)
+        if problem is None:
+            if info["status"] != "ok":
+                problem = f"failed: {info.get('error')}"
+            elif digest(info["signature"]) != entry["digest"]:
+                problem = "it was not made for this run's frames and options"
+            else:
+                problem = files_problem(folder, info)
+        windows.append(PlannedWindow(index=entry["index"], path=folder, digest=entry["digest"],
+                                     info=info, problem=problem))
+    planned = {w.path.resolve() for w in windows}
+    leftovers = [p for p in sorted(output_dir.glob("batch_*/window_*"))
+                 if p.is_dir() and p.resolve() not in planned]
+    for path in leftovers:
+        logger.warning("ignoring %s: not a window of the current run's plan (left by an earlier "
+                       "run over other frames or options)", path)
+    return windows, leftovers

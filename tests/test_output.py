@@ -1,0 +1,207 @@
+"""The output folder's reading side: resume signatures, window validation, the run plan, the
+output lock."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import PipelineConfig
+from pipeline.lock import OutputBusyError, OutputLock
+from pipeline.output import (check_window, digest, options_signature, planned_windows,
+                             signature_difference, window_signature)
+from pipeline.runner import reconstructor_options
+from pipeline.windows import Window
+from tests.helpers import fake_frame, finish_window, write_model, write_test_plan
+
+ALTERNATIVES = {
+    # a value other than the default for every field of PipelineConfig
+    "output_dir": Path("other"), "input_dir": Path("frames"), "frame_pattern": "*.jpg",
+    "input_video": Path("clip.mp4"), "fps": 5.0, "window_size": 6, "window_stride": 2,
+    "window_batch_size": 3, "max_memory_gb": 4.0, "reconstructor": "colmap", "model": "a/b",
+    "device": "cpu", "mixed_precision": "bf16", "preprocess_mode": "pad", "process_res": 280,
+    "max_res": 420, "cpu_offload": True, "use_accelerate": True, "profile_memory": True,
+    "process_res_method": "lower_bound_crop", "export_format": "colmap-glb",
+    "conf_thresh_percentile": 50.0, "num_max_points": 1000, "query_frame_num": 2,
+    "max_query_pts": 512, "fine_tracking": True, "vis_thresh": 0.3, "max_reproj_error": 4.0,
+    "conf_thres_value": 2.0, "use_ba": False, "allow_approximate": True, "save_depth": True,
+    "camera_type": "PINHOLE", "shared_camera": True, "camera_params": (300.0, 160.0, 120.0),
+    "frame_step": 2, "max_frames": 10, "overwrite": True, "skip_bad_frames": True,
+    "images": "copy", "num_workers": 2, "min_registered_fraction": 0.7, "merge": True,
+    "show_progress": False, "verbose": True,
+}
+
+NOT_IN_OPTIONS = {
+    # which frames a window holds: the window signature names them with their content hashes
+    "input_dir", "frame_pattern", "input_video", "fps", "window_size", "window_stride",
+    "frame_step", "max_frames", "skip_bad_frames",
+    # parts of the window signature beside the options
+    "reconstructor", "images",
+    # how the work runs, not what it makes (batched equals one at a time; offload is exact)
+    "output_dir", "window_batch_size", "max_memory_gb", "device", "cpu_offload",
+    "use_accelerate", "profile_memory", "overwrite", "num_workers", "merge", "show_progress",
+    "verbose",
+}
+
+
+def _signatures(config: PipelineConfig) -> dict[str, object]:
+    base = {"colmap": config, "vggt": config,
+            "da3": dataclasses.replace(config, model="acme/da3" if config.model ==
+                                       "facebook/VGGT-1B" else config.model)}
+    return {name: options_signature(reconstructor_options(dataclasses.replace(cfg,
+                                                                               reconstructor=name)))
+            for name, cfg in base.items()}
+
+
+def test_every_option_is_in_a_signature_or_declared_not_to_change_results():
+    names = {f.name for f in dataclasses.fields(PipelineConfig)}
+    assert names == set(ALTERNATIVES), "give a new option an alternative value here"
+    default = PipelineConfig(output_dir=Path("o"))
+    before = _signatures(default)
+    for name in sorted(names):
+        after = _signatures(dataclasses.replace(default, **{name: ALTERNATIVES[name]}))
+        changed = [r for r in before if after[r] != before[r]]
+        if name in NOT_IN_OPTIONS:
+            assert not changed, f"{name} changes the options of {changed}: drop it from the list"
+        else:
+            assert changed, (f"{name} reaches no reconstructor's options: pass it on, or declare "
+                             "why it does not change results")
+
+
+def test_options_signature_follows_metadata_and_pycolmap_objects():
+    from pipeline.reconstructors.colmap import ColmapOptions
+
+    options = ColmapOptions(num_workers=3, num_threads=2)
+    signature = options_signature(options)
+    assert "num_workers" not in signature and "num_threads" not in signature
+    assert "num_threads" not in signature["extraction"]
+    assert signature["extraction"]["sift"]["max_num_features"] == 8192
+    options.extraction.sift.max_num_features = 1024
+    assert options_signature(options)["extraction"]["sift"]["max_num_features"] == 1024
+    json.dumps(signature)  # plain JSON
+    with pytest.raises(TypeError, match="cannot put a object into a resume signature"):
+        options_signature({"x": object()})
+
+
+def test_signature_difference_says_what_changed():
+    frames = [fake_frame(n) for n in ("a.png", "b.png")]
+    sig = window_signature(frames, "colmap", {"sfm": {"vis_thresh": 0.2}}, "link")
+    assert signature_difference(sig, sig) is None
+    other = [frames[0], dataclasses.replace(frames[1], digest="0" * 32)]
+    assert signature_difference(sig, window_signature(other, "colmap", sig["options"], "link")) \
+        == "frame b.png has other content now"
+    assert signature_difference(
+        sig, window_signature(frames, "colmap", {"sfm": {"vis_thresh": 0.3}}, "link")) \
+        == "option sfm.vis_thresh (0.2 -> 0.3) changed"
+    assert "--images link" in signature_difference(
+        sig, window_signature(frames, "colmap", sig["options"], "copy"))
+    assert signature_difference({"frames": []}, sig) == \
+        "it was made by another version of the pipeline"
+    assert signature_difference(
+        sig, window_signature(frames[:1], "colmap", sig["options"], "link")) == \
+        "its frames are other frames"
+
+
+@pytest.fixture
+def window(tmp_path):
+    """A finished window over a.png, b.png in ``tmp_path``, and its signature."""
+    win = Window(0, 0, ("a.png", "b.png"))
+    write_model(tmp_path / win.relative_dir / "sparse", win.items)
+    finish_window(tmp_path, win)
+    sig = window_signature([fake_frame(n) for n in win.items], "test", {}, "none")
+    return tmp_path / win.relative_dir, sig
+
+
+def test_a_whole_window_is_trusted(window):
+    folder, sig = window
+    assert check_window(folder, sig) is None
+    info = json.loads((folder / "window_info.json").read_text())
+    assert set(info["files"]) == {"sparse/cameras.bin", "sparse/images.bin", "sparse/frames.bin",
+                                  "sparse/points3D.bin", "sparse/rigs.bin"}
+
+
+@pytest.mark.parametrize("damage,reason", [
+    (lambda f: (f / "window_info.json").unlink(), "window_info.json is missing"),
+    (lambda f: (f / "window_info.json").write_text("[1, 2]"), "not a JSON object"),
+    (lambda f: (f / "window_info.json").write_text("{\"status\": \"ok\"}"), "no valid 'window_index'"),
+    (lambda f: (f / "sparse" / "images.bin").unlink(), "sparse/images.bin is missing"),
+    (lambda f: (f / "sparse" / "points3D.bin").write_bytes(b"x"), "sparse/points3D.bin has 1 bytes"),
+])
+def test_a_damaged_window_is_not_trusted(window, damage, reason):
+    folder, sig = window
+    damage(folder)
+    assert reason in check_window(folder, sig)
+
+
+def test_a_model_that_does_not_hold_its_frames_is_not_trusted(window):
+    folder, sig = window
+    write_model(folder / "sparse", ["a.png"])  # a model of one frame, record of two
+    info = json.loads((folder / "window_info.json").read_text())
+    info["files"] = {}
+    (folder / "window_info.json").write_text(json.dumps(info))
+    assert "does not hold the registered frames" in check_window(folder, sig)
+
+
+def test_a_failed_window_or_other_signature_is_redone(window):
+    folder, sig = window
+    assert "option x" in check_window(folder, {**sig, "options": {"x": 1}})
+    info = json.loads((folder / "window_info.json").read_text())
+    (folder / "window_info.json").write_text(json.dumps({**info, "status": "failed"}))
+    assert check_window(folder, sig) == "its status is 'failed'"
+
+
+def test_planned_windows_use_the_plan_only(tmp_path):
+    windows = [Window(i, 2 * i, (f"f{2 * i}.png", f"f{2 * i + 1}.png")) for i in range(3)]
+    for win in windows:
+        write_model(tmp_path / win.relative_dir / "sparse", win.items)
+        finish_window(tmp_path, win)
+    write_test_plan(tmp_path, windows[:2])
+    planned, leftovers = planned_windows(tmp_path)
+    assert [w.index for w in planned] == [0, 1]
+    assert all(w.problem is None for w in planned)
+    assert leftovers == [tmp_path / windows[2].relative_dir]
+    write_test_plan(tmp_path, [Window(0, 0, ("f0.png", "other.png")), windows[1]])
+    planned, _ = planned_windows(tmp_path)
+    assert planned[0].problem == "it was not made for this run's frames and options"
+
+
+def test_plan_digest_is_stable():
+    assert digest({"b": 1, "a": [1, 2]}) == digest({"a": [1, 2], "b": 1})
+    assert len(digest({})) == 32
+
+
+# ---- the lock ---------------------------------------------------------------------------------
+
+def test_lock_is_exclusive_and_names_its_holder(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pipeline.lock import OutputLock; "
+         f"lock = OutputLock(__import__('pathlib').Path({str(tmp_path)!r})); lock.acquire(); "
+         "print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(OutputBusyError, match=f"in use by another run \\(pid {holder.pid} on"):
+            OutputLock(tmp_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    with OutputLock(tmp_path):  # the dead holder's lock went with it
+        assert (tmp_path / ".lock").is_file()
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_lock_left_by_a_dead_process_is_taken_over_with_a_warning(tmp_path, caplog):
+    (tmp_path / ".lock").write_text(json.dumps({"pid": 2 ** 22 + 7, "host": "elsewhere",
+                                                "started_at": "yesterday"}))
+    with caplog.at_level(logging.WARNING, logger="pipeline.lock"):
+        with OutputLock(tmp_path):
+            held = json.loads((tmp_path / ".lock").read_text())
+    assert held["pid"] == os.getpid()
+    assert "left by pid 4194311 on elsewhere, started yesterday" in caplog.text
