@@ -53,6 +53,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    if text.strip() == "0":
+        return 0
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {text!r}") \
+            from None
+
+
 def _batch_size(text: str) -> int | None:
     if text == "auto":
         return None
@@ -154,6 +164,11 @@ def _add_reconstruction_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--num-workers", type=_positive_int, help="colmap: worker processes per batch "
                    "(default: one per window, at most one per CPU core); windows always run in "
                    "workers, so that COLMAP aborting costs one window, not the run")
+    r.add_argument("--chunk-frames", type=_non_negative_int, default=100, metavar="N",
+                   help="colmap: frames of the sequence reconstructed together, each window cut "
+                   "out of its chunk (features once per frame, matches once per pair, poses for "
+                   "short windows of video); 0: each window from its own frames only "
+                   "(default 100)")
     r.add_argument("--min-registered", dest="min_registered_fraction", type=_number, default=0.5,
                    metavar="FRACTION",
                    help="mark a window failed when fewer of its frames register (default 0.5)")

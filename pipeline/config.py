@@ -121,6 +121,9 @@ class PipelineConfig:
     """What each window's ``images/`` holds: symlinks to the frames, copies, or nothing."""
     num_workers: int | None = None
     """Worker processes of the classical reconstructor; default one per window, up to the cores."""
+    chunk_frames: int = 100
+    """Classical reconstructor: frames of the sequence reconstructed together, windows cut out
+    of these chunks (see :mod:`pipeline.sequence_sfm`); 0 reconstructs each window alone."""
     min_registered_fraction: float = 0.5
     """A window that registers fewer of its frames than this is marked failed."""
     merge: bool = False

@@ -463,6 +463,7 @@ def _summary(windows: list[dict[str, Any]]) -> dict[str, Any]:
             "windows_error": sum(w["status"] == "error" for w in windows),
             "ate_rmse": agg([w["ate"]["rmse"] for w in scored]),
             "ate_rmse_fraction": agg([w["ate"]["rmse_fraction"] for w in scored]),
+            "ate_rmse_path_fraction": agg([w["ate"]["rmse_path_fraction"] for w in scored]),
             "rpe_trans_rmse": agg([w["rpe"]["trans"]["rmse"] for w in scored if w["rpe"]]),
             "rpe_rot_rmse_deg": agg([w["rpe"]["rot_deg"]["rmse"] for w in scored if w["rpe"]])}
 

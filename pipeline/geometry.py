@@ -426,12 +426,19 @@ class AteResult:
     """Trajectory extent: diagonal of the axis-aligned bounding box of the GT centres."""
     rmse_fraction: float
     """``rmse / extent`` (NaN when the extent is 0)."""
+    path_length: float = float("nan")
+    """Length of the GT path: the sum of distances between consecutive GT centres, in the
+    order given (sequence order)."""
+    rmse_path_fraction: float = float("nan")
+    """``rmse / path_length`` (NaN when the path has no length)."""
 
     def to_dict(self, *, per_frame: bool = False) -> dict:
         """JSON-ready summary (per-frame errors only when ``per_frame``)."""
         out = {"rmse": self.rmse, "mean": self.mean, "median": self.median, "max": self.max,
                "num_frames": int(len(self.errors)), "align": self.align, "extent": self.extent,
                "rmse_fraction": _json_float(self.rmse_fraction),
+               "path_length": _json_float(self.path_length),
+               "rmse_path_fraction": _json_float(self.rmse_path_fraction),
                "alignment": {"scale": self.alignment.scale,
                              "rotation": self.alignment.rotation.tolist(),
                              "translation": self.alignment.translation.tolist()}}
@@ -470,9 +477,12 @@ def ate(pred_centers: np.ndarray, gt_centers: np.ndarray, *,
     sim = Sim3() if align == "none" else umeyama_sim3(pred, gt, with_scale=align == "sim3")
     errors = np.linalg.norm(sim.apply(pred) - gt, axis=1)
     extent = bbox_diagonal(gt)
+    path = float(np.linalg.norm(np.diff(gt, axis=0), axis=1).sum())
     s = _stats(errors)
     return AteResult(**s, errors=errors, alignment=sim, align=align, extent=extent,
-                     rmse_fraction=s["rmse"] / extent if extent > 0 else float("nan"))
+                     rmse_fraction=s["rmse"] / extent if extent > 0 else float("nan"),
+                     path_length=path,
+                     rmse_path_fraction=s["rmse"] / path if path > 0 else float("nan"))
 
 
 @dataclass(kw_only=True)

@@ -90,6 +90,10 @@ class WindowModel:
     depth_dir: Path | None = None
     """``depth/`` folder of per-frame depth maps (``<stem>.npz``: ``depth``, ``confidence`` on
     the original pixel grid), when the reconstructor wrote one."""
+    observations: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(
+        default_factory=dict)
+    """Per registered frame: ``(point2D indices (K,), their pixels (K, 2), their 3D points
+    (K, 3))`` of the keypoints that observe a triangulated point, indices ascending."""
 
     def depth(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
         """``(depth, confidence)`` ``(H, W)`` float32 of frame ``name``, or ``None``."""
@@ -110,6 +114,7 @@ class PairAlignment:
     shared_frames: int
     correspondences: int = 0
     dense_correspondences: int = 0
+    track_correspondences: int = 0
     inliers: int = 0
     camera_error: float = float("nan")
     src: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)), repr=False)
@@ -121,7 +126,8 @@ class PairAlignment:
     def report(self) -> dict[str, Any]:
         return {"windows": [self.a, self.b], "shared_frames": self.shared_frames,
                 "correspondences": self.correspondences,
-                "dense_correspondences": self.dense_correspondences, "inliers": self.inliers,
+                "dense_correspondences": self.dense_correspondences,
+                "track_correspondences": self.track_correspondences, "inliers": self.inliers,
                 "camera_error": None if np.isnan(self.camera_error) else self.camera_error,
                 "accepted": self.accepted, "reason": self.reason,
                 "scale": None if self.sim3 is None else self.sim3.scale}
@@ -134,11 +140,12 @@ def load_window_model(window_dir: Path, info: dict[str, Any]) -> WindowModel:
     point_ids = sorted(rec.point3D_ids())
     points = np.array([rec.points3D[p].xyz for p in point_ids]).reshape(-1, 3)
     colors = np.array([rec.points3D[p].color for p in point_ids], dtype=np.uint8).reshape(-1, 3)
-    poses, cameras = {}, {}
+    poses, cameras, observations = {}, {}, {}
     for image_id in rec.reg_image_ids():
         image = rec.images[image_id]
         poses[image.name] = image.cam_from_world().matrix()
         cameras[image.name] = rec.cameras[image.camera_id]
+        observations[image.name] = _observations(rec, image)
     frames = sorted(poses, key=order.__getitem__)
     centres = camera_centers(np.array([poses[n] for n in frames]))
     if len(points):
@@ -149,8 +156,19 @@ def load_window_model(window_dir: Path, info: dict[str, Any]) -> WindowModel:
     return WindowModel(index=info["window_index"], frames=frames,
                        depth_dir=depth_dir if depth_dir.is_dir() else None,
                        frame_index={n: order[n] for n in frames}, poses=poses, cameras=cameras,
-                       points=points, colors=colors,
+                       points=points, colors=colors, observations=observations,
                        scene_scale=scale or 1.0)
+
+
+def _observations(rec: pycolmap.Reconstruction,
+                  image: pycolmap.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """See :attr:`WindowModel.observations`."""
+    found = [(k, p.xy, rec.points3D[p.point3D_id].xyz)
+             for k, p in enumerate(image.points2D) if p.has_point3D()]
+    if not found:
+        return np.zeros(0, int), np.zeros((0, 2)), np.zeros((0, 3))
+    index, xy, xyz = zip(*found)
+    return np.array(index), np.array(xy, dtype=float), np.array(xyz, dtype=float)
 
 
 def load_windows(output_dir: Path) -> tuple[list[WindowModel], list[dict[str, Any]],
@@ -178,9 +196,10 @@ def correspondences(a: WindowModel, b: WindowModel,
     Per shared frame: its camera centre, and the tips of its three camera axes drawn with a
     length ``L`` (in ``a``'s units; ``L / s0`` in ``b``'s, with ``s0`` the ratio of the shared
     centres' spreads). The axis tips carry each camera's orientation, so that the rotation is
-    determined even when the shared centres lie on a line. Triangulated points are deliberately
-    not used: with the short baselines of a window, their depth depends on each window's focal
-    length estimate and disagrees between windows by a few percent, far more than the cameras.
+    determined even when the shared centres lie on a line. Points each window triangulated on its
+    own are not used: with the short baselines of a window, their depth depends on that window's
+    focal length estimate and disagrees between windows by a few percent (points both windows
+    took from the same keypoints are: see :func:`track_correspondences`).
 
     Returns:
         ``src`` and ``dst``, both ``(4 * len(shared), 3)``.
@@ -231,6 +250,33 @@ def depth_correspondences(a: WindowModel, b: WindowModel, shared: Sequence[str],
     return np.concatenate(src), np.concatenate(dst)
 
 
+def track_correspondences(a: WindowModel, b: WindowModel, shared: Sequence[str],
+                          max_pixel_distance: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """3D-3D pairs (src in ``b``, dst in ``a``): the points that both windows triangulated from
+    the same keypoint of a shared frame.
+
+    A keypoint is the same when its index and its pixel (within ``max_pixel_distance``) agree:
+    windows whose keypoints come from the same extraction (the classical reconstructor's
+    feature store) share them, windows with keypoints of their own (network tracks) do not, and
+    then no pair is found. Such points were triangulated over whole chunks of the sequence, so
+    they fix the scale between windows far better than a few close camera centres.
+    """
+    src, dst = [], []
+    for name in shared:
+        (ia, xa, pa), (ib, xb, pb) = a.observations.get(name, _NO_OBS), b.observations.get(
+            name, _NO_OBS)
+        common, at_a, at_b = np.intersect1d(ia, ib, assume_unique=True, return_indices=True)
+        same = np.linalg.norm(xa[at_a] - xb[at_b], axis=1) <= max_pixel_distance
+        src.append(pb[at_b][same])
+        dst.append(pa[at_a][same])
+    if not src:
+        return np.zeros((0, 3)), np.zeros((0, 3))
+    return np.concatenate(src), np.concatenate(dst)
+
+
+_NO_OBS = (np.zeros(0, int), np.zeros((0, 2)), np.zeros((0, 3)))
+
+
 def overlapping_pairs(models: Sequence[WindowModel]) -> list[tuple[WindowModel, WindowModel]]:
     """Pairs of windows (in window order) that share at least one registered frame."""
     pairs = []
@@ -253,10 +299,13 @@ def align_pair(a: WindowModel, b: WindowModel, options: MergeOptions) -> PairAli
         return pair
     src, dst = correspondences(a, b, shared)
     weights = np.ones(len(src))
+    cameras = len(weights)
     dense_src, dense_dst = depth_correspondences(a, b, shared, options.depth_grid)
-    if len(dense_src):  # the dense points together weigh as much as the cameras
-        src, dst = np.concatenate([src, dense_src]), np.concatenate([dst, dense_dst])
-        weights = np.concatenate([weights, np.full(len(dense_src), len(weights) / len(dense_src))])
+    track_src, track_dst = track_correspondences(a, b, shared)
+    for extra_src, extra_dst in ((dense_src, dense_dst), (track_src, track_dst)):
+        if len(extra_src):  # each kind of point together weighs as much as the cameras
+            src, dst = np.concatenate([src, extra_src]), np.concatenate([dst, extra_dst])
+            weights = np.concatenate([weights, np.full(len(extra_src), cameras / len(extra_src))])
     try:
         fit = robust_sim3(src, dst, weights, loss="cauchy")
     except ValueError as exc:
@@ -267,6 +316,7 @@ def align_pair(a: WindowModel, b: WindowModel, options: MergeOptions) -> PairAli
     pair.sim3, pair.src, pair.dst, pair.weights = fit.sim3, src, dst, weights * fit.weights
     pair.correspondences, pair.inliers = len(src), int(fit.inliers.sum())
     pair.dense_correspondences = len(dense_src)
+    pair.track_correspondences = len(track_src)
     pair.camera_error = float(np.sqrt(np.mean(cam_res ** 2)) / a.scene_scale)
     pair.accepted = pair.camera_error <= options.max_camera_error
     if not pair.accepted:

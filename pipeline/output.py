@@ -92,8 +92,8 @@ def _strip(options: dict[str, Any]) -> dict[str, Any]:
             if k not in NOT_RESULT_KEYS}
 
 
-def window_signature(frames: Iterable[Any], reconstructor: str, options: Any,
-                     images: str) -> dict[str, Any]:
+def window_signature(frames: Iterable[Any], reconstructor: str, options: Any, images: str,
+                     context: Iterable[Any] | None = None) -> dict[str, Any]:
     """What a finished window must match to be reused.
 
     Args:
@@ -101,9 +101,15 @@ def window_signature(frames: Iterable[Any], reconstructor: str, options: Any,
         reconstructor: The reconstructor's name.
         options: The reconstructor's :func:`options_signature`.
         images: What the window's ``images/`` holds (``link``, ``copy``, ``none``).
+        context: Other frames whose content decides the window's result (e.g. the chunk of the
+            sequence it was cut from), recorded as one digest of their names and hashes.
     """
-    return {"version": SIGNATURE_VERSION, "reconstructor": reconstructor, "options": options,
-            "images": images, "frames": [[f.name, f.digest] for f in frames]}
+    signature = {"version": SIGNATURE_VERSION, "reconstructor": reconstructor,
+                 "options": options, "images": images,
+                 "frames": [[f.name, f.digest] for f in frames]}
+    if context is not None:
+        signature["context"] = digest([[f.name, f.digest] for f in context])
+    return signature
 
 
 def digest(data: Any) -> str:
@@ -129,6 +135,8 @@ def signature_difference(old: Any, new: Mapping[str, Any]) -> str | None:
             return f"frame {name} has other content now"
     if old.get("images") != new.get("images"):
         return f"its images/ was made with --images {old.get('images')}"
+    if old.get("context") != new.get("context"):
+        return "frames around it that decide its result (its chunk of the sequence) changed"
     return f"option {_first_difference(old.get('options'), new.get('options'))} changed"
 
 

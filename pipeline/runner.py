@@ -194,6 +194,7 @@ def _colmap_options(config: PipelineConfig) -> Any:
 
     return ColmapOptions(camera_type=config.camera_type, shared_camera=config.shared_camera,
                          camera_params=config.camera_params, num_workers=config.num_workers,
+                         chunk_frames=config.chunk_frames,
                          min_registered_fraction=config.min_registered_fraction,
                          colmap_log_level=1 if config.verbose else 2)
 
@@ -328,7 +329,7 @@ def process_window_batch(window_batch: Batch[Any] | Sequence[Window[Any]], batch
     for k, (window, staging, final, result) in enumerate(zip(windows, stagings, finals, results)):
         info = _window_record(window, batch_idx, result, args, reconstructor, elapsed)
         info["signature"] = window_signature(window.items, reconstructor.name, options,
-                                             args.images)
+                                             args.images, reconstructor.window_context(window))
         try:
             _finalize(staging, final, info, args.images)
         except DiskFullError as exc:
@@ -678,9 +679,10 @@ def _run(config: PipelineConfig, frames: list[Frame], group: ProcessGroup,
     with _setup_errors(out):
         manifest = _Manifest(config, frames, windows, reconstructor, group)
         manifest.data["reconstructor"]["chosen_because"] = reason
+        reconstructor.plan_sequence(frames, windows, out)
         options = reconstructor.signature_options()
-        signatures = [window_signature(w.items, reconstructor.name, options, config.images)
-                      for w in windows]
+        signatures = [window_signature(w.items, reconstructor.name, options, config.images,
+                                       reconstructor.window_context(w)) for w in windows]
         if group.is_main:
             manifest.data["plan"] = {"file": PLAN,
                                      "digest": write_plan(out, frames, windows, signatures)}
@@ -694,6 +696,7 @@ def _run(config: PipelineConfig, frames: list[Frame], group: ProcessGroup,
     status, error = "interrupted", None
     try:
         with reconstructor, _progress(config, len(todo)) as bar:
+            reconstructor.start(todo)
             _process_all(todo, config, reconstructor, governor, manifest, profile, bar)
         status = "finished"
     except DiskFullError as exc:

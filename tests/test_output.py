@@ -34,7 +34,7 @@ ALTERNATIVES = {
     "conf_thres_value": 2.0, "use_ba": False, "allow_approximate": True, "save_depth": True,
     "camera_type": "PINHOLE", "shared_camera": True, "camera_params": (300.0, 160.0, 120.0),
     "frame_step": 2, "max_frames": 10, "overwrite": True, "skip_bad_frames": True,
-    "images": "copy", "num_workers": 2, "min_registered_fraction": 0.7, "merge": True,
+    "images": "copy", "num_workers": 2, "chunk_frames": 50, "min_registered_fraction": 0.7, "merge": True,
     "show_progress": False, "verbose": True,
 }
 

@@ -107,6 +107,21 @@ class Reconstructor(abc.ABC):
         """Settings worth recording in ``run.json``."""
         return {"name": self.name, "device": self.device}
 
+    def plan_sequence(self, frames: Sequence[Frame], windows: Sequence[Window[Frame]],
+                      work_dir: Path | None) -> None:
+        """Called once before the first batch with the run's frames, all its windows and the
+        output folder (for sequence-level caches), for a reconstructor whose windows depend on
+        more of the sequence than their own frames. Does no work yet."""
+
+    def window_context(self, window: Window[Frame]) -> Sequence[Frame] | None:
+        """Frames besides the window's own whose content decides its result (their hashes join
+        its resume signature); ``None``: only its own."""
+        return None
+
+    def start(self, windows: Sequence[Window[Frame]]) -> None:
+        """Called once with the windows this process will reconstruct, before the first batch:
+        a chance to start sequence-level work early."""
+
     def signature_options(self) -> Any:
         """Every option that decides this reconstructor's results, as JSON: the resume
         signature's ``options`` (see :func:`pipeline.output.options_signature`). Derived from

@@ -1,11 +1,16 @@
-"""Classical reconstruction of each window with pycolmap: SIFT, matching, incremental mapping.
+"""Classical reconstruction with pycolmap: SIFT, matching, incremental mapping; no weights, CPU.
 
-Needs no model weights and runs on the CPU. The windows of a batch are reconstructed in parallel
-worker processes (``num_workers``), each using ``num_threads`` threads.
+By default the sequence is reconstructed in overlapping chunks and each window is cut out of its
+chunk (:mod:`pipeline.sequence_sfm`): every frame's features are extracted once, every pair
+matched once, and short windows of hand-held video get poses that they could not get alone. With
+``chunk_frames=0`` each window is reconstructed on its own, from its frames only. Either way the
+COLMAP work runs in worker processes (``num_workers``, each with ``num_threads`` threads), so a
+COLMAP abort costs its windows, never the run.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import multiprocessing
@@ -21,15 +26,14 @@ from typing import Any
 
 import pycolmap
 
+from .. import sequence_sfm as seq
 from ..config import CAMERA_PARAMS, CAMERA_TYPES
 from ..frames import Frame
-from ..windows import Window
 from ..memory import PeakMeter, memory_record, reset_peak
-from . import STATUS_OK, Reconstructor, WindowResult
+from ..windows import Window
+from . import STATUS_OK, BatchReport, Reconstructor, WindowResult
 
 logger = logging.getLogger(__name__)
-
-
 
 def _default_mapping() -> pycolmap.IncrementalPipelineOptions:
     options = pycolmap.IncrementalPipelineOptions()
@@ -54,8 +58,14 @@ class ColmapOptions:
     errors) costs one window, not the run."""
     num_threads: int | None = field(default=None, metadata={"result": False})
     """Threads of each worker; default: the cores divided among the workers."""
+    chunk_frames: int = 100
+    """Frames reconstructed together: windows are cut out of overlapping chunks of about this
+    many frames of the sequence (see :mod:`pipeline.sequence_sfm`); 0 reconstructs each window
+    from its own frames only."""
     pairing_overlap: int = 10
-    """Each frame is matched with this many following frames of its window."""
+    """Each frame is matched with this many following frames (of its chunk, or its window)."""
+    quadratic_overlap: bool = True
+    """Also match each frame with the frames 2, 4, 8, ... ahead of it (wider baselines)."""
     min_registered_fraction: float = 0.5
     """A window whose largest model registers fewer of its frames than this fails."""
     extraction: pycolmap.FeatureExtractionOptions = field(
@@ -79,10 +89,13 @@ class ColmapOptions:
                              f"({', '.join(expected)}), got {len(self.camera_params)}")
         if not 0.0 <= self.min_registered_fraction <= 1.0:
             raise ValueError("min_registered_fraction must lie in [0, 1]")
+        if self.chunk_frames < 0:
+            raise ValueError(f"chunk_frames must be 0 or positive, got {self.chunk_frames}")
 
 
 class ColmapReconstructor(Reconstructor):
-    """SIFT + sequential matching + incremental mapping per window (pycolmap 4.x, CPU)."""
+    """SIFT + matching + incremental mapping (pycolmap 4.x, CPU): windows cut out of chunks of
+    the sequence, or (``chunk_frames=0``) each window alone."""
 
     name = "colmap"
 
@@ -90,21 +103,258 @@ class ColmapReconstructor(Reconstructor):
         self.options = options or ColmapOptions()
         self._pool: ProcessPoolExecutor | None = None
         self._pool_size = 0
+        self._sequence: _Sequence | None = None
 
     def describe(self) -> dict[str, Any]:
         o = self.options
         return {"name": self.name, "device": self.device, "camera_type": o.camera_type,
                 "shared_camera": o.shared_camera, "camera_params": o.camera_params,
-                "num_workers": o.num_workers,
+                "chunk_frames": o.chunk_frames, "num_workers": o.num_workers,
                 "num_threads": o.num_threads, "pairing_overlap": o.pairing_overlap,
+                "quadratic_overlap": o.quadratic_overlap,
                 "min_registered_fraction": o.min_registered_fraction,
                 "pycolmap": pycolmap.__version__}
 
+    # ---- the sequence -------------------------------------------------------------------------
+
+    def plan_sequence(self, frames: Sequence[Frame], windows: Sequence[Window[Frame]],
+                      work_dir: Path | None) -> None:
+        """Cut the sequence into chunks and note which chunk each window is cut from. COLMAP
+        works in a local temporary folder (SQLite is unsafe on network filesystems, and COLMAP
+        aborts inside it on a full disk); the store and chunk models are kept for reruns in
+        ``work_dir/colmap_sequence`` (not kept when ``work_dir`` is ``None``)."""
+        if not self.options.chunk_frames:
+            return
+        from ..output import options_signature
+
+        o = self.options
+        chunks = seq.plan_chunks(len(frames), max(len(w) for w in windows), o.chunk_frames)
+        calibration = (seq.plan_calibration(len(frames), o.chunk_frames)
+                       if len(chunks) > 1 and o.camera_params is None else [])
+        pairs = set().union(*(seq.sequential_pairs(range(c.start, c.stop), o.pairing_overlap,
+                                                   o.quadratic_overlap) for c in chunks))
+        pairs |= seq.sequential_pairs(calibration, o.pairing_overlap, o.quadratic_overlap)
+        key = seq.store_key(frames, sorted(pairs), options_signature(_store_options(o)))
+        root = None if work_dir is None else Path(work_dir) / seq.SEQUENCE_DIR
+        self._close_sequence()
+        self._sequence = _Sequence(
+            frames=list(frames), chunks=chunks, calibration=calibration, pairs=sorted(pairs),
+            key=key, root=root, chunk_of={w.index: seq.chunk_of(w, chunks) for w in windows})
+
+    def window_context(self, window: Window[Frame]) -> Sequence[Frame] | None:
+        """The frames of the window's chunk and those that calibrate the intrinsics: their
+        content decides the window's poses."""
+        s = self._sequence
+        if s is None or window.index not in s.chunk_of:
+            return None
+        chunk = s.chunk_of[window.index]
+        return s.frames[chunk.start:chunk.stop] + [s.frames[i] for i in s.calibration]
+
+    def start(self, windows: Sequence[Window[Frame]]) -> None:
+        """Start the work the windows to do need, in the workers: the feature store, then the
+        mapping of every chunk they lie in (the first batch waits only for its own chunk)."""
+        s = self._sequence
+        if s is None or not windows:
+            return
+        needed = {s.chunk_of[w.index].index: s.chunk_of[w.index] for w in windows}
+        s.needed = [needed[i] for i in sorted(needed)]
+        logger.info("colmap: %d frames in %d chunk(s) of up to %d frames; %d to map",
+                    len(s.frames), len(s.chunks), self.options.chunk_frames, len(s.needed))
+        self._submit_store()
+
+    def _submit_store(self) -> None:
+        """Restore the store from the output folder, or start building it."""
+        s = self._sequence
+        if s.store_job is not None:
+            return
+        if s.cache is not None:
+            seq.remove_other_stores(s.root, s.cache.name)
+        if s.cache is not None and seq.restore_store(s.cache, s.store, s.frames):
+            logger.info("colmap: reusing the feature store %s", s.cache)
+            s.store_job = _done(None)
+            s.cached.add("store")
+            return
+        names = [f.name for f in s.frames]
+        frames = [(f.name, str(f.path), f.size) for f in s.frames]
+        options = replace(self.options, num_threads=self.options.num_threads or _cores())
+        logger.info("colmap: features of %d frames, %d pairs to match", len(frames),
+                    len(s.pairs))
+        s.store_job = self._get_pool(self._workers(len(s.needed))).submit(
+            seq.build_store, s.store, frames, [(names[i], names[j]) for i, j in s.pairs],
+            options)
+
+    def _calibrate(self) -> None:
+        """Estimate the intrinsics once from the calibration frames and give them to the store's
+        cameras, so that every chunk keeps the same ones (chunks that calibrate themselves
+        disagree: 542 and 762 px on two overlapping chunks of 7-Scenes)."""
+        s = self._sequence
+        if s.mapping_key:
+            return
+        fixed: dict[int, list[float]] = {}
+        if s.calibration:
+            fixed = seq.read_calibration(s.cache) if s.cache is not None else None
+            if fixed is None:
+                fixed = self._run_calibration()
+            if fixed:
+                seq.fix_cameras(s.store, fixed)
+        s.fixed_intrinsics = bool(fixed)
+        s.mapping_key = _mapping_key(self.options, fixed)
+
+    def _run_calibration(self) -> dict[int, list[float]]:
+        s = self._sequence
+        names = [s.frames[i].name for i in s.calibration]
+        logger.info("colmap: estimating the intrinsics from %d frames spread over the "
+                    "sequence", len(names))
+        job = self._get_pool(1).submit(seq.map_chunk, s.store, names, s.store / "calibration",
+                                       replace(self.options, num_threads=_cores()),
+                                       stage="calibration")
+        self._wait(job, "estimating the intrinsics", "calibration")
+        fixed = seq.calibrated_cameras(s.store / "calibration")
+        if not fixed:
+            logger.warning("colmap: the calibration frames gave no model; each chunk estimates "
+                           "its own intrinsics")
+        if s.cache is not None:
+            seq.save_calibration(s.cache, fixed)
+        return fixed
+
+    def _submit_chunks(self) -> None:
+        """Map every needed chunk not mapped yet (once the store is built and calibrated)."""
+        s = self._sequence
+        workers = self._workers(len(s.needed))
+        options = replace(self.options, num_threads=self.options.num_threads
+                          or max(1, _cores() // workers))
+        for chunk in s.needed:
+            if chunk.index in s.chunk_jobs:
+                continue
+            cached = self._chunk_cache(chunk)
+            if cached is not None and (cached / "chunk.json").is_file():
+                s.chunk_jobs[chunk.index] = _done(None)
+                continue
+            names = [f.name for f in s.frames[chunk.start:chunk.stop]]
+            s.chunk_jobs[chunk.index] = self._get_pool(workers).submit(
+                seq.map_chunk, s.store, names, self._chunk_work(chunk), options,
+                fixed_intrinsics=s.fixed_intrinsics)
+
+    def _chunk_work(self, chunk: seq.Chunk) -> Path:
+        return self._sequence.store / f"{chunk.name}-{self._sequence.mapping_key}"
+
+    def _chunk_cache(self, chunk: seq.Chunk) -> Path | None:
+        s = self._sequence
+        return None if s.cache is None else s.cache / f"{chunk.name}-{s.mapping_key}"
+
+    def _chunk_models(self, chunk: seq.Chunk) -> list[pycolmap.Reconstruction]:
+        """The models of ``chunk``, mapping it (and the store) first when needed.
+
+        Raises:
+            RuntimeError: the store or the chunk could not be made (the message says which).
+        """
+        s = self._sequence
+        if chunk.index in s.models:
+            return s.models[chunk.index]
+        if chunk not in s.needed:
+            s.needed.append(chunk)
+        self._submit_store()
+        self._wait(s.store_job, "building the feature store", "store")
+        if s.cache is not None and "store" not in s.cached:
+            s.cached.add("store")
+            seq.save_store(s.store, s.cache)
+        self._calibrate()
+        self._submit_chunks()
+        self._wait(s.chunk_jobs[chunk.index],
+                   f"mapping frames {chunk.start}-{chunk.stop - 1}", chunk.name)
+        while len(s.models) >= 2:  # a chunk's model holds every keypoint: keep two at most
+            s.models.pop(next(iter(s.models)))
+        s.models[chunk.index] = self._load_chunk(chunk)
+        return s.models[chunk.index]
+
+    def _load_chunk(self, chunk: seq.Chunk) -> list[pycolmap.Reconstruction]:
+        """Load a chunk's models: from the output folder's cache when it has them, else from
+        the work folder (then keep them in the cache)."""
+        cached, work = self._chunk_cache(chunk), self._chunk_work(chunk)
+        if cached is not None and (cached / "chunk.json").is_file() and not work.is_dir():
+            try:
+                return seq.load_models(cached)
+            except Exception as exc:  # noqa: BLE001 - a damaged cache is mapped again
+                logger.warning("colmap: the kept models of %s do not load (%s); mapping again",
+                               chunk.name, exc)
+                shutil.rmtree(cached, ignore_errors=True)
+                self._sequence.chunk_jobs.pop(chunk.index, None)
+                self._submit_chunks()
+                self._wait(self._sequence.chunk_jobs[chunk.index],
+                           f"mapping frames {chunk.start}-{chunk.stop - 1}", chunk.name)
+        models = seq.load_models(work)
+        if cached is not None:
+            seq.save_folder(work, cached)
+        return models
+
+    def _wait(self, job: Future, what: str, key: str) -> None:
+        """Wait for ``job``; report its stages once; turn its failure into one RuntimeError."""
+        try:
+            stages = job.result()
+        except BrokenProcessPool:
+            self._shutdown_pool()  # the next job gets a new pool
+            raise RuntimeError(f"the worker process {what} crashed") from None
+        except Exception as exc:  # noqa: BLE001 - the windows of this chunk fail, not the run
+            raise RuntimeError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+        if stages and key not in self._sequence.reported:
+            self._sequence.reported.add(key)
+            self.last_report.stages += list(stages.items())
+
+    def _plan_batch_alone(self, windows: Sequence[Window[Frame]]) -> None:
+        """Library use without a planned sequence: the batch's frames are the sequence."""
+        frames = sorted({f.index: f for w in windows for f in w.items}.values(),
+                        key=lambda f: f.index)
+        position = {f.index: i for i, f in enumerate(frames)}
+        rebased = [replace(w, start=position[w.items[0].index]) for w in windows]
+        self.plan_sequence(frames, rebased, None)
+        self._sequence.chunk_of = {w.index: seq.chunk_of(r, self._sequence.chunks)
+                                   for w, r in zip(windows, rebased)}
+        self.start(windows)
+
+    # ---- batches ------------------------------------------------------------------------------
+
     def reconstruct_batch(self, windows: Sequence[Window[Frame]],
                           staging_dirs: Sequence[Path]) -> list[WindowResult]:
-        cores = os.cpu_count() or 1
-        workers = self.options.num_workers or min(len(windows), cores)
-        threads = self.options.num_threads or max(1, cores // workers)
+        self.last_report = BatchReport()
+        if not self.options.chunk_frames:
+            return self._windows_alone(windows, staging_dirs)
+        if self._sequence is None or any(w.index not in self._sequence.chunk_of
+                                         for w in windows):
+            self._plan_batch_alone(windows)
+        return [self._cut(window, Path(staging)) for window, staging in zip(windows,
+                                                                           staging_dirs)]
+
+    def _cut(self, window: Window[Frame], staging: Path) -> WindowResult:
+        """Window ``window`` cut out of its chunk's models into ``staging/sparse``."""
+        chunk = self._sequence.chunk_of[window.index]
+        names = [f.name for f in window.items]
+        try:
+            models = self._chunk_models(chunk)
+        except RuntimeError as exc:
+            return WindowResult.failure(str(exc))
+        stages: dict[str, dict[str, float]] = {}
+        meter = PeakMeter()
+        options = _window_options(window, self.options)
+        with meter.stage("export", stages):
+            rec, registered = seq.cut_window(models, names, shared_camera=options.shared_camera)
+            if rec is None:
+                result = WindowResult.failure(
+                    f"COLMAP posed {len(registered)} of the window's {len(names)} frames "
+                    f"within frames {chunk.start}-{chunk.stop - 1} of the sequence: too few "
+                    "matches, or too little camera motion")
+            else:
+                result = _finish(rec, names, staging / "sparse", options)
+        result.details.update(chunk=[chunk.start, chunk.stop - 1], chunk_models=len(models))
+        result.stages = stages
+        result.timings = {name: span["seconds"] for name, span in stages.items()}
+        result.memory = {"peak_rss_mb": stages["export"]["rss_peak_mb"]}
+        return result
+
+    def _windows_alone(self, windows: Sequence[Window[Frame]],
+                       staging_dirs: Sequence[Path]) -> list[WindowResult]:
+        """Each window from its own frames only, in parallel workers."""
+        workers = self._workers(len(windows))
+        threads = self.options.num_threads or max(1, _cores() // workers)
         options = replace(self.options, num_threads=threads)
         jobs = [([f.name for f in w.items], Path(d), _window_options(w, options))
                 for w, d in zip(windows, staging_dirs)]
@@ -112,18 +362,22 @@ class ColmapReconstructor(Reconstructor):
         futures = [pool.submit(reconstruct_window, *job) for job in jobs]
         return [self._collect(future) for future in futures]
 
+    def _workers(self, jobs: int) -> int:
+        return self.options.num_workers or max(1, min(jobs, _cores()))
+
     def _collect(self, future: Future) -> WindowResult:
         try:
             return future.result()
         except BrokenProcessPool:
-            self.close()  # a worker died (e.g. killed for memory); the next batch gets a new pool
+            self._shutdown_pool()  # a worker died (e.g. killed for memory); the next batch
+            # gets a new pool
             return WindowResult.failure("the worker process reconstructing this window crashed")
         except Exception as exc:  # noqa: BLE001 - one window never stops the others
             return WindowResult.failure(f"{type(exc).__name__}: {exc}")
 
     def _get_pool(self, workers: int) -> ProcessPoolExecutor:
         if self._pool is None or self._pool_size < workers:  # a larger pool serves as well
-            self.close()
+            self._shutdown_pool()
             # spawn: forking a process that already runs threads (pycolmap, torch) can deadlock
             ctx = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
@@ -132,16 +386,124 @@ class ColmapReconstructor(Reconstructor):
             self._pool_size = workers
         return self._pool
 
-    def close(self) -> None:
+    def _shutdown_pool(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        if self._sequence is not None:  # jobs of a broken pool are resubmitted when needed
+            s = self._sequence
+            if s.store_job is not None and not _succeeded(s.store_job):
+                s.store_job = None
+            s.chunk_jobs = {i: j for i, j in s.chunk_jobs.items() if _succeeded(j)}
+
+    def close(self) -> None:
+        self._shutdown_pool()
+        self._close_sequence()
+
+    def _close_sequence(self) -> None:
+        if self._sequence is not None:
+            shutil.rmtree(self._sequence.work, ignore_errors=True)
+            self._sequence = None
 
     def __exit__(self, exc_type: object, *exc_info: object) -> None:
         if exc_type is not None and self._pool is not None:  # interrupted: stop the workers now
             stop_workers(self._pool)
             self._pool = None
         self.close()
+
+
+@dataclass(kw_only=True)
+class _Sequence:
+    """The classical reconstructor's state for one sequence (see :mod:`pipeline.sequence_sfm`)."""
+
+    frames: list[Frame]
+    chunks: list[seq.Chunk]
+    calibration: list[int]
+    """Sequence indices of the frames that estimate the intrinsics (none: one chunk, or known
+    intrinsics)."""
+    pairs: list[tuple[int, int]]
+    """Sequence-index pairs the store matches."""
+    key: str
+    """Digest of what the store depends on (frames, pairs, options)."""
+    chunk_of: dict[int, seq.Chunk]
+    """Window index -> the chunk it is cut from."""
+    root: Path | None
+    """``OUT/colmap_sequence``, where the store and chunk models are kept for reruns (``None``:
+    not kept)."""
+    work: Path = field(default_factory=seq.temporary_root)
+    """Local temporary folder where COLMAP works (removed on close)."""
+    mapping_key: str = ""
+    """Digest of the mapping options and the calibrated intrinsics, part of each chunk
+    folder's name (set once the intrinsics are known)."""
+    fixed_intrinsics: bool = False
+    """Chunks keep the calibrated intrinsics."""
+    needed: list[seq.Chunk] = field(default_factory=list)
+    store_job: Future | None = None
+    chunk_jobs: dict[int, Future] = field(default_factory=dict)
+    models: dict[int, list[pycolmap.Reconstruction]] = field(default_factory=dict)
+    reported: set[str] = field(default_factory=set)
+    cached: set[str] = field(default_factory=set)
+
+    @property
+    def store(self) -> Path:
+        """The feature store COLMAP reads and writes (in :attr:`work`)."""
+        return self.work / "store"
+
+    @property
+    def cache(self) -> Path | None:
+        """Where the store is kept for reruns (``root/store-<key>``)."""
+        return None if self.root is None else self.root / f"store-{self.key}"
+
+
+def _store_options(options: ColmapOptions) -> dict[str, Any]:
+    """The options the feature store depends on."""
+    return {"camera_type": options.camera_type, "camera_params": options.camera_params,
+            "extraction": options.extraction, "matching": options.matching,
+            "pairing_overlap": options.pairing_overlap,
+            "quadratic_overlap": options.quadratic_overlap}
+
+
+def _mapping_key(options: ColmapOptions, fixed: dict[int, list[float]]) -> str:
+    from ..output import digest, options_signature
+
+    return digest([options_signature(mapping_options(options, fixed_intrinsics=bool(fixed))),
+                   sorted(fixed.items())])[:12]
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+
+
+def _done(value: Any) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
+
+
+def _succeeded(job: Future) -> bool:
+    return job.done() and not job.cancelled() and job.exception() is None
+
+
+def reader_options(options: ColmapOptions) -> pycolmap.ImageReaderOptions:
+    """The image reader of the extraction: camera model, and known intrinsics when given."""
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = options.camera_type
+    if options.camera_params is not None:
+        reader.camera_params = ",".join(repr(float(v)) for v in options.camera_params)
+    return reader
+
+
+def mapping_options(options: ColmapOptions, *, fixed_intrinsics: bool = False
+                    ) -> pycolmap.IncrementalPipelineOptions:
+    """A copy of the mapping options with the threads set; known (or ``fixed_intrinsics``:
+    calibrated) intrinsics held fixed."""
+    mapping = copy_options(options.mapping)
+    mapping.num_threads = options.num_threads or -1
+    if options.camera_params is not None or fixed_intrinsics:  # intrinsics stay as given
+        mapping.ba_refine_focal_length = False
+        mapping.ba_refine_extra_params = False
+    return mapping
 
 
 def exit_with_parent(parent_pid: int, interval: float = 0.5) -> None:
@@ -213,30 +575,23 @@ def _run_sfm(names: list[str], image_dir: Path, work: Path, options: ColmapOptio
     """Extract, match and map (each a measured stage in ``stages``); return the model that
     registers the most frames (or None)."""
     db = work / "database.db"
-    reader = pycolmap.ImageReaderOptions()
-    reader.camera_model = options.camera_type
-    if options.camera_params is not None:
-        reader.camera_params = ",".join(repr(float(v)) for v in options.camera_params)
-    extraction = _copy(options.extraction)
+    extraction = copy_options(options.extraction)
     extraction.num_threads = options.num_threads
     mode = pycolmap.CameraMode.SINGLE if options.shared_camera else pycolmap.CameraMode.PER_IMAGE
     with meter.stage("features", stages):
         pycolmap.extract_features(db, image_dir, image_names=names, camera_mode=mode,
-                                  reader_options=reader, extraction_options=extraction,
-                                  device=pycolmap.Device.cpu)
-    matching = _copy(options.matching)
+                                  reader_options=reader_options(options),
+                                  extraction_options=extraction, device=pycolmap.Device.cpu)
+    matching = copy_options(options.matching)
     matching.num_threads = options.num_threads
     pairing = pycolmap.SequentialPairingOptions()
     pairing.overlap = max(1, min(options.pairing_overlap, len(names) - 1))
+    pairing.quadratic_overlap = options.quadratic_overlap
     pairing.num_threads = options.num_threads
     with meter.stage("matching", stages):
         pycolmap.match_sequential(db, matching_options=matching, pairing_options=pairing,
                                   device=pycolmap.Device.cpu)
-    mapping = _copy(options.mapping)
-    mapping.num_threads = options.num_threads
-    if options.camera_params is not None:  # known intrinsics stay as given
-        mapping.ba_refine_focal_length = False
-        mapping.ba_refine_extra_params = False
+    mapping = mapping_options(options)
     with meter.stage("mapping", stages):
         models = pycolmap.incremental_mapping(db, image_dir, work / "models", options=mapping)
     if not models:
@@ -277,7 +632,7 @@ def anchor_to_first_frame(rec: pycolmap.Reconstruction, name: str) -> None:
     rec.transform(pycolmap.Sim3d(1.0, pose.rotation, pose.translation))
 
 
-def _copy(options: Any) -> Any:
+def copy_options(options: Any) -> Any:
     """An independent copy of a pycolmap option object."""
     clone = type(options)()
     clone.mergedict(options.todict())

@@ -1,0 +1,105 @@
+"""The classical reconstructor's sequence path: chunk planning, pairs, cutting windows out of a
+chunk, and the whole path on the bundled sequence cut into several chunks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+import pytest
+
+from pipeline.config import PipelineConfig
+from pipeline.evaluate import evaluate_output
+from pipeline.runner import run
+from pipeline.sequence_sfm import (chunk_of, cut_window, plan_calibration, plan_chunks,
+                                   sequential_pairs)
+from pipeline.windows import create_windows
+from tests.helpers import window_dirs, window_info
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTDATA = ROOT / "testdata" / "synthetic"
+
+
+@pytest.mark.parametrize("frames,size,stride,chunk", [(24, 8, 4, 100), (200, 8, 4, 100),
+                                                      (1000, 8, 4, 100), (37, 6, 3, 10),
+                                                      (150, 8, 8, 100), (151, 16, 4, 20)])
+def test_every_window_lies_in_a_chunk(frames, size, stride, chunk):
+    chunks = plan_chunks(frames, size, chunk)
+    assert chunks[0].start == 0 and chunks[-1].stop == frames
+    for a, b in zip(chunks, chunks[1:]):
+        assert b.start > a.start and a.stop - b.start >= size  # they overlap by a window
+    lengths = [c.stop - c.start for c in chunks]
+    assert max(lengths) - min(lengths) <= 1
+    assert len(chunks) == 1 or 0.5 * chunk <= lengths[0] <= 1.5 * chunk
+    for window in create_windows(list(range(frames)), size, stride):
+        c = chunk_of(window, chunks)
+        assert c.start <= window.start and window.stop <= c.stop
+
+
+def test_short_sequences_are_one_chunk():
+    assert [(c.start, c.stop) for c in plan_chunks(150, 8, 100)] == [(0, 150)]
+    assert [(c.start, c.stop) for c in plan_chunks(200, 8, 100)] == [(0, 104), (96, 200)]
+
+
+def test_pairs_and_calibration_frames():
+    pairs = sequential_pairs(range(10, 30), 3, quadratic=False)
+    assert len(pairs) == 17 + 18 + 19 and (10, 13) in pairs and (10, 14) not in pairs
+    wide = sequential_pairs(range(0, 100), 3, quadratic=True)
+    assert {(0, 4), (0, 8), (0, 16), (0, 32), (0, 64)} <= wide and (0, 5) not in wide
+    assert plan_calibration(200, 100) == list(range(0, 200, 4))
+    assert plan_calibration(30, 100) == list(range(30))
+
+
+def test_cut_window_keeps_its_frames_and_shared_points():
+    rec = pycolmap.Reconstruction()
+    rec.add_camera_with_trivial_rig(pycolmap.Camera(model="SIMPLE_PINHOLE", width=64, height=48,
+                                                    camera_id=1, params=[50.0, 32.0, 24.0]))
+    for i in range(4):
+        image = pycolmap.Image(name=f"f{i}.png", keypoints=np.full((3, 2), 10.0 + i),
+                               camera_id=1, image_id=i + 1)
+        pose = np.eye(4)[:3]
+        pose[0, 3] = i
+        rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(pose))
+    for k, images in enumerate(([1, 2, 3], [3, 4], [1, 4])):
+        track = pycolmap.Track()
+        for image_id in images:
+            track.add_element(image_id, k)
+        rec.add_point3D(np.array([0.0, 0.0, 5.0 + k]), track, np.array([1, 2, 3], np.uint8))
+    window, registered = cut_window([rec], ["f1.png", "f2.png", "f9.png"], shared_camera=False)
+    assert registered == ["f1.png", "f2.png"]
+    assert sorted(window.images[i].name for i in window.reg_image_ids()) == registered
+    assert window.num_cameras() == 2  # a copy per frame without a shared camera
+    [point] = window.points3D.values()  # only the point that two of its frames observe
+    assert point.xyz[2] == 5.0 and point.track.length() == 2
+    assert cut_window([rec], ["f0.png", "f9.png"], shared_camera=True) == (None, ["f0.png"])
+
+
+@pytest.mark.slow
+def test_the_bundled_sequence_in_several_chunks(tmp_path):
+    out = tmp_path / "out"
+    config = PipelineConfig(input_dir=TESTDATA / "images", output_dir=out, window_size=6,
+                            window_stride=3, reconstructor="colmap", chunk_frames=10, merge=True,
+                            show_progress=False)
+    summary = run(config)
+    assert summary.success, summary.line()
+    infos = [window_info(d) for d in window_dirs(out)]
+    assert len({tuple(i["details"]["chunk"]) for i in infos}) >= 3
+    assert all(i["num_registered"] == 6 for i in infos)
+    assert {"features", "matching", "calibration", "mapping"} <= set(summary.profile.rows)
+    assert summary.profile.rows["features"]["calls"] == 1
+    store = next((out / "colmap_sequence").iterdir())
+    calibrated = json.loads((store / "calibration.json").read_text())
+    for info in infos:  # every chunk kept the calibrated intrinsics
+        rec = pycolmap.Reconstruction(out / info["path"] / "sparse")
+        for camera in rec.cameras.values():
+            np.testing.assert_allclose(camera.params, calibrated["1"])
+    report = evaluate_output(out, TESTDATA)
+    assert max(w["ate"]["rmse_fraction"] for w in report["windows"]) <= 0.01
+    [merged] = report["merged"]
+    assert merged["ate"]["rmse_fraction"] <= 0.01
+    # a rerun with another judgement of windows reuses the store and the chunk models
+    rerun = run(PipelineConfig(**{**config.__dict__, "min_registered_fraction": 0.75}))
+    assert rerun.success and rerun.num_skipped == 0
+    assert "features" not in rerun.profile.rows and "mapping" not in rerun.profile.rows
