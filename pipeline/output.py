@@ -93,7 +93,7 @@ def _strip(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def window_signature(frames: Iterable[Any], reconstructor: str, options: Any, images: str,
-                     context: Iterable[Any] | None = None) -> dict[str, Any]:
+                     context: str | None = None) -> dict[str, Any]:
     """What a finished window must match to be reused.
 
     Args:
@@ -101,15 +101,20 @@ def window_signature(frames: Iterable[Any], reconstructor: str, options: Any, im
         reconstructor: The reconstructor's name.
         options: The reconstructor's :func:`options_signature`.
         images: What the window's ``images/`` holds (``link``, ``copy``, ``none``).
-        context: Other frames whose content decides the window's result (e.g. the chunk of the
-            sequence it was cut from), recorded as one digest of their names and hashes.
+        context: :func:`frames_digest` of other frames whose content decides the window's
+            result (e.g. the chunk of the sequence it was cut from).
     """
     signature = {"version": SIGNATURE_VERSION, "reconstructor": reconstructor,
                  "options": options, "images": images,
                  "frames": [[f.name, f.digest] for f in frames]}
     if context is not None:
-        signature["context"] = digest([[f.name, f.digest] for f in context])
+        signature["context"] = context
     return signature
+
+
+def frames_digest(frames: Iterable[Any]) -> str:
+    """One digest of frames' names and content hashes (a window's context)."""
+    return digest([[f.name, f.digest] for f in frames])
 
 
 def digest(data: Any) -> str:
@@ -136,7 +141,7 @@ def signature_difference(old: Any, new: Mapping[str, Any]) -> str | None:
     if old.get("images") != new.get("images"):
         return f"its images/ was made with --images {old.get('images')}"
     if old.get("context") != new.get("context"):
-        return "frames around it that decide its result (its chunk of the sequence) changed"
+        return "frames around it that decide its result (its chunk, the sequence) changed"
     return f"option {_first_difference(old.get('options'), new.get('options'))} changed"
 
 

@@ -113,9 +113,9 @@ class Reconstructor(abc.ABC):
         output folder (for sequence-level caches), for a reconstructor whose windows depend on
         more of the sequence than their own frames. Does no work yet."""
 
-    def window_context(self, window: Window[Frame]) -> Sequence[Frame] | None:
-        """Frames besides the window's own whose content decides its result (their hashes join
-        its resume signature); ``None``: only its own."""
+    def window_context(self, window: Window[Frame]) -> str | None:
+        """:func:`pipeline.output.frames_digest` of the frames besides the window's own whose
+        content decides its result (it joins the resume signature); ``None``: only its own."""
         return None
 
     def start(self, windows: Sequence[Window[Frame]]) -> None:
