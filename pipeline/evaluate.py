@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError, PipelineError
-from .output import PLAN, planned_windows
+from .output import PLAN, PlannedWindow, planned_windows
 from .geometry import (ALIGN_MODES, ate, camera_centers, invert_pose,
                        nearest_rotation, quat_xyzw_to_rotmat, rpe)
 
@@ -278,34 +278,6 @@ def read_7scenes_gt(folder: Path) -> GroundTruth:
 # Pipeline output readers
 # --------------------------------------------------------------------------------------------
 
-@dataclass(kw_only=True)
-class WindowDir:
-    """One window of the run's plan, as evaluation sees it."""
-
-    path: Path
-    """The window folder."""
-    batch_index: int
-    """``XXX`` of its ``batch_XXX`` folder."""
-    window_index: int
-    """Global window index."""
-    info: dict[str, Any] | None
-    """Parsed ``window_info.json``, ``None`` when missing or not a record."""
-    problem: str | None = None
-    """Why the folder is not a whole, successful window of the plan (``None``: it is)."""
-
-
-def find_windows(out_dir: Path) -> list[WindowDir]:
-    """The windows of the output's current run plan, in window order (folders the plan does not
-    hold are reported in the log, never scored).
-
-    Raises:
-        InputError: the folder holds no run plan.
-    """
-    planned, _ = planned_windows(out_dir)
-    return [WindowDir(path=w.path, batch_index=int(w.path.parent.name.split("_")[-1]),
-                      window_index=w.index, info=w.info, problem=w.problem) for w in planned]
-
-
 def load_window_poses(window_dir: str | Path) -> dict[str, np.ndarray]:
     """``{image name: (3, 4) camera-from-world}`` of the posed images of ``window_dir/sparse``.
 
@@ -424,11 +396,11 @@ def evaluate_poses(pred: Mapping[str, np.ndarray], gt: Mapping[str, np.ndarray],
     return out
 
 
-def _evaluate_window(win: WindowDir, out_dir: Path, gt: Mapping[str, np.ndarray],
+def _evaluate_window(win: PlannedWindow, out_dir: Path, gt: Mapping[str, np.ndarray],
                      options: EvaluateOptions) -> dict[str, Any]:
     """The report entry of one window (never raises for a bad window)."""
     info = win.info or {}
-    entry = {"window_index": win.window_index, "batch_index": win.batch_index,
+    entry = {"window_index": win.index, "batch_index": int(win.path.parent.name.split("_")[-1]),
              "path": str(win.path.relative_to(out_dir)), "status": info.get("status", "failed"),
              "reconstructor": info.get("reconstructor"), "num_frames": len(info.get("frames", [])),
              "num_registered": None, "error": info.get("error")}
@@ -437,7 +409,7 @@ def _evaluate_window(win: WindowDir, out_dir: Path, gt: Mapping[str, np.ndarray]
         return entry
     if win.problem is not None:  # recorded as ok, but not whole or not made for this plan
         entry.update(status="error", error=win.problem)
-        logger.warning("window %d: %s", win.window_index, win.problem)
+        logger.warning("window %d: %s", win.index, win.problem)
         return entry
     try:
         poses = load_window_poses(win.path)
@@ -445,7 +417,7 @@ def _evaluate_window(win: WindowDir, out_dir: Path, gt: Mapping[str, np.ndarray]
         entry.update(evaluate_poses(poses, gt, options=options))
     except ValueError as exc:  # InputError included
         entry.update(status="error", error=str(exc))
-        logger.warning("window %d: %s", win.window_index, exc)
+        logger.warning("window %d: %s", win.index, exc)
     return entry
 
 
@@ -497,7 +469,8 @@ def evaluate_output(out_dir: str | Path, gt: str | Path | Mapping[str, np.ndarra
     if not (out_dir / PLAN).is_file() and not (out_dir / MERGED_TRAJECTORY).is_file():
         raise InputError(f"no run plan ({PLAN}) or {MERGED_TRAJECTORY} in {out_dir}: not a "
                          "pipeline output folder, or one an older version wrote")
-    windows = find_windows(out_dir) if (out_dir / PLAN).is_file() else []
+    # the windows of the run's plan only: folders it does not hold are reported, never scored
+    windows = planned_windows(out_dir)[0] if (out_dir / PLAN).is_file() else []
     frame_names = sorted({n for w in windows for n in (w.info or {}).get("frames", [])},
                          key=natural_key)
     gt_kind, gt_poses = "mapping", gt

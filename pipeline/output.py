@@ -84,6 +84,8 @@ def options_signature(value: Any) -> Any:
         return value
     if type(value).__module__ == "torch":  # torch.dtype / torch.device
         return str(value)
+    if type(value).__module__ == "numpy":  # arrays and scalars in pycolmap's option objects
+        return options_signature(value.tolist())
     raise TypeError(f"cannot put a {type(value).__name__} into a resume signature")
 
 

@@ -7,19 +7,23 @@ frames hold enough information; the window does not. So the classical reconstruc
 sequence:
 
 1. **Feature store.** Every frame's SIFT features are extracted once and every pair that a chunk
-   needs (each frame with its ``pairing_overlap`` successors, plus successors at distances
-   2, 4, 8, ... within the chunk) is matched once, into one COLMAP database per sequence
-   (``OUT/colmap_sequence/store-<key>/``), which a rerun with the same frames and options reuses.
-   Frames of one image size share one camera, so the intrinsics are estimated jointly.
-2. **Chunks.** The sequence is cut into overlapping chunks of about ``chunk_frames`` frames
+   needs (each frame with its ``pairing_overlap`` successors, plus successors 16, 32, 64, ...
+   frames ahead within the chunk) is matched once, into one COLMAP database per sequence. Frames
+   of one image size share one camera.
+2. **One focal length.** :func:`estimate_focal` finds each camera's focal length from the
+   fundamental matrices of all verified pairs, and every chunk keeps it (chunks that calibrate
+   themselves disagree with each other, and then cannot be merged).
+3. **Chunks.** The sequence is cut into overlapping chunks of about ``chunk_frames`` frames
    (consecutive chunks share at least one window's length, so every window lies inside one). Each
-   chunk is mapped once by COLMAP's incremental mapper, in a worker process; its models are kept
-   beside the store.
-3. **Windows.** A window is cut out of the chunk in which it lies most centrally: its registered
+   chunk is mapped once by COLMAP's incremental mapper, in a worker process; a frame it throws far
+   from its neighbours is registered again (:func:`repair_jumps`).
+4. **Windows.** A window is cut out of the chunk in which it lies most centrally: its registered
    frames with their poses and cameras, the points that at least two of them observe (with those
    observations only), its world moved onto its first registered frame. It is still its own
    COLMAP scene; only its poses are better, because its chunk saw more of the sequence.
 
+COLMAP works in a local temporary folder; the store and the chunk models are copied into
+``OUT/colmap_sequence/store-<key>/``, which a rerun with the same frames and options reuses.
 All paths in this module are plain data (names, paths, options), so the work can move between
 processes.
 """
@@ -158,7 +162,7 @@ def map_chunk(store: Path, names: list[str], out: Path, options: Any, *,
     """Map the frames ``names`` of the store into models ``out/0``, ``out/1``... (written under a
     temporary name, then renamed). With ``fixed_focal`` the cameras keep the store's focal
     lengths. Returns the ``mapping`` stage's time and peak."""
-    from .reconstructors.colmap import mapping_options
+    from .reconstructors.colmap import global_mapping_options, mapping_options
 
     reset_peak()
     meter, stages = PeakMeter(), {}
@@ -166,13 +170,19 @@ def map_chunk(store: Path, names: list[str], out: Path, options: Any, *,
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    mapping = mapping_options(options, fixed_focal=fixed_focal)
-    mapping.image_names = names
+    incremental = mapping_options(options, fixed_focal=fixed_focal)
+    incremental.image_names = names
     with meter.stage("mapping", stages):  # writes the models to tmp/0, tmp/1, ...
-        models = pycolmap.incremental_mapping(store / "database.db", store / "images", tmp,
-                                              options=mapping)
+        if options.chunk_mapper == "global":
+            mapping = global_mapping_options(options, fixed_focal=fixed_focal)
+            mapping.image_names = names
+            models = pycolmap.global_mapping(store / "database.db", store / "images", tmp,
+                                             options=mapping)
+        else:
+            models = pycolmap.incremental_mapping(store / "database.db", store / "images", tmp,
+                                                  options=incremental)
         for folder in sorted(p for p in tmp.iterdir() if p.name.isdigit()):
-            repair_jumps(folder, store, names, mapping)
+            repair_jumps(folder, store, names, incremental)
     (tmp / "chunk.json").write_text(json.dumps({"frames": names, "models": len(models)}))
     if out.exists():
         shutil.rmtree(out)
@@ -384,14 +394,19 @@ def store_key(frames: Sequence[Any], pairs: Sequence[tuple[int, int]],
 
 # ---- keeping the store and the chunk models in the output folder ------------------------------
 
-def save_folder(source: Path, target: Path) -> bool:
-    """Copy folder ``source`` to ``target`` (a temporary sibling renamed into place, so a copy
-    cut short never looks whole). A failure (a full disk) is logged and returns False: kept work
-    only saves time on a rerun."""
+def save_folder(source: Path, target: Path, names: Sequence[str] | None = None) -> bool:
+    """Copy folder ``source`` (only the files ``names`` at its top, when given) to ``target``,
+    through a temporary sibling renamed into place, so a copy cut short never looks whole. A
+    failure (a full disk) is logged and returns False: kept work only saves time on a rerun."""
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+
+    def skip(folder: str, entries: list[str]) -> list[str]:
+        top = names is not None and Path(folder) == Path(source)
+        return [e for e in entries if e.startswith(".") or top and e not in names]
+
     try:
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(source, tmp, symlinks=True, ignore=shutil.ignore_patterns(".*"))
+        shutil.copytree(source, tmp, symlinks=True, ignore=skip)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -404,20 +419,7 @@ def save_folder(source: Path, target: Path) -> bool:
 
 def save_store(store: Path, cache: Path) -> bool:
     """Keep the store's database (features, matches) in ``cache`` for reruns."""
-    tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
-    try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for name in ("database.db", "pairs.txt", "store.json"):
-            shutil.copy2(store / name, tmp / name)
-        if cache.exists():
-            shutil.rmtree(cache)
-        os.replace(tmp, cache)
-        return True
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        _not_kept(cache, exc)
-        return False
+    return save_folder(store, cache, ("database.db", "pairs.txt", "store.json"))
 
 
 def restore_store(cache: Path, store: Path, frames: Sequence[Any]) -> bool:

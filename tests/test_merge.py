@@ -217,3 +217,22 @@ class LongSequenceTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+def test_track_correspondences_need_the_same_keypoint():
+    from pipeline.merge import WindowModel, track_correspondences
+
+    def model(index, idx, xy, xyz):
+        return WindowModel(index=index, frames=["f.png"], frame_index={"f.png": 0}, poses={},
+                           cameras={}, points=np.zeros((0, 3)), colors=np.zeros((0, 3), np.uint8),
+                           observations={"f.png": (np.array(idx), np.array(xy, float),
+                                                   np.array(xyz, float))})
+
+    a = model(0, [0, 1, 2], [[1, 1], [2, 2], [3, 3]], [[0, 0, 1], [0, 0, 2], [0, 0, 3]])
+    b = model(1, [1, 2, 5], [[2, 2], [3.2, 3], [9, 9]], [[0, 0, 4], [0, 0, 6], [0, 0, 9]])
+    src, dst = track_correspondences(a, b, ["f.png"])
+    np.testing.assert_array_equal(src, [[0, 0, 4], [0, 0, 6]])  # keypoints 1 and 2, in b
+    np.testing.assert_array_equal(dst, [[0, 0, 2], [0, 0, 3]])  # the same keypoints, in a
+    other = model(2, [1, 2], [[40, 2], [3, 30]], [[0, 0, 4], [0, 0, 6]])  # other pixels
+    assert len(track_correspondences(a, other, ["f.png"])[0]) == 0
+    assert len(track_correspondences(a, b, ["g.png"])[0]) == 0  # a frame neither holds
