@@ -265,6 +265,19 @@ class ProcessWindowBatchTest(TempDirTestCase):
                                 show_progress=False)
         return create_windows(frames, 4, 4)
 
+    def test_windows_of_plain_paths_and_auto_as_the_readme_says(self):
+        from unittest import mock
+
+        from pipeline.frames import list_image_files
+
+        windows = create_windows(list_image_files(IMAGES)[:8], 4, 4)
+        config = PipelineConfig(output_dir=self.tmp / "out", input_dir=IMAGES)  # auto
+        with mock.patch.dict(os.environ, {"HF_HUB_OFFLINE": "1"}):  # never download here
+            records = process_window_batch(windows, 0, config)
+        self.assertEqual([r["status"] for r in records], ["ok", "ok"])
+        self.assertEqual({r["reconstructor"] for r in records}, {"colmap"})
+        self.assertEqual(records[1]["frames"], [p.name for p in list_image_files(IMAGES)[4:8]])
+
     def test_one_window_failure_does_not_stop_others(self):
         config = PipelineConfig(output_dir=self.tmp / "out", input_dir=IMAGES)
         records = process_window_batch(self._windows(), 0, config,

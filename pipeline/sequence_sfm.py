@@ -173,7 +173,8 @@ def map_chunk(store: Path, names: list[str], out: Path, options: Any, *,
     incremental = mapping_options(options, fixed_focal=fixed_focal)
     incremental.image_names = names
     with meter.stage("mapping", stages):  # writes the models to tmp/0, tmp/1, ...
-        if options.chunk_mapper == "global":
+        if options.chunk_mapper == "global" or (options.chunk_mapper == "auto"
+                                                and len(names) >= options.global_min_frames):
             mapping = global_mapping_options(options, fixed_focal=fixed_focal)
             mapping.image_names = names
             models = pycolmap.global_mapping(store / "database.db", store / "images", tmp,
@@ -399,14 +400,18 @@ def save_folder(source: Path, target: Path, names: Sequence[str] | None = None) 
     through a temporary sibling renamed into place, so a copy cut short never looks whole. A
     failure (a full disk) is logged and returns False: kept work only saves time on a rerun."""
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-
-    def skip(folder: str, entries: list[str]) -> list[str]:
-        top = names is not None and Path(folder) == Path(source)
-        return [e for e in entries if e.startswith(".") or top and e not in names]
-
     try:
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(source, tmp, symlinks=True, ignore=skip)
+        for path in sorted(Path(source).rglob("*")):
+            relative = path.relative_to(source)
+            if any(part.startswith(".") for part in relative.parts) or (
+                    names is not None and relative.parts[0] not in names):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                (tmp / relative).mkdir(parents=True, exist_ok=True)
+            else:  # copy2 raises the OSError itself (copytree would wrap it in shutil.Error)
+                (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, tmp / relative, follow_symlinks=False)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

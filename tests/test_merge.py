@@ -206,7 +206,7 @@ class LongSequenceTest(unittest.TestCase):
                                   Path(tmp) / "seq")
             out = Path(tmp) / "out"
             summary = run(PipelineConfig(input_dir=data / "images", output_dir=out, merge=True,
-                                         show_progress=False))
+                                         chunk_frames=60, show_progress=False))  # 2 chunks
             self.assertTrue(summary.success, summary.line())
             self.assertEqual(len(summary.merge["segments"]), 1)
             report = evaluate_output(out, data)

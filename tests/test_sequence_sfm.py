@@ -93,20 +93,11 @@ def test_cut_window_keeps_its_frames_and_shared_points():
     assert cut_window([rec], ["f0.png", "f9.png"], shared_camera=True) == (None, ["f0.png"])
 
 
-@pytest.fixture(scope="module")
-def loop72(tmp_path_factory):
-    """A rendered 72-frame loop: long enough for calibration runs and several chunks."""
-    from pipeline.synthetic import RenderOptions, render_sequence, write_sequence
-
-    return write_sequence(render_sequence(RenderOptions(num_frames=72, path="loop")),
-                          tmp_path_factory.mktemp("loop72"))
-
-
 @pytest.mark.slow
-def test_a_sequence_in_several_chunks(tmp_path, loop72):
+def test_a_sequence_in_several_chunks(tmp_path):
     out = tmp_path / "out"
-    config = PipelineConfig(input_dir=loop72 / "images", output_dir=out, window_size=6,
-                            window_stride=3, reconstructor="colmap", chunk_frames=30, merge=True,
+    config = PipelineConfig(input_dir=TESTDATA / "images", output_dir=out, window_size=6,
+                            window_stride=3, reconstructor="colmap", chunk_frames=10, merge=True,
                             show_progress=False)
     summary = run(config)
     assert summary.success, summary.line()
@@ -117,13 +108,13 @@ def test_a_sequence_in_several_chunks(tmp_path, loop72):
     assert summary.profile.rows["features"]["calls"] == 1
     store = next((out / "colmap_sequence").iterdir())
     focal = json.loads((store / "calibration.json").read_text())["1"]
-    true_focal = load_ground_truth(loop72).K[0, 0]
+    true_focal = load_ground_truth(TESTDATA).K[0, 0]
     assert abs(focal - true_focal) <= 0.02 * true_focal  # estimated from the image pairs
     for info in infos:  # every chunk kept it
         rec = pycolmap.Reconstruction(out / info["path"] / "sparse")
         for camera in rec.cameras.values():
             assert camera.params[0] == pytest.approx(focal, rel=1e-9)
-    report = evaluate_output(out, loop72)
+    report = evaluate_output(out, TESTDATA)
     assert max(w["ate"]["rmse_fraction"] for w in report["windows"]) <= 0.01
     [merged] = report["merged"]
     assert merged["ate"]["rmse_fraction"] <= 0.01
