@@ -56,7 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def vggt_model(args: argparse.Namespace, scratch: Path) -> str:
-    """The checkpoint to use: the user's, or a generated one written to ``scratch`` (said so)."""
+    """The checkpoint to use: the user's, or a generated one written to ``scratch`` (said so;
+    a generated network predicts no real structure, so the runs then skip the structure checks
+    that decide a window's status)."""
     from pipeline.models import VGGTConfig, weights_available
     from pipeline.models.generated_checkpoint import write_generated_checkpoint
 
@@ -68,7 +70,8 @@ def vggt_model(args: argparse.Namespace, scratch: Path) -> str:
     config = VGGTConfig.vggt_1b() if size == "full" else VGGTConfig.tiny()
     write_generated_checkpoint(scratch / "generated_vggt", config)
     print(f"NOTE: no weights of {args.model} on this machine; using an untrained {size} VGGT "
-          "with generated weights. Timings are real; the reconstructions mean nothing.")
+          "with generated weights. Timings are real; the reconstructions mean nothing (the "
+          "structure checks are off).")
     return str(scratch / "generated_vggt")
 
 
@@ -146,11 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = args.output_dir or Path(tmp)
         model = vggt_model(args, Path(tmp)) if args.reconstructor == "vggt" else args.model
+        generated = model != args.model
         base = PipelineConfig(input_dir=args.input_dir, output_dir=out, overwrite=True,
                               window_size=args.window_size, window_stride=args.window_stride,
                               max_frames=args.max_frames, reconstructor=args.reconstructor,
                               model=model, max_query_pts=args.max_query_pts,
-                              show_progress=False)
+                              show_progress=False, **({"min_points": 0,
+                                                       "min_frame_observations": 0}
+                                                      if generated else {}))
         try:
             summaries = timed_runs(base, args.batch_size)
         except PipelineError as exc:

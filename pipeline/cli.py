@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import fields
 from pathlib import Path
 
-from .config import CAMERA_TYPES, IMAGE_MODES, PipelineConfig
+from .config import CAMERA_TYPES, DA3_METHODS, IMAGE_MODES, PipelineConfig
 from .errors import DiskFullError, PipelineError
 from .reconstructors import available_reconstructors
 
@@ -109,24 +109,26 @@ def _folder(text: str) -> Path:
 
 
 def _add_input_args(p: argparse.ArgumentParser) -> None:
-    """Where the frames come from."""
-    src = p.add_argument_group("input").add_mutually_exclusive_group(required=True)
+    """Where the frames come from, and which of them are used."""
+    inp = p.add_argument_group("input")
+    src = inp.add_mutually_exclusive_group(required=True)
     src.add_argument("--input-dir", type=_folder, help="folder of frames (jpg, jpeg, png, webp, "
                      "bmp, tif), ordered by natural sort (frame_2 before frame_10)")
     src.add_argument("--input-video", type=_folder, help="a video file; its frames are extracted "
                      "once (PyAV) into OUT/frames/")
-    p.add_argument("--frame-pattern", metavar="GLOB", help="with --input-dir: only file names "
-                   "matching this glob, e.g. '*.color.jpg' (default: every image)")
-    p.add_argument("--fps", type=_positive_float, help="with --input-video: frames per second of video to "
-                   "extract (default: every frame)")
-    p.add_argument("--output-dir", type=_folder, required=True, help="output folder (created)")
-    p.add_argument("--frame-step", type=_positive_int, default=1, metavar="N",
-                   help="use every N-th frame, for dense video frame dumps whose consecutive "
-                   "frames barely move (default 1)")
-    p.add_argument("--max-frames", type=_positive_int, help="use only the first N frames (after "
-                   "--frame-step)")
-    p.add_argument("--skip-bad-frames", action="store_true", help="drop unreadable frames with a "
-                   "warning (default: stop before any work, naming the file)")
+    inp.add_argument("--frame-pattern", metavar="GLOB", help="with --input-dir: only file names "
+                     "matching this glob, e.g. '*.color.jpg' for a folder that also holds depth "
+                     "maps (default: every image)")
+    inp.add_argument("--fps", type=_positive_float, help="with --input-video: frames per second "
+                     "of video to extract (default: every frame)")
+    inp.add_argument("--frame-step", type=_positive_int, default=1, metavar="N",
+                     help="use every N-th frame, for dense video frame dumps whose consecutive "
+                     "frames barely move (default 1)")
+    inp.add_argument("--max-frames", type=_positive_int, help="use only the first N frames "
+                     "(after --frame-step)")
+    inp.add_argument("--skip-bad-frames", action="store_true", help="drop unreadable frames "
+                     "with a warning (default: stop before any work, naming the file)")
+    inp.add_argument("--output-dir", type=_folder, required=True, help="output folder (created)")
 
 
 def _add_window_args(p: argparse.ArgumentParser) -> None:
@@ -171,30 +173,38 @@ def _add_reconstruction_args(p: argparse.ArgumentParser) -> None:
                    "(default 100)")
     r.add_argument("--min-registered", dest="min_registered_fraction", type=_number, default=0.5,
                    metavar="FRACTION",
-                   help="mark a window failed when fewer of its frames register (default 0.5)")
+                   help="colmap: mark a window failed when fewer of its frames register "
+                   "(default 0.5)")
+    r.add_argument("--min-points", type=_non_negative_int, default=50, metavar="N",
+                   help="mark a window failed when its model has fewer 3D points (default 50)")
+    r.add_argument("--min-frame-observations", type=_non_negative_int, default=20, metavar="N",
+                   help="mark a window failed when one of its registered frames sees fewer 3D "
+                   "points (default 20)")
 
 
 def _add_vggt_args(p: argparse.ArgumentParser) -> None:
     """The network reconstructor's settings."""
-    n = p.add_argument_group("vggt")
-    n.add_argument("--model", default="facebook/VGGT-1B", help="checkpoint: a .safetensors/.pt "
-                   "file, a folder holding one, or a hub id (default facebook/VGGT-1B, for vggt; "
-                   "da3 needs one given, e.g. depth-anything/DA3-LARGE-1.1 or a folder)")
-    n.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), "
-                   "cpu, cuda, cuda:1, ...")
+    n = p.add_argument_group("networks (vggt, da3)")
+    n.add_argument("--model", default="facebook/VGGT-1B", help="vggt/da3 checkpoint: a "
+                   ".safetensors/.pt file, a folder holding one, or a hub id (default "
+                   "facebook/VGGT-1B, for vggt; da3 needs one given, e.g. "
+                   "depth-anything/DA3-LARGE-1.1 or a folder)")
+    n.add_argument("--device", default="auto", help="vggt/da3: auto (CUDA when available, "
+                   "else CPU), cpu, cuda, cuda:1, ...")
     n.add_argument("--mixed-precision", choices=("auto", "bf16", "fp16", "no"), default="auto",
-                   help="auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU")
+                   help="vggt/da3: auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 "
+                   "on CPU")
     n.add_argument("--preprocess-mode", choices=("crop", "pad"), default="crop",
-                   help="crop: --process-res px wide, centre-cropped to at most as many rows; "
+                   help="vggt: crop: --process-res px wide, centre-cropped to at most as many rows; "
                    "pad: longer side --process-res, padded to a square")
-    n.add_argument("--query-frame-num", type=_positive_int, default=4, help="frames per window "
-                   "whose SIFT keypoints are tracked (default 4)")
-    n.add_argument("--max-query-pts", type=_positive_int, default=2048, help="keypoints tracked "
-                   "per window (default 2048)")
-    n.add_argument("--fine-tracking", action="store_true", help="run the track head's "
-                   "refinement for twice as many iterations (slower, sometimes tighter tracks)")
-    n.add_argument("--vis-thresh", type=_number, default=0.2, help="drop track observations with "
-                   "a lower visibility score (default 0.2)")
+    n.add_argument("--query-frame-num", type=_positive_int, default=4, help="vggt: frames per "
+                   "window whose SIFT keypoints are tracked (default 4)")
+    n.add_argument("--max-query-pts", type=_positive_int, default=2048, help="vggt: keypoints "
+                   "tracked per window (default 2048)")
+    n.add_argument("--fine-tracking", action="store_true", help="vggt: run the track "
+                   "head's refinement for twice as many iterations (slower, sometimes tighter tracks)")
+    n.add_argument("--vis-thresh", type=_number, default=0.2, help="vggt: drop track "
+                   "observations with a lower visibility score (default 0.2)")
     n.add_argument("--max-reproj-error", type=_number, default=8.0, help="drop observations with "
                    "a larger reprojection error in pixels (default 8)")
     n.add_argument("--use-ba", action=argparse.BooleanOptionalAction, default=True,
@@ -232,10 +242,9 @@ def _add_memory_args(p: argparse.ArgumentParser) -> None:
 
 def _add_da3_args(p: argparse.ArgumentParser) -> None:
     """Depth Anything 3's input grid, and the network reconstructors' exports."""
-    from .export_formats import parse_export_format
-    from .preprocess import DA3_METHODS
-
     def export_format(text: str) -> str:
+        from .export_formats import parse_export_format  # deferred: --help stays quick
+
         try:
             return "-".join(parse_export_format(text))
         except ValueError as exc:
@@ -268,8 +277,9 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
     o.add_argument("--overwrite", action="store_true", help="redo every window, including "
                    "complete ones")
     v = p.add_mutually_exclusive_group()
-    v.add_argument("-v", "--verbose", action="store_true", help="debug logging, and COLMAP's "
-                   "own warnings")
+    v.add_argument("-v", "--verbose", action="store_true", help="the pipeline's debug log "
+                   "(every window's failure, every reason a window is redone), and COLMAP's own "
+                   "warnings")
     v.add_argument("-q", "--quiet", action="store_true", help="warnings and the summary only; no "
                    "progress bars")
 
@@ -318,6 +328,16 @@ def _terminate_as_interrupt() -> Iterator[None]:
             signal.signal(signum, old)
 
 
+def _configure_logging(*, verbose: bool, quiet: bool) -> None:
+    """The pipeline's own logs at INFO (DEBUG with ``-v``, WARNING with ``-q``); other
+    libraries' only from WARNING, so that ``-v`` shows the pipeline's stages, not their debug
+    output."""
+    logging.basicConfig(level=logging.WARNING, datefmt="%H:%M:%S",
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.getLogger("pipeline").setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the pipeline from command-line arguments; return the exit status."""
     parser = build_parser()
@@ -326,14 +346,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--fps applies only to --input-video")
     if args.frame_pattern is not None and args.input_dir is None:
         parser.error("--frame-pattern applies only to --input-dir")
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    _configure_logging(verbose=args.verbose, quiet=args.quiet)
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from .runner import run
 
     config = config_from_args(args)
+    import pycolmap  # noqa: F401 - before our SIGTERM handler: importing pycolmap installs
+    # glog's failure signal handler, which would abort on SIGTERM instead of ending the run
     try:
         with logging_redirect_tqdm(), _terminate_as_interrupt():
             summary = run(config)
@@ -351,4 +371,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(summary.profile.format(summary.device))
     if summary.is_main:
         print(summary.line())
+        for line in summary.digest():
+            print(f"  {line}")
     return EXIT_OK if summary.success else EXIT_WINDOWS_FAILED

@@ -12,6 +12,9 @@ IMAGE_MODES = ("link", "copy", "none")
 CAMERA_TYPES = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL")
 """COLMAP camera models users can ask for."""
 
+DA3_METHODS = ("upper_bound_resize", "lower_bound_resize", "upper_bound_crop", "lower_bound_crop")
+"""Depth Anything 3's ways of fitting frames to its grid (see :mod:`pipeline.preprocess`)."""
+
 CAMERA_PARAMS = {"SIMPLE_PINHOLE": ("f", "cx", "cy"), "PINHOLE": ("fx", "fy", "cx", "cy"),
                  "SIMPLE_RADIAL": ("f", "cx", "cy", "k")}
 """The parameters of each camera model, in COLMAP's order."""
@@ -126,6 +129,10 @@ class PipelineConfig:
     of these chunks (see :mod:`pipeline.sequence_sfm`); 0 reconstructs each window alone."""
     min_registered_fraction: float = 0.5
     """A window that registers fewer of its frames than this is marked failed."""
+    min_points: int = 50
+    """A window whose model has fewer 3D points is marked failed (too little structure)."""
+    min_frame_observations: int = 20
+    """A window with a registered frame that sees fewer 3D points is marked failed."""
     merge: bool = False
     """After the windows finish, join them into ``output_dir/merged`` (see ``pipeline.merge``)."""
     show_progress: bool = True

@@ -49,6 +49,10 @@ from .geometry import (ALIGN_MODES, ate, camera_centers, invert_pose,
 logger = logging.getLogger(__name__)
 
 EVALUATION_JSON = "evaluation.json"
+GT_PLOT = "trajectory_vs_gt.png"
+"""Written into each merged segment's folder: its path aligned onto the ground truth."""
+METRIC_GT = ("tum", "7scenes")
+"""Ground-truth kinds in metres (the others are in their own units)."""
 """Default report name inside the output folder."""
 GT_NPZ = "ground_truth.npz"
 """Synthetic ground-truth file name."""
@@ -77,6 +81,9 @@ class EvaluateOptions:
     """RPE frame offset, counted in matched frames (in natural name order)."""
     per_frame: bool = False
     """Include per-frame ATE errors and frame names in the report."""
+    plot: bool = True
+    """Draw each merged segment against the ground truth (``trajectory_vs_gt.png`` in its
+    folder), coloured by each frame's error."""
 
 
 @dataclass(kw_only=True)
@@ -440,6 +447,11 @@ def _summary(windows: list[dict[str, Any]]) -> dict[str, Any]:
             "rpe_rot_rmse_deg": agg([w["rpe"]["rot_deg"]["rmse"] for w in scored if w["rpe"]])}
 
 
+def gt_units(kind: str) -> str:
+    """Units of distances scored against ground truth of ``kind``."""
+    return "m" if kind in METRIC_GT else "gt units"
+
+
 def evaluate_output(out_dir: str | Path, gt: str | Path | Mapping[str, np.ndarray], *,
                     options: EvaluateOptions | None = None) -> dict[str, Any]:
     """Score every window of a pipeline output, and the merged trajectory when present.
@@ -481,21 +493,24 @@ def evaluate_output(out_dir: str | Path, gt: str | Path | Mapping[str, np.ndarra
               "gt_kind": gt_kind, "gt_frames": len(gt_poses),
               "options": {"align": options.align, "rpe_delta": options.rpe_delta},
               "windows": [_evaluate_window(w, out_dir, gt_poses, options) for w in windows],
-              "merged": _evaluate_merged(out_dir, frame_names, gt_poses, options)}
+              "units": gt_units(gt_kind),
+              "merged": _evaluate_merged(out_dir, frame_names, gt_poses, options,
+                                         gt_units(gt_kind))}
     report["summary"] = _summary(report["windows"])
     return report
 
 
 def _evaluate_merged(out_dir: Path, frame_names: list[str], gt: Mapping[str, np.ndarray],
-                     options: EvaluateOptions) -> list[dict[str, Any]] | None:
+                     options: EvaluateOptions, units: str) -> list[dict[str, Any]] | None:
     """One report entry per merged segment, ``None`` when nothing was merged."""
-    entries = [_evaluate_segment(d, out_dir, frame_names, gt, options)
+    entries = [_evaluate_segment(d, out_dir, frame_names, gt, options, units)
                for d in merged_segment_dirs(out_dir)]
     return entries or None
 
 
 def _evaluate_segment(segment_dir: Path, out_dir: Path, frame_names: list[str],
-                      gt: Mapping[str, np.ndarray], options: EvaluateOptions) -> dict[str, Any]:
+                      gt: Mapping[str, np.ndarray], options: EvaluateOptions,
+                      units: str) -> dict[str, Any]:
     poses = load_merged_poses(segment_dir, frame_names)
     entry = {"path": str(Path(segment_dir).relative_to(out_dir)), "status": "ok",
              "num_frames": len(poses), "error": None}
@@ -504,7 +519,29 @@ def _evaluate_segment(segment_dir: Path, out_dir: Path, frame_names: list[str],
     except ValueError as exc:
         entry.update(status="error", error=str(exc))
         logger.warning("merged trajectory: %s", exc)
+        return entry
+    if options.plot:
+        entry["plot"] = str(plot_against_ground_truth(poses, gt, options, units,
+                                                      Path(segment_dir) / GT_PLOT))
     return entry
+
+
+def plot_against_ground_truth(pred: Mapping[str, np.ndarray], gt: Mapping[str, np.ndarray],
+                              options: EvaluateOptions, units: str, png: Path) -> Path:
+    """Draw the predicted path aligned onto the ground truth, coloured by each frame's error,
+    over the ground truth (see :func:`pipeline.plots.plot_trajectory`); return ``png``."""
+    from .plots import plot_trajectory
+
+    pairs = match_names(list(pred), list(gt))
+    pred_c = camera_centers(np.stack([pred[p] for p, _ in pairs]))
+    gt_c = camera_centers(np.stack([gt[g] for _, g in pairs]))
+    result = ate(pred_c, gt_c, align=options.align)
+    plot_trajectory(png, result.alignment.apply(pred_c), ground_truth=gt_c, errors=result.errors,
+                    units=units, title=f"{png.parent.name} against the ground truth\nATE rmse "
+                    f"{result.rmse:.3g} {units} "
+                    f"({100 * result.rmse_path_fraction:.1f}% of the {result.path_length:.3g} "
+                    f"{units} path), {options.align} alignment")
+    return png
 
 
 # --------------------------------------------------------------------------------------------
@@ -517,36 +554,54 @@ def _fmt(value: Any, spec: str = ".4g") -> str:
     return format(value, spec) if isinstance(value, float) else str(value)
 
 
-_COLUMNS = ("window", "batch", "status", "frames", "reg", "matched", "ATE rmse", "ATE %ext",
-            "ATE max", "scale", "RPE t rmse", "RPE r deg", "note")
+def _columns(units: str) -> tuple[str, ...]:
+    """Table headers, with units: distances in ``units`` (after alignment), errors relative to
+    the ground truth's extent (bounding-box diagonal) and path length in %, angles in degrees."""
+    return ("window", "batch", "status", "frames", "reg", "matched", f"ATE rmse ({units})",
+            "ATE % extent", "ATE % path", f"ATE max ({units})", "scale (x)",
+            f"RPE t rmse ({units})", "RPE r rmse (deg)", "note")
 
 
 def _table_row(label: str, batch: Any, entry: dict[str, Any]) -> list[str]:
     a, r = entry.get("ate"), entry.get("rpe")
-    frac = a["rmse_fraction"] * 100 if a and a["rmse_fraction"] is not None else None
+
+    def percent(key: str) -> float | None:
+        return a[key] * 100 if a and a.get(key) is not None else None
+
     return [label, _fmt(batch), entry["status"], _fmt(entry.get("num_frames")),
             _fmt(entry.get("num_registered")), _fmt(entry.get("num_matched")),
-            _fmt(a and a["rmse"]), _fmt(frac, ".3g"), _fmt(a and a["max"]),
+            _fmt(a and a["rmse"]), _fmt(percent("rmse_fraction"), ".3g"),
+            _fmt(percent("rmse_path_fraction"), ".3g"), _fmt(a and a["max"]),
             _fmt(a and a["alignment"]["scale"]), _fmt(r and r["trans"]["rmse"]),
             _fmt(r and r["rot_deg"]["rmse"], ".3g"), (entry.get("error") or "")[:60]]
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """The report as a plain-text table with aligned columns, and a summary line."""
+    """The report as a plain-text table with aligned columns (units in the headers), and a
+    summary line."""
+    units = report.get("units") or gt_units(report.get("gt_kind", ""))
+    columns = _columns(units)
     rows = [_table_row(f"{w['window_index']:03d}", w["batch_index"], w)
             for w in report["windows"]]
     for entry in report.get("merged") or []:
         rows.append(_table_row(entry["path"], None, entry))
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c)
-              for i, c in enumerate(_COLUMNS)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(_COLUMNS, widths)).rstrip()]
+              for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
     s = report["summary"]
     ate_mean = s["ate_rmse"]["mean"] if s["ate_rmse"] else None
+    path = s.get("ate_rmse_path_fraction")
     lines.append(f"windows: {s['windows_ok']} scored, {s['windows_failed']} failed, "
                  f"{s['windows_error']} not scorable, of {s['windows_total']}; "
-                 f"mean ATE rmse {_fmt(ate_mean)} (align {report['options']['align']}, "
-                 f"ground truth: {report['gt_kind']}, {report['gt_frames']} frames)")
+                 f"mean ATE rmse {_fmt(ate_mean)} {units}"
+                 + (f", median {_fmt(100 * path['median'], '.3g')}% of the window's path"
+                    if path else "")
+                 + f" (align {report['options']['align']}, ground truth: "
+                 f"{report['gt_kind']}, {report['gt_frames']} frames)")
+    for entry in report.get("merged") or []:
+        if entry.get("plot"):
+            lines.append(f"{entry['path']}: aligned onto the ground truth in {entry['plot']}")
     return "\n".join(lines)
 
 
@@ -597,6 +652,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ATE alignment of predicted onto GT centres (default: sim3)")
     p.add_argument("--rpe-delta", type=int, default=1, help="RPE frame offset (default: 1)")
     p.add_argument("--per-frame", action="store_true", help="per-frame errors in the JSON")
+    p.add_argument("--no-plot", dest="plot", action="store_false", help="do not draw each "
+                   f"merged segment against the ground truth (default: {GT_PLOT} in its folder)")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
     return p
 
@@ -611,7 +668,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     options = EvaluateOptions(align=args.align, rpe_delta=args.rpe_delta,
-                              per_frame=args.per_frame)
+                              per_frame=args.per_frame, plot=args.plot)
     try:
         report = evaluate_output(args.pred, args.gt, options=options)
         json_path = args.json or args.pred / EVALUATION_JSON

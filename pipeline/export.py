@@ -20,7 +20,7 @@ from typing import Any
 
 from .errors import DiskFullError
 from .frames import Frame
-from .output import WINDOW_INFO, list_files, model_problem
+from .output import WINDOW_INFO, WindowChecks, list_files, load_model
 
 logger = logging.getLogger(__name__)
 
@@ -81,13 +81,15 @@ def create_staging(final_dir: Path, frames: Sequence[Frame], images: str = "link
 
 
 def finalize_window(staging: Path, final_dir: Path, info: dict[str, Any], *,
-                    images: str = "link") -> Path:
+                    images: str = "link", checks: WindowChecks | None = None) -> Path:
     """Check what ``staging`` holds, record it in ``window_info.json`` and rename the folder to
     ``final_dir``.
 
     A successful window whose COLMAP model does not load back is turned into a failed one (its
     ``status`` and ``error`` in ``info`` are updated). ``info["files"]`` lists every file with its
-    size. An existing ``final_dir`` (incomplete, or being overwritten) is moved aside first and
+    size. With ``checks``, a successful window whose model has too little structure fails with
+    that reason, and ``info["checks"]`` records the thresholds and what the model had. An
+    existing ``final_dir`` (incomplete, or being overwritten) is moved aside first and
     deleted only after the new folder is in place.
 
     Raises:
@@ -97,11 +99,16 @@ def finalize_window(staging: Path, final_dir: Path, info: dict[str, Any], *,
     if images == "none":
         shutil.rmtree(staging / "images", ignore_errors=True)
     if info["status"] == "ok":
-        problem = model_problem(staging / "sparse", info["registered_frames"])
+        rec, problem = load_model(staging / "sparse", info["registered_frames"])
         if problem:
             if disk_nearly_full(staging):
                 raise DiskFullError(staging / "sparse", None)
             info.update(status="failed", error=f"written model unusable: {problem}")
+        elif checks is not None:
+            info["checks"] = checks.record(rec)
+            problem = checks.problem(rec)
+            if problem:
+                info.update(status="failed", error=problem)
     info["files"] = list_files(staging)
     write_json(staging / WINDOW_INFO, info)
     trash = None

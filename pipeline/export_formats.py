@@ -30,7 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .sfm import WindowPredictions
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .sfm import WindowPredictions
 
 logger = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import re
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,9 @@ class Frame:
         width: Image width in pixels, after EXIF rotation.
         height: Image height in pixels, after EXIF rotation.
         digest: Content hash of ``source`` (BLAKE2b, 32 hex digits).
+        timestamp: Where the frame sits in the input: its index in the input folder's order
+            (before ``--frame-step``), or its time in seconds in the video; ``None`` when not
+            known (frames made from plain paths).
     """
 
     index: int
@@ -64,6 +68,7 @@ class Frame:
     width: int
     height: int
     digest: str
+    timestamp: float | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -97,6 +102,80 @@ def list_image_files(input_dir: Path, pattern: str | None = None) -> list[Path]:
         wanted = pattern or ", ".join(IMAGE_EXTENSIONS)
         raise InputError(f"no images in {input_dir} (looked for {wanted})")
     return sorted(paths, key=lambda p: natural_key(p.name))
+
+
+_PIXEL_KINDS = {"1": "1-bit", "L": "grey 8-bit", "LA": "grey 8-bit", "I": "single-channel 32-bit",
+                "F": "single-channel float"}
+MIN_PATTERN_SHARE = 0.1
+"""A second name pattern holding at least this share of the frames is worth a warning."""
+
+
+def _pixel_kind(path: Path) -> str | None:
+    """What a frame's pixels are (from its header only), or None when it cannot be read."""
+    try:
+        with Image.open(path) as img:
+            mode = img.mode
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    if mode.startswith("I;16"):
+        return "single-channel 16-bit"
+    return _PIXEL_KINDS.get(mode, "colour")
+
+
+def _name_pattern(name: str) -> str:
+    """``name`` with every run of digits as ``#`` (``frame-000012.color.jpg`` ->
+    ``frame-#.color.jpg``)."""
+    return re.sub(r"\d+", "#", name)
+
+
+def check_one_kind(paths: list[Path]) -> None:
+    """Refuse a folder that mixes kinds of images, before any work.
+
+    7-Scenes, TUM and many capture tools keep depth maps, masks or thumbnails beside the colour
+    frames; taken whole, every window fails with a misleading reason. Frames whose pixels are of
+    different kinds (colour, grey, 16-bit single-channel, float) are an error naming the groups
+    and a ``--frame-pattern`` that picks the colour frames; frames of one kind named in several
+    patterns (two cameras?) only get a warning. Unreadable files are left to
+    :func:`prepare_frames`.
+
+    Raises:
+        InputError: the frames are of several kinds.
+    """
+    groups: dict[str, list[Path]] = {}
+    for path in paths:
+        kind = _pixel_kind(path)
+        if kind is not None:
+            groups.setdefault(kind, []).append(path)
+    if len(groups) > 1:
+        ranked = sorted(groups.items(), key=lambda item: (item[0] != "colour", -len(item[1])))
+        listed = ", ".join(f"{len(group)} {kind} (e.g. {group[0].name})" for kind, group in ranked)
+        glob = _pattern_for(ranked[0][1], [p for _, g in ranked[1:] for p in g])
+        hint = f", e.g. --frame-pattern '{glob}'" if glob else " GLOB"
+        raise InputError(f"the input folder mixes kinds of images: {listed}; choose the frames "
+                         f"with --frame-pattern{hint}")
+    patterns: dict[str, int] = {}
+    for path in paths:
+        patterns[_name_pattern(path.name)] = patterns.get(_name_pattern(path.name), 0) + 1
+    ranked_patterns = sorted(patterns.items(), key=lambda item: -item[1])
+    if len(ranked_patterns) > 1 and ranked_patterns[1][1] >= MIN_PATTERN_SHARE * len(paths):
+        listed = ", ".join(f"{n} like {p}" for p, n in ranked_patterns[:3])
+        logger.warning("the frames follow %d name patterns (%s); if only one of them is the "
+                       "sequence, choose it with --frame-pattern", len(patterns), listed)
+
+
+def _pattern_for(wanted: list[Path], others: list[Path]) -> str | None:
+    """A glob that matches every name of ``wanted`` and none of ``others``, if a simple one
+    does (``*.color.jpg``, then the digits-as-``*`` pattern)."""
+    first = wanted[0].name
+    candidates = []
+    if "." in first:
+        candidates.append("*" + first[first.index("."):])
+    candidates.append(re.sub(r"\d+", "*", first))
+    for glob in candidates:
+        if all(fnmatch.fnmatchcase(p.name, glob) for p in wanted) and \
+                not any(fnmatch.fnmatchcase(p.name, glob) for p in others):
+            return glob
+    return None
 
 
 def load_image(path: Path) -> np.ndarray:
@@ -194,6 +273,7 @@ def prepare_frames(
     skip_bad_frames: bool = False,
     num_workers: int | None = None,
     show_progress: bool = True,
+    timestamps: Sequence[float] | None = None,
 ) -> list[Frame]:
     """Validate every frame and convert those that need it, before any reconstruction starts.
 
@@ -202,7 +282,8 @@ def prepare_frames(
         cache_dir: Folder for converted copies (created only when a frame needs one).
         skip_bad_frames: Drop unreadable frames with a warning instead of failing.
         num_workers: Decoding threads (default: the number of CPU cores).
-        show_progress: Show a tqdm bar.
+        show_progress: Show a tqdm bar (on a terminal).
+        timestamps: Each path's :attr:`Frame.timestamp`, when known.
 
     Returns:
         The usable frames, indexed 0..N-1 in sequence order.
@@ -214,7 +295,8 @@ def prepare_frames(
     workers = num_workers or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=workers) as pool:
         probes = list(tqdm(pool.map(_probe, paths), total=len(paths), desc="checking frames",
-                           unit="frame", disable=not show_progress, leave=False))
+                           unit="frame", disable=None if show_progress else True,
+                           leave=False))
     bad = [p for p in probes if p.error]
     if bad and not skip_bad_frames:
         raise InputError(
@@ -224,6 +306,7 @@ def prepare_frames(
         )
     for probe in bad:
         logger.warning("skipping unreadable frame %s (%s)", probe.path, probe.error)
+    stamps = dict(zip(paths, timestamps)) if timestamps is not None else {}
     good = [p for p in probes if not p.error]
     if len(good) < 2:
         raise InputError(f"need at least 2 readable frames, found {len(good)}")
@@ -237,7 +320,7 @@ def prepare_frames(
             taken.add(name)
             path = cache.convert(probe, name)
         frames.append(Frame(index, name, path, probe.path, probe.width, probe.height,
-                            probe.digest))
+                            probe.digest, stamps.get(probe.path)))
     cache.save()
     return frames
 
@@ -316,32 +399,48 @@ def extract_video_frames(
     if manifest.exists():
         saved = json.loads(manifest.read_text())
         files = [out_dir / name for name in saved.get("frames", [])]
-        if saved.get("settings") == settings and files and all(f.exists() for f in files):
+        if saved.get("settings") == settings and files and all(f.exists() for f in files) \
+                and len(saved.get("times") or []) == len(files):
             logger.info("reusing %d frames already extracted to %s", len(files), out_dir)
             return files
         manifest.unlink()  # the files are about to change: never pair them with old settings
-    files = _decode_video(video_path, out_dir, fps, max_frames, jpeg_quality, show_progress)
+    files, times = _decode_video(video_path, out_dir, fps, max_frames, jpeg_quality,
+                                 show_progress)
     tmp = manifest.with_name(f".{manifest.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"settings": settings, "frames": [f.name for f in files]}, indent=1))
+    tmp.write_text(json.dumps({"settings": settings, "frames": [f.name for f in files],
+                               "times": times}, indent=1))
     os.replace(tmp, manifest)
     return files
 
 
+def video_frame_times(out_dir: Path) -> list[float] | None:
+    """Video time in seconds of each frame :func:`extract_video_frames` wrote into ``out_dir``
+    (from its ``video.json``), or ``None`` when not recorded."""
+    try:
+        times = json.loads((Path(out_dir) / "video.json").read_text()).get("times")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return [float(t) for t in times] if isinstance(times, list) else None
+
+
 def _decode_video(video_path: Path, out_dir: Path, fps: float | None, max_frames: int | None,
-                  jpeg_quality: int, show_progress: bool) -> list[Path]:
-    """Decode and write the sampled frames; see :func:`extract_video_frames`."""
+                  jpeg_quality: int, show_progress: bool) -> tuple[list[Path], list[float]]:
+    """Decode and write the sampled frames; return them with their video times (seconds);
+    see :func:`extract_video_frames`."""
     try:
         import av
     except ImportError as exc:  # pragma: no cover - av is in requirements.txt
         raise InputError("video input needs PyAV: pip install av") from exc
     out_dir.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
+    times: list[float] = []
     next_time = 0.0
     try:
         with av.open(str(video_path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            bar = tqdm(desc="extracting frames", unit="frame", disable=not show_progress,
+            bar = tqdm(desc="extracting frames", unit="frame",
+                       disable=None if show_progress else True,
                        leave=False)
             for frame in container.decode(stream):
                 t = float(frame.time) if frame.time is not None else len(files) / (fps or 1.0)
@@ -350,6 +449,7 @@ def _decode_video(video_path: Path, out_dir: Path, fps: float | None, max_frames
                 path = out_dir / f"frame_{len(files):06d}.jpg"
                 frame.to_image().save(path, format="JPEG", quality=jpeg_quality)
                 files.append(path)
+                times.append(round(t, 6))
                 bar.update()
                 if fps is not None:
                     next_time += 1.0 / fps
@@ -360,4 +460,4 @@ def _decode_video(video_path: Path, out_dir: Path, fps: float | None, max_frames
         raise InputError(f"cannot decode video {video_path}: {exc}") from exc
     if not files:
         raise InputError(f"no frames decoded from video {video_path}")
-    return files
+    return files, times

@@ -550,11 +550,13 @@ def rpe(pred_poses: np.ndarray, gt_poses: np.ndarray, *, delta: int = 1,
                      scale=float(scale), trans=_stats(trans_err), rot=_stats(rot_err))
 
 
-def tum_lines(timestamps: Sequence[float], cam_from_world: np.ndarray) -> list[str]:
-    """TUM trajectory lines ``t tx ty tz qx qy qz qw`` (world-from-camera) of (N, 3, 4) poses."""
+def tum_lines(timestamps: Sequence[float], cam_from_world: np.ndarray, *,
+              meaning: str = "frame index") -> list[str]:
+    """TUM trajectory lines ``t tx ty tz qx qy qz qw`` (world-from-camera) of (N, 3, 4) poses,
+    after a comment saying what the timestamps are (``meaning``)."""
     centres = camera_centers(cam_from_world)
     quats = rotmat_to_quat_xyzw(np.transpose(cam_from_world[:, :, :3], (0, 2, 1)))
-    lines = ["# timestamp tx ty tz qx qy qz qw (world-from-camera; timestamp = frame index)"]
+    lines = [f"# timestamp tx ty tz qx qy qz qw (world-from-camera; timestamp = {meaning})"]
     for t, c, q in zip(timestamps, centres, quats):
         stamp = str(t) if isinstance(t, (int, np.integer)) else f"{t:.6f}"
         lines.append(f"{stamp} " + " ".join(f"{v:.9f}" for v in (*c, *q)))

@@ -41,7 +41,7 @@ from .errors import InputError, PipelineError
 from .export import write_json
 from .geometry import Sim3, camera_centers, robust_sim3, tum_lines
 from .lock import OutputLock
-from .output import planned_windows
+from .output import planned_windows, read_plan
 
 logger = logging.getLogger(__name__)
 
@@ -512,40 +512,33 @@ def segment_reconstruction(segment: Segment) -> pycolmap.Reconstruction:
     return rec
 
 
-def write_segment(segment: Segment, out_dir: Path) -> None:
-    """``sparse/``, ``points.ply``, ``trajectory.txt`` (+ names) and ``trajectory.png``."""
+def write_segment(segment: Segment, out_dir: Path,
+                  timestamps: dict[str, float] | None = None) -> None:
+    """``sparse/``, ``points.ply``, ``trajectory.txt`` (+ names) and ``trajectory.png``.
+
+    ``timestamps`` (frame name -> index in the input folder, or video time in seconds, from the
+    run plan) stamp the trajectory; without them, the position in the run's sequence does."""
+    from .plots import plot_trajectory
+
     out_dir.mkdir(parents=True, exist_ok=True)
     rec = segment_reconstruction(segment)
     (out_dir / "sparse").mkdir(exist_ok=True)
     rec.write(out_dir / "sparse")
     rec.export_PLY(out_dir / "points.ply")
+    stamps: list[float] = list(segment.frame_index)
+    meaning = "position in the run's sequence"
+    if timestamps and all(timestamps.get(n) is not None for n in segment.names):
+        stamps = [timestamps[n] for n in segment.names]
+        meaning = ("index of the frame in the input folder" if
+                   all(float(t).is_integer() for t in stamps) else "video time in seconds")
+        stamps = [int(t) if float(t).is_integer() else float(t) for t in stamps]
     (out_dir / "trajectory.txt").write_text(
-        "\n".join(tum_lines(segment.frame_index, segment.poses)) + "\n")
+        "\n".join(tum_lines(stamps, segment.poses, meaning=meaning)) + "\n")
     (out_dir / "trajectory_names.txt").write_text("\n".join(segment.names) + "\n")
-    plot_trajectory([camera_centers(segment.poses)], out_dir / "trajectory.png")
-
-
-def plot_trajectory(paths: Sequence[np.ndarray], png: Path, size: int = 640) -> None:
-    """A top-down picture of camera paths: the plane of their two main directions, drawn with
-    Pillow; start marked green, end red, each path in its own colour."""
-    from PIL import Image, ImageDraw
-
-    allpts = np.concatenate(paths)
-    mean = allpts.mean(axis=0)
-    axes = np.linalg.svd(allpts - mean, full_matrices=False)[2][:2] if len(allpts) > 2 else np.eye(3)[:2]
-    flat = [(p - mean) @ axes.T for p in paths]
-    lo, hi = np.concatenate(flat).min(axis=0), np.concatenate(flat).max(axis=0)
-    scale = (size - 40) / max(float(np.max(hi - lo)), 1e-12)
-    lo = lo - ((size - 40) / scale - (hi - lo)) / 2  # centre the drawing
-    img = Image.new("RGB", (size, size), "white")
-    draw = ImageDraw.Draw(img)
-    palette = [(31, 119, 180), (255, 127, 14), (148, 103, 189), (140, 86, 75), (23, 190, 207)]
-    for i, p in enumerate(flat):
-        xy = [(20 + (x - lo[0]) * scale, size - 20 - (y - lo[1]) * scale) for x, y in p]
-        draw.line(xy, fill=palette[i % len(palette)], width=2)
-        for point, colour in ((xy[0], (44, 160, 44)), (xy[-1], (214, 39, 40))):
-            draw.ellipse([point[0] - 4, point[1] - 4, point[0] + 4, point[1] + 4], fill=colour)
-    img.save(png)
+    plot_trajectory(out_dir / "trajectory.png", camera_centers(segment.poses),
+                    title=f"{out_dir.name}: {len(segment.names)} frames, windows "
+                          f"{segment.windows[0]}-{segment.windows[-1]}",
+                    units="scene units")
 
 
 def merge_output(output_dir: Path, options: MergeOptions | None = None) -> dict[str, Any]:
@@ -562,6 +555,8 @@ def merge_output(output_dir: Path, options: MergeOptions | None = None) -> dict[
     models, failed, leftovers = load_windows(output_dir)
     if not models:
         raise InputError(f"no successful windows to merge in {output_dir}")
+    timestamps = {f.get("name"): f.get("timestamp") for f in read_plan(output_dir)["frames"]
+                  if isinstance(f, dict)}
     pairs = [align_pair(a, b, options) for a, b in overlapping_pairs(models)]
     by_index = {m.index: m for m in models}
     scales = {m.index: m.scene_scale for m in models}
@@ -576,7 +571,7 @@ def merge_output(output_dir: Path, options: MergeOptions | None = None) -> dict[
             transforms = refine_transforms(windows, transforms, pairs, scales)
         segment = build_segment(by_index, transforms, options)
         folder = merged if len(segments) == 1 else merged / f"segment_{k:03d}"
-        write_segment(segment, folder)
+        write_segment(segment, folder, timestamps)
         report["segments"].append({
             "path": str(folder.relative_to(output_dir)), "windows": windows,
             "frames": len(segment.names), "first_frame": segment.names[0],

@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 WINDOW_INFO = "window_info.json"
 RUN_MANIFEST = "run.json"
 PLAN = "plan.json"
-SIGNATURE_VERSION = 2
+SIGNATURE_VERSION = 3
 """Bumped when the signature's shape or meaning changes: older windows are then redone."""
 
 NOT_RESULT_KEYS = frozenset({"num_threads", "gpu_index", "print_summary", "logging_type",
@@ -94,8 +94,45 @@ def _strip(options: dict[str, Any]) -> dict[str, Any]:
             if k not in NOT_RESULT_KEYS}
 
 
+@dataclass(kw_only=True)
+class WindowChecks:
+    """What a window's COLMAP model must hold to be marked ok: real structure, not a model
+    with a handful of points and a reprojection error of zero. The values and what the model
+    had are recorded in ``window_info.json`` under ``checks``."""
+
+    min_points: int = 50
+    """3D points the model needs."""
+    min_frame_observations: int = 20
+    """Observations (points seen) every registered frame needs."""
+
+    def problem(self, rec: Any) -> str | None:
+        """Why the ``pycolmap.Reconstruction`` ``rec`` fails these checks, or ``None``."""
+        if rec.num_points3D() < self.min_points:
+            return (f"too little structure: {rec.num_points3D()} 3D points (need "
+                    f"{self.min_points}, --min-points)")
+        counts = observation_counts(rec)
+        weakest = min(counts, key=counts.get, default=None)
+        if weakest is not None and counts[weakest] < self.min_frame_observations:
+            return (f"too little structure: frame {weakest} sees {counts[weakest]} 3D points "
+                    f"(need {self.min_frame_observations}, --min-frame-observations)")
+        return None
+
+    def record(self, rec: Any) -> dict[str, Any]:
+        """The checks and what ``rec`` has, for ``window_info.json``."""
+        counts = observation_counts(rec)
+        return {"min_points": self.min_points,
+                "min_frame_observations": self.min_frame_observations,
+                "num_points3D": rec.num_points3D(),
+                "fewest_frame_observations": min(counts.values(), default=0)}
+
+
+def observation_counts(rec: Any) -> dict[str, int]:
+    """``{frame name: 3D points it observes}`` of the registered frames of ``rec``."""
+    return {rec.images[i].name: rec.images[i].num_points3D for i in rec.reg_image_ids()}
+
+
 def window_signature(frames: Iterable[Any], reconstructor: str, options: Any, images: str,
-                     context: str | None = None) -> dict[str, Any]:
+                     context: str | None = None, checks: Any = None) -> dict[str, Any]:
     """What a finished window must match to be reused.
 
     Args:
@@ -105,10 +142,13 @@ def window_signature(frames: Iterable[Any], reconstructor: str, options: Any, im
         images: What the window's ``images/`` holds (``link``, ``copy``, ``none``).
         context: :func:`frames_digest` of other frames whose content decides the window's
             result (e.g. the chunk of the sequence it was cut from).
+        checks: The :class:`WindowChecks` its status was decided with, if any.
     """
     signature = {"version": SIGNATURE_VERSION, "reconstructor": reconstructor,
                  "options": options, "images": images,
                  "frames": [[f.name, f.digest] for f in frames]}
+    if checks is not None:
+        signature["checks"] = options_signature(checks)
     if context is not None:
         signature["context"] = context
     return signature
@@ -144,6 +184,8 @@ def signature_difference(old: Any, new: Mapping[str, Any]) -> str | None:
         return f"its images/ was made with --images {old.get('images')}"
     if old.get("context") != new.get("context"):
         return "frames around it that decide its result (its chunk, the sequence) changed"
+    if old.get("checks") != new.get("checks"):
+        return f"option {_first_difference(old.get('checks'), new.get('checks'))} changed"
     return f"option {_first_difference(old.get('options'), new.get('options'))} changed"
 
 
@@ -231,16 +273,22 @@ def files_problem(window_dir: Path, info: Mapping[str, Any]) -> str | None:
 
 def model_problem(sparse: Path, registered: Sequence[str]) -> str | None:
     """Why the COLMAP model in ``sparse`` does not load with exactly the ``registered`` frames."""
+    return load_model(sparse, registered)[1]
+
+
+def load_model(sparse: Path, registered: Sequence[str]) -> tuple[Any, str | None]:
+    """``(pycolmap.Reconstruction, None)``, or ``(None, why)`` when the model in ``sparse`` does
+    not load with exactly the ``registered`` frames."""
     import pycolmap  # deferred: reading records needs it only here
 
     try:
         rec = pycolmap.Reconstruction(str(sparse))
     except Exception as exc:  # noqa: BLE001 - pycolmap raises C++ errors of several kinds
-        return f"its COLMAP model does not load ({' '.join(str(exc).split())[:200]})"
+        return None, f"its COLMAP model does not load ({' '.join(str(exc).split())[:200]})"
     names = {rec.images[i].name for i in rec.reg_image_ids()}
     if names != set(registered):
-        return "its COLMAP model does not hold the registered frames its record names"
-    return None
+        return None, "its COLMAP model does not hold the registered frames its record names"
+    return rec, None
 
 
 def refresh_links(window_dir: Path, frames: Sequence[Any]) -> int:
@@ -284,7 +332,8 @@ def write_plan(output_dir: Path, frames: Sequence[Any], windows: Sequence[Any],
 
     plan = {"version": 1,
             "frames": [{"name": f.name, "source": str(f.source), "digest": f.digest,
-                        "size": list(f.size)} for f in frames],
+                        "size": list(f.size), "timestamp": getattr(f, "timestamp", None)}
+                       for f in frames],
             "windows": [{"index": w.index, "path": w.relative_dir.as_posix(), "start": w.start,
                          "num_frames": len(w), "digest": digest(s)}
                         for w, s in zip(windows, signatures)]}

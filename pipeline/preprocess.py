@@ -46,15 +46,14 @@ from typing import List, Sequence, Tuple
 import numpy as np
 import torch
 
+from .config import DA3_METHODS
+
 logger = logging.getLogger(__name__)
 
 CONVENTIONS = ("colmap", "index")
 
 VGGT_MODES = ("crop", "pad")
 """VGGT's resize modes."""
-
-DA3_METHODS = ("upper_bound_resize", "lower_bound_resize", "upper_bound_crop", "lower_bound_crop")
-"""Depth Anything 3's ``process_res_method`` values."""
 
 
 @dataclass(kw_only=True)

@@ -30,11 +30,13 @@ from .distributed import ProcessGroup, process_group
 from .errors import DiskFullError, InputError, PipelineError
 from .export import (NO_SPACE, create_staging, discard_staging, disk_nearly_full,
                      finalize_window, remove_stale_staging, write_json)
-from .frames import Frame, extract_video_frames, list_image_files, prepare_frames
+from .digest import cause_key, digest_json, failure_digest, plural
+from .frames import (Frame, check_one_kind, extract_video_frames, list_image_files,
+                     prepare_frames, video_frame_times)
 from .lock import OutputLock
 from .memory import MIN_AUTO_RES, MemoryGovernor, StageTable, budget_mb
-from .output import (PLAN, RUN_MANIFEST, check_window, read_window_info, refresh_links,
-                     window_signature, write_plan)
+from .output import (PLAN, RUN_MANIFEST, WindowChecks, check_window, read_window_info,
+                     refresh_links, window_signature, write_plan)
 from .reconstructors import (STATUS_FAILED, STATUS_OK, Reconstructor, WindowResult,
                              create_reconstructor)
 from .windows import Batch, Window, create_windows, take_batch
@@ -86,6 +88,11 @@ class RunSummary:
         """Every window succeeded, and so did the merge if one was asked for."""
         return not self.count(STATUS_FAILED) and self.merge_error is None
 
+    def digest(self) -> list[str]:
+        """The failed windows grouped by cause, a line each with what to try (also kept in
+        ``run.json`` under ``digest``)."""
+        return [entry.line() for entry in failure_digest(self.windows)]
+
     def line(self) -> str:
         """The one-line summary printed at the end of a run."""
         merged = ""
@@ -93,28 +100,33 @@ class RunSummary:
             merged = f" | merged: {len(self.merge['segments'])} segment(s)"
         elif self.merge_error is not None:
             merged = " | merge failed"
-        return (f"{len(self.windows)} windows: {self.count(STATUS_OK)} ok, "
+        return (f"{plural(len(self.windows), 'window')}: {self.count(STATUS_OK)} ok, "
                 f"{self.count(STATUS_FAILED)} failed ({self.num_skipped} already complete) | "
-                f"{self.num_frames} frames | {self.wall_time:.1f} s{merged} | "
+                f"{plural(self.num_frames, 'frame')} | {self.wall_time:.1f} s{merged} | "
                 f"output: {self.output_dir}")
 
 
 def load_frames(config: PipelineConfig) -> list[Frame]:
-    """Find (or extract), validate and order the run's frames, honouring ``max_frames``."""
+    """Find (or extract), validate and order the run's frames, honouring ``frame_step`` and
+    ``max_frames``; each frame's timestamp is its index in the input folder's order, or its
+    video time in seconds."""
     cache = Path(config.output_dir) / FRAME_CACHE
     if config.input_video is not None:
         paths = extract_video_frames(config.input_video, cache, fps=config.fps,
                                      max_frames=config.max_frames,
                                      show_progress=config.show_progress)
+        stamps: list[float] = video_frame_times(cache) or list(range(len(paths)))
     elif config.input_dir is not None:
         paths = list_image_files(config.input_dir, config.frame_pattern)
+        check_one_kind(paths)
+        stamps = list(range(len(paths)))
     else:
         raise InputError("give an input: --input-dir DIR or --input-video PATH")
-    paths = paths[::config.frame_step]
+    paths, stamps = paths[::config.frame_step], stamps[::config.frame_step]
     if config.max_frames is not None:
-        paths = paths[:config.max_frames]
+        paths, stamps = paths[:config.max_frames], stamps[:config.max_frames]
     return prepare_frames(paths, cache, skip_bad_frames=config.skip_bad_frames,
-                          show_progress=config.show_progress)
+                          show_progress=config.show_progress, timestamps=stamps)
 
 
 def choose_reconstructor(config: PipelineConfig) -> tuple[str, str]:
@@ -123,32 +135,19 @@ def choose_reconstructor(config: PipelineConfig) -> tuple[str, str]:
     if config.reconstructor != "auto":
         return config.reconstructor, "asked for"
     from .models import WeightsNotFoundError, resolve_weights, weights_available
+    from .models.loading import hub_reachable
 
     if weights_available(config.model):
         return "vggt", f"weights of {config.model} found on this machine"
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return "colmap", f"no weights of {config.model} here and HF_HUB_OFFLINE is set"
-    if not _hub_reachable():
+    if not hub_reachable():
         return "colmap", f"no weights of {config.model} here and the hub cannot be reached"
     try:
         resolve_weights(config.model)  # downloads them into the hub cache
         return "vggt", f"weights of {config.model} downloaded"
     except (WeightsNotFoundError, OSError) as exc:
         return "colmap", f"weights of {config.model} unavailable ({type(exc).__name__})"
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the Hugging Face endpoint opens within ``timeout`` seconds
-    (a quick check, so that ``auto`` does not sit through the hub client's retries offline)."""
-    import socket
-    from urllib.parse import urlparse
-
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def build_reconstructor(config: PipelineConfig) -> Reconstructor:
@@ -189,6 +188,12 @@ def reconstructor_options(config: PipelineConfig) -> Any:
         raise InputError(f"--reconstructor {config.reconstructor}: {exc}") from exc
 
 
+def colmap_log_level(config: PipelineConfig) -> int:
+    """COLMAP's (glog) minimum level: its warnings with ``verbose``, else nothing below FATAL
+    (a window's failure reaches ``window_info.json`` and the digest in words)."""
+    return 1 if config.verbose else 3
+
+
 def _colmap_options(config: PipelineConfig) -> Any:
     from .reconstructors.colmap import ColmapOptions
 
@@ -196,7 +201,7 @@ def _colmap_options(config: PipelineConfig) -> Any:
                          camera_params=config.camera_params, num_workers=config.num_workers,
                          chunk_frames=config.chunk_frames,
                          min_registered_fraction=config.min_registered_fraction,
-                         colmap_log_level=1 if config.verbose else 2)
+                         colmap_log_level=colmap_log_level(config))
 
 
 def _sfm_options(config: PipelineConfig) -> Any:
@@ -234,7 +239,7 @@ def _da3_options(config: PipelineConfig) -> Any:
                       min_process_res=min_res, cpu_offload=config.cpu_offload,
                       sfm=_sfm_options(config), exports=exports, save_depth=config.save_depth,
                       allow_approximate=config.allow_approximate,
-                      colmap_log_level=1 if config.verbose else 2)
+                      colmap_log_level=colmap_log_level(config))
 
 
 def _resolution(config: PipelineConfig, default: int, *, multiple: int) -> tuple[int, int | None]:
@@ -274,7 +279,7 @@ def _vggt_options(config: PipelineConfig) -> Any:
                        fine_tracking=config.fine_tracking, sfm=_sfm_options(config),
                        save_depth=config.save_depth,
                        allow_approximate=config.allow_approximate,
-                       colmap_log_level=1 if config.verbose else 2)
+                       colmap_log_level=colmap_log_level(config))
 
 
 def process_window_batch(window_batch: Batch[Any] | Sequence[Window[Any]], batch_idx: int,
@@ -325,20 +330,22 @@ def process_window_batch(window_batch: Batch[Any] | Sequence[Window[Any]], batch
         raise
     elapsed = time.perf_counter() - start
     options = reconstructor.signature_options()
+    checks = window_checks(args)
     records: list[dict[str, Any]] = []
     for k, (window, staging, final, result) in enumerate(zip(windows, stagings, finals, results)):
         info = _window_record(window, batch_idx, result, args, reconstructor, elapsed)
         info["signature"] = window_signature(window.items, reconstructor.name, options,
-                                             args.images, reconstructor.window_context(window))
+                                             args.images, reconstructor.window_context(window),
+                                             checks)
         try:
-            _finalize(staging, final, info, args.images)
+            _finalize(staging, final, info, args.images, checks)
         except DiskFullError as exc:
             for rest in stagings[k + 1:]:
                 discard_staging(rest)
             exc.records = records
             raise
         if info["status"] != STATUS_OK:
-            logger.warning("window %d failed: %s", window.index, info["error"])
+            logger.debug("window %d failed: %s", window.index, info["error"])
         records.append(info)
     return records
 
@@ -374,13 +381,20 @@ def _create_stagings(windows: Sequence[Window[Frame]], finals: Sequence[Path],
     return stagings
 
 
-def _finalize(staging: Path, final: Path, info: dict[str, Any], images: str) -> None:
+def window_checks(config: PipelineConfig) -> WindowChecks:
+    """What a window's model must hold to be marked ok."""
+    return WindowChecks(min_points=config.min_points,
+                        min_frame_observations=config.min_frame_observations)
+
+
+def _finalize(staging: Path, final: Path, info: dict[str, Any], images: str,
+              checks: WindowChecks) -> None:
     """Finalise one window. A write error other than a full disk fails the window alone; a
     window that failed while the disk is full is not the window's fault: the run stops."""
     try:
         if info["status"] != STATUS_OK and disk_nearly_full(staging):
             raise DiskFullError(staging, None)
-        finalize_window(staging, final, info, images=images)
+        finalize_window(staging, final, info, images=images, checks=checks)
     except DiskFullError:
         discard_staging(staging)
         raise
@@ -490,6 +504,7 @@ class _Manifest:
             "failed": sum(w["status"] == STATUS_FAILED for w in windows),
             "skipped": sum(w["skipped"] for w in windows),
             "pending": self.data["num_windows"] - len(windows)})
+        self.data["digest"] = digest_json(failure_digest(windows))
         if "processes" in self.data:
             mine = list(self.records.values())
             self.data["processes"] = [self._process_entry(self.data, mine, self.group.rank)] + [
@@ -681,8 +696,10 @@ def _run(config: PipelineConfig, frames: list[Frame], group: ProcessGroup,
         manifest.data["reconstructor"]["chosen_because"] = reason
         reconstructor.plan_sequence(frames, windows, out)
         options = reconstructor.signature_options()
+        checks = window_checks(config)
         signatures = [window_signature(w.items, reconstructor.name, options, config.images,
-                                       reconstructor.window_context(w)) for w in windows]
+                                       reconstructor.window_context(w), checks)
+                      for w in windows]
         if group.is_main:
             manifest.data["plan"] = {"file": PLAN,
                                      "digest": write_plan(out, frames, windows, signatures)}
@@ -696,6 +713,7 @@ def _run(config: PipelineConfig, frames: list[Frame], group: ProcessGroup,
     status, error = "interrupted", None
     try:
         with reconstructor, _progress(config, len(todo)) as bar:
+            reconstructor.progress = bar.set_postfix_str
             reconstructor.start(todo)
             _process_all(todo, config, reconstructor, governor, manifest, profile, bar)
         status = "finished"
@@ -750,9 +768,10 @@ def _windows_to_do(config: PipelineConfig, windows: Sequence[Window[Frame]],
         logger.info("... %d windows redone in all (-v lists every reason)", redone)
     _report_leftovers(out, windows, group)
     mine = group.take(todo)
-    logger.info("%d frames -> %d windows of %d (stride %d): %d to do%s, %d already complete",
-                manifest.data["frames"]["count"], len(windows), config.window_size,
-                config.window_stride, len(todo),
+    logger.info("%s -> %s of %d (stride %d): %d to do%s, %d already complete",
+                plural(manifest.data["frames"]["count"], "frame"),
+                plural(len(windows), "window"), config.window_size, config.window_stride,
+                len(todo),
                 f" ({len(mine)} in process {group.rank})" if group.world_size > 1 else "",
                 len(windows) - len(todo))
     return mine
@@ -798,6 +817,7 @@ def _process_all(todo: list[Window[Frame]], config: PipelineConfig,
                  manifest: _Manifest, profile: StageTable, bar: tqdm) -> None:
     """Batch after batch until ``todo`` is done, each sized just before it runs."""
     pending, index = list(todo), 0
+    causes_seen: set[str] = set()
     while pending:
         size = _batch_size(config, governor, manifest.group)
         batch, pending = take_batch(pending, size, index, size_of=lambda f: f.size)
@@ -805,11 +825,26 @@ def _process_all(todo: list[Window[Frame]], config: PipelineConfig,
         _observe(reconstructor, governor, profile, records)
         for record in records:
             manifest.add(record)
+            _log_failure(record, causes_seen)
         if governor is not None:
             manifest.data["memory"] = governor.to_json()
         manifest.write()
         bar.update(len(batch))
         index += 1
+
+
+def _log_failure(record: dict[str, Any], causes_seen: set[str]) -> None:
+    """Warn of the first failed window of each cause; the others go to the digest at the end
+    (and to the debug log)."""
+    if record["status"] == STATUS_OK:
+        return
+    key = cause_key(record["error"])
+    if key in causes_seen:
+        logger.debug("window %d failed: %s", record["window_index"], record["error"])
+        return
+    causes_seen.add(key)
+    logger.warning("window %d failed: %s (windows failing alike are counted at the end)",
+                   record["window_index"], record["error"])
 
 
 def _observe(reconstructor: Reconstructor, governor: MemoryGovernor | None,
@@ -848,4 +883,7 @@ def _merge(summary: RunSummary) -> None:
 
 
 def _progress(config: PipelineConfig, total: int) -> tqdm:
-    return tqdm(total=total, desc="windows", unit="window", disable=not config.show_progress)
+    """The windows bar (off with ``-q`` or when stderr is not a terminal); its postfix shows
+    the stage under way inside a batch."""
+    return tqdm(total=total, desc="windows", unit="window",
+                disable=None if config.show_progress else True)

@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 
-def write_model(sparse_dir: Path, names, poses=None, size=(64, 48)) -> None:
+def write_model(sparse_dir: Path, names, poses=None, size=(64, 48), points: int = 0) -> None:
     """Write a COLMAP model whose images ``names`` are registered with camera-from-world
-    ``poses`` ((N, 3, 4); identity when ``None``), one shared PINHOLE camera, no points."""
+    ``poses`` ((N, 3, 4); identity when ``None``), one shared PINHOLE camera, and ``points``
+    3D points seen by every image (keypoint ``j`` of each image observes point ``j``)."""
     import numpy as np
     import pycolmap
 
@@ -17,10 +18,16 @@ def write_model(sparse_dir: Path, names, poses=None, size=(64, 48)) -> None:
     cam = pycolmap.Camera(model="PINHOLE", width=width, height=height, camera_id=1,
                           params=[50.0, 50.0, width / 2, height / 2])
     rec.add_camera_with_trivial_rig(cam)
+    keypoints = np.random.default_rng(0).uniform(0, min(size), (points, 2))
     for i, name in enumerate(names):
         pose = np.eye(4)[:3] if poses is None else poses[i]
-        im = pycolmap.Image(name=name, keypoints=np.zeros((0, 2)), camera_id=1, image_id=i + 1)
+        im = pycolmap.Image(name=name, keypoints=keypoints, camera_id=1, image_id=i + 1)
         rec.add_image_with_trivial_frame(im, pycolmap.Rigid3d(pose))
+    for j in range(points):
+        track = pycolmap.Track()
+        for i in range(len(names)):
+            track.add_element(i + 1, j)
+        rec.add_point3D(np.array([0.01 * j, 0.0, 5.0]), track, np.zeros(3, np.uint8))
     Path(sparse_dir).mkdir(parents=True, exist_ok=True)
     rec.write(str(sparse_dir))
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 import pytest
+from PIL import Image
 from scipy.spatial.transform import Rotation
 
 from pipeline.errors import InputError
@@ -273,8 +274,13 @@ def test_main_writes_json_and_table(output, tmp_path, capsys):
     gt_dir = write_synthetic_gt(tmp_path / "gt")
     assert main(["--pred", str(output), "--gt", str(gt_dir)]) == 0
     stdout = capsys.readouterr().out
-    assert "merged" in stdout and "ATE rmse" in stdout
+    assert "merged" in stdout and "ATE rmse (gt units)" in stdout and "RPE r rmse (deg)" in stdout
     report = json.loads((output / "evaluation.json").read_text())
+    plot = output / "merged" / "trajectory_vs_gt.png"  # the merged path over the ground truth
+    assert report["merged"][0]["plot"] == str(plot)
+    with Image.open(plot) as img:
+        assert img.text["Axes"] == "x: main direction (gt units); y: second direction (gt units)"
+        assert img.text["Legend"] == "ground truth, estimated (colour: error), start, end"
     assert report["windows"][0]["ate"]["rmse"] < 1e-9
     custom = tmp_path / "custom.json"
     assert main(["--pred", str(output), "--gt", str(gt_dir), "--json", str(custom),

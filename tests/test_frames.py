@@ -10,7 +10,7 @@ from PIL import Image
 
 from pipeline.errors import InputError
 from pipeline.frames import (extract_video_frames, list_image_files, load_image, natural_key,
-                             prepare_frames)
+                             prepare_frames, video_frame_times)
 
 
 def _rgb(h=24, w=32, seed=0):
@@ -195,6 +195,8 @@ class VideoTest(FrameTestCase):
         again = extract_video_frames(video, out, fps=10, show_progress=False)
         self.assertEqual(again, files)
         self.assertEqual(files[0].stat().st_mtime_ns, mtime)  # not decoded again
+        times = video_frame_times(out)  # each frame's video time, for trajectory timestamps
+        np.testing.assert_allclose(times, np.arange(10) / 10, atol=1 / 30 + 1e-6)
 
     def test_all_frames_and_max_frames(self):
         video = self._write_video(n=12)

@@ -34,7 +34,8 @@ ALTERNATIVES = {
     "conf_thres_value": 2.0, "use_ba": False, "allow_approximate": True, "save_depth": True,
     "camera_type": "PINHOLE", "shared_camera": True, "camera_params": (300.0, 160.0, 120.0),
     "frame_step": 2, "max_frames": 10, "overwrite": True, "skip_bad_frames": True,
-    "images": "copy", "num_workers": 2, "chunk_frames": 50, "min_registered_fraction": 0.7, "merge": True,
+    "images": "copy", "num_workers": 2, "chunk_frames": 50, "min_registered_fraction": 0.7,
+    "min_points": 10, "min_frame_observations": 5, "merge": True,
     "show_progress": False, "verbose": True,
 }
 
@@ -42,8 +43,8 @@ NOT_IN_OPTIONS = {
     # which frames a window holds: the window signature names them with their content hashes
     "input_dir", "frame_pattern", "input_video", "fps", "window_size", "window_stride",
     "frame_step", "max_frames", "skip_bad_frames",
-    # parts of the window signature beside the options
-    "reconstructor", "images",
+    # parts of the window signature beside the options (``checks``: see the test below)
+    "reconstructor", "images", "min_points", "min_frame_observations",
     # how the work runs, not what it makes (batched equals one at a time; offload is exact)
     "output_dir", "window_batch_size", "max_memory_gb", "device", "cpu_offload",
     "use_accelerate", "profile_memory", "overwrite", "num_workers", "merge", "show_progress",
@@ -73,6 +74,19 @@ def test_every_option_is_in_a_signature_or_declared_not_to_change_results():
         else:
             assert changed, (f"{name} reaches no reconstructor's options: pass it on, or declare "
                              "why it does not change results")
+
+
+def test_structure_checks_are_part_of_the_window_signature():
+    from pipeline.runner import window_checks
+
+    frames = [fake_frame("a.png"), fake_frame("b.png")]
+    default = PipelineConfig(output_dir=Path("o"))
+    sig = window_signature(frames, "colmap", {}, "link", None, window_checks(default))
+    for name in ("min_points", "min_frame_observations"):
+        other = dataclasses.replace(default, **{name: ALTERNATIVES[name]})
+        new = window_signature(frames, "colmap", {}, "link", None, window_checks(other))
+        assert signature_difference(sig, new) == \
+            f"option {name} ({getattr(default, name)} -> {ALTERNATIVES[name]}) changed"
 
 
 def test_options_signature_follows_metadata_and_pycolmap_objects():

@@ -96,9 +96,9 @@ def architectures() -> Tuple[str, ...]:
 
 def _how_to_get(name: str) -> str:
     repo = name if _looks_like_repo_id(name) else DEFAULT_REPO
-    return (f"Download the weights on a machine with internet access, e.g. `huggingface-cli download {repo}` "
-            f"(or `hf download {repo}`) and copy the Hugging Face cache (HF_HUB_CACHE) here, or pass a local path to "
-            f"a .safetensors/.pt checkpoint or to a folder containing {' or '.join(WEIGHT_FILENAMES[:2])}.")
+    return (f"Download the weights on a machine with internet access (`hf download {repo}`) and copy the "
+            f"Hugging Face cache (HF_HUB_CACHE) here, or pass a local path to a .safetensors/.pt checkpoint "
+            f"or to a folder containing {' or '.join(WEIGHT_FILENAMES[:2])}.")
 
 
 def _looks_like_repo_id(name: str) -> bool:
@@ -109,6 +109,22 @@ def _looks_like_repo_id(name: str) -> bool:
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hugging Face endpoint (``HF_ENDPOINT``) opens within
+    ``timeout`` seconds: a quick check, so that a machine without network fails at once instead
+    of sitting through the hub client's retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _hub_cache_dir(cache_dir: Optional[str]) -> Optional[str]:
@@ -171,12 +187,20 @@ def _hub_files(repo_id: str, revision: Optional[str], cache_dir: Optional[str]) 
                                    f"(pip install huggingface_hub). " + _how_to_get(repo_id)) from exc
     offline = _env_flag("HF_HUB_OFFLINE")
     cache = _hub_cache_dir(cache_dir)
+    unreachable = False
+    if not offline and not any(_from_hub_cache(repo_id, n, revision, cache) for n in WEIGHT_FILENAMES):
+        unreachable = offline = not hub_reachable()
     for name in WEIGHT_FILENAMES:
         weights = _hub_file(repo_id, name, revision, cache, offline)
         if weights:
             config = _hub_file(repo_id, CONFIG_FILENAME, revision, cache, offline)
             return Path(weights), (Path(config) if config else None)
-    where = f"the hub cache ({cache or 'default location'})" + (" with HF_HUB_OFFLINE=1" if offline else " or online")
+    where = f"the hub cache ({cache or 'default location'})"
+    if unreachable:
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        where += f", and {endpoint} cannot be reached (no network?)"
+    else:
+        where += " with HF_HUB_OFFLINE=1" if offline else " or online"
     raise WeightsNotFoundError(f"weights for {repo_id!r} not found in {where}. " + _how_to_get(repo_id))
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -88,6 +88,21 @@ class Reconstructor(abc.ABC):
 
     last_report: BatchReport | None = None
     """Measurements of the latest :meth:`reconstruct_batch` (None: it measures nothing)."""
+
+    progress: Callable[[str], None] | None = None
+    """Set by the runner: called with a few words on the work under way inside a batch (stage
+    and window), which it shows beside the progress bar."""
+
+    _progress_window: int | None = None
+
+    def report_progress(self, stage: str, window: Window[Frame] | None = None) -> None:
+        """Tell :attr:`progress` that ``stage`` starts (for ``window``, or the window named
+        last)."""
+        if window is not None:
+            self._progress_window = window.index
+        if self.progress is not None:
+            where = "" if self._progress_window is None else f", window {self._progress_window}"
+            self.progress(stage + where)
 
     @abc.abstractmethod
     def reconstruct_batch(

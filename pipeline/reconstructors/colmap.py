@@ -316,6 +316,8 @@ class ColmapReconstructor(Reconstructor):
 
     def _wait(self, job: Future, what: str, key: str) -> None:
         """Wait for ``job``; report its stages once; turn its failure into one RuntimeError."""
+        if not job.done():
+            self.report_progress(what)
         try:
             stages = job.result()
         except BrokenProcessPool:
@@ -362,6 +364,7 @@ class ColmapReconstructor(Reconstructor):
         stages: dict[str, dict[str, float]] = {}
         meter = PeakMeter()
         options = _window_options(window, self.options)
+        self.report_progress("export", window)
         with meter.stage("export", stages):
             rec, registered = seq.cut_window(models, names, shared_camera=options.shared_camera)
             if rec is None:
@@ -387,7 +390,12 @@ class ColmapReconstructor(Reconstructor):
                 for w, d in zip(windows, staging_dirs)]
         pool = self._get_pool(workers)
         futures = [pool.submit(reconstruct_window, *job) for job in jobs]
-        return [self._collect(future) for future in futures]
+        self.report_progress(f"features, matching, mapping of {len(jobs)} window(s)")
+        results = []
+        for window, future in zip(windows, futures):
+            results.append(self._collect(future))
+            self.report_progress(f"{len(results)}/{len(jobs)} done", window)
+        return results
 
     def _workers(self, jobs: int) -> int:
         return self.options.num_workers or max(1, min(jobs, _cores()))

@@ -274,8 +274,11 @@ class NetworkReconstructor(Reconstructor):
         if self.torch_device.type == "cpu":
             settle()  # return freed heap first, so the resident set measures this batch
         with self.meter.measure() as batch_span:
+            self._progress_window = None
+            self.report_progress(f"preprocess {_span(windows)}")
             with self.meter.measure() as prep:
                 batch = self._prepare(windows)
+            self.report_progress(f"forward {_span(windows)}")
             with self.meter.measure() as forward:
                 out = self._forward(batch.images, options)
                 if self.torch_device.type == "cuda":
@@ -305,6 +308,7 @@ class NetworkReconstructor(Reconstructor):
     def _finish_one(self, b: int, window: Window[Frame], staging: Path, batch: NetworkBatch,
                     out: dict[str, Any], options: Any) -> WindowResult:
         """Window ``b`` of the batch's outputs; an error fails only this window."""
+        self.report_progress("tracking", window)
         try:
             return self._finish_window(b, window, staging, batch, out, options)
         except torch.OutOfMemoryError:
@@ -329,8 +333,10 @@ class NetworkReconstructor(Reconstructor):
         """Run the SfM stage (``options.sfm``), write ``staging/sparse`` (and ``depth/`` with
         ``options.save_depth``) and build the window's result; ``stages`` (measured so far,
         e.g. ``tracking``) come first."""
+        self.report_progress("bundle adjustment" if self.options.sfm.use_ba else "points")
         with self.meter.measure() as ba:
             result = run_sfm(preds, tracks, self.options.sfm)
+        self.report_progress("export")
         with self.meter.measure() as export:
             write_sfm_result(result, staging / "sparse")
             if self.options.save_depth:
@@ -434,3 +440,9 @@ def save_depth_maps(folder: Path, preds: WindowPredictions) -> None:
         np.savez_compressed(folder / f"{Path(name).stem}.npz",
                             depth=preds.depth[i].astype(np.float16),
                             confidence=preds.depth_conf[i].astype(np.float16))
+
+
+def _span(windows: Sequence[Window[Frame]]) -> str:
+    """``"window 3"`` or ``"windows 3-6"``."""
+    first, last = windows[0].index, windows[-1].index
+    return f"window {first}" if first == last else f"windows {first}-{last}"

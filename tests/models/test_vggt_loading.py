@@ -86,14 +86,14 @@ def test_missing_hub_weights_offline_raise_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(WeightsNotFoundError) as err:
         load_model("facebook/VGGT-1B")
     assert isinstance(err.value, FileNotFoundError)
-    assert "huggingface-cli download facebook/VGGT-1B" in str(err.value)
+    assert "hf download facebook/VGGT-1B" in str(err.value)
     assert "local path" in str(err.value)
 
 
 def test_missing_local_path_and_empty_folder(tmp_path):
     for target in (tmp_path / "nope.safetensors", tmp_path):
         assert not weights_available(target)
-        with pytest.raises(WeightsNotFoundError, match="huggingface-cli download"):
+        with pytest.raises(WeightsNotFoundError, match="hf download"):
             load_model(target)
 
 

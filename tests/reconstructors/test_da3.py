@@ -23,7 +23,10 @@ from tests.helpers import window_info as info
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "testdata" / "synthetic" / "images"
-FAST = ("--window-size", "4", "--window-stride", "4", "--process-res", "140", "-q")
+FAST = ("--window-size", "4", "--window-stride", "4", "--process-res", "140", "-q",
+        "--min-points", "0", "--min-frame-observations", "0")
+"""Small windows and grid; generated weights predict no real structure, so the structure
+checks (tested on real reconstructions in tests/test_ux.py) are off."""
 
 
 class Da3TestCase(unittest.TestCase):
@@ -123,7 +126,8 @@ class OutOfMemoryTest(Da3TestCase):
 
         out = self.tmp / "oom"
         config = PipelineConfig(output_dir=out, input_dir=IMAGES, reconstructor="da3",
-                                model=str(self.model), max_res=252, show_progress=False)
+                                model=str(self.model), max_res=252, show_progress=False,
+                                min_points=0, min_frame_observations=0)
         frames = prepare_frames(list_image_files(IMAGES)[:8], out / "cache", show_progress=False)
         reconstructor = build_reconstructor(config)
         real, calls = reconstructor.model.forward, []

@@ -34,8 +34,11 @@ from tests.helpers import window_info as info
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "testdata" / "synthetic" / "images"
+NO_CHECKS = ("--min-points", "0", "--min-frame-observations", "0")
+"""Generated weights predict no real structure: these tests check the network path's plumbing;
+the structure checks are tested on real reconstructions (tests/test_ux.py)."""
 FAST = ("--max-query-pts", "48", "--query-frame-num", "2", "--window-size", "4",
-        "--window-stride", "4", "-q")
+        "--window-stride", "4", "-q", *NO_CHECKS)
 
 
 class VggtTestCase(unittest.TestCase):
@@ -128,6 +131,27 @@ class EndToEndTest(VggtTestCase):
         self.assertIn("keypoint", info(windows(out)[1])["error"])
 
 
+class ProgressTest(VggtTestCase):
+    def test_progress_names_each_stage_and_window(self):
+        from pipeline.frames import list_image_files, prepare_frames
+        from pipeline.runner import build_reconstructor, process_window_batch
+        from pipeline.windows import create_windows
+
+        out = self.tmp / "progress"
+        config = PipelineConfig(output_dir=out, input_dir=IMAGES, reconstructor="vggt",
+                                model=str(self.model), max_query_pts=16, query_frame_num=1,
+                                min_points=0, min_frame_observations=0)
+        frames = prepare_frames(list_image_files(IMAGES)[:8], out / "cache", show_progress=False)
+        seen = []
+        with build_reconstructor(config) as reconstructor:
+            reconstructor.progress = seen.append
+            process_window_batch(create_windows(frames, 4, 4), 0, config,
+                                 reconstructor=reconstructor)
+        per_window = ["tracking", "bundle adjustment", "export"]
+        self.assertEqual(seen, ["preprocess windows 0-1", "forward windows 0-1",
+                                *(f"{stage}, window {w}" for w in (0, 1) for stage in per_window)])
+
+
 class BatchingTest(VggtTestCase):
     def test_batched_forward_equals_one_at_a_time(self):
         model = load_model(self.model)
@@ -180,7 +204,8 @@ class OutOfMemoryTest(VggtTestCase):
         out = self.tmp / f"oom{len(list(self.tmp.iterdir()))}"
         config = PipelineConfig(output_dir=out, input_dir=IMAGES, reconstructor="vggt",
                                 model=str(self.model), max_query_pts=16, query_frame_num=1,
-                                show_progress=False, **options)
+                                show_progress=False, min_points=0, min_frame_observations=0,
+                                **options)
         frames = prepare_frames(list_image_files(IMAGES)[:8], out / "cache", show_progress=False)
         reconstructor = build_reconstructor(config)
         real, calls = reconstructor.model.forward, []

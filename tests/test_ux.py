@@ -1,0 +1,239 @@
+"""What a person running the pipeline meets: fast and right errors, honest statuses, a digest
+of failures, readable logs, plots and tables."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.helpers import frames_with_blank_window, window_dirs, window_info, write_model
+from tests.test_faults import IMAGES, ROOT, SMALL, cli, frames, manifest, one_error_line
+
+
+def _closed_port() -> int:
+    """A local TCP port nothing listens on."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("args", [("--reconstructor", "vggt"),
+                                  ("--reconstructor", "da3", "--model",
+                                   "depth-anything/DA3-LARGE-1.1")])
+def test_explicit_network_without_weights_or_network_fails_fast(tmp_path, args):
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "cache"),
+           "HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}"}
+    env.pop("HF_HUB_OFFLINE", None)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(ROOT / "vae_data_pipeline_batch.py"),
+                           "--input-dir", str(IMAGES), "--output-dir", str(tmp_path / "out"),
+                           *args], env=env, capture_output=True, text=True, timeout=120)
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "cannot be reached" in errors[0], proc.stderr
+    assert "hf download" in errors[0] and "huggingface-cli" not in errors[0]
+    assert "Retrying" not in proc.stderr and "Traceback" not in proc.stderr
+    assert elapsed < 30, f"took {elapsed:.0f} s"
+
+
+# ---- a folder that mixes kinds of images --------------------------------------------------------
+
+def _mixed_folder(folder: Path, count: int = 8) -> Path:
+    """7-Scenes style: colour frames beside 16-bit depth maps of the same names."""
+    folder.mkdir()
+    for i, path in enumerate(sorted(IMAGES.iterdir())[:count]):
+        with Image.open(path) as img:
+            img.save(folder / f"frame-{i:06d}.color.png")
+            depth = np.full((img.height, img.width), 1000 + i, np.uint16)
+        Image.fromarray(depth).save(folder / f"frame-{i:06d}.depth.png")
+    return folder
+
+
+def test_mixed_folder_is_refused_before_any_work(tmp_path, capsys):
+    folder = _mixed_folder(tmp_path / "scene")
+    out = tmp_path / "out"
+    assert cli("--input-dir", folder, "--output-dir", out, *SMALL) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "mixes kinds of images: 8 colour (e.g. frame-000000.color.png), 8 single-channel " \
+           "16-bit (e.g. frame-000000.depth.png)" in line
+    assert "--frame-pattern '*.color.png'" in line
+    assert not list(out.glob("batch_*"))
+    assert cli("--input-dir", folder, "--output-dir", out, *SMALL,
+               "--frame-pattern", "*.color.png") == 0
+
+
+def test_one_kind_under_two_name_patterns_is_only_a_warning(tmp_path, caplog):
+    from pipeline.frames import check_one_kind
+
+    folder = tmp_path / "two_cameras"
+    folder.mkdir()
+    for i, path in enumerate(sorted(IMAGES.iterdir())[:8]):
+        shutil.copy(path, folder / f"{'left' if i % 2 else 'right'}_{i:04d}.png")
+    with caplog.at_level(logging.WARNING, logger="pipeline.frames"):
+        check_one_kind(sorted(folder.iterdir()))
+    assert "2 name patterns (4 like left_#.png, 4 like right_#.png)" in caplog.text
+
+
+# ---- honest statuses and the digest ------------------------------------------------------------
+
+def test_structure_checks_decide_ok(tmp_path):
+    import pycolmap
+
+    from pipeline.output import WindowChecks
+
+    write_model(tmp_path / "few", ["a.png", "b.png"], points=10)
+    write_model(tmp_path / "enough", ["a.png", "b.png"], points=64)
+    checks = WindowChecks(min_points=50, min_frame_observations=20)
+    assert checks.problem(pycolmap.Reconstruction(tmp_path / "few")) == \
+        "too little structure: 10 3D points (need 50, --min-points)"
+    assert checks.problem(pycolmap.Reconstruction(tmp_path / "enough")) is None
+    strict = WindowChecks(min_points=50, min_frame_observations=100)
+    assert strict.problem(pycolmap.Reconstruction(tmp_path / "enough")) == \
+        "too little structure: frame a.png sees 64 3D points (need 100, --min-frame-observations)"
+
+
+def test_windows_without_real_structure_fail_and_are_digested(tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ("--input-dir", frames(tmp_path / "in"), "--output-dir", out, *SMALL)
+    assert cli(*args) == 0
+    info = window_info(window_dirs(out)[0])
+    assert info["checks"]["min_points"] == 50 and info["checks"]["num_points3D"] >= 50
+    capsys.readouterr()
+    assert cli(*args, "--min-points", "100000") == 1  # the bar changed: redone, and failed
+    captured = capsys.readouterr()
+    infos = [window_info(w) for w in window_dirs(out)]
+    assert {i["status"] for i in infos} == {"failed"}
+    assert all(i["error"].startswith("too little structure: ") for i in infos)
+    digest = manifest(out)["digest"]
+    assert [(d["cause"], d["count"], d["windows"]) for d in digest] == \
+        [("too little structure", 3, [0, 1, 2])]
+    assert "  3 windows: too little structure (windows 0, 1, 2); " in captured.out
+    assert captured.err.count("failed: too little structure") == 1  # not once per window
+
+
+def test_digest_groups_by_cause_and_names_the_first_windows():
+    from pipeline.digest import failure_digest
+
+    records = [{"window_index": i, "status": "failed",
+                "error": f"only {i % 3} of 8 frames registered (need 4)"} for i in range(7)]
+    records += [{"window_index": 7, "status": "ok", "error": None},
+                {"window_index": 8, "status": "failed", "error": "RuntimeError: cannot open "
+                 "'frame_8.png'"},
+                {"window_index": 9, "status": "failed", "error": "RuntimeError: cannot open "
+                 "'frame_9.png'"}]
+    entries = failure_digest(records)
+    assert [(e.cause, e.count, e.windows) for e in entries] == [
+        ("too few frames registered", 7, [0, 1, 2, 3, 4]),
+        ("RuntimeError: cannot open '…'", 2, [8, 9])]
+    assert entries[0].line().startswith("7 windows: too few frames registered (windows 0, 1, "
+                                        "2, 3, 4, ...); some frames did not join the model")
+    assert entries[1].line() == ("2 windows: RuntimeError: cannot open '…' (windows 8, 9): "
+                                 "RuntimeError: cannot open 'frame_8.png'")
+
+
+def test_one_window_is_one_window():
+    from pipeline.runner import RunSummary
+
+    summary = RunSummary(output_dir=Path("o"), num_frames=1,
+                         windows=[{"status": "ok", "skipped": False}])
+    assert summary.line().startswith("1 window: 1 ok, 0 failed") and "| 1 frame |" in \
+        summary.line()
+
+
+# ---- logs and --help ---------------------------------------------------------------------------
+
+def test_verbose_shows_the_pipelines_debug_log_not_other_libraries():
+    from pipeline.cli import _configure_logging
+
+    root, saved = logging.getLogger(), logging.getLogger().handlers[:]
+    levels = {name: logging.getLogger(name).level for name in ("pipeline", "PIL")}
+    try:
+        _configure_logging(verbose=True, quiet=False)
+        assert logging.getLogger("pipeline.runner").isEnabledFor(logging.DEBUG)
+        assert not logging.getLogger("PIL.PngImagePlugin").isEnabledFor(logging.DEBUG)
+        assert logging.getLogger("PIL.PngImagePlugin").isEnabledFor(logging.WARNING)
+        _configure_logging(verbose=False, quiet=False)
+        assert logging.getLogger("pipeline.runner").isEnabledFor(logging.INFO)
+        assert not logging.getLogger("pipeline.runner").isEnabledFor(logging.DEBUG)
+    finally:
+        root.handlers[:] = saved
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def test_colmap_errors_stay_out_of_the_log_without_verbose(tmp_path):
+    folder = frames_with_blank_window(IMAGES, tmp_path / "in", count=8, blank=range(0, 4))
+    proc = subprocess.run([sys.executable, str(ROOT / "vae_data_pipeline_batch.py"),
+                           "--input-dir", str(folder), "--output-dir", str(tmp_path / "out"),
+                           *SMALL, "--chunk-frames", "0"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert "window 0 failed" in proc.stderr
+    assert not re.search(r"^[EWI]\d{8} ", proc.stderr, re.M), proc.stderr  # glog's raw lines
+
+
+def test_help_imports_no_heavy_module():
+    code = ("import sys; from pipeline.cli import build_parser; build_parser().format_help(); "
+            "print(sorted(m for m in ('torch', 'pycolmap', 'cv2', 'scipy', 'matplotlib') "
+            "if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
+    assert proc.stdout.strip() == "[]", proc.stderr
+
+
+def test_help_groups_the_input_flags():
+    from pipeline.cli import build_parser
+
+    groups = {g.title: [a.option_strings[0] for a in g._group_actions]
+              for g in build_parser()._action_groups}
+    assert {"--frame-pattern", "--frame-step", "--max-frames", "--fps"} <= set(groups["input"])
+    assert {"--model", "--device"} <= set(groups["networks (vggt, da3)"])
+
+
+# ---- progress inside a batch -------------------------------------------------------------------
+
+def test_progress_names_the_stage_and_window(tmp_path):
+    from pipeline.config import PipelineConfig
+    from pipeline.frames import list_image_files, prepare_frames
+    from pipeline.runner import build_reconstructor, process_window_batch
+    from pipeline.windows import create_windows
+
+    config = PipelineConfig(output_dir=tmp_path / "out", input_dir=IMAGES,
+                            reconstructor="colmap", window_size=4, window_stride=4)
+    framed = prepare_frames(list_image_files(IMAGES)[:8], tmp_path / "cache",
+                            show_progress=False)
+    seen: list[str] = []
+    with build_reconstructor(config) as reconstructor:
+        reconstructor.progress = seen.append
+        process_window_batch(create_windows(framed, 4, 4), 0, config,
+                             reconstructor=reconstructor)
+    assert seen[:2] == ["building the feature store", "mapping frames 0-7"]
+    assert seen[2:] == ["export, window 0", "export, window 1"]
+
+
+# ---- timestamps --------------------------------------------------------------------------------
+
+def test_trajectory_timestamps_are_input_indices(tmp_path):
+    out = tmp_path / "out"
+    assert cli("--input-dir", IMAGES, "--output-dir", out, *SMALL, "--max-frames", "8",
+               "--frame-step", "2", "--window-stride", "1", "--merge") == 0
+    lines = (out / "merged" / "trajectory.txt").read_text().splitlines()
+    assert lines[0].endswith("timestamp = index of the frame in the input folder)")
+    assert [int(line.split()[0]) for line in lines[1:]] == [0, 2, 4, 6, 8, 10, 12, 14]
+    with Image.open(out / "merged" / "trajectory.png") as img:
+        assert img.text["Axes"] == ("x: main direction (scene units); y: second direction "
+                                    "(scene units)")
+        assert img.text["Legend"] == "estimated, start, end"
