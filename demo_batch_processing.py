@@ -23,11 +23,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pycolmap
 
 from pipeline.config import PipelineConfig
 from pipeline.errors import PipelineError
-from pipeline.geometry import ate
+from pipeline.geometry import ate, camera_centers
+from pipeline.output import read_window_poses
 from pipeline.runner import RunSummary, run
 
 ROOT = Path(__file__).resolve().parent
@@ -76,33 +76,31 @@ def vggt_model(args: argparse.Namespace, scratch: Path) -> str:
 
 
 def timed_runs(base: PipelineConfig, batch_size: int) -> dict[str, RunSummary]:
-    """Run one-at-a-time, then batched, each into its own sub-folder, from scratch."""
+    """Run one-at-a-time, then batched, each into its own sub-folder, from scratch (colmap:
+    one worker process, then one per window)."""
+
+    def workers(count: int | None) -> dict[str, int | None]:
+        return {"num_workers": count} if base.reconstructor == "colmap" else {}
+
     modes = {
         "one at a time": replace(base, output_dir=base.output_dir / "one_at_a_time",
-                                 window_batch_size=1, num_workers=1),
+                                 window_batch_size=1, **workers(1)),
         "batched": replace(base, output_dir=base.output_dir / "batched",
-                           window_batch_size=batch_size, num_workers=None),
+                           window_batch_size=batch_size, **workers(None)),
     }
     return {name: run(config) for name, config in modes.items()}
 
 
 def window_centres(window_dir: Path) -> dict[str, np.ndarray]:
     """Camera centres of a window's registered frames, by frame name."""
-    rec = pycolmap.Reconstruction(window_dir / "sparse")
-    return {rec.images[i].name: rec.images[i].projection_center() for i in rec.reg_image_ids()}
-
-
-def poses(window_dir: Path) -> dict[str, np.ndarray]:
-    """Camera-from-world poses of a window's registered frames, by frame name."""
-    rec = pycolmap.Reconstruction(window_dir / "sparse")
-    return {rec.images[i].name: rec.images[i].cam_from_world().matrix()
-            for i in rec.reg_image_ids()}
+    return {name: camera_centers(pose[None])[0]
+            for name, pose in read_window_poses(window_dir).items()}
 
 
 def same_poses(a: Path, b: Path, tolerance: float = 1e-3) -> bool:
     """Whether two windows hold the same poses without any alignment (same network, same
     inputs: batching must not change the predictions)."""
-    pa, pb = poses(a), poses(b)
+    pa, pb = read_window_poses(a), read_window_poses(b)
     return pa.keys() == pb.keys() and all(np.abs(pa[n] - pb[n]).max() <= tolerance for n in pa)
 
 
@@ -149,14 +147,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = args.output_dir or Path(tmp)
         model = vggt_model(args, Path(tmp)) if args.reconstructor == "vggt" else args.model
-        generated = model != args.model
+        network = {}  # options only the network reads (the others refuse them)
+        if args.reconstructor == "vggt":
+            network = {"model": model, "max_query_pts": args.max_query_pts}
+            if model != args.model:  # generated weights: no real structure to check
+                network.update(min_points=0, min_frame_observations=0)
         base = PipelineConfig(input_dir=args.input_dir, output_dir=out, overwrite=True,
                               window_size=args.window_size, window_stride=args.window_stride,
                               max_frames=args.max_frames, reconstructor=args.reconstructor,
-                              model=model, max_query_pts=args.max_query_pts,
-                              show_progress=False, **({"min_points": 0,
-                                                       "min_frame_observations": 0}
-                                                      if generated else {}))
+                              show_progress=False, **network)
         try:
             summaries = timed_runs(base, args.batch_size)
         except PipelineError as exc:

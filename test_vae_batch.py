@@ -36,8 +36,10 @@ try:
 
     slow = pytest.mark.slow
 except ImportError:  # plain unittest
+
     def slow(cls):
         return cls
+
 
 ROOT = Path(__file__).resolve().parent
 TESTDATA = ROOT / "testdata" / "synthetic"
@@ -83,8 +85,10 @@ class EndToEndTest(unittest.TestCase):
     def test_exit_code_and_layout(self):
         self.assertEqual(self.code, 0)
         expected = create_windows(sorted(p.name for p in IMAGES.iterdir()), 8, 4)
-        self.assertEqual([p.relative_to(self.out) for p in window_dirs(self.out)],
-                         [w.relative_dir for w in expected])
+        self.assertEqual(
+            [p.relative_to(self.out) for p in window_dirs(self.out)],
+            [w.relative_dir for w in expected],
+        )
         for window, path in zip(expected, window_dirs(self.out)):
             info = window_info(path)
             self.assertEqual(info["status"], "ok")
@@ -94,8 +98,9 @@ class EndToEndTest(unittest.TestCase):
                 self.assertIn(key, info)
             self.assertLess(info["mean_reprojection_error"], 1.0)
             self.assertTrue((path / "sparse" / "points.ply").stat().st_size > 1000)
-            self.assertEqual(sorted(p.name for p in (path / "images").iterdir()),
-                             sorted(window.items))
+            self.assertEqual(
+                sorted(p.name for p in (path / "images").iterdir()), sorted(window.items)
+            )
 
     def test_windows_register_and_match_ground_truth(self):
         gt_centres = dict(zip(self.gt.names, self.gt.camera_centers))
@@ -108,8 +113,11 @@ class EndToEndTest(unittest.TestCase):
             np.testing.assert_allclose(first.cam_from_world().matrix(), np.eye(3, 4), atol=1e-9)
             centres = camera_centres(rec)
             names = sorted(centres)
-            result = ate(np.array([centres[n] for n in names]),
-                         np.array([gt_centres[n] for n in names]), align="sim3")
+            result = ate(
+                np.array([centres[n] for n in names]),
+                np.array([gt_centres[n] for n in names]),
+                align="sim3",
+            )
             self.assertLessEqual(result.rmse_fraction, 0.01, f"{path}: ATE {result}")
 
     def test_run_manifest(self):
@@ -122,8 +130,7 @@ class EndToEndTest(unittest.TestCase):
 
     def test_rerun_with_other_batch_size_skips_everything(self):
         before = {p: (p / "window_info.json").stat().st_mtime_ns for p in window_dirs(self.out)}
-        code = run_cli("--input-dir", IMAGES, "--output-dir", self.out,
-                       "--window-batch-size", "3")
+        code = run_cli("--input-dir", IMAGES, "--output-dir", self.out, "--window-batch-size", "3")
         self.assertEqual(code, 0)
         after = {p: (p / "window_info.json").stat().st_mtime_ns for p in window_dirs(self.out)}
         self.assertEqual(before, after)
@@ -141,8 +148,16 @@ def _dead_pid() -> int:
 class ResumeTest(TempDirTestCase):
     """A rerun after a crash redoes exactly the windows that are missing or incomplete."""
 
-    ARGS = ("--input-dir", IMAGES, "--max-frames", "16", "--window-size", "4",
-            "--window-stride", "4")
+    ARGS = (
+        "--input-dir",
+        IMAGES,
+        "--max-frames",
+        "16",
+        "--window-size",
+        "4",
+        "--window-stride",
+        "4",
+    )
 
     def test_simulated_crash(self):
         out = self.tmp / "out"
@@ -166,11 +181,23 @@ class ResumeTest(TempDirTestCase):
 
     def test_killed_run(self):
         out = self.tmp / "out"
-        cmd = [sys.executable, str(ROOT / "vae_data_pipeline_batch.py"), *map(str, self.ARGS),
-               "--output-dir", str(out), "--window-batch-size", "1", "--num-workers", "1", "-q"]
+        cmd = [
+            sys.executable,
+            str(ROOT / "vae_data_pipeline_batch.py"),
+            *map(str, self.ARGS),
+            "--output-dir",
+            str(out),
+            "--window-batch-size",
+            "1",
+            "--num-workers",
+            "1",
+            "-q",
+        ]
         proc = subprocess.Popen(cmd, cwd=ROOT)
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not list(out.glob("batch_*/window_*/window_info.json")):
+        while time.monotonic() < deadline and not list(
+            out.glob("batch_*/window_*/window_info.json")
+        ):
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -181,17 +208,28 @@ class ResumeTest(TempDirTestCase):
         manifest = json.loads((out / "run.json").read_text())
         skipped = {Path(w["path"]).name for w in manifest["windows"] if w["skipped"]}
         self.assertEqual(skipped, finished)
-        self.assertEqual(manifest["summary"], {"ok": 4, "failed": 0, "skipped": len(finished),
-                                               "pending": 0})
+        self.assertEqual(
+            manifest["summary"], {"ok": 4, "failed": 0, "skipped": len(finished), "pending": 0}
+        )
         self.assertEqual(list(out.glob("batch_*/.*")), [])
 
     def test_interrupted_run(self):
         out = self.tmp / "out"
-        cmd = [sys.executable, str(ROOT / "vae_data_pipeline_batch.py"), *map(str, self.ARGS),
-               "--output-dir", str(out), "-q"]
-        proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT,
-                                                                 signal.default_int_handler))
+        cmd = [
+            sys.executable,
+            str(ROOT / "vae_data_pipeline_batch.py"),
+            *map(str, self.ARGS),
+            "--output-dir",
+            str(out),
+            "-q",
+        ]
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.default_int_handler),
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not list(out.glob("batch_*/.window_*")):
             time.sleep(0.05)
@@ -220,8 +258,9 @@ class FailureTest(TempDirTestCase):
     def test_one_failed_window(self):
         frames = frames_with_blank_window(IMAGES, self.tmp / "frames")
         out = self.tmp / "out"
-        code = run_cli("--input-dir", frames, "--output-dir", out, "--window-size", "4",
-                       "--window-stride", "4")
+        code = run_cli(
+            "--input-dir", frames, "--output-dir", out, "--window-size", "4", "--window-stride", "4"
+        )
         self.assertEqual(code, 1)
         infos = [window_info(d) for d in window_dirs(out)]
         self.assertEqual([i["status"] for i in infos], ["ok", "failed", "ok"])
@@ -230,8 +269,19 @@ class FailureTest(TempDirTestCase):
         self.assertEqual(manifest["summary"]["failed"], 1)
         self.assertEqual(manifest["windows"][1]["error"], infos[1]["error"])
         # a rerun retries the failed window only
-        self.assertEqual(run_cli("--input-dir", frames, "--output-dir", out, "--window-size", "4",
-                                 "--window-stride", "4"), 1)
+        self.assertEqual(
+            run_cli(
+                "--input-dir",
+                frames,
+                "--output-dir",
+                out,
+                "--window-size",
+                "4",
+                "--window-stride",
+                "4",
+            ),
+            1,
+        )
         manifest = json.loads((out / "run.json").read_text())
         self.assertEqual([w["skipped"] for w in manifest["windows"]], [True, False, True])
 
@@ -253,7 +303,9 @@ class _FlakyReconstructor(Reconstructor):
                 results.append(WindowResult.failure("forced failure"))
                 continue
             write_model(staging / "sparse", [f.name for f in window.items], points=64)
-            results.append(WindowResult(status="ok", registered_frames=[f.name for f in window.items]))
+            results.append(
+                WindowResult(status="ok", registered_frames=[f.name for f in window.items])
+            )
         return results
 
 
@@ -261,8 +313,9 @@ class ProcessWindowBatchTest(TempDirTestCase):
     def _windows(self):
         from pipeline.frames import list_image_files, prepare_frames
 
-        frames = prepare_frames(list_image_files(IMAGES)[:12], self.tmp / "cache",
-                                show_progress=False)
+        frames = prepare_frames(
+            list_image_files(IMAGES)[:12], self.tmp / "cache", show_progress=False
+        )
         return create_windows(frames, 4, 4)
 
     def test_windows_of_plain_paths_and_auto_as_the_readme_says(self):
@@ -280,8 +333,9 @@ class ProcessWindowBatchTest(TempDirTestCase):
 
     def test_one_window_failure_does_not_stop_others(self):
         config = PipelineConfig(output_dir=self.tmp / "out", input_dir=IMAGES)
-        records = process_window_batch(self._windows(), 0, config,
-                                       reconstructor=_FlakyReconstructor(fail={1}))
+        records = process_window_batch(
+            self._windows(), 0, config, reconstructor=_FlakyReconstructor(fail={1})
+        )
         self.assertEqual([r["status"] for r in records], ["ok", "failed", "ok"])
         self.assertEqual(records[1]["error"], "forced failure")
         for window in self._windows():
@@ -290,8 +344,9 @@ class ProcessWindowBatchTest(TempDirTestCase):
     def test_whole_batch_error_is_recorded_per_window(self):
         config = PipelineConfig(output_dir=self.tmp / "out", input_dir=IMAGES)
         with self.assertLogs("pipeline.runner", "ERROR"):
-            records = process_window_batch(self._windows(), 3, config,
-                                           reconstructor=_FlakyReconstructor(explode=True))
+            records = process_window_batch(
+                self._windows(), 3, config, reconstructor=_FlakyReconstructor(explode=True)
+            )
         self.assertEqual({r["status"] for r in records}, {"failed"})
         self.assertTrue(all("device lost" in r["error"] for r in records))
         self.assertEqual({r["batch_index"] for r in records}, {3})
@@ -303,8 +358,16 @@ class CameraTypeTest(TempDirTestCase):
         cases = [("SIMPLE_PINHOLE", False, 8), ("PINHOLE", True, 1), ("SIMPLE_RADIAL", True, 1)]
         for camera_type, shared, num_cameras in cases:
             out = self.tmp / camera_type
-            args = ["--input-dir", IMAGES, "--output-dir", out, "--max-frames", "8",
-                    "--camera-type", camera_type]
+            args = [
+                "--input-dir",
+                IMAGES,
+                "--output-dir",
+                out,
+                "--max-frames",
+                "8",
+                "--camera-type",
+                camera_type,
+            ]
             self.assertEqual(run_cli(*args, *(["--shared-camera"] if shared else [])), 0)
             rec = pycolmap.Reconstruction(window_dirs(out)[0] / "sparse")
             self.assertEqual(rec.num_cameras(), num_cameras)
@@ -323,16 +386,29 @@ class CameraTypeTest(TempDirTestCase):
         self.assertEqual(info["num_registered"], 8)
         self.assertFalse(info["details"]["shared_camera"])
         rec = pycolmap.Reconstruction(window_dirs(out)[0] / "sparse")
-        self.assertEqual({(c.width, c.height) for c in rec.cameras.values()},
-                         {(320, 240), (300, 225)})
+        self.assertEqual(
+            {(c.width, c.height) for c in rec.cameras.values()}, {(320, 240), (300, 225)}
+        )
 
     def test_known_camera_params_stay_fixed(self):
         gt = load_ground_truth(TESTDATA)
         params = tuple(float(v) for v in (gt.K[0, 0], gt.K[1, 1], gt.K[0, 2], gt.K[1, 2]))
         out = self.tmp / "known"
-        self.assertEqual(run_cli("--input-dir", IMAGES, "--output-dir", out, "--max-frames", "8",
-                                 "--camera-type", "PINHOLE", "--camera-params",
-                                 ",".join(map(repr, params))), 0)
+        self.assertEqual(
+            run_cli(
+                "--input-dir",
+                IMAGES,
+                "--output-dir",
+                out,
+                "--max-frames",
+                "8",
+                "--camera-type",
+                "PINHOLE",
+                "--camera-params",
+                ",".join(map(repr, params)),
+            ),
+            0,
+        )
         rec = pycolmap.Reconstruction(window_dirs(out)[0] / "sparse")
         for cam in rec.cameras.values():
             np.testing.assert_allclose(cam.params, params, rtol=1e-9)
@@ -357,16 +433,19 @@ class BadInputTest(TempDirTestCase):
         self.assertIn(message, err)
 
     def test_missing_and_empty_input(self):
-        self._assert_usage_error(["--input-dir", self.tmp / "nope", "--output-dir",
-                                  self.tmp / "o"], "does not exist")
+        self._assert_usage_error(
+            ["--input-dir", self.tmp / "nope", "--output-dir", self.tmp / "o"], "does not exist"
+        )
         (self.tmp / "empty").mkdir()
-        self._assert_usage_error(["--input-dir", self.tmp / "empty", "--output-dir",
-                                  self.tmp / "o"], "no images")
+        self._assert_usage_error(
+            ["--input-dir", self.tmp / "empty", "--output-dir", self.tmp / "o"], "no images"
+        )
 
     def test_output_is_a_file(self):
         (self.tmp / "file").write_text("keep me")
-        self._assert_usage_error(["--input-dir", IMAGES, "--output-dir", self.tmp / "file"],
-                                 "not a folder")
+        self._assert_usage_error(
+            ["--input-dir", IMAGES, "--output-dir", self.tmp / "file"], "not a folder"
+        )
         self.assertEqual((self.tmp / "file").read_text(), "keep me")
 
     def test_corrupt_frame_stops_before_any_work(self):
@@ -378,12 +457,25 @@ class BadInputTest(TempDirTestCase):
         self.assertEqual(list(out.glob("batch_*")), [])
 
     def test_invalid_window_options(self):
-        self._assert_usage_error(["--input-dir", IMAGES, "--output-dir", self.tmp / "o",
-                                  "--window-size", "4", "--window-stride", "6"], "stride")
+        self._assert_usage_error(
+            [
+                "--input-dir",
+                IMAGES,
+                "--output-dir",
+                self.tmp / "o",
+                "--window-size",
+                "4",
+                "--window-stride",
+                "6",
+            ],
+            "stride",
+        )
 
     def test_camera_params_must_fit_the_model(self):
-        self._assert_usage_error(["--input-dir", IMAGES, "--output-dir", self.tmp / "o",
-                                  "--camera-params", "300,160"], "needs 3 values")
+        self._assert_usage_error(
+            ["--input-dir", IMAGES, "--output-dir", self.tmp / "o", "--camera-params", "300,160"],
+            "needs 3 values",
+        )
 
     def test_argparse_errors_exit_2(self):
         with self.assertRaises(SystemExit) as ctx:

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Batch window reconstruction: ``python vae_data_pipeline_batch.py --input-dir DIR --output-dir OUT``.
+"""Batch window reconstruction: ``python vae_data_pipeline_batch.py --input-dir DIR --output-dir
+OUT``.
 
 A thin wrapper over :func:`pipeline.cli.main`; ``--help`` lists every flag.
 """

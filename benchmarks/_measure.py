@@ -24,7 +24,8 @@ def status_mib(field: str) -> float:
 
 
 def settle_and_reset_peak() -> None:
-    """Return freed heap to the OS and reset the peak-RSS counter, so the peak covers the forward only."""
+    """Return freed heap to the OS and reset the peak-RSS counter, so the peak covers the forward
+    only."""
     import ctypes
     import gc
 
@@ -40,8 +41,13 @@ def settle_and_reset_peak() -> None:
 def run_worker(script: str, args: list[str]) -> dict | None:
     """Run ``script --worker ARGS`` in a fresh Python process; its last stdout line is JSON."""
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, script, "--worker", *args], capture_output=True,
-                          text=True, env=env, check=False)
+    proc = subprocess.run(
+        [sys.executable, script, "--worker", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     if proc.returncode:
         logger.error("%s failed:\n%s", " ".join(args), proc.stderr[-2000:])
         return None

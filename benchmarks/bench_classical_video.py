@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
 import tempfile
 import time
@@ -44,9 +43,16 @@ PATTERN = "*.color.jpg"
 
 def windowed(out: Path, frames: int, chunk_frames: int) -> dict:
     """Run the pipeline; return its wall time, stage profile and scores."""
-    config = PipelineConfig(input_dir=DATA, frame_pattern=PATTERN, output_dir=out,
-                            reconstructor="colmap", max_frames=frames, merge=True,
-                            chunk_frames=chunk_frames, show_progress=False)
+    config = PipelineConfig(
+        input_dir=DATA,
+        frame_pattern=PATTERN,
+        output_dir=out,
+        reconstructor="colmap",
+        max_frames=frames,
+        merge=True,
+        chunk_frames=chunk_frames,
+        show_progress=False,
+    )
     start = time.perf_counter()
     summary = run(config)
     wall = time.perf_counter() - start
@@ -56,9 +62,11 @@ def windowed(out: Path, frames: int, chunk_frames: int) -> dict:
     if len(merged) == 1 and merged[0]["status"] == "ok":
         ate_ = merged[0]["ate"]
         errors = np.array(ate_["errors"])
-        result["merged"] = {"frames": merged[0]["num_matched"],
-                            "rmse_path": ate_["rmse_path_fraction"],
-                            "within_5": float(np.mean(errors < 0.05 * ate_["path_length"]))}
+        result["merged"] = {
+            "frames": merged[0]["num_matched"],
+            "rmse_path": ate_["rmse_path_fraction"],
+            "within_5": float(np.mean(errors < 0.05 * ate_["path_length"])),
+        }
     else:
         result["merged"] = {"segments": len(merged)}
     return result
@@ -68,10 +76,14 @@ def window_scores(windows: list[dict]) -> dict:
     ok = [w for w in windows if w["status"] == "ok"]
     fractions = np.array([w["ate"]["rmse_path_fraction"] for w in ok])
     registered = [w["num_registered"] / w["num_frames"] for w in ok] or [0.0]
-    return {"windows": len(windows), "ok": len(ok), "min_registered": float(min(registered)),
-            "median": float(np.median(fractions)) if len(fractions) else float("nan"),
-            "p90": float(np.percentile(fractions, 90)) if len(fractions) else float("nan"),
-            "max": float(fractions.max()) if len(fractions) else float("nan")}
+    return {
+        "windows": len(windows),
+        "ok": len(ok),
+        "min_registered": float(min(registered)),
+        "median": float(np.median(fractions)) if len(fractions) else float("nan"),
+        "p90": float(np.percentile(fractions, 90)) if len(fractions) else float("nan"),
+        "max": float(fractions.max()) if len(fractions) else float("nan"),
+    }
 
 
 def whole(work: Path, frames: int) -> dict:
@@ -83,8 +95,14 @@ def whole(work: Path, frames: int) -> dict:
     start = time.perf_counter()
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = "SIMPLE_PINHOLE"
-    pycolmap.extract_features(db, DATA, image_names=names, camera_mode=pycolmap.CameraMode.SINGLE,
-                              reader_options=reader, device=pycolmap.Device.cpu)
+    pycolmap.extract_features(
+        db,
+        DATA,
+        image_names=names,
+        camera_mode=pycolmap.CameraMode.SINGLE,
+        reader_options=reader,
+        device=pycolmap.Device.cpu,
+    )
     pairing = pycolmap.SequentialPairingOptions()
     pairing.overlap = 10
     pycolmap.match_sequential(db, pairing_options=pairing, device=pycolmap.Device.cpu)
@@ -94,8 +112,9 @@ def whole(work: Path, frames: int) -> dict:
     models = pycolmap.incremental_mapping(db, DATA, work / "models", options=mapping)
     wall = time.perf_counter() - start
     rec = max(models.values(), key=lambda r: r.num_reg_images())
-    pred = {rec.images[i].name: rec.images[i].cam_from_world().matrix()
-            for i in rec.reg_image_ids()}
+    pred = {
+        rec.images[i].name: rec.images[i].cam_from_world().matrix() for i in rec.reg_image_ids()
+    }
     gt = read_7scenes_gt(DATA).as_dict()
     truth = {Path(k).name.split(".")[0]: v for k, v in gt.items()}
 
@@ -105,11 +124,17 @@ def whole(work: Path, frames: int) -> dict:
         g = camera_centers(np.array([truth[n.split(".")[0]] for n in got]))
         return ate(p, g).rmse_path_fraction
 
-    windows = [names[s:s + 8] for s in range(0, len(names) - 7, 4)]
+    windows = [names[s : s + 8] for s in range(0, len(names) - 7, 4)]
     fractions = np.array([score(w) for w in windows if sum(n in pred for n in w) >= 3])
-    return {"wall": wall, "registered": len(pred), "frames": len(names),
-            "global": score(names), "median": float(np.median(fractions)),
-            "max": float(fractions.max()), "focal": float(next(iter(rec.cameras.values())).params[0])}
+    return {
+        "wall": wall,
+        "registered": len(pred),
+        "frames": len(names),
+        "global": score(names),
+        "median": float(np.median(fractions)),
+        "max": float(fractions.max()),
+        "focal": float(next(iter(rec.cameras.values())).params[0]),
+    }
 
 
 def main() -> int:
@@ -131,21 +156,30 @@ def main() -> int:
         if not args.skip_whole:
             (tmp / "whole").mkdir()
             reference = whole(tmp / "whole", args.frames)
-    print("| run | wall s | windows ok | min registered | window ATE/path median | p90 | max "
-          "| merged ATE/path | merged frames within 5% of path |")
+    print(
+        "| run | wall s | windows ok | min registered | window ATE/path median | p90 | max "
+        "| merged ATE/path | merged frames within 5% of path |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for name, r in rows:
         m = r["merged"]
-        merged = (f"{100 * m['rmse_path']:.1f}% | {100 * m['within_5']:.0f}%" if "rmse_path" in m
-                  else f"{m.get('segments', 0)} segments | -")
-        print(f"| {name} | {r['wall']:.0f} | {r['ok']}/{r['windows']} | "
-              f"{100 * r['min_registered']:.0f}% | {100 * r['median']:.1f}% | "
-              f"{100 * r['p90']:.1f}% | {100 * r['max']:.1f}% | {merged} |")
+        merged = (
+            f"{100 * m['rmse_path']:.1f}% | {100 * m['within_5']:.0f}%"
+            if "rmse_path" in m
+            else f"{m.get('segments', 0)} segments | -"
+        )
+        print(
+            f"| {name} | {r['wall']:.0f} | {r['ok']}/{r['windows']} | "
+            f"{100 * r['min_registered']:.0f}% | {100 * r['median']:.1f}% | "
+            f"{100 * r['p90']:.1f}% | {100 * r['max']:.1f}% | {merged} |"
+        )
     if not args.skip_whole:
-        print(f"| whole sequence, one pycolmap reconstruction | {reference['wall']:.0f} | "
-              f"{reference['registered']}/{reference['frames']} frames | - | "
-              f"{100 * reference['median']:.1f}% (cut) | - | {100 * reference['max']:.1f}% | "
-              f"{100 * reference['global']:.1f}% (global) | - |")
+        print(
+            f"| whole sequence, one pycolmap reconstruction | {reference['wall']:.0f} | "
+            f"{reference['registered']}/{reference['frames']} frames | - | "
+            f"{100 * reference['median']:.1f}% (cut) | - | {100 * reference['max']:.1f}% | "
+            f"{100 * reference['global']:.1f}% (global) | - |"
+        )
         print(f"\nwhole-sequence focal length: {reference['focal']:.0f} px")
     for name, r in rows:
         print(f"\n{name}: stage profile")

@@ -8,7 +8,8 @@ random normal on GPU): speed and memory do not depend on their values.
   the heap is trimmed and the kernel's peak-RSS counter reset (``/proc/self/clear_refs``), so
   ``peak_rss_mib`` (VmHWM) is the peak during the forward; ``rss_before_forward_mib`` is the
   weights alone and ``forward_peak_extra_mib`` the difference.
-* GPU (``--device cuda``): compute dtype "auto" (bf16 on Ampere+), ``torch.cuda.max_memory_allocated``,
+* GPU (``--device cuda``): compute dtype "auto" (bf16 on Ampere+),
+``torch.cuda.max_memory_allocated``,
   timed with synchronisation after one warm-up forward.
 
 Example::
@@ -26,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from _measure import settle_and_reset_peak, status_mib, run_worker
+from _measure import run_worker, settle_and_reset_peak, status_mib
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,9 @@ def worker(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     model = _build(args.device)
     images = torch.rand(1, args.frame_count, 3, args.height, args.width, device=args.device)
-    queries = torch.rand(1, args.queries, 2, device=args.device) * torch.tensor([args.width - 1, args.height - 1], device=args.device)
+    queries = torch.rand(1, args.queries, 2, device=args.device) * torch.tensor(
+        [args.width - 1, args.height - 1], device=args.device
+    )
     opts = dict(keep_all_layers=args.mode == "all")
     run = lambda: model(images, queries if args.queries else None, **opts)
     cuda = args.device.startswith("cuda")
@@ -75,22 +78,39 @@ def worker(args: argparse.Namespace) -> dict:
         if cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-    result = dict(device=args.device, mode=args.mode, frames=args.frame_count, height=args.height, width=args.width,
-                  queries=args.queries, dtype=str(model.compute_dtype).replace("torch.", ""), seconds=round(seconds, 2),
-                  threads=torch.get_num_threads())
+    result = dict(
+        device=args.device,
+        mode=args.mode,
+        frames=args.frame_count,
+        height=args.height,
+        width=args.width,
+        queries=args.queries,
+        dtype=str(model.compute_dtype).replace("torch.", ""),
+        seconds=round(seconds, 2),
+        threads=torch.get_num_threads(),
+    )
     if cuda:
-        result.update(gpu=torch.cuda.get_device_name(), peak_allocated_mib=round(torch.cuda.max_memory_allocated() / 2**20))
+        result.update(
+            gpu=torch.cuda.get_device_name(),
+            peak_allocated_mib=round(torch.cuda.max_memory_allocated() / 2**20),
+        )
     else:
         peak = status_mib("VmHWM")
-        result.update(rss_before_forward_mib=round(rss_model), peak_rss_mib=round(peak), forward_peak_extra_mib=round(peak - rss_model),
-                      lifetime_peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+        result.update(
+            rss_before_forward_mib=round(rss_model),
+            peak_rss_mib=round(peak),
+            forward_peak_extra_mib=round(peak - rss_model),
+            lifetime_peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        )
     return result
 
 
 def _parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--frames", type=int, nargs="+", default=[2, 4, 8], help="frame counts to measure")
+    p.add_argument(
+        "--frames", type=int, nargs="+", default=[2, 4, 8], help="frame counts to measure"
+    )
     p.add_argument("--modes", nargs="+", default=["lean", "all"], choices=["lean", "all"])
     p.add_argument("--height", type=int, default=392)
     p.add_argument("--width", type=int, default=518)
@@ -111,9 +131,23 @@ def main(argv=None) -> int:
     results = []
     for frames in args.frames:
         for mode in args.modes:
-            result = run_worker(__file__, ["--device", args.device, "--frame-count", str(frames),
-                                           "--mode", mode, "--height", str(args.height),
-                                           "--width", str(args.width), "--queries", str(args.queries)])
+            result = run_worker(
+                __file__,
+                [
+                    "--device",
+                    args.device,
+                    "--frame-count",
+                    str(frames),
+                    "--mode",
+                    mode,
+                    "--height",
+                    str(args.height),
+                    "--width",
+                    str(args.width),
+                    "--queries",
+                    str(args.queries),
+                ],
+            )
             if result is not None:
                 results.append(result)
     if args.json:

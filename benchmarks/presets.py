@@ -3,7 +3,8 @@
 The model is the one the memory governor measures during a run (``run.json`` -> ``memory``:
 ``held_mb``, ``per_window_mb`` at ``process_res``) or numbers given on the command line. For
 each memory size the table applies the governor's own rules (:mod:`pipeline.memory`): the
-highest resolution of out-of-memory recovery's steps (``lower_resolutions``) at which one window fits within the headroom, then
+highest resolution of out-of-memory recovery's steps (``lower_resolutions``) at which one window
+fits within the headroom, then
 as many windows as fit. A window's cost is scaled with its number of image patches (the
 frames' aspect ratio is kept, as the crop preprocessing does).
 
@@ -32,14 +33,16 @@ def patches(res: int, frame_hw: tuple[int, int]) -> int:
     return min(h, res) // 14 * (w // 14)
 
 
-def preset(memory_gb: float, held_mb: float, per_window_mb: float, res: int,
-           frame_hw: tuple[int, int]) -> tuple[int | None, int]:
+def preset(
+    memory_gb: float, held_mb: float, per_window_mb: float, res: int, frame_hw: tuple[int, int]
+) -> tuple[int | None, int]:
     """(resolution, windows per batch) for ``memory_gb``; resolution None when nothing fits."""
     for r in [res, *lower_resolutions(res)]:
         cost = per_window_mb * patches(r, frame_hw) / patches(res, frame_hw)
         governor = MemoryGovernor(budget_mb=memory_gb * 1024)
-        governor.observe(BatchObservation(windows=1, held_mb=held_mb, peak_mb=held_mb + cost,
-                                          process_res=r))
+        governor.observe(
+            BatchObservation(windows=1, held_mb=held_mb, peak_mb=held_mb + cost, process_res=r)
+        )
         if held_mb + cost <= governor.budget_mb * governor.headroom:
             return r, governor.windows_per_batch()
     return None, 0
@@ -60,8 +63,10 @@ def main() -> None:
         res = memory["observations"][-1]["process_res"]
     else:
         held, per_window, res = args.held_mb, args.per_window_mb, args.res
-    print(f"model: held {held:.0f} MiB + {per_window:.0f} MiB per window at {res} px "
-          f"{args.label}".rstrip())
+    print(
+        f"model: held {held:.0f} MiB + {per_window:.0f} MiB per window at {res} px "
+        f"{args.label}".rstrip()
+    )
     print("| memory | resolution | windows per batch |")
     print("|---|---|---|")
     for gb in MEMORY_SIZES_GB:

@@ -32,7 +32,6 @@ import json
 import logging
 import math
 import os
-import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -42,18 +41,26 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError, PipelineError
-from .output import PLAN, PlannedWindow, planned_windows
-from .geometry import (ALIGN_MODES, ate, camera_centers, invert_pose,
-                       nearest_rotation, quat_xyzw_to_rotmat, rpe)
+from .frames import natural_key
+from .geometry import (
+    ALIGN_MODES,
+    ate,
+    camera_centers,
+    invert_pose,
+    nearest_rotation,
+    quat_xyzw_to_rotmat,
+    rpe,
+)
+from .output import PLAN, PlannedWindow, planned_windows, read_window_poses
 
 logger = logging.getLogger(__name__)
 
 EVALUATION_JSON = "evaluation.json"
+"""Default report name inside the output folder."""
 GT_PLOT = "trajectory_vs_gt.png"
 """Written into each merged segment's folder: its path aligned onto the ground truth."""
 METRIC_GT = ("tum", "7scenes")
 """Ground-truth kinds in metres (the others are in their own units)."""
-"""Default report name inside the output folder."""
 GT_NPZ = "ground_truth.npz"
 """Synthetic ground-truth file name."""
 MERGED_TRAJECTORY = Path("merged") / "trajectory.txt"
@@ -64,6 +71,9 @@ TUM_NAMES_FILES = ("{stem}_names.txt", "names.txt")
 """Names files looked for beside a TUM trajectory, in order."""
 TUM_DEFAULT_FILES = ("trajectory_tum.txt", "groundtruth.txt", "trajectory.txt")
 """TUM files looked for when the ground-truth path is a folder."""
+
+load_window_poses = read_window_poses
+"""The poses of a window folder (see :func:`pipeline.output.read_window_poses`)."""
 
 _SEVEN_SCENES_POSE = "frame-*.pose.txt"
 MIN_FRAMES = 3
@@ -117,11 +127,6 @@ class GroundTruth:
                if 0 <= i < len(ordered)}
         logger.debug("matched %d of %d unnamed GT poses by index", len(out), len(self.indices))
         return out
-
-
-def natural_key(name: str) -> list:
-    """Sort key ordering digit runs by value (``frame_2`` before ``frame_10``)."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,27 +289,6 @@ def read_7scenes_gt(folder: Path) -> GroundTruth:
 # --------------------------------------------------------------------------------------------
 # Pipeline output readers
 # --------------------------------------------------------------------------------------------
-
-def load_window_poses(window_dir: str | Path) -> dict[str, np.ndarray]:
-    """``{image name: (3, 4) camera-from-world}`` of the posed images of ``window_dir/sparse``.
-
-    A model in ``sparse/0`` is used when ``sparse`` itself holds none.
-
-    Raises:
-        InputError: when no COLMAP model can be read.
-    """
-    import pycolmap  # deferred: a heavy import that only this reader needs
-
-    sparse = Path(window_dir) / "sparse"
-    if not any(sparse.glob("images.*")) and (sparse / "0").is_dir():
-        sparse = sparse / "0"
-    try:
-        rec = pycolmap.Reconstruction(str(sparse))
-    except Exception as exc:  # pycolmap raises ValueError/RuntimeError with C++ messages
-        raise InputError(f"cannot read COLMAP model {sparse}: {exc}") from exc
-    return {image.name: np.asarray(image.cam_from_world().matrix(), dtype=float)
-            for _, image in rec.images.items() if image.has_pose}
-
 
 def merged_segment_dirs(out_dir: Path) -> list[Path]:
     """Folders holding a merged trajectory: ``OUT/merged`` (one segment) or its

@@ -266,7 +266,7 @@ def robust_sim3(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = N
     moved = sim.apply(src)
     robust_w = np.ones(len(src))
     converged, it, k = False, 0, float(scale_param or floor)
-    for it in range(1, max_iters + 1):
+    for it in range(1, max_iters + 1):  # noqa: B007 - the count is reported after the loop
         res = np.linalg.norm(dst - moved, axis=1)
         if scale_param is None:
             k = max(_LOSS_TUNING[loss] * _MAD_TO_SIGMA * float(np.median(res[prior > 0])), floor)

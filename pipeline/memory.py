@@ -176,7 +176,6 @@ class PeakMeter:
             self._fold()
             self._open.remove(span)
 
-
     @contextmanager
     def stage(self, name: str, into: dict[str, dict[str, float]]) -> Iterator[PeakSpan]:
         """:meth:`measure`, storing the span as JSON under ``into[name]`` when the body ends."""
@@ -195,8 +194,9 @@ class StageTable:
     def add(self, stage: str, span: PeakSpan | dict[str, float]) -> None:
         """Count one measurement of ``stage``."""
         values = span.to_json() if isinstance(span, PeakSpan) else span
-        row = self.rows.setdefault(stage, {"calls": 0, "seconds": 0.0, "peak_mb": 0.0,
-                                           "rss_peak_mb": 0.0})
+        row = self.rows.setdefault(
+            stage, {"calls": 0, "seconds": 0.0, "peak_mb": 0.0, "rss_peak_mb": 0.0}
+        )
         row["calls"] += 1
         row["seconds"] += values["seconds"]
         row["peak_mb"] = max(row["peak_mb"], values["peak_mb"])
@@ -204,12 +204,16 @@ class StageTable:
 
     def format(self, device: str) -> str:
         """The table as text (one row per stage, in the order first seen)."""
-        lines = [f"{'stage':<20} {'calls':>5} {'total s':>9} {'mean s':>8} "
-                 f"{'peak MiB':>9} {'peak RSS MiB':>13}   (peak: {device})"]
+        lines = [
+            f"{'stage':<20} {'calls':>5} {'total s':>9} {'mean s':>8} "
+            f"{'peak MiB':>9} {'peak RSS MiB':>13}   (peak: {device})"
+        ]
         for stage, r in self.rows.items():
-            lines.append(f"{stage:<20} {r['calls']:>5} {r['seconds']:>9.2f} "
-                         f"{r['seconds'] / r['calls']:>8.2f} {r['peak_mb']:>9.0f} "
-                         f"{r['rss_peak_mb']:>13.0f}")
+            lines.append(
+                f"{stage:<20} {r['calls']:>5} {r['seconds']:>9.2f} "
+                f"{r['seconds'] / r['calls']:>8.2f} {r['peak_mb']:>9.0f} "
+                f"{r['rss_peak_mb']:>13.0f}"
+            )
         return "\n".join(lines)
 
 
@@ -226,8 +230,9 @@ def _available_system_mb() -> float:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
 
 
-def budget_mb(device: Any, max_memory_gb: float | None = None, *,
-              processes: int = 1) -> tuple[float, str]:
+def budget_mb(
+    device: Any, max_memory_gb: float | None = None, *, processes: int = 1
+) -> tuple[float, str]:
     """What this process may hold in all on ``device``, MiB, and where the number comes from.
 
     Args:
@@ -240,7 +245,10 @@ def budget_mb(device: Any, max_memory_gb: float | None = None, *,
 
         free, total = torch.cuda.mem_get_info(device)
         mine = torch.cuda.memory_reserved(device)
-        budget, source = (free + mine) / 2**20, f"free CUDA memory of {device} ({total / 2**30:.1f} GiB card)"
+        budget, source = (
+            (free + mine) / 2**20,
+            f"free CUDA memory of {device} ({total / 2**30:.1f} GiB card)",
+        )
     else:
         available = _available_system_mb() / max(1, processes)
         budget = current_mb() + available
@@ -300,8 +308,11 @@ class MemoryGovernor:
     def per_window_mb(self) -> float | None:
         """What one window adds at the latest resolution: the largest value observed, MiB."""
         latest = self.observations[-1].process_res if self.observations else None
-        values = [(o.peak_mb - o.held_mb) / o.windows for o in self.observations
-                  if o.process_res == latest]
+        values = [
+            (o.peak_mb - o.held_mb) / o.windows
+            for o in self.observations
+            if o.process_res == latest
+        ]
         return max(values) if values else None
 
     def observe(self, observation: BatchObservation) -> None:
@@ -332,11 +343,16 @@ class MemoryGovernor:
 
     def to_json(self) -> dict[str, Any]:
         """The memory model for run.json."""
-        return {"budget_mb": round(self.budget_mb, 1), "budget_source": self.budget_source,
-                "headroom": self.headroom,
-                "per_window_mb": None if self.per_window_mb is None else round(self.per_window_mb, 1),
-                "held_mb": round(self.observations[-1].held_mb, 1) if self.observations else None,
-                "windows_per_batch": self.windows_per_batch(),
-                "out_of_memory_at": self.out_of_memory_at,
-                "observations": [{k: (round(v, 1) if isinstance(v, float) else v)
-                                  for k, v in asdict(o).items()} for o in self.observations]}
+        return {
+            "budget_mb": round(self.budget_mb, 1),
+            "budget_source": self.budget_source,
+            "headroom": self.headroom,
+            "per_window_mb": None if self.per_window_mb is None else round(self.per_window_mb, 1),
+            "held_mb": round(self.observations[-1].held_mb, 1) if self.observations else None,
+            "windows_per_batch": self.windows_per_batch(),
+            "out_of_memory_at": self.out_of_memory_at,
+            "observations": [
+                {k: (round(v, 1) if isinstance(v, float) else v) for k, v in asdict(o).items()}
+                for o in self.observations
+            ],
+        }

@@ -25,10 +25,12 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .errors import InputError
 
@@ -291,6 +293,27 @@ def load_model(sparse: Path, registered: Sequence[str]) -> tuple[Any, str | None
     return rec, None
 
 
+def read_window_poses(window_dir: str | Path) -> dict[str, np.ndarray]:
+    """``{image name: (3, 4) camera-from-world}`` of the posed images of ``window_dir/sparse``.
+
+    A model in ``sparse/0`` is used when ``sparse`` itself holds none.
+
+    Raises:
+        InputError: when no COLMAP model can be read.
+    """
+    import pycolmap  # deferred: a heavy import that only this reader needs
+
+    sparse = Path(window_dir) / "sparse"
+    if not any(sparse.glob("images.*")) and (sparse / "0").is_dir():
+        sparse = sparse / "0"
+    try:
+        rec = pycolmap.Reconstruction(str(sparse))
+    except Exception as exc:  # pycolmap raises ValueError/RuntimeError with C++ messages
+        raise InputError(f"cannot read COLMAP model {sparse}: {exc}") from exc
+    return {image.name: np.asarray(image.cam_from_world().matrix(), dtype=float)
+            for _, image in rec.images.items() if image.has_pose}
+
+
 def refresh_links(window_dir: Path, frames: Sequence[Any]) -> int:
     """Point the window's ``images/`` links at the frames' current files (an input folder that
     moved); return how many were replaced. Copies and windows without ``images/`` are left."""
@@ -323,6 +346,11 @@ class PlannedWindow:
     """The folder's ``window_info.json`` (``None`` when missing or not a record)."""
     problem: str | None
     """Why the folder cannot be used (``None``: a whole, successful window of this plan)."""
+
+    @property
+    def usable(self) -> bool:
+        """A whole, successful window of this plan (its poses can be read)."""
+        return self.problem is None and self.info is not None and self.info.get("status") == "ok"
 
 
 def write_plan(output_dir: Path, frames: Sequence[Any], windows: Sequence[Any],
@@ -359,6 +387,18 @@ def read_plan(output_dir: Path) -> dict[str, Any]:
     if not isinstance(plan, dict) or not isinstance(plan.get("windows"), list):
         raise InputError(f"{path} is not a run plan")
     return plan
+
+
+def iter_windows(output_dir: Path, *, ok: bool = False) -> Iterator[PlannedWindow]:
+    """The windows of the run plan of ``output_dir``, in window order (with ``ok``: only those
+    whose record says ok and whose folder is whole and made for this plan).
+
+    Raises:
+        InputError: the folder holds no readable run plan.
+    """
+    for window in planned_windows(output_dir)[0]:
+        if not ok or window.usable:
+            yield window
 
 
 def planned_windows(output_dir: Path) -> tuple[list[PlannedWindow], list[Path]]:

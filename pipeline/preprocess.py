@@ -40,8 +40,8 @@ and ``sy`` differ slightly because sides are rounded to multiples of 14).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -75,19 +75,21 @@ class PreprocessOptions:
 
 @dataclass(frozen=True, kw_only=True)
 class FrameTransform:
-    """Map between one original frame and its network image (all sizes ``(height, width)`` in pixels)."""
+    """Map between one original frame and its network image (all sizes ``(height, width)`` in
+    pixels)."""
 
-    original_hw: Tuple[int, int]
+    original_hw: tuple[int, int]
     """Size of the original frame."""
-    resized_hw: Tuple[int, int]
+    resized_hw: tuple[int, int]
     """Size after the bicubic resize, before cropping/padding."""
-    offset_xy: Tuple[float, float]
-    """Position in the network image of the resized frame's top-left corner (negative when cropped)."""
-    network_hw: Tuple[int, int]
+    offset_xy: tuple[float, float]
+    """Position in the network image of the resized frame's top-left corner (negative when
+    cropped)."""
+    network_hw: tuple[int, int]
     """Size of the network image."""
 
     @property
-    def scale_xy(self) -> Tuple[float, float]:
+    def scale_xy(self) -> tuple[float, float]:
         """``(sx, sy)`` = resized / original size per axis."""
         return self.resized_hw[1] / self.original_hw[1], self.resized_hw[0] / self.original_hw[0]
 
@@ -102,11 +104,13 @@ class FrameTransform:
         return _affine(self.matrix, xy, convention)
 
     def to_original(self, xy: np.ndarray, convention: str = "colmap") -> np.ndarray:
-        """Network-image points ``(..., 2)`` (e.g. tracks, with ``convention="index"``) -> original image."""
+        """Network-image points ``(..., 2)`` (e.g. tracks, with ``convention="index"``) -> original
+        image."""
         return _affine(np.linalg.inv(self.matrix), xy, convention)
 
     def intrinsics_to_original(self, K: np.ndarray) -> np.ndarray:
-        """Network intrinsics ``(..., 3, 3)`` ("colmap" convention) -> original-image intrinsics ``A^-1 K``."""
+        """Network intrinsics ``(..., 3, 3)`` ("colmap" convention) -> original-image intrinsics
+        ``A^-1 K``."""
         return np.linalg.inv(self.matrix) @ np.asarray(K, dtype=np.float64)
 
     def intrinsics_to_network(self, K: np.ndarray) -> np.ndarray:
@@ -129,15 +133,23 @@ class PreprocessResult:
 
     images: torch.Tensor
     """``[S, 3, H, W]`` float32 RGB in [0, 1]."""
-    transforms: List[FrameTransform]
+    transforms: list[FrameTransform]
     """One :class:`FrameTransform` per frame, in input order."""
 
 
 def _as_rgb(frame: np.ndarray, index: int) -> np.ndarray:
     """Validate a uint8 frame; RGBA is composited onto white."""
     frame = np.asarray(frame)
-    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] not in (3, 4) or min(frame.shape[:2]) < 1:
-        raise ValueError(f"frame {index}: expected a uint8 array (H, W, 3) or (H, W, 4), got {frame.dtype} {frame.shape}")
+    if (
+        frame.dtype != np.uint8
+        or frame.ndim != 3
+        or frame.shape[2] not in (3, 4)
+        or min(frame.shape[:2]) < 1
+    ):
+        raise ValueError(
+            f"frame {index}: expected a uint8 array (H, W, 3) or (H, W, 4), got {frame.dtype} "
+            f"{frame.shape}"
+        )
     if frame.shape[2] == 3:
         return frame
     rgb = frame[..., :3].astype(np.float32)
@@ -145,7 +157,7 @@ def _as_rgb(frame: np.ndarray, index: int) -> np.ndarray:
     return np.round(rgb * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
 
 
-def _resized_size(h: int, w: int, opts: PreprocessOptions) -> Tuple[int, int]:
+def _resized_size(h: int, w: int, opts: PreprocessOptions) -> tuple[int, int]:
     """(height, width) after the resize, as the reference computes it (Python ``round``)."""
     t, p = opts.target_size, opts.patch_size
     if opts.mode == "pad" and h > w:
@@ -153,7 +165,7 @@ def _resized_size(h: int, w: int, opts: PreprocessOptions) -> Tuple[int, int]:
     return round(h * (t / w) / p) * p, t
 
 
-def _resize(frame: np.ndarray, hw: Tuple[int, int]) -> torch.Tensor:
+def _resize(frame: np.ndarray, hw: tuple[int, int]) -> torch.Tensor:
     """PIL bicubic resize of uint8 RGB -> ``[3, h, w]`` float32 in [0, 1]."""
     try:
         from PIL import Image
@@ -164,17 +176,25 @@ def _resize(frame: np.ndarray, hw: Tuple[int, int]) -> torch.Tensor:
 
 
 def _centre_offset(out: int, size: int) -> int:
-    """Offset of a centred ``size`` span in ``out`` (pad: extra on the far side; crop: cut more at the far side)."""
+    """Offset of a centred ``size`` span in ``out`` (pad: extra on the far side; crop: cut more at
+    the far side)."""
     return (out - size) // 2 if out >= size else -((size - out) // 2)
 
 
-def _place(img: torch.Tensor, out_hw: Tuple[int, int], value: float) -> Tuple[torch.Tensor, Tuple[int, int]]:
-    """Centre ``img`` ``[3, h, w]`` in an ``out_hw`` canvas (crop or pad per axis); returns it and (ox, oy)."""
+def _place(
+    img: torch.Tensor, out_hw: tuple[int, int], value: float
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Centre ``img`` ``[3, h, w]`` in an ``out_hw`` canvas (crop or pad per axis); returns it and
+    (ox, oy)."""
     h, w = img.shape[1:]
     oy, ox = _centre_offset(out_hw[0], h), _centre_offset(out_hw[1], w)
     canvas = torch.full((3, *out_hw), float(value), dtype=img.dtype)
-    src = img[:, max(0, -oy): max(0, -oy) + min(h, out_hw[0]), max(0, -ox): max(0, -ox) + min(w, out_hw[1])]
-    canvas[:, max(0, oy): max(0, oy) + src.shape[1], max(0, ox): max(0, ox) + src.shape[2]] = src
+    src = img[
+        :,
+        max(0, -oy) : max(0, -oy) + min(h, out_hw[0]),
+        max(0, -ox) : max(0, -ox) + min(w, out_hw[1]),
+    ]
+    canvas[:, max(0, oy) : max(0, oy) + src.shape[1], max(0, ox) : max(0, ox) + src.shape[2]] = src
     return canvas, (ox, oy)
 
 
@@ -184,7 +204,7 @@ def _nearest_multiple(x: int, p: int) -> int:
     return max(p, down + p if (down + p - x) <= (x - down) else down)
 
 
-def _da3_sizes(h: int, w: int, opts: PreprocessOptions) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+def _da3_sizes(h: int, w: int, opts: PreprocessOptions) -> tuple[tuple[int, int], tuple[int, int]]:
     """DA3 sizes ``(bounded_hw, resized_hw)``: after the boundary resize, and after the whole resize
     (``*_crop``: no second resize, the same size)."""
     method, res, p = opts.mode, opts.process_res, opts.patch_size
@@ -198,34 +218,46 @@ def _da3_sizes(h: int, w: int, opts: PreprocessOptions) -> Tuple[Tuple[int, int]
     return bounded, (_nearest_multiple(bounded[0], p), _nearest_multiple(bounded[1], p))
 
 
-def _resize_area_or_cubic(rgb: np.ndarray, hw: Tuple[int, int], upscale: bool) -> np.ndarray:
+def _resize_area_or_cubic(rgb: np.ndarray, hw: tuple[int, int], upscale: bool) -> np.ndarray:
     """OpenCV resize of uint8 RGB to ``hw``: bicubic when ``upscale``, else area (as DA3 does)."""
     if rgb.shape[:2] == tuple(hw):
         return rgb
     try:
         import cv2
     except ImportError as exc:
-        raise ImportError("Depth Anything 3 preprocessing needs OpenCV: "
-                          "pip install opencv-python-headless") from exc
+        raise ImportError(
+            "Depth Anything 3 preprocessing needs OpenCV: pip install opencv-python-headless"
+        ) from exc
     mode = cv2.INTER_CUBIC if upscale else cv2.INTER_AREA
     return cv2.resize(np.ascontiguousarray(rgb), (hw[1], hw[0]), interpolation=mode)
 
 
-def _da3_place(rgb: np.ndarray, opts: PreprocessOptions) -> Tuple[torch.Tensor, Tuple[int, int], Tuple[int, int]]:
-    """One frame by a DA3 method -> (``[3, h, w]`` in [0, 1], resized_hw, (ox, oy) in the result)."""
+def _da3_place(
+    rgb: np.ndarray, opts: PreprocessOptions
+) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+    """One frame by a DA3 method -> (``[3, h, w]`` in [0, 1], resized_hw, (ox, oy) in the
+    result)."""
     h, w = rgb.shape[:2]
     bounded, resized = _da3_sizes(h, w, opts)
     side = max(h, w) if opts.mode.startswith("upper") else min(h, w)
     img = _resize_area_or_cubic(rgb, bounded, upscale=opts.process_res > side)
-    img = _resize_area_or_cubic(img, resized, upscale=resized[0] > bounded[0] or resized[1] > bounded[1])
+    img = _resize_area_or_cubic(
+        img, resized, upscale=resized[0] > bounded[0] or resized[1] > bounded[1]
+    )
     tensor = torch.from_numpy(img.astype(np.float32) / 255.0).permute(2, 0, 1).contiguous()
     p = opts.patch_size
-    out_hw = (max(p, resized[0] // p * p), max(p, resized[1] // p * p)) if opts.mode.endswith("crop") else resized
+    out_hw = (
+        (max(p, resized[0] // p * p), max(p, resized[1] // p * p))
+        if opts.mode.endswith("crop")
+        else resized
+    )
     tensor, offset = _place(tensor, out_hw, opts.pad_value)
     return tensor, resized, offset
 
 
-def preprocess_frames(frames: Sequence[np.ndarray], options: PreprocessOptions | None = None) -> PreprocessResult:
+def preprocess_frames(
+    frames: Sequence[np.ndarray], options: PreprocessOptions | None = None
+) -> PreprocessResult:
     """Bring decoded frames to the network grid (see the module docstring for the exact steps;
     ``options.mode`` picks VGGT's or Depth Anything 3's).
 
@@ -255,14 +287,26 @@ def preprocess_frames(frames: Sequence[np.ndarray], options: PreprocessOptions |
             img, (ox, oy) = _place(img, stage_hw, opts.pad_value)
         placed.append(img)
         records.append((rgb.shape[:2], hw, (ox, oy)))
-    pick = min if opts.mode in DA3_METHODS else max  # DA3 crops to the smallest, VGGT pads to the largest
+    pick = (
+        min if opts.mode in DA3_METHODS else max
+    )  # DA3 crops to the smallest, VGGT pads to the largest
     out_hw = (pick(p.shape[1] for p in placed), pick(p.shape[2] for p in placed))
     if len({tuple(p.shape[1:]) for p in placed}) > 1:
-        logger.warning("frames of different shapes; %s all to %s",
-                       "cropping" if pick is min else "padding", out_hw)
+        logger.warning(
+            "frames of different shapes; %s all to %s",
+            "cropping" if pick is min else "padding",
+            out_hw,
+        )
     images, transforms = [], []
     for img, (orig_hw, hw, (ox, oy)) in zip(placed, records):
         img, (dx, dy) = _place(img, out_hw, opts.pad_value)
         images.append(img)
-        transforms.append(FrameTransform(original_hw=tuple(orig_hw), resized_hw=hw, offset_xy=(float(ox + dx), float(oy + dy)), network_hw=out_hw))
+        transforms.append(
+            FrameTransform(
+                original_hw=tuple(orig_hw),
+                resized_hw=hw,
+                offset_xy=(float(ox + dx), float(oy + dy)),
+                network_hw=out_hw,
+            )
+        )
     return PreprocessResult(images=torch.stack(images), transforms=transforms)

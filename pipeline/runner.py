@@ -26,26 +26,52 @@ from tqdm import tqdm
 
 from . import __version__
 from .config import CAMERA_PARAMS, IMAGE_MODES, PipelineConfig
+from .digest import cause_key, digest_json, failure_digest, plural
 from .distributed import ProcessGroup, process_group
 from .errors import DiskFullError, InputError, PipelineError
-from .export import (NO_SPACE, create_staging, discard_staging, disk_nearly_full,
-                     finalize_window, remove_stale_staging, write_json)
-from .digest import cause_key, digest_json, failure_digest, plural
-from .frames import (Frame, check_one_kind, extract_video_frames, list_image_files,
-                     prepare_frames, video_frame_times)
+from .export import (
+    NO_SPACE,
+    create_staging,
+    discard_staging,
+    disk_nearly_full,
+    finalize_window,
+    remove_stale_staging,
+    write_json,
+)
+from .frames import (
+    Frame,
+    check_one_kind,
+    extract_video_frames,
+    list_image_files,
+    prepare_frames,
+    video_frame_times,
+)
 from .lock import OutputLock
-from .memory import MIN_AUTO_RES, MemoryGovernor, StageTable, budget_mb
-from .output import (PLAN, RUN_MANIFEST, WindowChecks, check_window, read_window_info,
-                     refresh_links, window_signature, write_plan)
-from .reconstructors import (STATUS_FAILED, STATUS_OK, Reconstructor, WindowResult,
-                             create_reconstructor)
+from .memory import MemoryGovernor, StageTable, budget_mb
+from .options import readers_of, unread_options
+from .output import (
+    PLAN,
+    RUN_MANIFEST,
+    WindowChecks,
+    check_window,
+    read_window_info,
+    refresh_links,
+    window_signature,
+    write_plan,
+)
+from .reconstructors import (
+    STATUS_FAILED,
+    STATUS_OK,
+    Reconstructor,
+    WindowResult,
+    create_reconstructor,
+    reconstructor_class,
+)
 from .windows import Batch, Window, create_windows, take_batch
 
 logger = logging.getLogger(__name__)
 
 FRAME_CACHE = "frames"
-VGGT_RES, DA3_RES = 518, 504
-"""The networks' own input sizes (pixels)."""
 MAX_AUTO_COLMAP_WORKERS = 8
 MAX_REDO_LOGS = 10
 """Windows whose reason for being redone is logged at INFO; the rest at DEBUG."""
@@ -171,115 +197,33 @@ def build_reconstructor(config: PipelineConfig) -> Reconstructor:
 
 
 def reconstructor_options(config: PipelineConfig) -> Any:
-    """The options object of ``config.reconstructor``, filled from the configuration.
+    """The options object of ``config.reconstructor``, filled from the configuration by the
+    reconstructor's own :meth:`~pipeline.reconstructors.Reconstructor.options_from_config`.
 
     Raises:
-        InputError: options that cannot work together.
+        InputError: an unknown reconstructor, or options that cannot work together.
     """
-    builders = {"colmap": _colmap_options, "vggt": _vggt_options, "da3": _da3_options}
-    if config.reconstructor not in builders:
-        raise InputError(f"unknown reconstructor {config.reconstructor!r}; choose one of "
-                         f"auto, {', '.join(sorted(builders))}")
     try:
-        return builders[config.reconstructor](config)
+        cls = reconstructor_class(config.reconstructor)
+    except ValueError as exc:
+        raise InputError(f"{exc} (or auto)") from None
+    try:
+        return cls.options_from_config(config)
     except ValueError as exc:
         if isinstance(exc, InputError):
             raise
         raise InputError(f"--reconstructor {config.reconstructor}: {exc}") from exc
 
 
-def colmap_log_level(config: PipelineConfig) -> int:
-    """COLMAP's (glog) minimum level: its warnings with ``verbose``, else nothing below FATAL
-    (a window's failure reaches ``window_info.json`` and the digest in words)."""
-    return 1 if config.verbose else 3
-
-
-def _colmap_options(config: PipelineConfig) -> Any:
-    from .reconstructors.colmap import ColmapOptions
-
-    return ColmapOptions(camera_type=config.camera_type, shared_camera=config.shared_camera,
-                         camera_params=config.camera_params, num_workers=config.num_workers,
-                         chunk_frames=config.chunk_frames,
-                         min_registered_fraction=config.min_registered_fraction,
-                         colmap_log_level=colmap_log_level(config))
-
-
-def _sfm_options(config: PipelineConfig) -> Any:
-    """The SfM stage's options of the network reconstructors."""
-    from .sfm import SfmOptions
-
-    return SfmOptions(camera_type=config.camera_type, shared_camera=config.shared_camera,
-                      vis_thresh=config.vis_thresh, max_reproj_error=config.max_reproj_error,
-                      use_ba=config.use_ba, conf_thres_value=config.conf_thres_value)
-
-
-def _dtype(config: PipelineConfig) -> str:
-    return {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}.get(config.mixed_precision,
-                                                                       config.mixed_precision)
-
-
-def _da3_options(config: PipelineConfig) -> Any:
-    """The da3 options; its checkpoint is ``config.model``, which must be given (the VGGT
-    default is no DA3 checkpoint, and nothing is downloaded unless a hub id is named)."""
-    from .export_formats import ExportOptions, parse_export_format
-    from .preprocess import PreprocessOptions
-    from .reconstructors.da3 import Da3Options
-    from .reconstructors.vggt import DEFAULT_MODEL
-
-    if config.model == DEFAULT_MODEL:
-        raise InputError("--reconstructor da3 needs --model: a DA3 checkpoint folder or a hub id "
-                         "such as depth-anything/DA3-LARGE-1.1")
-    exports = ExportOptions(formats=parse_export_format(config.export_format),
-                            conf_thresh_percentile=config.conf_thresh_percentile,
-                            num_max_points=config.num_max_points)
-    res, min_res = _resolution(config, DA3_RES, multiple=1)
-    return Da3Options(model=config.model, device=config.device, dtype=_dtype(config),
-                      preprocess=PreprocessOptions(mode=config.process_res_method,
-                                                   process_res=res),
-                      min_process_res=min_res, cpu_offload=config.cpu_offload,
-                      sfm=_sfm_options(config), exports=exports, save_depth=config.save_depth,
-                      allow_approximate=config.allow_approximate,
-                      colmap_log_level=colmap_log_level(config))
-
-
-def _resolution(config: PipelineConfig, default: int, *, multiple: int) -> tuple[int, int | None]:
-    """The network input size to start at, and the lowest that out-of-memory recovery may lower
-    it to (None: the user fixed it with ``--process-res``).
-
-    Raises:
-        InputError: ``--process-res`` is not a multiple of ``multiple`` or exceeds ``--max-res``.
-    """
-    if config.process_res is not None:
-        if config.process_res % multiple or config.process_res < 4 * multiple:
-            raise InputError(f"--process-res must be a multiple of {multiple} of at least "
-                             f"{4 * multiple} for {config.reconstructor}, got {config.process_res}")
-        if config.max_res is not None and config.process_res > config.max_res:
-            raise InputError(f"--process-res {config.process_res} exceeds --max-res "
-                             f"{config.max_res}")
-        return config.process_res, None
-    res = default
-    if config.max_res is not None:
-        res = min(default, config.max_res // multiple * multiple)
-        if res < 4 * multiple:
-            raise InputError(f"--max-res {config.max_res} is too small for {config.reconstructor}")
-    return res, min(MIN_AUTO_RES, res)
-
-
-def _vggt_options(config: PipelineConfig) -> Any:
-    from .preprocess import PreprocessOptions
-    from .reconstructors.vggt import VggtOptions
-
-    res, min_res = _resolution(config, VGGT_RES, multiple=14)
-    return VggtOptions(model=config.model, device=config.device, dtype=_dtype(config),
-                       preprocess=PreprocessOptions(mode=config.preprocess_mode,
-                                                    target_size=res),
-                       min_process_res=min_res, cpu_offload=config.cpu_offload,
-                       query_frame_num=config.query_frame_num,
-                       max_query_pts=config.max_query_pts,
-                       fine_tracking=config.fine_tracking, sfm=_sfm_options(config),
-                       save_depth=config.save_depth,
-                       allow_approximate=config.allow_approximate,
-                       colmap_log_level=colmap_log_level(config))
+def unread_problem(config: PipelineConfig, reconstructor: str) -> str | None:
+    """Which options ``config`` sets that ``reconstructor`` does not read, in words, or
+    ``None``."""
+    unread = unread_options(config, reconstructor)
+    if not unread:
+        return None
+    listed = ", ".join(f"{flag} (read by {'/'.join(readers_of(PipelineConfig, flag) or ())})"
+                       for flag in unread)
+    return f"{listed}: not read by {reconstructor}"
 
 
 def process_window_batch(window_batch: Batch[Any] | Sequence[Window[Any]], batch_idx: int,
@@ -565,6 +509,11 @@ def _check_config(config: PipelineConfig) -> Path:
         raise InputError(f"output path exists and is not a folder: {out}")
     if config.images not in IMAGE_MODES:
         raise InputError(f"--images must be link, copy or none, got {config.images!r}")
+    if config.reconstructor != "auto":
+        unread = unread_problem(config, config.reconstructor)
+        if unread:
+            raise InputError(f"{unread}, the reconstructor asked for: drop the option or choose "
+                             "a reconstructor that reads it")
     _check_camera_params(config)
     batch = config.window_batch_size
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
@@ -687,6 +636,9 @@ def _run(config: PipelineConfig, frames: list[Frame], group: ProcessGroup,
     windows = create_windows(frames, config.window_size, config.window_stride)
     chosen, reason = choose_reconstructor(config)
     logger.info("reconstructor: %s (%s)", chosen, reason)
+    unread = unread_problem(config, chosen)
+    if unread:  # an explicit choice was refused before any work
+        logger.warning("%s, which auto chose (%s): they are ignored", unread, reason)
     config = replace(config, reconstructor=chosen,
                      device=group.device if group.device and config.device == "auto"
                      else config.device)
@@ -792,7 +744,7 @@ def _report_leftovers(out: Path, windows: Sequence[Window[Frame]], group: Proces
 def _governor(config: PipelineConfig, reconstructor: Reconstructor,
               group: ProcessGroup) -> MemoryGovernor | None:
     """The memory governor of an automatic batch size for a network reconstructor, else None."""
-    device = getattr(reconstructor, "torch_device", None)
+    device = reconstructor.memory_device()
     if config.window_batch_size is not None or device is None:
         return None
     budget, source = budget_mb(device, config.max_memory_gb, processes=group.local_world_size)

@@ -89,26 +89,33 @@ def chunk_of(window: Window[Any], chunks: Sequence[Chunk]) -> Chunk:
     holding = [c for c in chunks if c.start <= window.start and window.stop <= c.stop]
     if not holding:
         raise ValueError(f"no chunk holds frames {window.start}-{window.stop - 1}")
-    return max(holding, key=lambda c: (min(window.start - c.start, c.stop - window.stop),
-                                       -c.index))
+    return max(holding, key=lambda c: (min(window.start - c.start, c.stop - window.stop), -c.index))
 
 
-def sequential_pairs(indices: Sequence[int], overlap: int,
-                     quadratic: bool) -> set[tuple[int, int]]:
+def sequential_pairs(indices: Sequence[int], overlap: int, quadratic: bool) -> set[tuple[int, int]]:
     """Sequence-index pairs ``(i, j)``, ``i < j``, of the frames ``indices`` (in order) that are
     matched: each with its ``overlap`` successors in ``indices`` and, with ``quadratic``, with
     those 2, 4, 8, ... places ahead."""
     steps = set(range(1, overlap + 1))
     if quadratic:
-        steps |= {2 ** k for k in range(int(math.log2(max(1, len(indices)))) + 1)}
-    return {(indices[a], indices[a + s]) for a in range(len(indices)) for s in steps
-            if a + s < len(indices)}
+        steps |= {2**k for k in range(int(math.log2(max(1, len(indices)))) + 1)}
+    return {
+        (indices[a], indices[a + s])
+        for a in range(len(indices))
+        for s in steps
+        if a + s < len(indices)
+    }
 
 
 # ---- work done in worker processes ------------------------------------------------------------
 
-def build_store(folder: Path, frames: list[tuple[str, str, tuple[int, int]]],
-                pairs: list[tuple[str, str]], options: Any) -> dict[str, dict[str, float]]:
+
+def build_store(
+    folder: Path,
+    frames: list[tuple[str, str, tuple[int, int]]],
+    pairs: list[tuple[str, str]],
+    options: Any,
+) -> dict[str, dict[str, float]]:
     """Extract every frame's features and match ``pairs`` into ``folder/database.db``.
 
     Built in a temporary sibling folder and renamed into place, so a crash never leaves a store
@@ -139,26 +146,34 @@ def build_store(folder: Path, frames: list[tuple[str, str, tuple[int, int]]],
     with meter.stage("features", stages):
         for size in dict.fromkeys(size for _, _, size in frames):  # one camera per image size
             names = [name for name, _, s in frames if s == size]
-            pycolmap.extract_features(db, tmp / "images", image_names=names,
-                                      camera_mode=pycolmap.CameraMode.SINGLE,
-                                      reader_options=reader_options(options),
-                                      extraction_options=extraction, device=pycolmap.Device.cpu)
+            pycolmap.extract_features(
+                db,
+                tmp / "images",
+                image_names=names,
+                camera_mode=pycolmap.CameraMode.SINGLE,
+                reader_options=reader_options(options),
+                extraction_options=extraction,
+                device=pycolmap.Device.cpu,
+            )
     (tmp / "pairs.txt").write_text("".join(f"{a} {b}\n" for a, b in pairs))
     matching = copy_options(options.matching)
     matching.num_threads = options.num_threads
     imported = pycolmap.ImportedPairingOptions()
     imported.match_list_path = tmp / "pairs.txt"
     with meter.stage("matching", stages):
-        pycolmap.match_image_pairs(db, matching_options=matching, pairing_options=imported,
-                                   device=pycolmap.Device.cpu)
-    (tmp / "store.json").write_text(json.dumps({"version": STORE_VERSION,
-                                                "frames": [f[0] for f in frames]}))
+        pycolmap.match_image_pairs(
+            db, matching_options=matching, pairing_options=imported, device=pycolmap.Device.cpu
+        )
+    (tmp / "store.json").write_text(
+        json.dumps({"version": STORE_VERSION, "frames": [f[0] for f in frames]})
+    )
     os.replace(tmp, folder)
     return stages
 
 
-def map_chunk(store: Path, names: list[str], out: Path, options: Any, *,
-              fixed_focal: bool = False) -> dict[str, dict[str, float]]:
+def map_chunk(
+    store: Path, names: list[str], out: Path, options: Any, *, fixed_focal: bool = False
+) -> dict[str, dict[str, float]]:
     """Map the frames ``names`` of the store into models ``out/0``, ``out/1``... (written under a
     temporary name, then renamed). With ``fixed_focal`` the cameras keep the store's focal
     lengths. Returns the ``mapping`` stage's time and peak."""
@@ -173,15 +188,18 @@ def map_chunk(store: Path, names: list[str], out: Path, options: Any, *,
     incremental = mapping_options(options, fixed_focal=fixed_focal)
     incremental.image_names = names
     with meter.stage("mapping", stages):  # writes the models to tmp/0, tmp/1, ...
-        if options.chunk_mapper == "global" or (options.chunk_mapper == "auto"
-                                                and len(names) >= options.global_min_frames):
+        if options.chunk_mapper == "global" or (
+            options.chunk_mapper == "auto" and len(names) >= options.global_min_frames
+        ):
             mapping = global_mapping_options(options, fixed_focal=fixed_focal)
             mapping.image_names = names
-            models = pycolmap.global_mapping(store / "database.db", store / "images", tmp,
-                                             options=mapping)
+            models = pycolmap.global_mapping(
+                store / "database.db", store / "images", tmp, options=mapping
+            )
         else:
-            models = pycolmap.incremental_mapping(store / "database.db", store / "images", tmp,
-                                                  options=incremental)
+            models = pycolmap.incremental_mapping(
+                store / "database.db", store / "images", tmp, options=incremental
+            )
         for folder in sorted(p for p in tmp.iterdir() if p.name.isdigit()):
             repair_jumps(folder, store, names, incremental)
     (tmp / "chunk.json").write_text(json.dumps({"frames": names, "models": len(models)}))
@@ -191,16 +209,19 @@ def map_chunk(store: Path, names: list[str], out: Path, options: Any, *,
     return stages
 
 
-def jump_outliers(rec: pycolmap.Reconstruction, order: Sequence[str],
-                  factor: float = 10.0) -> list[str]:
+def jump_outliers(
+    rec: pycolmap.Reconstruction, order: Sequence[str], factor: float = 10.0
+) -> list[str]:
     """Frames that the mapper put far from both their neighbours in the sequence while those
     neighbours are close to each other: more than ``factor`` times the median step between
     consecutive registered frames. (COLMAP occasionally registers one frame of a video with a
     wrong absolute pose, dozens of metres away, and keeps it: about one run in three on the first
     100 frames of 7-Scenes RedKitchen.)"""
     position = {name: k for k, name in enumerate(order)}
-    names = sorted((rec.images[i].name for i in rec.reg_image_ids() if rec.images[i].name
-                    in position), key=position.__getitem__)
+    names = sorted(
+        (rec.images[i].name for i in rec.reg_image_ids() if rec.images[i].name in position),
+        key=position.__getitem__,
+    )
     if len(names) < 5:
         return []
     centres = np.array([rec.find_image_with_name(n).projection_center() for n in names])
@@ -209,14 +230,17 @@ def jump_outliers(rec: pycolmap.Reconstruction, order: Sequence[str],
     found = []
     for k in range(1, len(names) - 1):
         before, here, after = centres[k - 1], centres[k], centres[k + 1]
-        if (min(np.linalg.norm(here - before), np.linalg.norm(here - after)) > limit
-                and np.linalg.norm(after - before) < limit):
+        if (
+            min(np.linalg.norm(here - before), np.linalg.norm(here - after)) > limit
+            and np.linalg.norm(after - before) < limit
+        ):
             found.append(names[k])
     return found
 
 
-def repair_jumps(folder: Path, store: Path, names: list[str],
-                 mapping: pycolmap.IncrementalPipelineOptions) -> None:
+def repair_jumps(
+    folder: Path, store: Path, names: list[str], mapping: pycolmap.IncrementalPipelineOptions
+) -> None:
     """Re-register the :func:`jump_outliers` of the model in ``folder``: they are deregistered
     and the mapper continues from the rest (a few seconds; the frame then lands where it
     belongs). Frames that jump again are left out of the model."""
@@ -224,16 +248,24 @@ def repair_jumps(folder: Path, store: Path, names: list[str],
     outliers = jump_outliers(rec, names)
     if not outliers:
         return
-    logger.info("re-registering %d frame(s) placed far from their neighbours: %s",
-                len(outliers), ", ".join(outliers))
+    logger.info(
+        "re-registering %d frame(s) placed far from their neighbours: %s",
+        len(outliers),
+        ", ".join(outliers),
+    )
     for name in outliers:
         rec.deregister_frame(rec.find_image_with_name(name).frame_id)
     again = folder.with_name(f"{folder.name}.again")
     shutil.rmtree(again, ignore_errors=True)
     (again / "input").mkdir(parents=True)
     rec.write(again / "input")
-    pycolmap.incremental_mapping(store / "database.db", store / "images", again / "output",
-                                 options=mapping, input_path=again / "input")
+    pycolmap.incremental_mapping(
+        store / "database.db",
+        store / "images",
+        again / "output",
+        options=mapping,
+        input_path=again / "input",
+    )
     repaired = pycolmap.Reconstruction(str(again / "output"))
     for name in jump_outliers(repaired, names):
         repaired.deregister_frame(repaired.find_image_with_name(name).frame_id)
@@ -247,8 +279,9 @@ MIN_CALIBRATION_PAIRS = 20
 """Fundamental matrices a camera needs for :func:`estimate_focal` to trust its estimate."""
 
 
-def estimate_focal(store: Path, *, min_pairs: int = MIN_CALIBRATION_PAIRS,
-                   max_cost: float = 0.02) -> dict[int, float]:
+def estimate_focal(
+    store: Path, *, min_pairs: int = MIN_CALIBRATION_PAIRS, max_cost: float = 0.02
+) -> dict[int, float]:
     """The focal length of each camera of the store, from all its verified image pairs at once.
 
     For the right calibration ``K`` the essential matrix ``E = K^T F K`` of every pair has two
@@ -286,7 +319,7 @@ def estimate_focal(store: Path, *, min_pairs: int = MIN_CALIBRATION_PAIRS,
         stack = np.stack([f / np.linalg.norm(f) for f in fs])
         centre = camera.principal_point_x, camera.principal_point_y
 
-        def cost(focal: float) -> float:
+        def cost(focal: float, centre: tuple = centre, stack: np.ndarray = stack) -> float:
             k = np.array([[focal, 0.0, centre[0]], [0.0, focal, centre[1]], [0.0, 0.0, 1.0]])
             s = np.linalg.svd(k.T[None] @ stack @ k[None], compute_uv=False)
             return float(np.median((s[:, 0] - s[:, 1]) / (s[:, 0] + s[:, 1])))
@@ -294,13 +327,20 @@ def estimate_focal(store: Path, *, min_pairs: int = MIN_CALIBRATION_PAIRS,
         size = max(camera.width, camera.height)
         grid = np.geomspace(0.3 * size, 3.0 * size, 120)
         k = int(np.argmin([cost(f) for f in grid]))
-        best = minimize_scalar(cost, bounds=(grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]),
-                               method="bounded", options={"xatol": 1e-3 * size})
+        best = minimize_scalar(
+            cost,
+            bounds=(grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]),
+            method="bounded",
+            options={"xatol": 1e-3 * size},
+        )
         if best.fun <= max_cost:
             found[camera_id] = float(best.x)
         else:
-            logger.info("camera %d: no focal length explains its image pairs (cost %.3f)",
-                        camera_id, best.fun)
+            logger.info(
+                "camera %d: no focal length explains its image pairs (cost %.3f)",
+                camera_id,
+                best.fun,
+            )
     return found
 
 
@@ -318,14 +358,21 @@ def fix_focal_lengths(store: Path, focal: dict[int, float]) -> None:
 
 # ---- cutting a window out of its chunk --------------------------------------------------------
 
+
 def load_models(folder: Path) -> list[pycolmap.Reconstruction]:
     """The models a :func:`map_chunk` wrote."""
-    return [pycolmap.Reconstruction(str(p)) for p in sorted(
-        (p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))]
+    return [
+        pycolmap.Reconstruction(str(p))
+        for p in sorted(
+            (p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()),
+            key=lambda p: int(p.name),
+        )
+    ]
 
 
-def cut_window(models: Sequence[pycolmap.Reconstruction], names: Sequence[str], *,
-               shared_camera: bool) -> tuple[pycolmap.Reconstruction | None, list[str]]:
+def cut_window(
+    models: Sequence[pycolmap.Reconstruction], names: Sequence[str], *, shared_camera: bool
+) -> tuple[pycolmap.Reconstruction | None, list[str]]:
     """The window's own model, cut out of the chunk model that registers most of ``names``.
 
     The window keeps each registered frame's pose, camera and keypoints, and the points observed
@@ -337,6 +384,7 @@ def cut_window(models: Sequence[pycolmap.Reconstruction], names: Sequence[str], 
         frame names in window order. The world is still the chunk's (see
         :func:`pipeline.reconstructors.colmap.anchor_to_first_frame`).
     """
+
     def registered(rec: pycolmap.Reconstruction) -> list[str]:
         found = []
         for name in names:
@@ -352,8 +400,9 @@ def cut_window(models: Sequence[pycolmap.Reconstruction], names: Sequence[str], 
     return _sub_model(best, kept, shared_camera), kept
 
 
-def _sub_model(source: pycolmap.Reconstruction, names: Sequence[str],
-               shared_camera: bool) -> pycolmap.Reconstruction:
+def _sub_model(
+    source: pycolmap.Reconstruction, names: Sequence[str], shared_camera: bool
+) -> pycolmap.Reconstruction:
     rec = pycolmap.Reconstruction()
     new_ids: dict[int, int] = {}
     for k, name in enumerate(names, start=1):
@@ -361,17 +410,27 @@ def _sub_model(source: pycolmap.Reconstruction, names: Sequence[str],
         camera_id = image.camera_id if shared_camera else k
         if camera_id not in rec.cameras:
             camera = source.cameras[image.camera_id]
-            rec.add_camera_with_trivial_rig(pycolmap.Camera(
-                model=camera.model, width=camera.width, height=camera.height,
-                params=camera.params, camera_id=camera_id))
+            rec.add_camera_with_trivial_rig(
+                pycolmap.Camera(
+                    model=camera.model,
+                    width=camera.width,
+                    height=camera.height,
+                    params=camera.params,
+                    camera_id=camera_id,
+                )
+            )
         keypoints = np.array([p.xy for p in image.points2D], dtype=np.float64).reshape(-1, 2)
         rec.add_image_with_trivial_frame(
             pycolmap.Image(name=name, keypoints=keypoints, camera_id=camera_id, image_id=k),
-            image.cam_from_world())
+            image.cam_from_world(),
+        )
         new_ids[image.image_id] = k
-    for point_id, point in source.points3D.items():
-        elements = [(new_ids[e.image_id], e.point2D_idx) for e in point.track.elements
-                    if e.image_id in new_ids]
+    for point in source.points3D.values():
+        elements = [
+            (new_ids[e.image_id], e.point2D_idx)
+            for e in point.track.elements
+            if e.image_id in new_ids
+        ]
         if len({image_id for image_id, _ in elements}) < 2:
             continue
         track = pycolmap.Track()
@@ -382,18 +441,25 @@ def _sub_model(source: pycolmap.Reconstruction, names: Sequence[str],
     return rec
 
 
-def store_key(frames: Sequence[Any], pairs: Sequence[tuple[int, int]],
-              options_signature: Any) -> str:
+def store_key(
+    frames: Sequence[Any], pairs: Sequence[tuple[int, int]], options_signature: Any
+) -> str:
     """What the feature store depends on: every frame (name, content hash, size), the pairs
     matched, and the extraction, camera and matching options."""
     from .output import digest
 
-    return digest({"version": STORE_VERSION,
-                   "frames": [[f.name, f.digest, list(f.size)] for f in frames],
-                   "pairs": [list(p) for p in pairs], "options": options_signature})[:16]
+    return digest(
+        {
+            "version": STORE_VERSION,
+            "frames": [[f.name, f.digest, list(f.size)] for f in frames],
+            "pairs": [list(p) for p in pairs],
+            "options": options_signature,
+        }
+    )[:16]
 
 
 # ---- keeping the store and the chunk models in the output folder ------------------------------
+
 
 def save_folder(source: Path, target: Path, names: Sequence[str] | None = None) -> bool:
     """Copy folder ``source`` (only the files ``names`` at its top, when given) to ``target``,
@@ -405,7 +471,8 @@ def save_folder(source: Path, target: Path, names: Sequence[str] | None = None) 
         for path in sorted(Path(source).rglob("*")):
             relative = path.relative_to(source)
             if any(part.startswith(".") for part in relative.parts) or (
-                    names is not None and relative.parts[0] not in names):
+                names is not None and relative.parts[0] not in names
+            ):
                 continue
             if path.is_dir() and not path.is_symlink():
                 (tmp / relative).mkdir(parents=True, exist_ok=True)
@@ -442,8 +509,11 @@ def restore_store(cache: Path, store: Path, frames: Sequence[Any]) -> bool:
         shutil.copy2(cache / "store.json", store / "store.json")
         return True
     except OSError as exc:
-        logger.warning("cannot reuse the feature store in %s (%s); building it again", cache,
-                       exc.strerror or exc)
+        logger.warning(
+            "cannot reuse the feature store in %s (%s); building it again",
+            cache,
+            exc.strerror or exc,
+        )
         shutil.rmtree(store, ignore_errors=True)
         return False
 
@@ -451,8 +521,10 @@ def restore_store(cache: Path, store: Path, frames: Sequence[Any]) -> bool:
 def read_calibration(cache: Path) -> dict[int, float] | None:
     """The focal lengths a previous run calibrated (``None``: none kept)."""
     try:
-        return {int(k): float(v)
-                for k, v in json.loads((cache / "calibration.json").read_text()).items()}
+        return {
+            int(k): float(v)
+            for k, v in json.loads((cache / "calibration.json").read_text()).items()
+        }
     except (OSError, ValueError, AttributeError, TypeError):
         return None
 
@@ -484,8 +556,9 @@ def remove_other_stores(root: Path | None, keep: str) -> None:
     if root is None or not root.is_dir():
         return
     for path in root.iterdir():
-        if path.name != keep and (path.name.startswith("store-")
-                                  or path.name.startswith(".store-")):
+        if path.name != keep and (
+            path.name.startswith("store-") or path.name.startswith(".store-")
+        ):
             logger.info("removing the feature store %s (made for other frames or options)", path)
             shutil.rmtree(path, ignore_errors=True)
 

@@ -34,11 +34,11 @@ from typing import Any
 import numpy as np
 import pycolmap
 
+from .config import CAMERA_TYPES
 from .geometry import camera_centers, compose_poses, invert_pose
 
 logger = logging.getLogger(__name__)
 
-CAMERA_TYPES = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL")
 """COLMAP camera models :class:`SfmOptions` accepts."""
 
 _MIN_DEPTH = 1e-9

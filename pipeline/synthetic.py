@@ -53,7 +53,8 @@ class Box:
     size: tuple[float, float, float]
     """Full edge lengths along the box's local x, y, z axes (metres)."""
     yaw_deg: float = 0.0
-    """Rotation of the box about the world ``z`` axis (degrees, counter-clockwise seen from above)."""
+    """Rotation of the box about the world ``z`` axis (degrees, counter-clockwise seen from
+    above)."""
 
 
 DEFAULT_BOXES: tuple[Box, ...] = (
@@ -72,7 +73,8 @@ class SceneOptions:
     seed: int = 0
     """Seed of every random texture; the geometry does not depend on it."""
     room_size: tuple[float, float, float] = (10.0, 10.0, 3.0)
-    """Inner room extent along world x, y, z (metres); the floor is at z = 0, centred on the origin."""
+    """Inner room extent along world x, y, z (metres); the floor is at z = 0, centred on the
+    origin."""
     boxes: tuple[Box, ...] = DEFAULT_BOXES
     """Solid boxes inside the room (they give parallax and occlusions)."""
     texels_per_metre: float = 64.0
@@ -100,7 +102,8 @@ class RenderOptions:
     hfov_deg: float = 60.0
     """Horizontal field of view (degrees); focal length f = (W / 2) / tan(hfov / 2), fx = fy = f."""
     arc_degrees: float = 60.0
-    """Angular span of the ``"arc"`` path around the room centre (degrees); unused for ``"loop"``."""
+    """Angular span of the ``"arc"`` path around the room centre (degrees); unused for
+    ``"loop"``."""
     orbit_radius: float = 3.2
     """Mean horizontal distance of the camera from the room centre (metres)."""
     camera_height: float = 1.5
@@ -158,7 +161,8 @@ class GroundTruth:
 
 
 def intrinsics(width: int, height: int, hfov_deg: float) -> np.ndarray:
-    """(3, 3) pinhole K with fx = fy = (W / 2) / tan(hfov / 2) and principal point (W / 2, H / 2)."""
+    """(3, 3) pinhole K with fx = fy = (W / 2) / tan(hfov / 2) and principal point (W / 2, H /
+    2)."""
     f = (width / 2.0) / math.tan(math.radians(hfov_deg) / 2.0)
     return np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
 
@@ -203,13 +207,16 @@ def camera_path(options: RenderOptions) -> np.ndarray:
 
 
 def _box_frames(scene: SceneOptions) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]:
-    """Per object (room first, then boxes): (local_from_world R (3,3), centre (3,), half size (3,), inside)."""
+    """Per object (room first, then boxes): (local_from_world R (3,3), centre (3,), half size (3,),
+    inside)."""
     w, d, h = scene.room_size
     frames = [(np.eye(3), np.array([0.0, 0.0, h / 2.0]), np.array([w, d, h]) / 2.0, True)]
     for box in scene.boxes:
         c, s = math.cos(math.radians(box.yaw_deg)), math.sin(math.radians(box.yaw_deg))
         world_from_local = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-        frames.append((world_from_local.T, np.array(box.center, float), np.array(box.size) / 2.0, False))
+        frames.append(
+            (world_from_local.T, np.array(box.center, float), np.array(box.size) / 2.0, False)
+        )
     return frames
 
 
@@ -270,7 +277,8 @@ def _add_rectangles(rng: np.random.Generator, tex: np.ndarray, texels_per_metre:
 
 
 def make_texture(rng: np.random.Generator, h: int, w: int, texels_per_metre: float) -> np.ndarray:
-    """(h, w, 3) float32 texture in [0, 1]: multi-scale sharp blobs and rectangles, noise, light blur."""
+    """(h, w, 3) float32 texture in [0, 1]: multi-scale sharp blobs and rectangles, noise, light
+    blur."""
     base = rng.uniform(0.2, 0.8, 3).astype(np.float32)
     shade = _smooth_noise(rng, h, w, texels_per_metre)[..., None].astype(np.float32)
     tex = np.clip(base + 0.12 * shade, 0.0, 1.0)
@@ -295,10 +303,12 @@ _AXIS_V = np.array([2, 2, 1])
 
 @dataclass(kw_only=True)
 class Scene:
-    """Renderable scene built by :func:`build_scene`; faces are indexed ``6 * object + 2 * axis + side``."""
+    """Renderable scene built by :func:`build_scene`; faces are indexed ``6 * object + 2 * axis +
+    side``."""
 
     frames: list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]
-    """Per object (room first): (local_from_world R (3, 3), centre (3,), half size (3,), camera inside)."""
+    """Per object (room first): (local_from_world R (3, 3), centre (3,), half size (3,), camera
+    inside)."""
     atlas: np.ndarray
     """(T, 3) float32 texels of all face textures, flattened row-major one after the other."""
     tex_offset: np.ndarray
@@ -333,7 +343,9 @@ def build_scene(scene: SceneOptions) -> Scene:
                 lambert = max(0.0, float(_face_normal(R, axis, side, inside) @ light))
                 shade.append(scene.ambient + (1.0 - scene.ambient) * lambert)
     sizes = np.array([t.shape[0] * t.shape[1] for t in textures])
-    logger.debug("built scene textures (%d texels) in %.2fs", sizes.sum(), time.perf_counter() - start)
+    logger.debug(
+        "built scene textures (%d texels) in %.2fs", sizes.sum(), time.perf_counter() - start
+    )
     return Scene(
         frames=frames,
         atlas=np.concatenate([t.reshape(-1, 3) for t in textures]),
@@ -344,10 +356,11 @@ def build_scene(scene: SceneOptions) -> Scene:
 
 
 def _intersect_box(origin, dirs_t, R, centre, half, inside) -> np.ndarray:
-    """Slab test of rays (origin (3,), directions (3, M)) against one box: hit t (M,), inf where missed."""
+    """Slab test of rays (origin (3,), directions (3, M)) against one box: hit t (M,), inf where
+    missed."""
     dtype = dirs_t.dtype
     o = (R @ (origin - centre)).astype(dtype)[:, None]
-    d = (R.astype(dtype) @ dirs_t)
+    d = R.astype(dtype) @ dirs_t
     d[np.abs(d) < _EPS] = _EPS
     inv = 1.0 / d
     t1 = (-half.astype(dtype)[:, None] - o) * inv
@@ -361,7 +374,9 @@ def _intersect_box(origin, dirs_t, R, centre, half, inside) -> np.ndarray:
     return np.where((t_near > 0) & (t_near <= t_far), t_near, np.inf)
 
 
-def cast_rays(scene: Scene, origin: np.ndarray, dirs_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def cast_rays(
+    scene: Scene, origin: np.ndarray, dirs_t: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Nearest hits of rays ``origin + t * d`` for the columns d of ``dirs_t`` (3, M), world frame.
 
     Returns (t (M,), object index (M,)), t in units of d and of the dtype of ``dirs_t``; with
@@ -382,7 +397,8 @@ def cast_rays(scene: Scene, origin: np.ndarray, dirs_t: np.ndarray) -> tuple[np.
 
 
 def _bilinear(scene: Scene, face: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Sample face textures at normalised coordinates u, v in [0, 1] (M,); returns (M, 3) float32."""
+    """Sample face textures at normalised coordinates u, v in [0, 1] (M,); returns (M, 3)
+    float32."""
     h, w = scene.tex_shape[face, 0], scene.tex_shape[face, 1]
     x = np.clip(u * w - 0.5, 0.0, w - 1.0)
     y = np.clip(v * h - 0.5, 0.0, h - 1.0)
@@ -398,7 +414,8 @@ def _bilinear(scene: Scene, face: np.ndarray, u: np.ndarray, v: np.ndarray) -> n
 
 
 def shade_hits(scene: Scene, points_t: np.ndarray, obj: np.ndarray) -> np.ndarray:
-    """(M, 3) float32 RGB in [0, 1] of world points ``points_t`` (3, M) on the surfaces of objects ``obj`` (M,).
+    """(M, 3) float32 RGB in [0, 1] of world points ``points_t`` (3, M) on the surfaces of objects
+    ``obj`` (M,).
 
     The face of a point is the local axis along which it is farthest out relative to the half size.
     """
@@ -408,7 +425,9 @@ def shade_hits(scene: Scene, points_t: np.ndarray, obj: np.ndarray) -> np.ndarra
     v = np.empty(m, dtype=points_t.dtype)
     for i, (R, centre, half, _) in enumerate(scene.frames):
         sel = np.nonzero(obj == i)[0]
-        local = R.astype(points_t.dtype) @ (points_t[:, sel] - centre[:, None].astype(points_t.dtype))
+        local = R.astype(points_t.dtype) @ (
+            points_t[:, sel] - centre[:, None].astype(points_t.dtype)
+        )
         cols = np.arange(len(sel))
         axis = np.argmax(np.abs(local) / half[:, None], axis=0)
         face[sel] = 6 * i + 2 * axis + (local[axis, cols] > 0)
@@ -439,7 +458,12 @@ def pixel_rays(K: np.ndarray, width: int, height: int, supersample: int = 1) -> 
 
 
 def render_frame(
-    scene: Scene, K: np.ndarray, cam_from_world: np.ndarray, width: int, height: int, supersample: int = 2
+    scene: Scene,
+    K: np.ndarray,
+    cam_from_world: np.ndarray,
+    width: int,
+    height: int,
+    supersample: int = 2,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render one view: ((H, W, 3) uint8 RGB, (H, W) float32 z-depth at pixel centres).
 
@@ -459,7 +483,10 @@ def render_frame(
     image = np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
     centre_dirs_t = R.T @ pixel_rays(K, width, height, 1).reshape(-1, 3).T
     depth = np.concatenate(
-        [cast_rays(scene, origin, centre_dirs_t[:, a : a + _CHUNK])[0] for a in range(0, width * height, _CHUNK)]
+        [
+            cast_rays(scene, origin, centre_dirs_t[:, a : a + _CHUNK])[0]
+            for a in range(0, width * height, _CHUNK)
+        ]
     )
     return image, depth.reshape(height, width).astype(np.float32)
 
@@ -486,7 +513,9 @@ def render_sequence(options: RenderOptions | None = None) -> SyntheticSequence:
     K = intrinsics(options.width, options.height, options.hfov_deg)
     poses = camera_path(options)
     for centre in camera_centers(poses):
-        if distance_to_surfaces(centre[None], options.scene)[0] < 0.05 or _inside_a_box(centre, scene):
+        if distance_to_surfaces(centre[None], options.scene)[0] < 0.05 or _inside_a_box(
+            centre, scene
+        ):
             raise ValueError(f"camera centre {centre} is inside or too close to a surface")
     n, h, w = options.num_frames, options.height, options.width
     images = np.empty((n, h, w, 3), np.uint8)
@@ -495,7 +524,9 @@ def render_sequence(options: RenderOptions | None = None) -> SyntheticSequence:
         images[i], depth[i] = render_frame(scene, K, pose, w, h, options.supersample)
     logger.info("rendered %d frames of %dx%d in %.2fs", n, w, h, time.perf_counter() - start)
     names = [f"frame_{i:03d}.png" for i in range(n)]
-    return SyntheticSequence(images=images, K=K, cam_from_world=poses, depth=depth, names=names, options=options)
+    return SyntheticSequence(
+        images=images, K=K, cam_from_world=poses, depth=depth, names=names, options=options
+    )
 
 
 def _inside_a_box(point: np.ndarray, scene: Scene) -> bool:
@@ -515,9 +546,11 @@ CONVENTIONS = {
     "world": "right-handed, metres, z up, floor at z = 0",
     "camera_axes": "OpenCV: x right, y down, z forward",
     "cam_from_world": "3x4 [R | t], x_cam = R @ x_world + t; camera centre = -R^T t",
-    "pixels": "COLMAP: top-left pixel centre at (0.5, 0.5); ray of pixel (col, row) = K^-1 [col+0.5, row+0.5, 1]",
+    "pixels": "COLMAP: top-left pixel centre at (0.5, 0.5); ray of pixel (col, row) = K^-1 "
+    "[col+0.5, row+0.5, 1]",
     "depth": "z-depth in metres along the optical axis, at pixel centres; stored as float16",
-    "trajectory_tum": "timestamp tx ty tz qx qy qz qw: world-from-camera (camera centre, orientation)",
+    "trajectory_tum": "timestamp tx ty tz qx qy qz qw: world-from-camera (camera centre, "
+    "orientation)",
 }
 """Human-readable conventions, also written into ``ground_truth.json``."""
 
@@ -536,14 +569,26 @@ def write_sequence(seq: SyntheticSequence, out_dir: str | Path) -> Path:
     n, h, w = seq.depth.shape
     options_json = json.dumps(dataclasses.asdict(seq.options))
     np.savez_compressed(
-        out / "ground_truth.npz", K=seq.K, cam_from_world=seq.cam_from_world,
-        depth=seq.depth.astype(np.float16), names=np.array(seq.names), width=w, height=h,
+        out / "ground_truth.npz",
+        K=seq.K,
+        cam_from_world=seq.cam_from_world,
+        depth=seq.depth.astype(np.float16),
+        names=np.array(seq.names),
+        width=w,
+        height=h,
         options_json=options_json,
     )
-    (out / "trajectory_tum.txt").write_text("\n".join(tum_lines(range(len(seq.cam_from_world)), seq.cam_from_world)) + "\n")
+    (out / "trajectory_tum.txt").write_text(
+        "\n".join(tum_lines(range(len(seq.cam_from_world)), seq.cam_from_world)) + "\n"
+    )
     summary = {
-        "width": w, "height": h, "num_frames": n, "K": seq.K.tolist(), "names": list(seq.names),
-        "cam_from_world": np.round(seq.cam_from_world, 12).tolist(), "conventions": CONVENTIONS,
+        "width": w,
+        "height": h,
+        "num_frames": n,
+        "K": seq.K.tolist(),
+        "names": list(seq.names),
+        "cam_from_world": np.round(seq.cam_from_world, 12).tolist(),
+        "conventions": CONVENTIONS,
         "options": json.loads(options_json),
     }
     (out / "ground_truth.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -552,7 +597,8 @@ def write_sequence(seq: SyntheticSequence, out_dir: str | Path) -> Path:
 
 
 def load_ground_truth(path: str | Path) -> GroundTruth:
-    """Read ``ground_truth.npz`` written by :func:`write_sequence` (``path``: the npz or its folder)."""
+    """Read ``ground_truth.npz`` written by :func:`write_sequence` (``path``: the npz or its
+    folder)."""
     path = Path(path)
     if path.is_dir():
         path = path / "ground_truth.npz"
@@ -570,7 +616,8 @@ def load_ground_truth(path: str | Path) -> GroundTruth:
 
 
 def load_images(folder: str | Path, names: list[str] | None = None) -> np.ndarray:
-    """(N, H, W, 3) uint8 frames from ``folder/images`` (default names: those of the ground truth)."""
+    """(N, H, W, 3) uint8 frames from ``folder/images`` (default names: those of the ground
+    truth)."""
     folder = Path(folder)
     names = names if names is not None else load_ground_truth(folder).names
     return np.stack([np.asarray(Image.open(folder / "images" / n).convert("RGB")) for n in names])

@@ -6,15 +6,21 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pycolmap
 import pytest
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
 from pipeline.errors import InputError
-from pipeline.evaluate import (EvaluateOptions, evaluate_output, format_report,
-                               load_ground_truth_poses, load_window_poses, main, match_names,
-                               read_ground_truth)
+from pipeline.evaluate import (
+    EvaluateOptions,
+    evaluate_output,
+    format_report,
+    load_ground_truth_poses,
+    load_window_poses,
+    main,
+    match_names,
+    read_ground_truth,
+)
 from pipeline.geometry import Sim3, camera_centers, invert_pose, rotmat_to_quat_xyzw
 from pipeline.windows import Window
 from tests.helpers import finish_window, write_model, write_test_plan

@@ -18,12 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import IMAGES, ROOT
 from pipeline.cli import main
 from pipeline.output import check_window, read_window_info
 from tests.helpers import window_dirs, window_info
 
-ROOT = Path(__file__).resolve().parents[1]
-IMAGES = ROOT / "testdata" / "synthetic" / "images"
 SMALL = ("--window-size", "4", "--window-stride", "2", "--reconstructor", "colmap")
 """8 frames -> 3 overlapping windows of 4 (about a second each)."""
 
@@ -318,8 +317,13 @@ def checkpoints(tmp_path_factory):
     import torch
     from safetensors.torch import save_file
 
-    from pipeline.models import (VGGTConfig, build_model, load_rule_weights_, read_state_dict,
-                                 save_pretrained)
+    from pipeline.models import (
+        VGGTConfig,
+        build_model,
+        load_rule_weights_,
+        read_state_dict,
+        save_pretrained,
+    )
 
     root = tmp_path_factory.mktemp("ckpt")
     (root / "garbage.safetensors").write_bytes(os.urandom(4096))

@@ -9,8 +9,14 @@ import numpy as np
 from PIL import Image
 
 from pipeline.errors import InputError
-from pipeline.frames import (extract_video_frames, list_image_files, load_image, natural_key,
-                             prepare_frames, video_frame_times)
+from pipeline.frames import (
+    extract_video_frames,
+    list_image_files,
+    load_image,
+    natural_key,
+    prepare_frames,
+    video_frame_times,
+)
 
 
 def _rgb(h=24, w=32, seed=0):

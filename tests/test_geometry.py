@@ -4,10 +4,22 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from pipeline.geometry import (Sim3, ate, camera_centers, invert_pose, nearest_rotation,
-                               quat_wxyz_to_rotmat, quat_xyzw_to_rotmat, relative_pose,
-                               robust_sim3, rotation_angle_deg, rotmat_to_quat_wxyz,
-                               rotmat_to_quat_xyzw, rpe, umeyama_sim3)
+from pipeline.geometry import (
+    Sim3,
+    ate,
+    camera_centers,
+    invert_pose,
+    nearest_rotation,
+    quat_wxyz_to_rotmat,
+    quat_xyzw_to_rotmat,
+    relative_pose,
+    robust_sim3,
+    rotation_angle_deg,
+    rotmat_to_quat_wxyz,
+    rotmat_to_quat_xyzw,
+    rpe,
+    umeyama_sim3,
+)
 
 KNOWN = Sim3(scale=2.5,
              rotation=Rotation.from_euler("zyx", [40, -25, 70], degrees=True).as_matrix(),

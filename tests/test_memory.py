@@ -6,8 +6,17 @@ import unittest
 
 import numpy as np
 
-from pipeline.memory import (BatchObservation, MemoryGovernor, PeakMeter, StageTable, budget_mb,
-                             can_reset_cpu_peak, current_mb, lower_resolutions, settle)
+from pipeline.memory import (
+    BatchObservation,
+    MemoryGovernor,
+    PeakMeter,
+    StageTable,
+    budget_mb,
+    can_reset_cpu_peak,
+    current_mb,
+    lower_resolutions,
+    settle,
+)
 
 
 @unittest.skipUnless(can_reset_cpu_peak(), "needs Linux /proc/self/clear_refs")

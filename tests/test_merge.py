@@ -117,8 +117,8 @@ class MergeTest(unittest.TestCase):
         self.assertEqual(count, N_FRAMES)  # every frame once
         self.assertLess(fraction, 0.005)
         self.assertTrue(all(p["accepted"] for p in report["pairs"]))
-        lines = [l for l in (merged / "trajectory.txt").read_text().splitlines()
-                 if not l.startswith("#")]
+        lines = [line for line in (merged / "trajectory.txt").read_text().splitlines()
+                 if not line.startswith("#")]
         self.assertEqual(len(lines), N_FRAMES)
         self.assertEqual((merged / "trajectory_names.txt").read_text().split(), NAMES)
         self.assertGreater((merged / "points.ply").stat().st_size, 100)

@@ -15,50 +15,114 @@ import pytest
 
 from pipeline.config import PipelineConfig
 from pipeline.lock import OutputBusyError, OutputLock
-from pipeline.output import (check_window, digest, options_signature, planned_windows,
-                             signature_difference, window_signature)
+from pipeline.output import (
+    check_window,
+    digest,
+    options_signature,
+    planned_windows,
+    signature_difference,
+    window_signature,
+)
 from pipeline.runner import reconstructor_options
 from pipeline.windows import Window
 from tests.helpers import fake_frame, finish_window, write_model, write_test_plan
 
 ALTERNATIVES = {
     # a value other than the default for every field of PipelineConfig
-    "output_dir": Path("other"), "input_dir": Path("frames"), "frame_pattern": "*.jpg",
-    "input_video": Path("clip.mp4"), "fps": 5.0, "window_size": 6, "window_stride": 2,
-    "window_batch_size": 3, "max_memory_gb": 4.0, "reconstructor": "colmap", "model": "a/b",
-    "device": "cpu", "mixed_precision": "bf16", "preprocess_mode": "pad", "process_res": 280,
-    "max_res": 420, "cpu_offload": True, "use_accelerate": True, "profile_memory": True,
-    "process_res_method": "lower_bound_crop", "export_format": "colmap-glb",
-    "conf_thresh_percentile": 50.0, "num_max_points": 1000, "query_frame_num": 2,
-    "max_query_pts": 512, "fine_tracking": True, "vis_thresh": 0.3, "max_reproj_error": 4.0,
-    "conf_thres_value": 2.0, "use_ba": False, "allow_approximate": True, "save_depth": True,
-    "camera_type": "PINHOLE", "shared_camera": True, "camera_params": (300.0, 160.0, 120.0),
-    "frame_step": 2, "max_frames": 10, "overwrite": True, "skip_bad_frames": True,
-    "images": "copy", "num_workers": 2, "chunk_frames": 50, "min_registered_fraction": 0.7,
-    "min_points": 10, "min_frame_observations": 5, "merge": True,
-    "show_progress": False, "verbose": True,
+    "output_dir": Path("other"),
+    "input_dir": Path("frames"),
+    "frame_pattern": "*.jpg",
+    "input_video": Path("clip.mp4"),
+    "fps": 5.0,
+    "window_size": 6,
+    "window_stride": 2,
+    "window_batch_size": 3,
+    "max_memory_gb": 4.0,
+    "reconstructor": "colmap",
+    "model": "a/b",
+    "device": "cpu",
+    "mixed_precision": "bf16",
+    "preprocess_mode": "pad",
+    "process_res": 280,
+    "max_res": 420,
+    "cpu_offload": True,
+    "use_accelerate": True,
+    "profile_memory": True,
+    "process_res_method": "lower_bound_crop",
+    "export_format": "colmap-glb",
+    "conf_thresh_percentile": 50.0,
+    "num_max_points": 1000,
+    "query_frame_num": 2,
+    "max_query_pts": 512,
+    "fine_tracking": True,
+    "vis_thresh": 0.3,
+    "max_reproj_error": 4.0,
+    "conf_thres_value": 2.0,
+    "use_ba": False,
+    "allow_approximate": True,
+    "save_depth": True,
+    "camera_type": "PINHOLE",
+    "shared_camera": True,
+    "camera_params": (300.0, 160.0, 120.0),
+    "frame_step": 2,
+    "max_frames": 10,
+    "overwrite": True,
+    "skip_bad_frames": True,
+    "images": "copy",
+    "num_workers": 2,
+    "chunk_frames": 50,
+    "min_registered_fraction": 0.7,
+    "min_points": 10,
+    "min_frame_observations": 5,
+    "merge": True,
+    "show_progress": False,
+    "verbose": True,
 }
 
 NOT_IN_OPTIONS = {
     # which frames a window holds: the window signature names them with their content hashes
-    "input_dir", "frame_pattern", "input_video", "fps", "window_size", "window_stride",
-    "frame_step", "max_frames", "skip_bad_frames",
+    "input_dir",
+    "frame_pattern",
+    "input_video",
+    "fps",
+    "window_size",
+    "window_stride",
+    "frame_step",
+    "max_frames",
+    "skip_bad_frames",
     # parts of the window signature beside the options (``checks``: see the test below)
-    "reconstructor", "images", "min_points", "min_frame_observations",
+    "reconstructor",
+    "images",
+    "min_points",
+    "min_frame_observations",
     # how the work runs, not what it makes (batched equals one at a time; offload is exact)
-    "output_dir", "window_batch_size", "max_memory_gb", "device", "cpu_offload",
-    "use_accelerate", "profile_memory", "overwrite", "num_workers", "merge", "show_progress",
+    "output_dir",
+    "window_batch_size",
+    "max_memory_gb",
+    "device",
+    "cpu_offload",
+    "use_accelerate",
+    "profile_memory",
+    "overwrite",
+    "num_workers",
+    "merge",
+    "show_progress",
     "verbose",
 }
 
 
 def _signatures(config: PipelineConfig) -> dict[str, object]:
-    base = {"colmap": config, "vggt": config,
-            "da3": dataclasses.replace(config, model="acme/da3" if config.model ==
-                                       "facebook/VGGT-1B" else config.model)}
-    return {name: options_signature(reconstructor_options(dataclasses.replace(cfg,
-                                                                               reconstructor=name)))
-            for name, cfg in base.items()}
+    base = {
+        "colmap": config,
+        "vggt": config,
+        "da3": dataclasses.replace(
+            config, model="acme/da3" if config.model == "facebook/VGGT-1B" else config.model
+        ),
+    }
+    return {
+        name: options_signature(reconstructor_options(dataclasses.replace(cfg, reconstructor=name)))
+        for name, cfg in base.items()
+    }
 
 
 def test_every_option_is_in_a_signature_or_declared_not_to_change_results():
@@ -72,8 +136,10 @@ def test_every_option_is_in_a_signature_or_declared_not_to_change_results():
         if name in NOT_IN_OPTIONS:
             assert not changed, f"{name} changes the options of {changed}: drop it from the list"
         else:
-            assert changed, (f"{name} reaches no reconstructor's options: pass it on, or declare "
-                             "why it does not change results")
+            assert changed, (
+                f"{name} reaches no reconstructor's options: pass it on, or declare "
+                "why it does not change results"
+            )
 
 
 def test_structure_checks_are_part_of_the_window_signature():
@@ -85,8 +151,10 @@ def test_structure_checks_are_part_of_the_window_signature():
     for name in ("min_points", "min_frame_observations"):
         other = dataclasses.replace(default, **{name: ALTERNATIVES[name]})
         new = window_signature(frames, "colmap", {}, "link", None, window_checks(other))
-        assert signature_difference(sig, new) == \
-            f"option {name} ({getattr(default, name)} -> {ALTERNATIVES[name]}) changed"
+        assert (
+            signature_difference(sig, new)
+            == f"option {name} ({getattr(default, name)} -> {ALTERNATIVES[name]}) changed"
+        )
 
 
 def test_options_signature_follows_metadata_and_pycolmap_objects():
@@ -109,18 +177,27 @@ def test_signature_difference_says_what_changed():
     sig = window_signature(frames, "colmap", {"sfm": {"vis_thresh": 0.2}}, "link")
     assert signature_difference(sig, sig) is None
     other = [frames[0], dataclasses.replace(frames[1], digest="0" * 32)]
-    assert signature_difference(sig, window_signature(other, "colmap", sig["options"], "link")) \
+    assert (
+        signature_difference(sig, window_signature(other, "colmap", sig["options"], "link"))
         == "frame b.png has other content now"
-    assert signature_difference(
-        sig, window_signature(frames, "colmap", {"sfm": {"vis_thresh": 0.3}}, "link")) \
+    )
+    assert (
+        signature_difference(
+            sig, window_signature(frames, "colmap", {"sfm": {"vis_thresh": 0.3}}, "link")
+        )
         == "option sfm.vis_thresh (0.2 -> 0.3) changed"
+    )
     assert "--images link" in signature_difference(
-        sig, window_signature(frames, "colmap", sig["options"], "copy"))
-    assert signature_difference({"frames": []}, sig) == \
-        "it was made by another version of the pipeline"
-    assert signature_difference(
-        sig, window_signature(frames[:1], "colmap", sig["options"], "link")) == \
-        "its frames are other frames"
+        sig, window_signature(frames, "colmap", sig["options"], "copy")
+    )
+    assert (
+        signature_difference({"frames": []}, sig)
+        == "it was made by another version of the pipeline"
+    )
+    assert (
+        signature_difference(sig, window_signature(frames[:1], "colmap", sig["options"], "link"))
+        == "its frames are other frames"
+    )
 
 
 @pytest.fixture
@@ -137,17 +214,31 @@ def test_a_whole_window_is_trusted(window):
     folder, sig = window
     assert check_window(folder, sig) is None
     info = json.loads((folder / "window_info.json").read_text())
-    assert set(info["files"]) == {"sparse/cameras.bin", "sparse/images.bin", "sparse/frames.bin",
-                                  "sparse/points3D.bin", "sparse/rigs.bin"}
+    assert set(info["files"]) == {
+        "sparse/cameras.bin",
+        "sparse/images.bin",
+        "sparse/frames.bin",
+        "sparse/points3D.bin",
+        "sparse/rigs.bin",
+    }
 
 
-@pytest.mark.parametrize("damage,reason", [
-    (lambda f: (f / "window_info.json").unlink(), "window_info.json is missing"),
-    (lambda f: (f / "window_info.json").write_text("[1, 2]"), "not a JSON object"),
-    (lambda f: (f / "window_info.json").write_text("{\"status\": \"ok\"}"), "no valid 'window_index'"),
-    (lambda f: (f / "sparse" / "images.bin").unlink(), "sparse/images.bin is missing"),
-    (lambda f: (f / "sparse" / "points3D.bin").write_bytes(b"x"), "sparse/points3D.bin has 1 bytes"),
-])
+@pytest.mark.parametrize(
+    "damage,reason",
+    [
+        (lambda f: (f / "window_info.json").unlink(), "window_info.json is missing"),
+        (lambda f: (f / "window_info.json").write_text("[1, 2]"), "not a JSON object"),
+        (
+            lambda f: (f / "window_info.json").write_text('{"status": "ok"}'),
+            "no valid 'window_index'",
+        ),
+        (lambda f: (f / "sparse" / "images.bin").unlink(), "sparse/images.bin is missing"),
+        (
+            lambda f: (f / "sparse" / "points3D.bin").write_bytes(b"x"),
+            "sparse/points3D.bin has 1 bytes",
+        ),
+    ],
+)
 def test_a_damaged_window_is_not_trusted(window, damage, reason):
     folder, sig = window
     damage(folder)
@@ -193,12 +284,20 @@ def test_plan_digest_is_stable():
 
 # ---- the lock ---------------------------------------------------------------------------------
 
+
 def test_lock_is_exclusive_and_names_its_holder(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pipeline.lock import OutputLock; "
-         f"lock = OutputLock(__import__('pathlib').Path({str(tmp_path)!r})); lock.acquire(); "
-         "print('locked', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pipeline.lock import OutputLock; "
+            f"lock = OutputLock(__import__('pathlib').Path({str(tmp_path)!r})); lock.acquire(); "
+            "print('locked', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(OutputBusyError, match=f"in use by another run \\(pid {holder.pid} on"):
@@ -212,8 +311,9 @@ def test_lock_is_exclusive_and_names_its_holder(tmp_path):
 
 
 def test_lock_left_by_a_dead_process_is_taken_over_with_a_warning(tmp_path, caplog):
-    (tmp_path / ".lock").write_text(json.dumps({"pid": 2 ** 22 + 7, "host": "elsewhere",
-                                                "started_at": "yesterday"}))
+    (tmp_path / ".lock").write_text(
+        json.dumps({"pid": 2**22 + 7, "host": "elsewhere", "started_at": "yesterday"})
+    )
     with caplog.at_level(logging.WARNING, logger="pipeline.lock"):
         with OutputLock(tmp_path):
             held = json.loads((tmp_path / ".lock").read_text())

@@ -11,13 +11,16 @@ def _frame(h, w, seed=0):
     return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
 
 
-@pytest.mark.parametrize("hw, mode, net_hw, resized", [
-    ((480, 640), "crop", (392, 518), (392, 518)),
-    ((1000, 500), "crop", (518, 518), (1036, 518)),   # tall: centre-cropped to 518 rows
-    ((480, 640), "pad", (518, 518), (392, 518)),
-    ((1000, 500), "pad", (518, 518), (518, 252)),     # tall: longer side 518, padded to a square
-    ((300, 300), "crop", (518, 518), (518, 518)),
-])
+@pytest.mark.parametrize(
+    "hw, mode, net_hw, resized",
+    [
+        ((480, 640), "crop", (392, 518), (392, 518)),
+        ((1000, 500), "crop", (518, 518), (1036, 518)),  # tall: centre-cropped to 518 rows
+        ((480, 640), "pad", (518, 518), (392, 518)),
+        ((1000, 500), "pad", (518, 518), (518, 252)),  # tall: longer side 518, padded to a square
+        ((300, 300), "crop", (518, 518), (518, 518)),
+    ],
+)
 def test_sizes_follow_the_reference(hw, mode, net_hw, resized):
     out = preprocess_frames([_frame(*hw)], PreprocessOptions(mode=mode))
     assert out.images.shape == (1, 3, *net_hw) and out.images.dtype == torch.float32
@@ -33,11 +36,16 @@ def test_pixels_equal_pil_bicubic_and_padding_is_white():
     frame = _frame(100, 259)
     out = preprocess_frames([frame], PreprocessOptions(mode="pad"))
     tr = out.transforms[0]
-    expected = np.asarray(Image.fromarray(frame).resize((518, 196), Image.Resampling.BICUBIC), np.float32) / 255.0
+    expected = (
+        np.asarray(Image.fromarray(frame).resize((518, 196), Image.Resampling.BICUBIC), np.float32)
+        / 255.0
+    )
     oy = int(tr.offset_xy[1])
     assert tr.resized_hw == (196, 518) and oy == (518 - 196) // 2
-    assert torch.equal(out.images[0, :, oy:oy + 196].permute(1, 2, 0), torch.from_numpy(expected))
-    assert bool((out.images[0, :, :oy] == 1.0).all()) and bool((out.images[0, :, oy + 196:] == 1.0).all())
+    assert torch.equal(out.images[0, :, oy : oy + 196].permute(1, 2, 0), torch.from_numpy(expected))
+    assert bool((out.images[0, :, :oy] == 1.0).all()) and bool(
+        (out.images[0, :, oy + 196 :] == 1.0).all()
+    )
 
 
 def test_points_round_trip_in_both_conventions():
@@ -82,8 +90,14 @@ def test_an_edge_lands_where_the_transform_says():
     img = out.images[0, 0].numpy()
     ex, ey = tr.to_network([[61.0, 97.0]])[0]
     row, col = img[int(ey * 0.5), :], img[:, int(ex * 0.5)]
-    x_half = np.interp(0.5, row[: int(ex) + 4], np.arange(int(ex) + 4) + 0.5)   # where the ramp crosses 0.5
-    y_half = np.interp(0.5, col[int(tr.offset_xy[1]) + 1: int(ey) + 4], np.arange(int(tr.offset_xy[1]) + 1, int(ey) + 4) + 0.5)
+    x_half = np.interp(
+        0.5, row[: int(ex) + 4], np.arange(int(ex) + 4) + 0.5
+    )  # where the ramp crosses 0.5
+    y_half = np.interp(
+        0.5,
+        col[int(tr.offset_xy[1]) + 1 : int(ey) + 4],
+        np.arange(int(tr.offset_xy[1]) + 1, int(ey) + 4) + 0.5,
+    )
     assert abs(x_half - ex) < 0.1 and abs(y_half - ey) < 0.1
 
 
@@ -108,16 +122,21 @@ def test_rgba_is_composited_on_white_and_bad_input_is_rejected():
 
 
 def test_transform_matrix_is_affine():
-    tr = FrameTransform(original_hw=(100, 200), resized_hw=(50, 100), offset_xy=(3.0, -4.0), network_hw=(42, 106))
+    tr = FrameTransform(
+        original_hw=(100, 200), resized_hw=(50, 100), offset_xy=(3.0, -4.0), network_hw=(42, 106)
+    )
     assert np.allclose(tr.matrix, [[0.5, 0, 3.0], [0, 0.5, -4.0], [0, 0, 1]])
 
 
-@pytest.mark.parametrize("hw, method, steps", [
-    ((240, 320), "upper_bound_resize", [((378, 504), "cubic")]),
-    ((750, 1000), "upper_bound_resize", [((378, 504), "area")]),
-    ((481, 640), "upper_bound_resize", [((379, 504), "area"), ((378, 504), "area")]),
-    ((241, 320), "lower_bound_resize", [((504, 669), "cubic"), ((504, 672), "cubic")]),
-])
+@pytest.mark.parametrize(
+    "hw, method, steps",
+    [
+        ((240, 320), "upper_bound_resize", [((378, 504), "cubic")]),
+        ((750, 1000), "upper_bound_resize", [((378, 504), "area")]),
+        ((481, 640), "upper_bound_resize", [((379, 504), "area"), ((378, 504), "area")]),
+        ((241, 320), "lower_bound_resize", [((504, 669), "cubic"), ((504, 672), "cubic")]),
+    ],
+)
 def test_da3_pixels_equal_the_references_opencv_resizes(hw, method, steps):
     """DA3's InputProcessor: cv2 INTER_CUBIC when enlarging, INTER_AREA when shrinking, on uint8."""
     import cv2
@@ -129,5 +148,6 @@ def test_da3_pixels_equal_the_references_opencv_resizes(hw, method, steps):
         flag = cv2.INTER_CUBIC if mode == "cubic" else cv2.INTER_AREA
         expected = cv2.resize(expected, (w, h), interpolation=flag)
     out = preprocess_frames([frame], PreprocessOptions(mode=method, process_res=504)).images[0]
-    torch.testing.assert_close(out, torch.from_numpy(expected / 255.0).permute(2, 0, 1).float(),
-                               rtol=0, atol=1e-7)
+    torch.testing.assert_close(
+        out, torch.from_numpy(expected / 255.0).permute(2, 0, 1).float(), rtol=0, atol=1e-7
+    )

@@ -13,9 +13,8 @@ import pytest
 from pipeline.config import PipelineConfig
 from pipeline.evaluate import evaluate_output
 from pipeline.runner import run
+from pipeline.sequence_sfm import chunk_of, cut_window, jump_outliers, plan_chunks, sequential_pairs
 from pipeline.synthetic import load_ground_truth
-from pipeline.sequence_sfm import (chunk_of, cut_window, jump_outliers, plan_chunks,
-                                   sequential_pairs)
 from pipeline.windows import create_windows
 from tests.helpers import window_dirs, window_info
 

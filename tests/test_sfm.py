@@ -18,10 +18,24 @@ import pycolmap
 import pytest
 from scipy.spatial.transform import Rotation
 
-from pipeline.geometry import (ate, camera_centers, compose_poses, invert_pose, relative_pose,
-                               rotation_angle_deg)
-from pipeline.sfm import (SfmOptions, Tracks, WindowPredictions, build_reconstruction,
-                          bundle_adjust, points_from_depth, run_sfm, write_sfm_result)
+from pipeline.geometry import (
+    ate,
+    camera_centers,
+    compose_poses,
+    invert_pose,
+    relative_pose,
+    rotation_angle_deg,
+)
+from pipeline.sfm import (
+    SfmOptions,
+    Tracks,
+    WindowPredictions,
+    build_reconstruction,
+    bundle_adjust,
+    points_from_depth,
+    run_sfm,
+    write_sfm_result,
+)
 from pipeline.synthetic import load_ground_truth, load_images
 
 TESTDATA = Path(__file__).resolve().parents[1] / "testdata" / "synthetic"

@@ -1,4 +1,5 @@
-"""Tests of the synthetic renderer (pipeline.synthetic) and of the bundled data in testdata/synthetic."""
+"""Tests of the synthetic renderer (pipeline.synthetic) and of the bundled data in
+testdata/synthetic."""
 
 from __future__ import annotations
 
@@ -53,14 +54,17 @@ def _backproject(K, cam_from_world, depth, shift=0.0) -> np.ndarray:
     """(H * W, 3) world points of all pixel centres (+ ``shift`` pixels) of one depth map (H, W)."""
     h, w = depth.shape
     rows, cols = np.mgrid[0:h, 0:w]
-    pix = np.stack([cols + 0.5 + shift, rows + 0.5 + shift, np.ones((h, w))], axis=-1).reshape(-1, 3)
+    pix = np.stack([cols + 0.5 + shift, rows + 0.5 + shift, np.ones((h, w))], axis=-1).reshape(
+        -1, 3
+    )
     x_cam = (pix @ np.linalg.inv(K).T) * depth.reshape(-1, 1).astype(np.float64)
     R, t = cam_from_world[:, :3], cam_from_world[:, 3]
     return (x_cam - t) @ R
 
 
 def _warp_stats(gt, images, i, j, shift=0.0) -> tuple[float, float, float]:
-    """Reproject frame i into frame j with depth i: (visible fraction, median and good fraction of colour diff)."""
+    """Reproject frame i into frame j with depth i: (visible fraction, median and good fraction of
+    colour diff)."""
     points = _backproject(gt.K, gt.cam_from_world[i], gt.depth[i], shift)
     x_j = points @ gt.cam_from_world[j, :, :3].T + gt.cam_from_world[j, :, 3]
     z = x_j[:, 2]
@@ -71,7 +75,11 @@ def _warp_stats(gt, images, i, j, shift=0.0) -> tuple[float, float, float]:
     depth_j = ndimage.map_coordinates(gt.depth[j], coords, order=1)
     visible = np.abs(depth_j - z[inside]) < DEPTH_AGREE_REL * z[inside]
     colour_j = np.stack(
-        [ndimage.map_coordinates(images[j][..., c].astype(float), coords, order=1) for c in range(3)], axis=-1
+        [
+            ndimage.map_coordinates(images[j][..., c].astype(float), coords, order=1)
+            for c in range(3)
+        ],
+        axis=-1,
     )
     diff = np.abs(colour_j - images[i].reshape(-1, 3)[inside]).max(axis=1)[visible]
     return visible.mean(), float(np.median(diff)), float(np.mean(diff < PHOTO_GOOD_DIFF))
@@ -107,7 +115,9 @@ def test_conventions(bundled):
     assert K[0, 0] == K[1, 1] and K[0, 1] == 0
     assert (K[0, 2], K[1, 2]) == (gt.width / 2, gt.height / 2)
     R = gt.cam_from_world[:, :, :3]
-    np.testing.assert_allclose(R @ np.transpose(R, (0, 2, 1)), np.broadcast_to(np.eye(3), R.shape), atol=1e-12)
+    np.testing.assert_allclose(
+        R @ np.transpose(R, (0, 2, 1)), np.broadcast_to(np.eye(3), R.shape), atol=1e-12
+    )
     np.testing.assert_allclose(np.linalg.det(R), 1.0, atol=1e-12)
     assert np.all(R[:, 1, 2] < -0.9)  # camera y (down) points down in the z-up world
     assert np.all(R[:, 0, 2] == pytest.approx(0.0, abs=1e-12))  # no roll
@@ -122,7 +132,9 @@ def test_depth_lies_on_scene_surfaces(rendered, frame):
     residual = synthetic.distance_to_surfaces(points, rendered.options.scene) / z
     assert residual.max() < 1e-5
     # A half-pixel error in the pixel convention moves most points off the surfaces (slanted floor).
-    shifted = _backproject(rendered.K, rendered.cam_from_world[frame], rendered.depth[frame], shift=0.5)
+    shifted = _backproject(
+        rendered.K, rendered.cam_from_world[frame], rendered.depth[frame], shift=0.5
+    )
     assert np.mean(synthetic.distance_to_surfaces(shifted, rendered.options.scene) / z < 1e-5) < 0.5
 
 
@@ -130,7 +142,9 @@ def test_depth_lies_on_scene_surfaces(rendered, frame):
 def test_reprojection_is_photo_and_depth_consistent(bundled, i, j):
     gt, images = bundled
     visible, median, good = _warp_stats(gt, images, i, j)
-    assert visible >= VISIBLE_FRACTION_MIN, f"only {visible:.3f} of reprojected pixels agree in depth"
+    assert visible >= VISIBLE_FRACTION_MIN, (
+        f"only {visible:.3f} of reprojected pixels agree in depth"
+    )
     assert median <= PHOTO_MEDIAN_MAX
     assert good >= PHOTO_GOOD_FRACTION
 
@@ -148,7 +162,9 @@ def test_loop_path_returns_to_start():
     closing = np.linalg.norm(centres[-1] - centres[0])
     assert np.ptp(centres[:, :2], axis=0).min() > 5.0  # a real loop, metres
     assert closing <= 1.5 * np.median(steps)
-    angles = Rotation.from_matrix(poses[1:, :, :3] @ np.transpose(poses[:-1, :, :3], (0, 2, 1))).magnitude()
+    angles = Rotation.from_matrix(
+        poses[1:, :, :3] @ np.transpose(poses[:-1, :, :3], (0, 2, 1))
+    ).magnitude()
     closing_angle = Rotation.from_matrix(poses[0, :, :3] @ poses[-1, :, :3].T).magnitude()
     assert closing_angle <= 1.5 * np.median(angles)
 
@@ -178,7 +194,9 @@ def test_write_and_load_round_trip(tmp_path):
     np.testing.assert_array_equal(tum[:, 0], [0, 1, 2])
     np.testing.assert_allclose(tum[:, 1:4], camera_centers(seq.cam_from_world), atol=1e-8)
     world_from_cam = Rotation.from_quat(tum[:, 4:]).as_matrix()
-    np.testing.assert_allclose(world_from_cam, np.transpose(seq.cam_from_world[:, :, :3], (0, 2, 1)), atol=1e-8)
+    np.testing.assert_allclose(
+        world_from_cam, np.transpose(seq.cam_from_world[:, :, :3], (0, 2, 1)), atol=1e-8
+    )
     with pytest.raises(FileNotFoundError):
         load_ground_truth(tmp_path / "missing")
 
@@ -188,7 +206,9 @@ def test_write_and_load_round_trip(tmp_path):
     [
         RenderOptions(path="zigzag"),
         RenderOptions(orbit_radius=6.0),  # camera outside the room
-        RenderOptions(path="loop", num_frames=60, orbit_radius=1.0, camera_height=0.2),  # through boxes
+        RenderOptions(
+            path="loop", num_frames=60, orbit_radius=1.0, camera_height=0.2
+        ),  # through boxes
         RenderOptions(supersample=0),
         RenderOptions(num_frames=0),
     ],
@@ -228,13 +248,21 @@ def _colmap_window(tmp_path: Path, names: list[str]) -> dict[str, np.ndarray]:
     extraction.num_threads = 2
     extraction.sift.max_num_features = 4096
     pycolmap.extract_features(
-        db, DATA / "images", image_names=names, camera_mode=pycolmap.CameraMode.SINGLE,
-        reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu,
+        db,
+        DATA / "images",
+        image_names=names,
+        camera_mode=pycolmap.CameraMode.SINGLE,
+        reader_options=reader,
+        extraction_options=extraction,
+        device=pycolmap.Device.cpu,
     )
     pairing = pycolmap.SequentialPairingOptions()
     pairing.overlap = 8
     pycolmap.match_sequential(
-        db, matching_options=pycolmap.FeatureMatchingOptions(), pairing_options=pairing, device=pycolmap.Device.cpu
+        db,
+        matching_options=pycolmap.FeatureMatchingOptions(),
+        pairing_options=pairing,
+        device=pycolmap.Device.cpu,
     )
     models = pycolmap.incremental_mapping(
         db, DATA / "images", tmp_path / "sparse", options=pycolmap.IncrementalPipelineOptions()

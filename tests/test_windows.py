@@ -3,8 +3,14 @@
 import unittest
 from pathlib import Path
 
-from pipeline.windows import (WINDOWS_PER_BATCH_DIR, Window, create_windows, make_batches,
-                              take_batch, window_relative_dir)
+from pipeline.windows import (
+    WINDOWS_PER_BATCH_DIR,
+    Window,
+    create_windows,
+    make_batches,
+    take_batch,
+    window_relative_dir,
+)
 
 
 def spans(windows):

@@ -8,8 +8,12 @@ Typical use::
         out = model(images, query_points)          # images [B, S, 3, H, W] in [0, 1]
 """
 
+from .camera import (
+    depth_to_world_points,
+    extri_intri_to_pose_encoding,
+    pose_encoding_to_extri_intri,
+)
 from .da3 import DA3Config, DA3ForwardOptions, DepthAnything3, build_da3
-from .camera import depth_to_world_points, extri_intri_to_pose_encoding, pose_encoding_to_extri_intri
 from .generated_weights import load_rule_weights_, rule_state_dict
 from .loading import (
     DEFAULT_REPO,
@@ -29,8 +33,31 @@ from .precision import choose_dtype, resolve_dtype
 from .vggt import VGGT, ForwardOptions, VGGTConfig, build_model
 
 __all__ = [
-    "DA3Config", "DA3ForwardOptions", "DEFAULT_REPO", "DepthAnything3", "build_da3", "Architecture", "ForwardOptions", "VGGT", "VGGTConfig", "WeightsNotFoundError",
-    "CheckpointError", "architectures", "checkpoint_fingerprint", "build_model", "choose_dtype", "depth_to_world_points", "extri_intri_to_pose_encoding",
-    "load_model", "load_rule_weights_", "pose_encoding_to_extri_intri", "read_state_dict", "register_architecture",
-    "resolve_dtype", "resolve_weights", "rule_state_dict", "save_pretrained", "weights_available",
+    "DA3Config",
+    "DA3ForwardOptions",
+    "DEFAULT_REPO",
+    "DepthAnything3",
+    "build_da3",
+    "Architecture",
+    "ForwardOptions",
+    "VGGT",
+    "VGGTConfig",
+    "WeightsNotFoundError",
+    "CheckpointError",
+    "architectures",
+    "checkpoint_fingerprint",
+    "build_model",
+    "choose_dtype",
+    "depth_to_world_points",
+    "extri_intri_to_pose_encoding",
+    "load_model",
+    "load_rule_weights_",
+    "pose_encoding_to_extri_intri",
+    "read_state_dict",
+    "register_architecture",
+    "resolve_dtype",
+    "resolve_weights",
+    "rule_state_dict",
+    "save_pretrained",
+    "weights_available",
 ]

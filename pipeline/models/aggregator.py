@@ -10,7 +10,7 @@ channels: ``[B, S, P, 2C]``.
 from __future__ import annotations
 
 import logging
-from typing import Iterable, List, Optional, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -25,23 +25,28 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def first_frame_tokens(token: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
-    """Learned special tokens ``[1, 2, X, C]`` -> ``[batch*frames, X, C]``: index 0 for frame 0, 1 after."""
+    """Learned special tokens ``[1, 2, X, C]`` -> ``[batch*frames, X, C]``: index 0 for frame 0, 1
+    after."""
     first = token[:, :1].expand(batch, 1, *token.shape[2:])
     rest = token[:, 1:].expand(batch, frames - 1, *token.shape[2:])
     return torch.cat((first, rest), dim=1).reshape(batch * frames, *token.shape[2:])
 
 
-def global_groups(frames: int, frame_batch_size: Optional[int]) -> List[List[int]]:
+def global_groups(frames: int, frame_batch_size: int | None) -> list[list[int]]:
     """Frame index groups for global attention; each group starts with frame 0.
 
     ``None`` or a size >= ``frames`` gives the single group ``[0 .. frames-1]`` (the exact model).
-    Otherwise frames ``1 ..`` are split into runs of ``frame_batch_size - 1`` and frame 0 is prepended
+    Otherwise frames ``1 ..`` are split into runs of ``frame_batch_size - 1`` and frame 0 is
+    prepended
     to each run, so every group shares the window's reference frame.
     """
     if frame_batch_size is None or frame_batch_size >= frames:
         return [list(range(frames))]
     if frame_batch_size < 2:
-        raise ValueError(f"frame_batch_size must be >= 2 (frame 0 plus at least one other), got {frame_batch_size}")
+        raise ValueError(
+            f"frame_batch_size must be >= 2 (frame 0 plus at least one other), got "
+            f"{frame_batch_size}"
+        )
     step = frame_batch_size - 1
     return [[0] + list(range(start, min(start + step, frames))) for start in range(1, frames, step)]
 
@@ -51,7 +56,8 @@ class Aggregator(nn.Module):
 
     Args:
         img_size, patch_size: image geometry of the DINOv2 position embedding.
-        embed_dim, depth, num_heads, mlp_ratio: shape of the ``depth`` frame and ``depth`` global blocks.
+        embed_dim, depth, num_heads, mlp_ratio: shape of the ``depth`` frame and ``depth`` global
+            blocks.
         num_register_tokens: register tokens per frame (also used by the DINOv2 encoder).
         dino_depth, dino_num_heads: shape of the DINOv2 patch-embedding ViT (same width).
         rope_freq: RoPE base frequency.
@@ -87,7 +93,14 @@ class Aggregator(nn.Module):
         self.rope = RotaryEmbedding2D(rope_freq)
 
         def make_block() -> Block:
-            return Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, init_values=init_values, qk_norm=True, rope=self.rope)
+            return Block(
+                embed_dim,
+                num_heads,
+                mlp_ratio=mlp_ratio,
+                init_values=init_values,
+                qk_norm=True,
+                rope=self.rope,
+            )
 
         self.frame_blocks = nn.ModuleList(make_block() for _ in range(depth))
         self.global_blocks = nn.ModuleList(make_block() for _ in range(depth))
@@ -100,7 +113,7 @@ class Aggregator(nn.Module):
         self.register_buffer("_resnet_std", torch.empty(1, 1, 3, 1, 1), persistent=False)
         self.reset_normalization_buffers()
 
-    def reset_normalization_buffers(self, device: Optional[torch.device] = None) -> None:
+    def reset_normalization_buffers(self, device: torch.device | None = None) -> None:
         """(Re)create the non-persistent ImageNet mean/std buffers ``[1, 1, 3, 1, 1]``.
 
         Needed after loading a checkpoint into a model built on the ``meta`` device. ``device``
@@ -111,30 +124,48 @@ class Aggregator(nn.Module):
         self._resnet_std = torch.tensor(IMAGENET_STD, device=device).view(1, 1, 3, 1, 1)
 
     def _embed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images ``[B, S, 3, H, W]`` -> tokens ``[B*S, P, C]`` and RoPE positions ``[B*S, P, 2]``."""
+        """Images ``[B, S, 3, H, W]`` -> tokens ``[B*S, P, C]`` and RoPE positions ``[B*S, P,
+        2]``."""
         b, s, _, h, w = images.shape
         images = (images - self._resnet_mean) / self._resnet_std
         patches = self.patch_embed(images.reshape(b * s, 3, h, w))
         tokens = torch.cat(
-            (first_frame_tokens(self.camera_token, b, s), first_frame_tokens(self.register_token, b, s), patches),
+            (
+                first_frame_tokens(self.camera_token, b, s),
+                first_frame_tokens(self.register_token, b, s),
+                patches,
+            ),
             dim=1,
         )
         gh, gw = h // self.patch_size, w // self.patch_size
-        grid = torch.cartesian_prod(torch.arange(gh, device=images.device), torch.arange(gw, device=images.device))
-        pos = torch.cat((torch.zeros(self.patch_start_idx, 2, dtype=grid.dtype, device=grid.device), grid + 1))
+        grid = torch.cartesian_prod(
+            torch.arange(gh, device=images.device), torch.arange(gw, device=images.device)
+        )
+        pos = torch.cat(
+            (torch.zeros(self.patch_start_idx, 2, dtype=grid.dtype, device=grid.device), grid + 1)
+        )
         return tokens, pos.unsqueeze(0).expand(b * s, -1, -1)
 
-    def _global(self, block: Block, tokens: torch.Tensor, pos: torch.Tensor, groups: Sequence[Sequence[int]]) -> torch.Tensor:
+    def _global(
+        self, block: Block, tokens: torch.Tensor, pos: torch.Tensor, groups: Sequence[Sequence[int]]
+    ) -> torch.Tensor:
         """Global block over ``tokens`` ``[B, S, P, C]``, restricted to frame ``groups``."""
         b, s, p, c = tokens.shape
         if len(groups) == 1:
-            return block(tokens.reshape(b, s * p, c), pos=pos[: s * p].unsqueeze(0).expand(b, -1, -1)).view(b, s, p, c)
+            return block(
+                tokens.reshape(b, s * p, c), pos=pos[: s * p].unsqueeze(0).expand(b, -1, -1)
+            ).view(b, s, p, c)
         out = torch.empty_like(tokens)
         for i, group in enumerate(groups):
             idx = torch.tensor(group, device=tokens.device)
-            res = block(tokens[:, idx].reshape(b, len(group) * p, c), pos=pos[: len(group) * p].unsqueeze(0).expand(b, -1, -1))
+            res = block(
+                tokens[:, idx].reshape(b, len(group) * p, c),
+                pos=pos[: len(group) * p].unsqueeze(0).expand(b, -1, -1),
+            )
             res = res.view(b, len(group), p, c)
-            keep = slice(0, None) if i == 0 else slice(1, None)  # frame 0: keep the first group's output
+            keep = (
+                slice(0, None) if i == 0 else slice(1, None)
+            )  # frame 0: keep the first group's output
             out[:, idx[keep]] = res[:, keep]
         return out
 
@@ -142,9 +173,9 @@ class Aggregator(nn.Module):
         self,
         images: torch.Tensor,
         *,
-        keep_layers: Optional[Iterable[int]] = None,
-        frame_batch_size: Optional[int] = None,
-    ) -> tuple[List[Optional[torch.Tensor]], int]:
+        keep_layers: Iterable[int] | None = None,
+        frame_batch_size: int | None = None,
+    ) -> tuple[list[torch.Tensor | None], int]:
         """Run the aggregator.
 
         Args:
@@ -164,7 +195,7 @@ class Aggregator(nn.Module):
         tokens, pos = self._embed(images)
         p, c = tokens.shape[1:]
         flat_pos = pos[0].repeat(s, 1)  # [S*P, 2] positions of one sequence
-        outputs: List[Optional[torch.Tensor]] = []
+        outputs: list[torch.Tensor | None] = []
         for i in range(self.depth):
             tokens = self.frame_blocks[i](tokens, pos=pos)
             frame_out = tokens.view(b, s, p, c) if i in keep else None

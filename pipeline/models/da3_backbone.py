@@ -11,15 +11,16 @@ With ``S >= 3`` views (and no camera conditioning) a reference view is chosen fr
 states entering block ``alt_start - 1`` and moved to the front; it gets ``camera_token[:, 0]``,
 the others ``camera_token[:, 1]``. Outputs are returned in the input order.
 
-Parameter names follow the released checkpoints (``pretrained.cls_token``, ``pretrained.blocks.N``...).
+Parameter names follow the released checkpoints (``pretrained.cls_token``,
+``pretrained.blocks.N``...).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,8 @@ REF_VIEW_STRATEGIES = ("first", "middle", "saddle_balanced", "saddle_sim_range")
 
 
 class SwiGLUFFN(nn.Module):
-    """``w3(silu(a) * b)`` with ``[a, b] = w12(x)``; hidden width ``(int(4*dim*2/3) + 7) // 8 * 8``."""
+    """``w3(silu(a) * b)`` with ``[a, b] = w12(x)``; hidden width ``(int(4*dim*2/3) + 7) // 8 *
+    8``."""
 
     def __init__(self, dim: int, mlp_ratio: float = 4.0):
         super().__init__()
@@ -60,7 +62,7 @@ class BackboneShape:
     """Number of blocks."""
     num_heads: int
     """Attention heads."""
-    out_layers: Tuple[int, ...]
+    out_layers: tuple[int, ...]
     """The four blocks whose outputs feed the heads (the last also feeds the camera decoder)."""
     alt_start: int = -1
     """First block of the alternating (per-view / global) part; -1: every block is per-view."""
@@ -79,15 +81,20 @@ class BackboneShape:
 
 
 def select_reference_view(tokens: torch.Tensor, strategy: str = "saddle_balanced") -> torch.Tensor:
-    """Reference view per batch element from the token-0 states ``tokens`` ``[B, S, C]`` -> ``[B]`` (int64).
+    """Reference view per batch element from the token-0 states ``tokens`` ``[B, S, C]`` -> ``[B]``
+    (int64).
 
-    ``saddle_balanced``: min-max normalise (per batch, +1e-8) the mean off-diagonal cosine similarity,
-    the L2 norm and the unbiased variance of the L2-normalised token, and take the argmin of the summed
+    ``saddle_balanced``: min-max normalise (per batch, +1e-8) the mean off-diagonal cosine
+    similarity,
+    the L2 norm and the unbiased variance of the L2-normalised token, and take the argmin of the
+    summed
     distances to 0.5. ``saddle_sim_range``: argmax of (max - min) off-diagonal similarity.
     """
     b, s, _ = tokens.shape
     if strategy not in REF_VIEW_STRATEGIES:
-        raise ValueError(f"unknown reference view strategy {strategy!r}; use one of {REF_VIEW_STRATEGIES}")
+        raise ValueError(
+            f"unknown reference view strategy {strategy!r}; use one of {REF_VIEW_STRATEGIES}"
+        )
     if s <= 1 or strategy == "first":
         return torch.zeros(b, dtype=torch.long, device=tokens.device)
     if strategy == "middle":
@@ -101,12 +108,16 @@ def select_reference_view(tokens: torch.Tensor, strategy: str = "saddle_balanced
         lo, hi = m.min(dim=1, keepdim=True).values, m.max(dim=1, keepdim=True).values
         return (m - lo) / (hi - lo + 1e-8)
 
-    score = sum((unit_range(m) - 0.5).abs() for m in (sim.sum(-1) / (s - 1), tokens.norm(dim=-1), unit.var(dim=-1)))
+    score = sum(
+        (unit_range(m) - 0.5).abs()
+        for m in (sim.sum(-1) / (s - 1), tokens.norm(dim=-1), unit.var(dim=-1))
+    )
     return score.argmin(dim=1)
 
 
 def reference_first_order(ref: torch.Tensor, views: int) -> torch.Tensor:
-    """Permutation ``[B, S]`` putting view ``ref[b]`` first: ``[ref, 0, .., ref-1, ref+1, .., S-1]``."""
+    """Permutation ``[B, S]`` putting view ``ref[b]`` first: ``[ref, 0, .., ref-1, ref+1, ..,
+    S-1]``."""
     pos = torch.arange(views, device=ref.device).expand(ref.shape[0], -1)
     order = torch.where((pos > 0) & (pos <= ref[:, None]), pos - 1, pos)
     order[:, 0] = ref
@@ -119,7 +130,8 @@ def _take_views(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
 
 
 class DA3VisionTransformer(nn.Module):
-    """The ViT (``backbone.pretrained`` in checkpoints). See the module docstring for the token layout."""
+    """The ViT (``backbone.pretrained`` in checkpoints). See the module docstring for the token
+    layout."""
 
     def __init__(self, shape: BackboneShape):
         super().__init__()
@@ -137,42 +149,60 @@ class DA3VisionTransformer(nn.Module):
         s = self.shape
         late = s.rope_start != -1 and i >= s.rope_start
         ffn = SwiGLUFFN(s.embed_dim) if s.swiglu else None
-        return Block(s.embed_dim, s.num_heads, init_values=1.0, norm_eps=1e-6, qk_norm=late,
-                     rope=self.rope if late else None, ffn=ffn)
+        return Block(
+            s.embed_dim,
+            s.num_heads,
+            init_values=1.0,
+            norm_eps=1e-6,
+            qk_norm=late,
+            rope=self.rope if late else None,
+            ffn=ffn,
+        )
 
     def is_global(self, i: int) -> bool:
         """True if block ``i`` attends across views."""
         return self.shape.alt_start != -1 and i >= self.shape.alt_start and i % 2 == 1
 
     def _position_embedding(self, gh: int, gw: int) -> torch.Tensor:
-        """``[1, 1 + gh*gw, C]``: bicubic (no antialias) with scale ``((g+0.1)/M)``, as DINOv2 does."""
+        """``[1, 1 + gh*gw, C]``: bicubic (no antialias) with scale ``((g+0.1)/M)``, as DINOv2
+        does."""
         stored = self.pos_embed.shape[1] - 1
         if stored == gh * gw and gh == gw:
             return self.pos_embed
         m = int(math.sqrt(stored))
         pos = self.pos_embed.float()
         patch = pos[:, 1:].reshape(1, m, m, -1).permute(0, 3, 1, 2)
-        patch = F.interpolate(patch, scale_factor=((gh + 0.1) / m, (gw + 0.1) / m), mode="bicubic", antialias=False)
+        patch = F.interpolate(
+            patch, scale_factor=((gh + 0.1) / m, (gw + 0.1) / m), mode="bicubic", antialias=False
+        )
         if patch.shape[-2:] != (gh, gw):
-            raise ValueError(f"position embedding resized to {tuple(patch.shape[-2:])}, expected {(gh, gw)}")
+            raise ValueError(
+                f"position embedding resized to {tuple(patch.shape[-2:])}, expected {(gh, gw)}"
+            )
         patch = patch.permute(0, 2, 3, 1).reshape(1, gh * gw, -1)
         return torch.cat((pos[:, :1], patch), dim=1).to(self.pos_embed.dtype)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalised images ``[B, S, 3, H, W]`` -> tokens ``[B, S, 1 + P, C]`` (class token first)."""
+        """Normalised images ``[B, S, 3, H, W]`` -> tokens ``[B, S, 1 + P, C]`` (class token
+        first)."""
         b, s, _, h, w = images.shape
         x = self.patch_embed(images.reshape(b * s, 3, h, w))
         x = torch.cat((self.cls_token.expand(b * s, -1, -1), x), dim=1)
         x = x + self._position_embedding(h // self.patch_size, w // self.patch_size)
         return x.view(b, s, *x.shape[1:])
 
-    def positions(self, gh: int, gw: int, device) -> Tuple[torch.Tensor, torch.Tensor]:
+    def positions(self, gh: int, gw: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """RoPE positions ``[1 + gh*gw, 2]`` of one view: (per-view, global)."""
-        grid = torch.cartesian_prod(torch.arange(gh, device=device), torch.arange(gw, device=device)) + 1
+        grid = (
+            torch.cartesian_prod(torch.arange(gh, device=device), torch.arange(gw, device=device))
+            + 1
+        )
         zero = torch.zeros(1, 2, dtype=grid.dtype, device=device)
         return torch.cat((zero, grid)), torch.cat((zero, torch.ones_like(grid)))
 
-    def run_block(self, i: int, x: torch.Tensor, pos: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def run_block(
+        self, i: int, x: torch.Tensor, pos: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
         """Block ``i`` on ``x`` ``[B, S, N, C]`` (per view or across views) -> ``[B, S, N, C]``."""
         b, s, n, c = x.shape
         if self.is_global(i):
@@ -186,12 +216,13 @@ class DA3VisionTransformer(nn.Module):
 class BackboneOutput:
     """What the heads read from the backbone."""
 
-    features: List[torch.Tensor]
-    """Per out layer, patch features ``[B, S, P, C']`` (C' = 2C with ``cat_token``: raw per-view half,
+    features: list[torch.Tensor]
+    """Per out layer, patch features ``[B, S, P, C']`` (C' = 2C with ``cat_token``: raw per-view
+    half,
     then the ``norm``-ed half), in input view order."""
-    camera_tokens: List[torch.Tensor]
+    camera_tokens: list[torch.Tensor]
     """Per out layer, the un-normalised token 0 ``[B, S, C']``."""
-    ref_view_index: Optional[torch.Tensor]
+    ref_view_index: torch.Tensor | None
     """``[B]`` selected reference view (input index), or None when no selection ran."""
 
 
@@ -203,18 +234,26 @@ class DA3Backbone(nn.Module):
         self.pretrained = DA3VisionTransformer(shape)
         self.shape = shape
 
-    def forward(self, images: torch.Tensor, *, cam_token: Optional[torch.Tensor] = None,
-                ref_view_strategy: str = "saddle_balanced", frame_batch_size: Optional[int] = None) -> BackboneOutput:
+    def forward(
+        self,
+        images: torch.Tensor,
+        *,
+        cam_token: torch.Tensor | None = None,
+        ref_view_strategy: str = "saddle_balanced",
+        frame_batch_size: int | None = None,
+    ) -> BackboneOutput:
         """Run the ViT.
 
         Args:
             images: ``[B, S, 3, H, W]`` ImageNet-normalised, H and W multiples of 14.
-            cam_token: ``[B, S, C]`` camera-conditioning tokens (from ``cam_enc``) replacing the learned
+            cam_token: ``[B, S, C]`` camera-conditioning tokens (from ``cam_enc``) replacing the
+                learned
                 camera token; disables reference-view selection.
             ref_view_strategy: "saddle_balanced" (default), "first", "middle" or "saddle_sim_range".
             frame_batch_size: run the blocks from ``alt_start - 1`` on in groups of this many views,
                 each group made of the reference view plus consecutive others (approximate; None or
-                ``>= S`` is the exact model). Earlier blocks are per-view and run on all views at once.
+                ``>= S`` is the exact model). Earlier blocks are per-view and run on all views at
+                once.
         """
         vit, s = self.pretrained, self.shape
         _, views, _, h, w = images.shape
@@ -238,9 +277,16 @@ class DA3Backbone(nn.Module):
             late = {i: _take_views(t, inverse) for i, t in late.items()}
         return self._finish({**early, **late}, ref)
 
-    def _late_blocks(self, x: torch.Tensor, pos, split: int, cam_token: Optional[torch.Tensor],
-                     groups: Sequence[Sequence[int]]) -> dict:
-        """Blocks ``split ..`` on view groups of ``x`` ``[B, S, N, C]`` (reference first); raw out-layer tokens."""
+    def _late_blocks(
+        self,
+        x: torch.Tensor,
+        pos,
+        split: int,
+        cam_token: torch.Tensor | None,
+        groups: Sequence[Sequence[int]],
+    ) -> dict:
+        """Blocks ``split ..`` on view groups of ``x`` ``[B, S, N, C]`` (reference first); raw
+        out-layer tokens."""
         parts = {i: [] for i in self.shape.out_layers if i >= split}
         for g, group in enumerate(groups):
             idx = torch.tensor(group, device=x.device)
@@ -250,7 +296,9 @@ class DA3Backbone(nn.Module):
                 if i == self.shape.alt_start:
                     xg = xg.clone()
                     xg[:, :, 0] = self._camera_tokens(xg.shape[0], len(group), cam_token, idx)
-                    local = xg  # the reference overwrites token 0 in place, in its per-view copy too
+                    local = (
+                        xg  # the reference overwrites token 0 in place, in its per-view copy too
+                    )
                 xg = self.pretrained.run_block(i, xg, pos)
                 if not self.pretrained.is_global(i):
                     local = xg
@@ -259,14 +307,17 @@ class DA3Backbone(nn.Module):
                     parts[i].append(out if g == 0 else out[:, 1:])
         return {i: torch.cat(p, dim=1) if len(p) > 1 else p[0] for i, p in parts.items()}
 
-    def _camera_tokens(self, b: int, s: int, cam_token: Optional[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
-        """``[B, s, C]``: the given conditioning tokens of views ``idx``, else learned ref/other tokens."""
+    def _camera_tokens(
+        self, b: int, s: int, cam_token: torch.Tensor | None, idx: torch.Tensor
+    ) -> torch.Tensor:
+        """``[B, s, C]``: the given conditioning tokens of views ``idx``, else learned ref/other
+        tokens."""
         if cam_token is not None:
             return cam_token[:, idx]
         tok = self.pretrained.camera_token
         return torch.cat((tok[:, :1].expand(b, 1, -1), tok[:, 1:].expand(b, s - 1, -1)), dim=1)
 
-    def _finish(self, raw: dict, ref: Optional[torch.Tensor]) -> BackboneOutput:
+    def _finish(self, raw: dict, ref: torch.Tensor | None) -> BackboneOutput:
         """Normalise raw out-layer tokens ``[B, S, 1+P, C']`` and split off token 0."""
         norm, c = self.pretrained.norm, self.shape.embed_dim
         feats, cams = [], []
@@ -274,5 +325,9 @@ class DA3Backbone(nn.Module):
             t = raw[i]
             cams.append(t[:, :, 0])
             t = t[:, :, 1:]
-            feats.append(torch.cat((t[..., :c], norm(t[..., c:])), dim=-1) if self.shape.cat_token else norm(t))
+            feats.append(
+                torch.cat((t[..., :c], norm(t[..., c:])), dim=-1)
+                if self.shape.cat_token
+                else norm(t)
+            )
         return BackboneOutput(features=feats, camera_tokens=cams, ref_view_index=ref)

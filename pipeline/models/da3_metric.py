@@ -22,7 +22,7 @@ with one sequence), and quantiles are exact where the reference samples 100 000 
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 import torch
 
@@ -59,7 +59,7 @@ def fill_sky(depth: torch.Tensor, sky: torch.Tensor) -> torch.Tensor:
     return depth
 
 
-def align_to_metric(out: Dict[str, Any], metric: Dict[str, Any]) -> Dict[str, Any]:
+def align_to_metric(out: dict[str, Any], metric: dict[str, Any]) -> dict[str, Any]:
     """The nested model's outputs: any-view ``out`` (``depth``, ``depth_conf`` ``[B, S, H, W]``,
     ``extrinsics`` ``[B, S, 3, 4]`` w2c, ``intrinsics`` ``[B, S, 3, 3]``) brought to the metric
     scale of ``metric`` (``depth``, ``sky`` ``[B, S, H, W]``), see the module docstring.

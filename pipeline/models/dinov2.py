@@ -19,7 +19,8 @@ logger = logging.getLogger(__name__)
 
 
 class PatchProjection(nn.Module):
-    """Non-overlapping ``patch x patch`` convolution: ``[B, 3, H, W]`` -> ``[B, (H/p)*(W/p), C]``."""
+    """Non-overlapping ``patch x patch`` convolution: ``[B, 3, H, W]`` -> ``[B, (H/p)*(W/p),
+    C]``."""
 
     def __init__(self, patch_size: int, in_chans: int, embed_dim: int):
         super().__init__()
@@ -29,7 +30,9 @@ class PatchProjection(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         if h % self.patch_size or w % self.patch_size:
-            raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {self.patch_size}")
+            raise ValueError(
+                f"image size {h}x{w} is not a multiple of the patch size {self.patch_size}"
+            )
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
@@ -72,7 +75,8 @@ class DinoV2Encoder(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
 
     def _position_embedding(self, n_patches: int, grid_h: int, grid_w: int) -> torch.Tensor:
-        """Position embedding ``[1, 1 + grid_h*grid_w, C]``, bicubic-resized (antialiased) to the grid."""
+        """Position embedding ``[1, 1 + grid_h*grid_w, C]``, bicubic-resized (antialiased) to the
+        grid."""
         stored = self.pos_embed.shape[1] - 1
         if n_patches == stored and grid_h == grid_w:
             return self.pos_embed
@@ -87,7 +91,8 @@ class DinoV2Encoder(nn.Module):
         return torch.cat((pos[:, :1], patch_pos), dim=1).to(dtype)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalised images ``[N, 3, H, W]`` -> patch tokens ``[N, (H/p)*(W/p), C]`` (row-major)."""
+        """Normalised images ``[N, 3, H, W]`` -> patch tokens ``[N, (H/p)*(W/p), C]``
+        (row-major)."""
         n, _, h, w = images.shape
         x = self.patch_embed(images)
         x = torch.cat((self.cls_token.expand(n, -1, -1), x), dim=1)

@@ -8,7 +8,7 @@ either returns the features or a prediction plus a confidence.
 from __future__ import annotations
 
 import logging
-from typing import List, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,26 +19,44 @@ logger = logging.getLogger(__name__)
 _INT_MAX = 1610612736  # interpolate in pieces above this many output elements (kernel index limit)
 
 
-def interpolate_bilinear(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Bilinear, ``align_corners=True`` resize of ``[N, C, h, w]`` to ``size``, split along N if huge."""
+def interpolate_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear, ``align_corners=True`` resize of ``[N, C, h, w]`` to ``size``, split along N if
+    huge."""
     elements = size[0] * size[1] * x.shape[0] * x.shape[1]
     if elements <= _INT_MAX:
         return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
     pieces = torch.chunk(x, elements // _INT_MAX + 1, dim=0)
-    return torch.cat([F.interpolate(p, size=size, mode="bilinear", align_corners=True) for p in pieces]).contiguous()
+    return torch.cat(
+        [F.interpolate(p, size=size, mode="bilinear", align_corners=True) for p in pieces]
+    ).contiguous()
 
 
-def uv_position_embedding(height: int, width: int, channels: int, aspect: float, dtype, device) -> torch.Tensor:
+def uv_position_embedding(
+    height: int, width: int, channels: int, aspect: float, dtype, device
+) -> torch.Tensor:
     """Sinusoidal embedding ``[channels, height, width]`` of a centred, diagonal-normalised uv grid.
 
-    The grid spans x in ``±a/sqrt(a²+1) * (width-1)/width`` and y in ``±1/sqrt(a²+1) * (height-1)/height``
+    The grid spans x in ``±a/sqrt(a²+1) * (width-1)/width`` and y in ``±1/sqrt(a²+1) *
+    (height-1)/height``
     (``a`` = image aspect W/H); the first half of the channels encodes x, the second y, each as
     ``[sin(p*w_k), cos(p*w_k)]`` with ``w_k = 100 ** (-k / (channels/4))``.
     """
     diag = (aspect**2 + 1.0) ** 0.5
     span_x, span_y = aspect / diag, 1.0 / diag
-    xs = torch.linspace(-span_x * (width - 1) / width, span_x * (width - 1) / width, width, dtype=dtype, device=device)
-    ys = torch.linspace(-span_y * (height - 1) / height, span_y * (height - 1) / height, height, dtype=dtype, device=device)
+    xs = torch.linspace(
+        -span_x * (width - 1) / width,
+        span_x * (width - 1) / width,
+        width,
+        dtype=dtype,
+        device=device,
+    )
+    ys = torch.linspace(
+        -span_y * (height - 1) / height,
+        span_y * (height - 1) / height,
+        height,
+        dtype=dtype,
+        device=device,
+    )
     grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
     quarter = channels // 4
     omega = 1.0 / 100.0 ** (torch.arange(quarter, dtype=torch.float64, device=device) / quarter)
@@ -52,7 +70,8 @@ def uv_position_embedding(height: int, width: int, channels: int, aspect: float,
 
 
 class ResidualConvUnit(nn.Module):
-    """``relu(x) + conv2(relu(conv1(relu(x))))``; the skip carries the *activated* input, as in DPT."""
+    """``relu(x) + conv2(relu(conv1(relu(x))))``; the skip carries the *activated* input, as in
+    DPT."""
 
     def __init__(self, features: int):
         super().__init__()
@@ -65,7 +84,8 @@ class ResidualConvUnit(nn.Module):
 
 
 class FusionBlock(nn.Module):
-    """Add the (refined) skip feature, refine, upsample (to ``size`` or x2) and project with a 1x1 conv."""
+    """Add the (refined) skip feature, refine, upsample (to ``size`` or x2) and project with a 1x1
+    conv."""
 
     def __init__(self, features: int, *, has_residual: bool = True):
         super().__init__()
@@ -75,7 +95,9 @@ class FusionBlock(nn.Module):
         self.has_residual = has_residual
         self.resConfUnit2 = ResidualConvUnit(features)
 
-    def forward(self, x: torch.Tensor, skip: Optional[torch.Tensor] = None, size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, skip: torch.Tensor | None = None, size: tuple[int, int] | None = None
+    ) -> torch.Tensor:
         if self.has_residual:
             x = x + self.resConfUnit1(skip)
         x = self.resConfUnit2(x)
@@ -83,11 +105,16 @@ class FusionBlock(nn.Module):
         return self.out_conv(interpolate_bilinear(x, size))
 
 
-def _scratch(in_channels: Sequence[int], features: int, feature_only: bool, output_dim: int) -> nn.Module:
-    """The ``scratch`` module: 3x3 channel adapters, four fusion blocks and the output convolutions."""
+def _scratch(
+    in_channels: Sequence[int], features: int, feature_only: bool, output_dim: int
+) -> nn.Module:
+    """The ``scratch`` module: 3x3 channel adapters, four fusion blocks and the output
+    convolutions."""
     scratch = nn.Module()
     for i, ch in enumerate(in_channels, start=1):
-        setattr(scratch, f"layer{i}_rn", nn.Conv2d(ch, features, kernel_size=3, padding=1, bias=False))
+        setattr(
+            scratch, f"layer{i}_rn", nn.Conv2d(ch, features, kernel_size=3, padding=1, bias=False)
+        )
     for i in range(1, 5):
         setattr(scratch, f"refinenet{i}", FusionBlock(features, has_residual=i != 4))
     if feature_only:
@@ -95,13 +122,18 @@ def _scratch(in_channels: Sequence[int], features: int, feature_only: bool, outp
     else:
         scratch.output_conv1 = nn.Conv2d(features, features // 2, kernel_size=3, padding=1)
         scratch.output_conv2 = nn.Sequential(
-            nn.Conv2d(features // 2, 32, kernel_size=3, padding=1), nn.ReLU(), nn.Conv2d(32, output_dim, kernel_size=1)
+            nn.Conv2d(features // 2, 32, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, output_dim, kernel_size=1),
         )
     return scratch
 
 
-def activate_dense(out: torch.Tensor, activation: str, conf_activation: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Split ``[N, C, H, W]`` into values ``[N, H, W, C-1]`` and confidence ``[N, H, W]`` and activate them.
+def activate_dense(
+    out: torch.Tensor, activation: str, conf_activation: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split ``[N, C, H, W]`` into values ``[N, H, W, C-1]`` and confidence ``[N, H, W]`` and
+    activate them.
 
     activation: "inv_log" (``sign(y) * expm1(|y|)``, point maps), "exp" (depth) or "linear".
     conf_activation: "expp1" (``1 + exp(c)``), "expp0" or "sigmoid".
@@ -179,16 +211,18 @@ class DPTHead(nn.Module):
 
     def forward(
         self,
-        tokens_list: Sequence[Optional[torch.Tensor]],
-        image_hw: Tuple[int, int],
+        tokens_list: Sequence[torch.Tensor | None],
+        image_hw: tuple[int, int],
         patch_start_idx: int,
         *,
-        frames_chunk_size: Optional[int] = 8,
-    ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
-        """Run the head, ``frames_chunk_size`` frames at a time (None: all at once; results are identical).
+        frames_chunk_size: int | None = 8,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Run the head, ``frames_chunk_size`` frames at a time (None: all at once; results are
+        identical).
 
         Args:
-            tokens_list: aggregator outputs ``[B, S, P, dim_in]`` (entries not in ``layer_idx`` may be None).
+            tokens_list: aggregator outputs ``[B, S, P, dim_in]`` (entries not in ``layer_idx`` may
+                be None).
             image_hw: input image (H, W) in pixels.
             patch_start_idx: index of the first patch token.
         Returns:
@@ -199,7 +233,10 @@ class DPTHead(nn.Module):
         if frames_chunk_size is not None and frames_chunk_size <= 0:
             raise ValueError(f"frames_chunk_size must be positive or None, got {frames_chunk_size}")
         step = s if frames_chunk_size is None else frames_chunk_size
-        parts = [self._forward_frames(tokens_list, image_hw, patch_start_idx, i, min(i + step, s)) for i in range(0, s, step)]
+        parts = [
+            self._forward_frames(tokens_list, image_hw, patch_start_idx, i, min(i + step, s))
+            for i in range(0, s, step)
+        ]
         if self.feature_only:
             return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         if len(parts) == 1:
@@ -220,15 +257,23 @@ class DPTHead(nn.Module):
                 x = self._add_pos(x, w / h)
             feats.append(self.resize_layers[i](x))
         out = self._fuse(feats)
-        out = interpolate_bilinear(out, (int(ph * self.patch_size / self.down_ratio), int(pw * self.patch_size / self.down_ratio)))
+        out = interpolate_bilinear(
+            out,
+            (
+                int(ph * self.patch_size / self.down_ratio),
+                int(pw * self.patch_size / self.down_ratio),
+            ),
+        )
         if self.pos_embed:
             out = self._add_pos(out, w / h)
         if self.feature_only:
             return out.view(b, s, *out.shape[1:])
-        values, conf = activate_dense(self.scratch.output_conv2(out), self.activation, self.conf_activation)
+        values, conf = activate_dense(
+            self.scratch.output_conv2(out), self.activation, self.conf_activation
+        )
         return values.view(b, s, *values.shape[1:]), conf.view(b, s, *conf.shape[1:])
 
-    def _fuse(self, feats: List[torch.Tensor]) -> torch.Tensor:
+    def _fuse(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """Fuse the four projected maps (fine to coarse) into one map at the finest resolution."""
         sc = self.scratch
         l1, l2, l3, l4 = (getattr(sc, f"layer{i + 1}_rn")(f) for i, f in enumerate(feats))

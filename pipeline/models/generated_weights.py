@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from typing import Dict, Iterable, Tuple
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 
-def rule_tensor(key: str, shape: Tuple[int, ...]) -> torch.Tensor:
+def rule_tensor(key: str, shape: tuple[int, ...]) -> torch.Tensor:
     """The weight-rule value of one key, float32 on CPU."""
     gen = torch.Generator().manual_seed(zlib.crc32(key.encode()))
     t = torch.randn(tuple(shape), generator=gen, dtype=torch.float32)
@@ -27,13 +27,14 @@ def rule_tensor(key: str, shape: Tuple[int, ...]) -> torch.Tensor:
     return 0.02 * t
 
 
-def rule_state_dict(shapes: Iterable[Tuple[str, Tuple[int, ...]]]) -> Dict[str, torch.Tensor]:
+def rule_state_dict(shapes: Iterable[tuple[str, tuple[int, ...]]]) -> dict[str, torch.Tensor]:
     """``{key: rule_tensor(key, shape)}`` for ``(key, shape)`` pairs."""
     return {key: rule_tensor(key, shape) for key, shape in shapes}
 
 
 def load_rule_weights_(model: nn.Module, device: torch.device | str = "cpu") -> nn.Module:
-    """Fill ``model`` (possibly built on ``meta``) with rule weights in place; returns it, on ``device``.
+    """Fill ``model`` (possibly built on ``meta``) with rule weights in place; returns it, on
+    ``device``.
 
     Tensors are assigned (no second copy), then non-persistent buffers are recreated if the model
     offers ``reset_non_persistent_buffers``.

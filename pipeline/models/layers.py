@@ -1,4 +1,5 @@
-"""Transformer building blocks shared by the VGGT aggregator, its DINOv2 patch embed and its camera head.
+"""Transformer building blocks shared by the VGGT aggregator, its DINOv2 patch embed and its camera
+head.
 
 All token tensors are ``[batch, tokens, channels]``. Module attribute names follow the released
 checkpoints (``norm1``, ``attn.qkv``, ``ls1.gamma`` ...) so that state_dict keys line up.
@@ -7,7 +8,6 @@ checkpoints (``norm1``, ``attn.qkv``, ``ls1.gamma`` ...) so that state_dict keys
 from __future__ import annotations
 
 import logging
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,13 @@ logger = logging.getLogger(__name__)
 class Mlp(nn.Module):
     """Two linear layers with a GELU in between: ``fc2(gelu(fc1(x)))``."""
 
-    def __init__(self, in_features: int, hidden_features: int, out_features: Optional[int] = None, bias: bool = True):
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        out_features: int | None = None,
+        bias: bool = True,
+    ):
         super().__init__()
         self.fc1 = nn.Linear(in_features, hidden_features, bias=bias)
         self.act = nn.GELU()
@@ -63,7 +69,9 @@ class RotaryEmbedding2D(nn.Module):
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
     @staticmethod
-    def _rotate_1d(x: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def _rotate_1d(
+        x: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> torch.Tensor:
         """Rotate ``x`` ``[B, heads, N, d]`` by integer positions ``pos`` ``[B, N]``."""
         c = F.embedding(pos, cos)[:, None]
         s = F.embedding(pos, sin)[:, None]
@@ -99,7 +107,7 @@ class Attention(nn.Module):
         qkv_bias: bool = True,
         proj_bias: bool = True,
         qk_norm: bool = False,
-        rope: Optional[RotaryEmbedding2D] = None,
+        rope: RotaryEmbedding2D | None = None,
     ):
         super().__init__()
         if dim % num_heads:
@@ -112,7 +120,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
         self.rope = rope
 
-    def forward(self, x: torch.Tensor, pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` ``[B, N, C]``, ``pos`` ``[B, N, 2]`` or None -> ``[B, N, C]``."""
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -128,7 +136,8 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: ``x + ls1(attn(norm1(x)))`` then ``x + ls2(mlp(norm2(x)))``.
 
-    ``ffn`` replaces the default :class:`Mlp` (``dim -> dim*mlp_ratio -> dim``) as ``mlp``, e.g. a SwiGLU.
+    ``ffn`` replaces the default :class:`Mlp` (``dim -> dim*mlp_ratio -> dim``) as ``mlp``, e.g. a
+    SwiGLU.
     """
 
     def __init__(
@@ -137,11 +146,11 @@ class Block(nn.Module):
         num_heads: int,
         *,
         mlp_ratio: float = 4.0,
-        init_values: Optional[float] = None,
+        init_values: float | None = None,
         norm_eps: float = 1e-5,
         qk_norm: bool = False,
-        rope: Optional[RotaryEmbedding2D] = None,
-        ffn: Optional[nn.Module] = None,
+        rope: RotaryEmbedding2D | None = None,
+        ffn: nn.Module | None = None,
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
@@ -151,7 +160,7 @@ class Block(nn.Module):
         self.mlp = ffn if ffn is not None else Mlp(dim, int(dim * mlp_ratio))
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
 
-    def forward(self, x: torch.Tensor, pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` ``[B, N, C]`` -> ``[B, N, C]``."""
         x = x + self.ls1(self.attn(self.norm1(x), pos=pos))
         return x + self.ls2(self.mlp(self.norm2(x)))

@@ -1,4 +1,5 @@
-"""``load_model``: checkpoints from a file, a folder or the Hugging Face hub, for any registered architecture.
+"""``load_model``: checkpoints from a file, a folder or the Hugging Face hub, for any registered
+architecture.
 
 Weights are located by :func:`resolve_weights` (local file, folder, or hub repo id through
 ``huggingface_hub``, honouring ``HF_HUB_OFFLINE`` and ``HF_HUB_CACHE`` at call time), read by
@@ -13,13 +14,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection, Dict, Mapping, Optional, Tuple, Union
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..config import VGGT_1B
 from .da3 import DA3Config, build_da3, is_da3_state_dict
 from .precision import DTypeLike, resolve_dtype
 from .vggt import VGGTConfig, build_model
@@ -30,7 +33,7 @@ WEIGHT_FILENAMES = ("model.safetensors", "model.pt", "model.pth", "pytorch_model
 """File names looked for in a folder or hub repo, in order of preference."""
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 CONFIG_FILENAME = "config.json"
-DEFAULT_REPO = "facebook/VGGT-1B"
+DEFAULT_REPO = VGGT_1B
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -50,37 +53,47 @@ class Architecture:
     """Registry key, also written as ``"architecture"`` in config.json."""
     matches: Callable[[Collection[str]], bool]
     """True if a state dict with these keys belongs to this architecture."""
-    build: Callable[[Optional[Mapping[str, Any]]], nn.Module]
-    """Build the network on the current default device from a config dict (None = the default model)."""
-    config_to_dict: Callable[[Any], Dict[str, Any]]
+    build: Callable[[Mapping[str, Any] | None], nn.Module]
+    """Build the network on the current default device from a config dict (None = the default
+    model)."""
+    config_to_dict: Callable[[Any], dict[str, Any]]
     """Turn a config object (or dict) into the dict written to config.json."""
 
 
 def _vggt_matches(keys: Collection[str]) -> bool:
-    return "aggregator.patch_embed.patch_embed.proj.weight" in keys and "aggregator.camera_token" in keys
+    return (
+        "aggregator.patch_embed.patch_embed.proj.weight" in keys
+        and "aggregator.camera_token" in keys
+    )
 
 
-def _vggt_build(config: Optional[Mapping[str, Any]]) -> nn.Module:
+def _vggt_build(config: Mapping[str, Any] | None) -> nn.Module:
     return build_model(VGGTConfig.from_dict(dict(config)) if config else VGGTConfig.vggt_1b())
 
 
-def _vggt_config_dict(config: Any) -> Dict[str, Any]:
+def _vggt_config_dict(config: Any) -> dict[str, Any]:
     return config.to_dict() if isinstance(config, VGGTConfig) else dict(config)
 
 
-def _da3_build(config: Optional[Mapping[str, Any]]) -> nn.Module:
+def _da3_build(config: Mapping[str, Any] | None) -> nn.Module:
     if not config:
-        raise ValueError("a DA3 checkpoint needs its config.json (model_name) or config=DA3Config.variant(...)")
+        raise ValueError(
+            "a DA3 checkpoint needs its config.json (model_name) or config=DA3Config.variant(...)"
+        )
     return build_da3(DA3Config.from_dict(dict(config)))
 
 
-def _da3_config_dict(config: Any) -> Dict[str, Any]:
+def _da3_config_dict(config: Any) -> dict[str, Any]:
     return config.to_dict() if isinstance(config, DA3Config) else dict(config)
 
 
-_ARCHITECTURES: Dict[str, Architecture] = {
-    "vggt": Architecture(name="vggt", matches=_vggt_matches, build=_vggt_build, config_to_dict=_vggt_config_dict),
-    "da3": Architecture(name="da3", matches=is_da3_state_dict, build=_da3_build, config_to_dict=_da3_config_dict),
+_ARCHITECTURES: dict[str, Architecture] = {
+    "vggt": Architecture(
+        name="vggt", matches=_vggt_matches, build=_vggt_build, config_to_dict=_vggt_config_dict
+    ),
+    "da3": Architecture(
+        name="da3", matches=is_da3_state_dict, build=_da3_build, config_to_dict=_da3_config_dict
+    ),
 }
 
 
@@ -89,22 +102,30 @@ def register_architecture(arch: Architecture) -> None:
     _ARCHITECTURES[arch.name] = arch
 
 
-def architectures() -> Tuple[str, ...]:
+def architectures() -> tuple[str, ...]:
     """Names of the registered architectures."""
     return tuple(_ARCHITECTURES)
 
 
 def _how_to_get(name: str) -> str:
     repo = name if _looks_like_repo_id(name) else DEFAULT_REPO
-    return (f"Download the weights on a machine with internet access (`hf download {repo}`) and copy the "
-            f"Hugging Face cache (HF_HUB_CACHE) here, or pass a local path to a .safetensors/.pt checkpoint "
-            f"or to a folder containing {' or '.join(WEIGHT_FILENAMES[:2])}.")
+    return (
+        f"Download the weights on a machine with internet access (`hf download {repo}`) and "
+        "copy the Hugging Face cache (HF_HUB_CACHE) here, or pass a local path to a "
+        f".safetensors/.pt checkpoint or to a folder containing "
+        f"{' or '.join(WEIGHT_FILENAMES[:2])}."
+    )
 
 
 def _looks_like_repo_id(name: str) -> bool:
     parts = name.split("/")
-    return (len(parts) == 2 and all(parts) and not name.startswith((".", "~", "/"))
-            and not name.endswith(WEIGHT_SUFFIXES) and not os.path.exists(name))
+    return (
+        len(parts) == 2
+        and all(parts)
+        and not name.startswith((".", "~", "/"))
+        and not name.endswith(WEIGHT_SUFFIXES)
+        and not os.path.exists(name)
+    )
 
 
 def _env_flag(name: str) -> bool:
@@ -127,8 +148,9 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _hub_cache_dir(cache_dir: Optional[str]) -> Optional[str]:
-    """Cache folder from the argument or the environment *now* (huggingface_hub reads it at import)."""
+def _hub_cache_dir(cache_dir: str | None) -> str | None:
+    """Cache folder from the argument or the environment *now* (huggingface_hub reads it at
+    import)."""
     if cache_dir:
         return str(cache_dir)
     for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
@@ -139,7 +161,7 @@ def _hub_cache_dir(cache_dir: Optional[str]) -> Optional[str]:
     return None
 
 
-def _find_in_folder(folder: Path) -> Optional[Path]:
+def _find_in_folder(folder: Path) -> Path | None:
     for name in WEIGHT_FILENAMES:
         if (folder / name).is_file():
             return folder / name
@@ -147,25 +169,35 @@ def _find_in_folder(folder: Path) -> Optional[Path]:
     return candidates[0] if len(candidates) == 1 else None
 
 
-def _local_files(path: Path) -> Tuple[Path, Optional[Path]]:
+def _local_files(path: Path) -> tuple[Path, Path | None]:
     """(weights, config or None) for an existing local file or folder."""
     weights = path if path.is_file() else _find_in_folder(path)
     if weights is None:
-        raise WeightsNotFoundError(f"no checkpoint ({', '.join(WEIGHT_FILENAMES)}) in folder {path}. " + _how_to_get(str(path)))
+        raise WeightsNotFoundError(
+            f"no checkpoint ({', '.join(WEIGHT_FILENAMES)}) in folder {path}. "
+            + _how_to_get(str(path))
+        )
     if weights.suffix not in WEIGHT_SUFFIXES:
-        raise ValueError(f"unsupported checkpoint format {weights.suffix!r} ({weights}); expected one of {WEIGHT_SUFFIXES}")
+        raise ValueError(
+            f"unsupported checkpoint format {weights.suffix!r} ({weights}); expected one of "
+            f"{WEIGHT_SUFFIXES}"
+        )
     config = weights.parent / CONFIG_FILENAME
     return weights, (config if config.is_file() else None)
 
 
-def _from_hub_cache(repo_id: str, filename: str, revision: Optional[str], cache_dir: Optional[str]) -> Optional[str]:
+def _from_hub_cache(
+    repo_id: str, filename: str, revision: str | None, cache_dir: str | None
+) -> str | None:
     from huggingface_hub import try_to_load_from_cache
 
     found = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision)
     return found if isinstance(found, str) else None
 
 
-def _hub_file(repo_id: str, filename: str, revision: Optional[str], cache_dir: Optional[str], offline: bool) -> Optional[str]:
+def _hub_file(
+    repo_id: str, filename: str, revision: str | None, cache_dir: str | None, offline: bool
+) -> str | None:
     """Path of ``filename`` of the hub repo (cache first; downloads unless offline), or None."""
     cached = _from_hub_cache(repo_id, filename, revision, cache_dir)
     if cached or offline:
@@ -179,16 +211,22 @@ def _hub_file(repo_id: str, filename: str, revision: Optional[str], cache_dir: O
         return None
 
 
-def _hub_files(repo_id: str, revision: Optional[str], cache_dir: Optional[str]) -> Tuple[Path, Optional[Path]]:
+def _hub_files(
+    repo_id: str, revision: str | None, cache_dir: str | None
+) -> tuple[Path, Path | None]:
     try:
         import huggingface_hub  # noqa: F401
     except ImportError as exc:
-        raise WeightsNotFoundError(f"{repo_id!r} is not a local path and huggingface_hub is not installed "
-                                   f"(pip install huggingface_hub). " + _how_to_get(repo_id)) from exc
+        raise WeightsNotFoundError(
+            f"{repo_id!r} is not a local path and huggingface_hub is not installed "
+            f"(pip install huggingface_hub). " + _how_to_get(repo_id)
+        ) from exc
     offline = _env_flag("HF_HUB_OFFLINE")
     cache = _hub_cache_dir(cache_dir)
     unreachable = False
-    if not offline and not any(_from_hub_cache(repo_id, n, revision, cache) for n in WEIGHT_FILENAMES):
+    if not offline and not any(
+        _from_hub_cache(repo_id, n, revision, cache) for n in WEIGHT_FILENAMES
+    ):
         unreachable = offline = not hub_reachable()
     for name in WEIGHT_FILENAMES:
         weights = _hub_file(repo_id, name, revision, cache, offline)
@@ -201,11 +239,14 @@ def _hub_files(repo_id: str, revision: Optional[str], cache_dir: Optional[str]) 
         where += f", and {endpoint} cannot be reached (no network?)"
     else:
         where += " with HF_HUB_OFFLINE=1" if offline else " or online"
-    raise WeightsNotFoundError(f"weights for {repo_id!r} not found in {where}. " + _how_to_get(repo_id))
+    raise WeightsNotFoundError(
+        f"weights for {repo_id!r} not found in {where}. " + _how_to_get(repo_id)
+    )
 
 
-def resolve_weights(name_or_path: Union[str, os.PathLike], *, revision: Optional[str] = None,
-                    cache_dir: Optional[str] = None) -> Tuple[Path, Optional[Path]]:
+def resolve_weights(
+    name_or_path: str | os.PathLike, *, revision: str | None = None, cache_dir: str | None = None
+) -> tuple[Path, Path | None]:
     """Locate ``(checkpoint file, config.json or None)``; raises :class:`WeightsNotFoundError`."""
     name = os.fspath(name_or_path)
     path = Path(name).expanduser()
@@ -216,8 +257,9 @@ def resolve_weights(name_or_path: Union[str, os.PathLike], *, revision: Optional
     raise WeightsNotFoundError(f"checkpoint {name!r} does not exist. " + _how_to_get(name))
 
 
-def weights_available(name_or_path: Union[str, os.PathLike], *, revision: Optional[str] = None,
-                      cache_dir: Optional[str] = None) -> bool:
+def weights_available(
+    name_or_path: str | os.PathLike, *, revision: str | None = None, cache_dir: str | None = None
+) -> bool:
     """True if the checkpoint is on this machine (local path or hub cache). Never downloads."""
     name = os.fspath(name_or_path)
     path = Path(name).expanduser()
@@ -236,8 +278,9 @@ def weights_available(name_or_path: Union[str, os.PathLike], *, revision: Option
         return False
 
 
-def read_state_dict(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
-    """Tensors of a ``.safetensors`` or torch pickle checkpoint, on CPU, unwrapped from ``model``/``state_dict``.
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` or torch pickle checkpoint, on CPU, unwrapped from
+    ``model``/``state_dict``.
 
     Raises:
         CheckpointError: the file cannot be read as a checkpoint, or holds no tensors.
@@ -252,7 +295,11 @@ def read_state_dict(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
     for wrapper in ("model", "state_dict"):
         if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
             state = state[wrapper]
-    if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if (
+        not isinstance(state, Mapping)
+        or not state
+        or not all(isinstance(v, torch.Tensor) for v in state.values())
+    ):
         raise CheckpointError(f"{path} does not hold a state dict of tensors")
     return dict(state)
 
@@ -262,7 +309,9 @@ def _read_checkpoint(path: Path) -> Any:
         try:
             from safetensors.torch import load_file
         except ImportError as exc:
-            raise ImportError("reading .safetensors needs the safetensors package: pip install safetensors") from exc
+            raise ImportError(
+                "reading .safetensors needs the safetensors package: pip install safetensors"
+            ) from exc
         return load_file(str(path), device="cpu")
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -272,10 +321,10 @@ def _read_checkpoint(path: Path) -> Any:
 
 def _one_line(exc: BaseException, limit: int = 200) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def checkpoint_fingerprint(name_or_path: Union[str, os.PathLike]) -> Dict[str, Any]:
+def checkpoint_fingerprint(name_or_path: str | os.PathLike) -> dict[str, Any]:
     """What identifies a checkpoint's weights without reading them: the name, and the file's
     size and modification time (a hub checkpoint's file is a blob named by its content hash).
 
@@ -284,12 +333,19 @@ def checkpoint_fingerprint(name_or_path: Union[str, os.PathLike]) -> Dict[str, A
     """
     weights, _ = resolve_weights(name_or_path)
     stat = weights.stat()
-    return {"name": str(name_or_path), "file": Path(weights).resolve().name, "size": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns}
+    return {
+        "name": str(name_or_path),
+        "file": Path(weights).resolve().name,
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+    }
 
 
-def detect_architecture(keys: Collection[str], config: Optional[Mapping[str, Any]] = None) -> Architecture:
-    """The registered architecture named by ``config["architecture"]`` or matching the state-dict keys."""
+def detect_architecture(
+    keys: Collection[str], config: Mapping[str, Any] | None = None
+) -> Architecture:
+    """The registered architecture named by ``config["architecture"]`` or matching the state-dict
+    keys."""
     named = (config or {}).get("architecture")
     if named is not None:
         if named not in _ARCHITECTURES:
@@ -301,15 +357,25 @@ def detect_architecture(keys: Collection[str], config: Optional[Mapping[str, Any
     raise ValueError(f"checkpoint matches none of the registered architectures {architectures()}")
 
 
-def load_model(name_or_path: Union[str, os.PathLike] = DEFAULT_REPO, device: Union[str, torch.device] = "cpu",
-               dtype: DTypeLike = None, *, config: Any = None, architecture: Optional[str] = None,
-               revision: Optional[str] = None, cache_dir: Optional[str] = None, strict: bool = True) -> nn.Module:
+def load_model(
+    name_or_path: str | os.PathLike = DEFAULT_REPO,
+    device: str | torch.device = "cpu",
+    dtype: DTypeLike = None,
+    *,
+    config: Any = None,
+    architecture: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+    strict: bool = True,
+) -> nn.Module:
     """Load a checkpoint into its network, in eval mode on ``device``.
 
     Args:
-        name_or_path: checkpoint file, folder holding one, or hub repo id (default ``facebook/VGGT-1B``).
+        name_or_path: checkpoint file, folder holding one, or hub repo id (default
+            ``facebook/VGGT-1B``).
         device: target device.
-        dtype: compute precision: None (float32), "auto" (see :func:`resolve_dtype`) or a dtype/name.
+        dtype: compute precision: None (float32), "auto" (see :func:`resolve_dtype`) or a
+            dtype/name.
             Parameters stay float32; the dtype drives autocast where the reference allows it.
         config: config object/dict overriding config.json (e.g. ``VGGTConfig.tiny()``).
         architecture: registry name overriding detection.
@@ -327,7 +393,11 @@ def load_model(name_or_path: Union[str, os.PathLike] = DEFAULT_REPO, device: Uni
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"cannot read {config_path}: {_one_line(exc)}") from exc
     try:
-        arch = _ARCHITECTURES[architecture] if architecture else detect_architecture(state.keys(), cfg if isinstance(cfg, Mapping) else None)
+        arch = (
+            _ARCHITECTURES[architecture]
+            if architecture
+            else detect_architecture(state.keys(), cfg if isinstance(cfg, Mapping) else None)
+        )
         cfg_dict = arch.config_to_dict(cfg) if cfg is not None else None
         with torch.device("meta"):
             model = arch.build(cfg_dict)
@@ -340,36 +410,59 @@ def load_model(name_or_path: Union[str, os.PathLike] = DEFAULT_REPO, device: Uni
     model = model.to(device)
     model.compute_dtype = resolve_dtype(dtype, device)
     model.requires_grad_(False)
-    logger.info("loaded %s from %s (%s, compute %s)", arch.name, weights, device, model.compute_dtype)
+    logger.info(
+        "loaded %s from %s (%s, compute %s)", arch.name, weights, device, model.compute_dtype
+    )
     return model.eval()
 
 
-def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], weights: Path, arch: str,
-                strict: bool) -> None:
+def _load_state(
+    model: nn.Module, state: Mapping[str, torch.Tensor], weights: Path, arch: str, strict: bool
+) -> None:
     """``model.load_state_dict`` (its load hooks included), with a one-line
     :class:`CheckpointError` when the checkpoint does not fit: tensors of another shape, or
     (when ``strict``) missing or unexpected keys."""
     try:
         result = model.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as exc:  # shapes that differ
-        detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line),
-                      _one_line(exc))
-        raise CheckpointError(f"checkpoint {weights} does not fit the {arch} network: {detail}") from exc
-    problems = [f"{len(keys)} {what} (e.g. {keys[0]})" for keys, what in
-                ((result.missing_keys, "missing keys"), (result.unexpected_keys, "unexpected keys")) if keys]
+        detail = next(
+            (line.strip() for line in str(exc).splitlines() if "size mismatch" in line),
+            _one_line(exc),
+        )
+        raise CheckpointError(
+            f"checkpoint {weights} does not fit the {arch} network: {detail}"
+        ) from exc
+    problems = [
+        f"{len(keys)} {what} (e.g. {keys[0]})"
+        for keys, what in (
+            (result.missing_keys, "missing keys"),
+            (result.unexpected_keys, "unexpected keys"),
+        )
+        if keys
+    ]
     if strict and problems:
-        raise CheckpointError(f"checkpoint {weights} does not fit the {arch} network: {', '.join(problems)}")
+        raise CheckpointError(
+            f"checkpoint {weights} does not fit the {arch} network: {', '.join(problems)}"
+        )
 
 
-def save_pretrained(model: nn.Module, folder: Union[str, os.PathLike], *, architecture: str = "vggt",
-                    safetensors: bool = True) -> Path:
-    """Write ``model.safetensors`` (or ``model.pt``) and ``config.json`` to ``folder``; returns the weights path."""
+def save_pretrained(
+    model: nn.Module,
+    folder: str | os.PathLike,
+    *,
+    architecture: str = "vggt",
+    safetensors: bool = True,
+) -> Path:
+    """Write ``model.safetensors`` (or ``model.pt``) and ``config.json`` to ``folder``; returns the
+    weights path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state, seen = {}, set()
     for k, v in model.state_dict().items():
         alias = (v.data_ptr(), tuple(v.shape), v.stride())
-        if v.data_ptr() and alias in seen:  # tied alias (DA3's shared LayerNorm): stored once, as safetensors does
+        if (
+            v.data_ptr() and alias in seen
+        ):  # tied alias (DA3's shared LayerNorm): stored once, as safetensors does
             continue
         seen.add(alias)
         state[k] = v.detach().cpu().contiguous()
@@ -382,5 +475,7 @@ def save_pretrained(model: nn.Module, folder: Union[str, os.PathLike], *, archit
         path = folder / "model.pt"
         torch.save(state, path)
     cfg = _ARCHITECTURES[architecture].config_to_dict(getattr(model, "config", {}))
-    (folder / CONFIG_FILENAME).write_text(json.dumps({"architecture": architecture, **cfg}, indent=2))
+    (folder / CONFIG_FILENAME).write_text(
+        json.dumps({"architecture": architecture, **cfg}, indent=2)
+    )
     return path

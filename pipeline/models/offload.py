@@ -48,7 +48,7 @@ Typical use (load on the CPU, so that the whole model never has to fit on the sm
 from __future__ import annotations
 
 import logging
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -56,16 +56,19 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 BLOCK_SUFFIX = "blocks"
-"""Block containers: ``nn.ModuleList`` / ``nn.Sequential`` attributes whose name ends with this ..."""
+"""Block containers: ``nn.ModuleList`` / ``nn.Sequential`` attributes whose name ends with this
+..."""
 TRUNK_NAMES = ("trunk",)
-"""... or is one of these (the camera head / camera encoder trunks are ``nn.Sequential`` of blocks)."""
+"""... or is one of these (the camera head / camera encoder trunks are ``nn.Sequential`` of
+blocks)."""
 _MARKER = "_cpu_offload_handle"
 
-DeviceLike = Union[str, torch.device]
+DeviceLike = str | torch.device
 
 
 def _is_block_container(name: str, module: nn.Module) -> bool:
-    """Whether ``module`` (qualified name ``name``) holds blocks to offload (see the module docstring)."""
+    """Whether ``module`` (qualified name ``name``) holds blocks to offload (see the module
+    docstring)."""
     attr = name.rpartition(".")[2]
     named = attr.endswith(BLOCK_SUFFIX) or attr in TRUNK_NAMES
     return named and isinstance(module, (nn.ModuleList, nn.Sequential))
@@ -80,7 +83,7 @@ def _elements(container: nn.Module) -> Iterator[nn.Module]:
             yield child
 
 
-def offload_blocks(model: nn.Module) -> List[nn.Module]:
+def offload_blocks(model: nn.Module) -> list[nn.Module]:
     """The blocks of ``model`` to keep in CPU memory, in ``named_modules()`` order.
 
     Rule: every element of every ``nn.ModuleList`` or ``nn.Sequential`` whose attribute name ends
@@ -89,7 +92,7 @@ def offload_blocks(model: nn.Module) -> List[nn.Module]:
     block or inside a container already handled are skipped, and a module shared by several
     containers is listed once. Each returned block is called as a module (its hooks fire).
     """
-    blocks: List[nn.Module] = []
+    blocks: list[nn.Module] = []
     covered: set = set()
     for name, module in model.named_modules():
         if id(module) in covered or not _is_block_container(name, module):
@@ -108,8 +111,9 @@ def _own_tensors(module: nn.Module) -> Iterator[torch.Tensor]:
     yield from module.buffers(recurse=False)
 
 
-def _unique(tensors: Iterable[torch.Tensor], exclude: Iterable[int] = ()) -> List[torch.Tensor]:
-    """``tensors`` without repeats (by identity) and without those whose ``id`` is in ``exclude``."""
+def _unique(tensors: Iterable[torch.Tensor], exclude: Iterable[int] = ()) -> list[torch.Tensor]:
+    """``tensors`` without repeats (by identity) and without those whose ``id`` is in
+    ``exclude``."""
     seen = set(exclude)
     out = []
     for t in tensors:
@@ -119,7 +123,7 @@ def _unique(tensors: Iterable[torch.Tensor], exclude: Iterable[int] = ()) -> Lis
     return out
 
 
-def _resident_tensors(model: nn.Module, block_ids: set) -> List[torch.Tensor]:
+def _resident_tensors(model: nn.Module, block_ids: set) -> list[torch.Tensor]:
     """Parameters and buffers of the modules reachable from ``model`` without entering a block."""
     found, stack, seen = [], [model], set()
     while stack:
@@ -138,7 +142,8 @@ def _nbytes(tensors: Iterable[torch.Tensor]) -> int:
 
 
 def _to_host(tensor: torch.Tensor, pin: bool) -> torch.Tensor:
-    """A CPU copy of ``tensor`` (page-locked when ``pin``); ``tensor``'s own storage when already on the CPU and not pinning."""
+    """A CPU copy of ``tensor`` (page-locked when ``pin``); ``tensor``'s own storage when already on
+    the CPU and not pinning."""
     with torch.inference_mode(False):
         if not pin:
             return tensor.detach().to("cpu")
@@ -148,13 +153,15 @@ def _to_host(tensor: torch.Tensor, pin: bool) -> torch.Tensor:
 
 def _copy_to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     """The device copy of a CPU tensor (``non_blocking``: asynchronous from pinned memory, ordered
-    on the current stream); ``host`` itself when ``device`` is the CPU. Never an inference tensor."""
+    on the current stream); ``host`` itself when ``device`` is the CPU. Never an inference
+    tensor."""
     with torch.inference_mode(False):
         return host.to(device, non_blocking=True)
 
 
-def _checked_blocks(model: nn.Module, blocks: Iterable[nn.Module]) -> List[nn.Module]:
-    """``blocks`` without repeats, after checking that they are submodules of ``model`` and not nested."""
+def _checked_blocks(model: nn.Module, blocks: Iterable[nn.Module]) -> list[nn.Module]:
+    """``blocks`` without repeats, after checking that they are submodules of ``model`` and not
+    nested."""
     blocks = list(dict.fromkeys(blocks))
     inside = {id(m) for m in model.modules()}
     ids = {id(b) for b in blocks}
@@ -162,7 +169,9 @@ def _checked_blocks(model: nn.Module, blocks: Iterable[nn.Module]) -> List[nn.Mo
         if id(block) not in inside:
             raise ValueError(f"{type(block).__name__} block is not a submodule of the model")
         if any(id(m) in ids for m in block.modules() if m is not block):
-            raise ValueError(f"{type(block).__name__} block contains another block; offload the outer one only")
+            raise ValueError(
+                f"{type(block).__name__} block contains another block; offload the outer one only"
+            )
     return blocks
 
 
@@ -180,22 +189,25 @@ class CpuOffload:
             "copy" is the CPU tensor itself).
     """
 
-    def __init__(self, execution_device: torch.device, blocks: Sequence[nn.Module], *, pinned: bool):
+    def __init__(
+        self, execution_device: torch.device, blocks: Sequence[nn.Module], *, pinned: bool
+    ):
         self.execution_device = execution_device
         self.blocks = list(blocks)
         self.pinned = pinned
         self.offloaded_bytes = 0
         self.resident_bytes = 0
         self.transferred_bytes = 0
-        self._tensors: Dict[int, List[torch.Tensor]] = {}  # id(block) -> its offloaded tensors
-        self._bytes: Dict[int, int] = {}  # id(block) -> bytes of one materialisation
-        self._host: Dict[int, torch.Tensor] = {}  # id(tensor) -> CPU copy
-        self._depth: Dict[int, int] = {}  # id(block) -> calls in progress
+        self._tensors: dict[int, list[torch.Tensor]] = {}  # id(block) -> its offloaded tensors
+        self._bytes: dict[int, int] = {}  # id(block) -> bytes of one materialisation
+        self._host: dict[int, torch.Tensor] = {}  # id(tensor) -> CPU copy
+        self._depth: dict[int, int] = {}  # id(block) -> calls in progress
         self._handles: list = []
-        self._model: Optional[nn.Module] = None
+        self._model: nn.Module | None = None
 
-    def host_tensors(self, block: nn.Module) -> Dict[str, torch.Tensor]:
-        """The CPU copies of ``block``'s offloaded parameters and buffers, by their names in ``block``."""
+    def host_tensors(self, block: nn.Module) -> dict[str, torch.Tensor]:
+        """The CPU copies of ``block``'s offloaded parameters and buffers, by their names in
+        ``block``."""
         ids = {id(t) for t in self._tensors[id(block)]}
         named = [*block.named_parameters(), *block.named_buffers()]
         return {name: self._host[id(t)] for name, t in named if id(t) in ids}
@@ -205,7 +217,8 @@ class CpuOffload:
         return self._depth.get(id(block), 0) > 0
 
     def release(self) -> None:
-        """Drop every block's device copy now (run automatically at the start of each model call)."""
+        """Drop every block's device copy now (run automatically at the start of each model
+        call)."""
         for block in self.blocks:
             if self._depth.get(id(block), 0):
                 self._depth[id(block)] = 0
@@ -228,32 +241,43 @@ class CpuOffload:
         self._depth.clear()
         delattr(self._model, _MARKER)
         self._model = None
-        logger.info("cpu offload removed: %d blocks moved to %s", len(self.blocks), self.execution_device)
+        logger.info(
+            "cpu offload removed: %d blocks moved to %s", len(self.blocks), self.execution_device
+        )
 
     def __repr__(self) -> str:
         """One line for the log: blocks, bytes offloaded / resident / transferred (MiB)."""
         mib = 2.0**20
-        return (f"CpuOffload({len(self.blocks)} blocks, {self.offloaded_bytes / mib:.1f} MiB in "
-                f"{'pinned ' if self.pinned else ''}CPU memory, {self.resident_bytes / mib:.1f} MiB resident on "
-                f"{self.execution_device}, {self.transferred_bytes / mib:.1f} MiB transferred)")
+        return (
+            f"CpuOffload({len(self.blocks)} blocks, {self.offloaded_bytes / mib:.1f} MiB in "
+            f"{'pinned ' if self.pinned else ''}CPU memory, {self.resident_bytes / mib:.1f} MiB "
+            "resident on "
+            f"{self.execution_device}, {self.transferred_bytes / mib:.1f} MiB transferred)"
+        )
 
     # -- set-up ---------------------------------------------------------------------------------
 
     def _attach(self, model: nn.Module) -> None:
-        """Move the tensors (blocks to CPU memory first, then the rest to the device) and register the hooks."""
+        """Move the tensors (blocks to CPU memory first, then the rest to the device) and register
+        the hooks."""
         resident = _resident_tensors(model, {id(b) for b in self.blocks})
         resident_ids = {id(t) for t in resident}
         for block in self.blocks:
             self._offload(block, resident_ids)
         for t in resident:
             t.data = _copy_to_device(t.data, self.execution_device)
-        self.offloaded_bytes = _nbytes(_unique(t for b in self.blocks for t in self._tensors[id(b)]))
+        self.offloaded_bytes = _nbytes(
+            _unique(t for b in self.blocks for t in self._tensors[id(b)])
+        )
         self.resident_bytes = _nbytes(resident)
         self._register(model)
 
     def _offload(self, block: nn.Module, resident_ids: set) -> None:
-        """Record ``block``'s tensors (minus those shared with resident modules) and point them at CPU copies."""
-        tensors = _unique((t for m in block.modules() for t in _own_tensors(m)), exclude=resident_ids)
+        """Record ``block``'s tensors (minus those shared with resident modules) and point them at
+        CPU copies."""
+        tensors = _unique(
+            (t for m in block.modules() for t in _own_tensors(m)), exclude=resident_ids
+        )
         self._tensors[id(block)], self._bytes[id(block)] = tensors, _nbytes(tensors)
         for t in tensors:
             if id(t) not in self._host:  # a tensor shared by two blocks gets one CPU copy
@@ -273,11 +297,13 @@ class CpuOffload:
     # -- hooks ----------------------------------------------------------------------------------
 
     def _model_pre_hook(self, model: nn.Module, args) -> None:
-        """Before each model call: no block can be running, drop leftovers of an interrupted call."""
+        """Before each model call: no block can be running, drop leftovers of an interrupted
+        call."""
         self.release()
 
     def _pre_hook(self, block: nn.Module, args) -> None:
-        """Before a block runs: its weights to the execution device (unless it is already running)."""
+        """Before a block runs: its weights to the execution device (unless it is already
+        running)."""
         depth = self._depth[id(block)]
         self._depth[id(block)] = depth + 1
         if depth:
@@ -299,9 +325,15 @@ class CpuOffload:
             t.data = self._host[id(t)]
 
 
-def enable_cpu_offload(model: nn.Module, execution_device: DeviceLike, *, blocks: Optional[Iterable[nn.Module]] = None,
-                       pin_memory: Optional[bool] = None) -> CpuOffload:
-    """Keep the weights of ``model``'s blocks in CPU memory and run everything on ``execution_device``.
+def enable_cpu_offload(
+    model: nn.Module,
+    execution_device: DeviceLike,
+    *,
+    blocks: Iterable[nn.Module] | None = None,
+    pin_memory: bool | None = None,
+) -> CpuOffload:
+    """Keep the weights of ``model``'s blocks in CPU memory and run everything on
+    ``execution_device``.
 
     Args:
         model: the network (inference only: the weights must not change while offloaded).
@@ -318,7 +350,9 @@ def enable_cpu_offload(model: nn.Module, execution_device: DeviceLike, *, blocks
         ValueError: a given block is not a submodule of ``model``, or contains another block.
     """
     if getattr(model, _MARKER, None) is not None:
-        raise RuntimeError("cpu offload is already enabled on this model; call remove() on its handle first")
+        raise RuntimeError(
+            "cpu offload is already enabled on this model; call remove() on its handle first"
+        )
     device = torch.device(execution_device)
     chosen = offload_blocks(model) if blocks is None else _checked_blocks(model, blocks)
     pin = device.type == "cuda" if pin_memory is None else bool(pin_memory)

@@ -10,23 +10,28 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Optional, Tuple, Union
 
 import torch
 
 logger = logging.getLogger(__name__)
 
 _NAMES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
 }
 
-DTypeLike = Union[None, str, torch.dtype]
+DTypeLike = None | str | torch.dtype
 
 
-def choose_dtype(device_type: str, capability: Optional[Tuple[int, int]] = None) -> torch.dtype:
-    """The "auto" policy for a device type ("cuda", "cpu", ...) and CUDA compute capability (major, minor)."""
+def choose_dtype(device_type: str, capability: tuple[int, int] | None = None) -> torch.dtype:
+    """The "auto" policy for a device type ("cuda", "cpu", ...) and CUDA compute capability (major,
+    minor)."""
     if device_type != "cuda":
         return torch.float32
     if capability is None:
@@ -34,8 +39,14 @@ def choose_dtype(device_type: str, capability: Optional[Tuple[int, int]] = None)
     return torch.bfloat16 if tuple(capability) >= (8, 0) else torch.float16
 
 
-def resolve_dtype(dtype: DTypeLike, device: Union[str, torch.device] = "cpu", *, capability: Optional[Tuple[int, int]] = None) -> torch.dtype:
-    """Turn ``dtype`` (None = float32, "auto", a name such as "bf16", or a ``torch.dtype``) into a ``torch.dtype``.
+def resolve_dtype(
+    dtype: DTypeLike,
+    device: str | torch.device = "cpu",
+    *,
+    capability: tuple[int, int] | None = None,
+) -> torch.dtype:
+    """Turn ``dtype`` (None = float32, "auto", a name such as "bf16", or a ``torch.dtype``) into a
+    ``torch.dtype``.
 
     For "auto" on CUDA the capability is read from the device unless ``capability`` is given.
     """
@@ -44,7 +55,9 @@ def resolve_dtype(dtype: DTypeLike, device: Union[str, torch.device] = "cpu", *,
     if dtype is None:
         return torch.float32
     if not isinstance(dtype, str):
-        raise TypeError(f"dtype must be None, a string or a torch.dtype, got {type(dtype).__name__}")
+        raise TypeError(
+            f"dtype must be None, a string or a torch.dtype, got {type(dtype).__name__}"
+        )
     name = dtype.lower().replace("torch.", "")
     if name in _NAMES:
         return _NAMES[name]

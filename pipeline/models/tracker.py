@@ -1,4 +1,5 @@
-"""VGGT's point tracker (CoTracker/VGGSfM style): correlation pyramid + space-time transformer refinement.
+"""VGGT's point tracker (CoTracker/VGGSfM style): correlation pyramid + space-time transformer
+refinement.
 
 Coordinates here are in feature-map pixels with ``align_corners=True`` sampling: integer ``(x, y)``
 is the centre of feature cell column ``x``, row ``y``. :class:`TrackHead` converts from and to
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -20,30 +20,41 @@ from .layers import Mlp
 logger = logging.getLogger(__name__)
 
 
-def sample_bilinear(values: torch.Tensor, xy: torch.Tensor, padding_mode: str = "border") -> torch.Tensor:
-    """Sample ``values`` ``[N, C, H, W]`` at pixel coordinates ``xy`` ``[N, h, w, 2]`` (x, y; align_corners).
+def sample_bilinear(
+    values: torch.Tensor, xy: torch.Tensor, padding_mode: str = "border"
+) -> torch.Tensor:
+    """Sample ``values`` ``[N, C, H, W]`` at pixel coordinates ``xy`` ``[N, h, w, 2]`` (x, y;
+    align_corners).
 
     Returns ``[N, C, h, w]``.
     """
     xy = xy.detach().to(values.dtype)
     sizes = values.shape[2:]
-    scale = torch.tensor([2 / max(sizes[1] - 1, 1), 2 / max(sizes[0] - 1, 1)], device=xy.device, dtype=xy.dtype)
+    scale = torch.tensor(
+        [2 / max(sizes[1] - 1, 1), 2 / max(sizes[0] - 1, 1)], device=xy.device, dtype=xy.dtype
+    )
     return F.grid_sample(values, xy * scale - 1, align_corners=True, padding_mode=padding_mode)
 
 
 def sample_points(fmap: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
-    """Features of ``fmap`` ``[B, C, H, W]`` at points ``xy`` ``[B, N, 2]`` -> ``[B, N, C]`` (border padding)."""
+    """Features of ``fmap`` ``[B, C, H, W]`` at points ``xy`` ``[B, N, 2]`` -> ``[B, N, C]`` (border
+    padding)."""
     return sample_bilinear(fmap, xy.unsqueeze(2))[..., 0].permute(0, 2, 1)
 
 
 def sincos_grid_embedding(dim: int, height: int, width: int) -> torch.Tensor:
     """Table ``[1, dim, height, width]``: first half encodes x (column), second half y (row).
 
-    Each half is ``[sin(p*w_k), cos(p*w_k)]`` with ``w_k = 10000 ** (-k / (dim/4))``, in float64 then cast.
+    Each half is ``[sin(p*w_k), cos(p*w_k)]`` with ``w_k = 10000 ** (-k / (dim/4))``, in float64
+    then cast.
     """
     quarter = dim // 4
     omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=torch.float32),
+        torch.arange(width, dtype=torch.float32),
+        indexing="ij",
+    )
 
     def encode(p: torch.Tensor) -> torch.Tensor:
         angles = p.reshape(-1).double()[:, None] * omega[None]
@@ -54,8 +65,11 @@ def sincos_grid_embedding(dim: int, height: int, width: int) -> torch.Tensor:
 
 
 def flow_embedding(flow: torch.Tensor, channels: int) -> torch.Tensor:
-    """Embed 2D offsets ``[M, T, 2]`` -> ``[M, T, 2*channels]``: per axis interleaved sin/cos of ``v * k * 1000/channels``."""
-    div = (torch.arange(0, channels, 2, device=flow.device, dtype=torch.float32) * (1000.0 / channels)).view(1, 1, -1)
+    """Embed 2D offsets ``[M, T, 2]`` -> ``[M, T, 2*channels]``: per axis interleaved sin/cos of ``v
+    * k * 1000/channels``."""
+    div = (
+        torch.arange(0, channels, 2, device=flow.device, dtype=torch.float32) * (1000.0 / channels)
+    ).view(1, 1, -1)
     parts = []
     for axis in range(2):
         v = flow[..., axis : axis + 1]
@@ -82,19 +96,28 @@ class CorrelationPyramid:
             b, s, c, h, w = self.pyramid[-1].shape
             pooled = F.avg_pool2d(self.pyramid[-1].reshape(b * s, c, h, w), kernel_size=2, stride=2)
             self.pyramid.append(pooled.reshape(b, s, c, *pooled.shape[-2:]))
-        offsets = torch.linspace(-radius, radius, 2 * radius + 1, device=fmaps.device, dtype=fmaps.dtype)
-        # window[i, j] = (offsets[i], offsets[j]) added to (x, y): the x offset follows the first index.
+        offsets = torch.linspace(
+            -radius, radius, 2 * radius + 1, device=fmaps.device, dtype=fmaps.dtype
+        )
+        # window[i, j] = (offsets[i], offsets[j]) added to (x, y): the x offset follows
+        # the first index.
         self.window = torch.stack(torch.meshgrid(offsets, offsets, indexing="ij"), dim=-1)
 
-    def lookup(self, targets: torch.Tensor, coords: torch.Tensor, chunk: Optional[int] = None) -> torch.Tensor:
-        """Correlations of ``targets`` ``[B, S, N, C]`` around ``coords`` ``[B, S, N, 2]`` (level-0 pixels).
+    def lookup(
+        self, targets: torch.Tensor, coords: torch.Tensor, chunk: int | None = None
+    ) -> torch.Tensor:
+        """Correlations of ``targets`` ``[B, S, N, C]`` around ``coords`` ``[B, S, N, 2]`` (level-0
+        pixels).
 
         ``chunk`` bounds the number of queries whose full correlation volume exists at once (results
         are identical). Returns ``[B, S, N, levels * (2r+1)^2]``.
         """
         n = targets.shape[2]
         step = n if chunk is None else max(1, int(chunk))
-        pieces = [self._lookup(targets[:, :, i : i + step], coords[:, :, i : i + step]) for i in range(0, n, step)]
+        pieces = [
+            self._lookup(targets[:, :, i : i + step], coords[:, :, i : i + step])
+            for i in range(0, n, step)
+        ]
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
 
     def _lookup(self, targets: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
@@ -112,7 +135,8 @@ class CorrelationPyramid:
 
 
 class AttnBlock(nn.Module):
-    """``x = norm1(x); x = x + mha(x, x, x); x = x + mlp(norm2(x))`` (the residual is on the normalised x)."""
+    """``x = norm1(x); x = x + mha(x, x, x); x = x + mlp(norm2(x))`` (the residual is on the
+    normalised x)."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
         super().__init__()
@@ -128,14 +152,17 @@ class AttnBlock(nn.Module):
 
 
 class CrossAttnBlock(nn.Module):
-    """Cross attention of ``x`` ``[M, n, C]`` to ``context`` ``[M, m, C]``, same residual layout as :class:`AttnBlock`."""
+    """Cross attention of ``x`` ``[M, n, C]`` to ``context`` ``[M, m, C]``, same residual layout as
+    :class:`AttnBlock`."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.norm_context = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
-        self.cross_attn = nn.MultiheadAttention(embed_dim=dim, num_heads=num_heads, batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(
+            embed_dim=dim, num_heads=num_heads, batch_first=True
+        )
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -146,23 +173,44 @@ class CrossAttnBlock(nn.Module):
 
 
 class UpdateFormer(nn.Module):
-    """Alternating time attention (per track) and space attention through ``num_virtual`` virtual tracks.
+    """Alternating time attention (per track) and space attention through ``num_virtual`` virtual
+    tracks.
 
     Note: the virtual tracks attend to *all* query tracks, so results depend on the whole query set.
     """
 
-    def __init__(self, *, input_dim: int, hidden_size: int, output_dim: int, depth: int, num_heads: int, num_virtual: int, mlp_ratio: float = 4.0):
+    def __init__(
+        self,
+        *,
+        input_dim: int,
+        hidden_size: int,
+        output_dim: int,
+        depth: int,
+        num_heads: int,
+        num_virtual: int,
+        mlp_ratio: float = 4.0,
+    ):
         super().__init__()
         self.num_virtual = num_virtual
         self.input_norm = nn.LayerNorm(input_dim)
         self.input_transform = nn.Linear(input_dim, hidden_size)
         self.output_norm = nn.LayerNorm(hidden_size)
         self.flow_head = nn.Linear(hidden_size, output_dim)
-        self.virual_tracks = nn.Parameter(torch.zeros(1, num_virtual, 1, hidden_size))  # (sic) checkpoint name
-        self.time_blocks = nn.ModuleList(AttnBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
-        self.space_virtual_blocks = nn.ModuleList(AttnBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
-        self.space_point2virtual_blocks = nn.ModuleList(CrossAttnBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
-        self.space_virtual2point_blocks = nn.ModuleList(CrossAttnBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
+        self.virual_tracks = nn.Parameter(
+            torch.zeros(1, num_virtual, 1, hidden_size)
+        )  # (sic) checkpoint name
+        self.time_blocks = nn.ModuleList(
+            AttnBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)
+        )
+        self.space_virtual_blocks = nn.ModuleList(
+            AttnBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)
+        )
+        self.space_point2virtual_blocks = nn.ModuleList(
+            CrossAttnBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)
+        )
+        self.space_virtual2point_blocks = nn.ModuleList(
+            CrossAttnBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` ``[B, N, T, input_dim]`` -> ``[B, N, T, output_dim]``."""
@@ -193,16 +241,33 @@ class TrackPredictor(nn.Module):
         max_scale: normaliser of the raw flow appended to its embedding.
     """
 
-    def __init__(self, *, latent_dim: int = 128, stride: int = 2, corr_levels: int = 7, corr_radius: int = 4, hidden_size: int = 384,
-                 depth: int = 6, num_heads: int = 8, num_virtual: int = 64, max_scale: float = 518.0):
+    def __init__(
+        self,
+        *,
+        latent_dim: int = 128,
+        stride: int = 2,
+        corr_levels: int = 7,
+        corr_radius: int = 4,
+        hidden_size: int = 384,
+        depth: int = 6,
+        num_heads: int = 8,
+        num_virtual: int = 64,
+        max_scale: float = 518.0,
+    ):
         super().__init__()
         self.latent_dim, self.stride, self.max_scale = latent_dim, stride, float(max_scale)
         self.corr_levels, self.corr_radius = corr_levels, corr_radius
         self.corr_mlp = Mlp(corr_levels * (2 * corr_radius + 1) ** 2, hidden_size, latent_dim)
         self.transformer_dim = 3 * latent_dim + 4
         self.query_ref_token = nn.Parameter(torch.zeros(1, 2, self.transformer_dim))
-        self.updateformer = UpdateFormer(input_dim=self.transformer_dim, hidden_size=hidden_size, output_dim=latent_dim + 2,
-                                         depth=depth, num_heads=num_heads, num_virtual=num_virtual)
+        self.updateformer = UpdateFormer(
+            input_dim=self.transformer_dim,
+            hidden_size=hidden_size,
+            output_dim=latent_dim + 2,
+            depth=depth,
+            num_heads=num_heads,
+            num_virtual=num_virtual,
+        )
         self.fmap_norm = nn.LayerNorm(latent_dim)
         self.ffeat_norm = nn.GroupNorm(1, latent_dim)
         self.ffeat_updater = nn.Sequential(nn.Linear(latent_dim, latent_dim), nn.GELU())
@@ -210,19 +275,36 @@ class TrackPredictor(nn.Module):
         self.conf_predictor = nn.Sequential(nn.Linear(latent_dim, 1))
 
     def _transformer_input(self, coords, track_feats, corr, pos_emb):
-        """Build ``[B, N, S, transformer_dim]`` from coords ``[B,S,N,2]``, feats ``[B,S,N,C]``, corr ``[B,S,N,L]``."""
+        """Build ``[B, N, S, transformer_dim]`` from coords ``[B,S,N,2]``, feats ``[B,S,N,C]``, corr
+        ``[B,S,N,L]``."""
         b, s, n, _ = coords.shape
         corr = self.corr_mlp(corr.permute(0, 2, 1, 3).reshape(b * n, s, -1))
         flows = (coords - coords[:, :1]).permute(0, 2, 1, 3).reshape(b * n, s, 2)
-        flow_emb = torch.cat((flow_embedding(flows, self.latent_dim // 2), flows / self.max_scale, flows / self.max_scale), dim=-1)
+        flow_emb = torch.cat(
+            (
+                flow_embedding(flows, self.latent_dim // 2),
+                flows / self.max_scale,
+                flows / self.max_scale,
+            ),
+            dim=-1,
+        )
         feats = track_feats.permute(0, 2, 1, 3).reshape(b * n, s, self.latent_dim)
         x = torch.cat((flow_emb, corr, feats), dim=2) + pos_emb
-        ref = torch.cat((self.query_ref_token[:, :1], self.query_ref_token[:, 1:2].expand(-1, s - 1, -1)), dim=1)
+        ref = torch.cat(
+            (self.query_ref_token[:, :1], self.query_ref_token[:, 1:2].expand(-1, s - 1, -1)), dim=1
+        )
         return (x + ref.to(x.dtype)).view(b, n, s, -1)
 
-    def forward(self, query_points: torch.Tensor, fmaps: torch.Tensor, *, iters: int = 4,
-                query_chunk_size: Optional[int] = None) -> Tuple[List[torch.Tensor], torch.Tensor, torch.Tensor]:
-        """Track ``query_points`` ``[B, N, 2]`` (image pixels, frame 0) through ``fmaps`` ``[B, S, C, h, w]``.
+    def forward(
+        self,
+        query_points: torch.Tensor,
+        fmaps: torch.Tensor,
+        *,
+        iters: int = 4,
+        query_chunk_size: int | None = None,
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Track ``query_points`` ``[B, N, 2]`` (image pixels, frame 0) through ``fmaps`` ``[B, S,
+        C, h, w]``.
 
         Args:
             iters: refinement iterations.
@@ -248,7 +330,12 @@ class TrackPredictor(nn.Module):
             delta = self.updateformer(self._transformer_input(coords, track_feats, corr, pos_emb))
             delta = delta.reshape(b * n, s, -1)
             feats_flat = track_feats.permute(0, 2, 1, 3).reshape(b * n * s, self.latent_dim)
-            feats_flat = self.ffeat_updater(self.ffeat_norm(delta[:, :, 2:].reshape(b * n * s, self.latent_dim))) + feats_flat
+            feats_flat = (
+                self.ffeat_updater(
+                    self.ffeat_norm(delta[:, :, 2:].reshape(b * n * s, self.latent_dim))
+                )
+                + feats_flat
+            )
             track_feats = feats_flat.reshape(b, n, s, self.latent_dim).permute(0, 2, 1, 3)
             coords = coords + delta[:, :, :2].reshape(b, n, s, 2).permute(0, 2, 1, 3)
             coords[:, 0] = start

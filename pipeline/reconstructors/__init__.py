@@ -118,6 +118,23 @@ class Reconstructor(abc.ABC):
             One result per window, in order. Never raises for a single window's failure.
         """
 
+    @classmethod
+    def options_from_config(cls, config: Any) -> Any:
+        """This reconstructor's options object, filled from a
+        :class:`pipeline.config.PipelineConfig` (the run's options; those this reconstructor
+        does not read are refused before, see :func:`pipeline.options.unread_options`). Every
+        registered reconstructor has one; one passed to the runner ready-made needs none.
+
+        Raises:
+            ValueError: options that cannot work together (``InputError`` for a bad value).
+        """
+        raise NotImplementedError(f"{cls.__name__} is not built from a run configuration")
+
+    def memory_device(self) -> Any:
+        """The ``torch.device`` whose memory bounds the batch size (the memory governor's), or
+        ``None`` when the reconstructor's batches are sized by cores."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """Settings worth recording in ``run.json``."""
         return {"name": self.name, "device": self.device}
@@ -160,8 +177,8 @@ def available_reconstructors() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_reconstructor(name: str, **options: Any) -> Reconstructor:
-    """Build the reconstructor called ``name`` with its keyword options.
+def reconstructor_class(name: str) -> type[Reconstructor]:
+    """The class of the reconstructor called ``name`` (its module is imported now).
 
     Raises:
         ValueError: unknown name.
@@ -171,5 +188,19 @@ def create_reconstructor(name: str, **options: Any) -> Reconstructor:
             f"unknown reconstructor {name!r}; choose one of {', '.join(available_reconstructors())}"
         )
     module_name, class_name = _REGISTRY[name].split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(**options)
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def create_reconstructor(name: str, **options: Any) -> Reconstructor:
+    """Build the reconstructor called ``name`` with its keyword options.
+
+    Raises:
+        ValueError: unknown name.
+    """
+    return reconstructor_class(name)(**options)
+
+
+def colmap_log_level(config: Any) -> int:
+    """COLMAP's (glog) minimum level for a run: its warnings with ``verbose``, else nothing
+    below FATAL (a window's failure reaches ``window_info.json`` and the digest in words)."""
+    return 1 if config.verbose else 3

@@ -10,7 +10,6 @@ COLMAP abort costs its windows, never the run.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import multiprocessing
@@ -31,7 +30,7 @@ from ..config import CAMERA_PARAMS, CAMERA_TYPES
 from ..frames import Frame
 from ..memory import PeakMeter, memory_record, reset_peak
 from ..windows import Window
-from . import STATUS_OK, BatchReport, Reconstructor, WindowResult
+from . import STATUS_OK, BatchReport, Reconstructor, WindowResult, colmap_log_level
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +133,14 @@ class ColmapReconstructor(Reconstructor):
         self._pool: ProcessPoolExecutor | None = None
         self._pool_size = 0
         self._sequence: _Sequence | None = None
+
+    @classmethod
+    def options_from_config(cls, config: Any) -> ColmapOptions:
+        return ColmapOptions(camera_type=config.camera_type, shared_camera=config.shared_camera,
+                             camera_params=config.camera_params, num_workers=config.num_workers,
+                             chunk_frames=config.chunk_frames,
+                             min_registered_fraction=config.min_registered_fraction,
+                             colmap_log_level=colmap_log_level(config))
 
     def describe(self) -> dict[str, Any]:
         o = self.options

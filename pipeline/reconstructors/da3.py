@@ -29,8 +29,13 @@ from ..preprocess import PreprocessOptions
 from ..sfm import Tracks, WindowPredictions
 from ..windows import Window
 from . import WindowResult
-from .network import (NetworkBatch, NetworkOptions, NetworkReconstructor, sift_features,
-                      window_predictions)
+from .network import (
+    NetworkBatch,
+    NetworkOptions,
+    NetworkReconstructor,
+    sift_features,
+    window_predictions,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,26 +76,67 @@ class Da3Reconstructor(NetworkReconstructor):
     """DA3 forward on stacked windows, tracks from SIFT matching, bundle adjustment per window."""
 
     name = "da3"
+    default_res = 504
+
+    @classmethod
+    def options_from_config(cls, config: Any) -> Da3Options:
+        """Its checkpoint is ``config.model``, which must be given: the VGGT default is no DA3
+        checkpoint, and nothing is downloaded unless a hub id is named.
+
+        Raises:
+            InputError: no checkpoint given; a bad export format.
+        """
+        from ..errors import InputError
+        from ..export_formats import parse_export_format
+        from .vggt import DEFAULT_MODEL
+
+        if config.model == DEFAULT_MODEL:
+            raise InputError(
+                "--reconstructor da3 needs --model: a DA3 checkpoint folder or a hub "
+                "id such as depth-anything/DA3-LARGE-1.1"
+            )
+        exports = ExportOptions(
+            formats=parse_export_format(config.export_format),
+            conf_thresh_percentile=config.conf_thresh_percentile,
+            num_max_points=config.num_max_points,
+        )
+        res, min_res = cls.resolution(config)
+        return Da3Options(
+            model=config.model,
+            preprocess=PreprocessOptions(mode=config.process_res_method, process_res=res),
+            min_process_res=min_res,
+            exports=exports,
+            **cls.common_options(config),
+        )
 
     def __init__(self, options: Da3Options) -> None:
         from ..models import DA3ForwardOptions
 
         self._setup(options, DA3ForwardOptions())
-        net = self.model.model
-        if getattr(getattr(net, "da3", net), "cam_dec", None) is None:
-            raise ValueError(f"{options.model} predicts no cameras (a metric or mono DA3); use a "
-                             "main-series or nested checkpoint such as depth-anything/DA3-LARGE-1.1")
-        self.metric = hasattr(net, "da3_metric")
+        if not self.model.predicts_cameras:
+            raise ValueError(
+                f"{options.model} predicts no cameras (a metric or mono DA3); use a "
+                "main-series or nested checkpoint such as depth-anything/DA3-LARGE-1.1"
+            )
+        self.metric = self.model.is_metric
 
     def describe(self) -> dict[str, Any]:
         o = self.options
-        return {"name": self.name, "device": self.device, "model": o.model,
-                "dtype": str(self.dtype).replace("torch.", ""),
-                "process_res": self.process_res, "process_res_method": o.preprocess.mode,
-                "cpu_offload": o.cpu_offload, "metric": self.metric,
-                "export_formats": list(o.exports.formats), "use_ba": o.sfm.use_ba,
-                "camera_type": o.sfm.camera_type, "shared_camera": o.sfm.shared_camera,
-                "load_seconds": self.load_seconds}
+        return {
+            "name": self.name,
+            "device": self.device,
+            "model": o.model,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "process_res": self.process_res,
+            "process_res_method": o.preprocess.mode,
+            "cpu_offload": o.cpu_offload,
+            "metric": self.metric,
+            "export_formats": list(o.exports.formats),
+            "use_ba": o.sfm.use_ba,
+            "camera_type": o.sfm.camera_type,
+            "shared_camera": o.sfm.shared_camera,
+            "load_seconds": self.load_seconds,
+        }
 
     def _fallbacks(self) -> list[Any]:
         """Smaller chunks in the dense heads."""
@@ -107,19 +153,31 @@ class Da3Reconstructor(NetworkReconstructor):
         with torch.inference_mode():
             return self.model(images.to(self.torch_device), options=opts)
 
-    def _finish_window(self, b: int, window: Window[Frame], staging: Path, batch: NetworkBatch,
-                       out: dict[str, Any], options: Any) -> WindowResult:
+    def _finish_window(
+        self,
+        b: int,
+        window: Window[Frame],
+        staging: Path,
+        batch: NetworkBatch,
+        out: dict[str, Any],
+        options: Any,
+    ) -> WindowResult:
         """Cameras and depth of window ``b``, tracks from matching -> model (+ exports)."""
         with self.meter.measure() as tracking:
             preds = window_predictions(
-                window, batch.originals[b], batch.transforms[b],
+                window,
+                batch.originals[b],
+                batch.transforms[b],
                 out["extrinsics"][b].float().cpu().numpy().astype(np.float64),
-                out["intrinsics"][b].float().cpu().numpy(), out["depth"][b],
-                out["depth_conf"][b])
+                out["intrinsics"][b].float().cpu().numpy(),
+                out["depth"][b],
+                out["depth_conf"][b],
+            )
             tracks = None
             if self.options.sfm.use_ba:
-                tracks = matched_tracks(preds.colors, self.options.features,
-                                        self.options.ratio_test)
+                tracks = matched_tracks(
+                    preds.colors, self.options.features, self.options.ratio_test
+                )
         result = self._sfm_result(preds, tracks, staging, {"tracking": tracking.to_json()})
         if "scale_factor" in out:  # nested: depth and poses in metres
             result.details["metric_scale"] = float(out["scale_factor"][b])
@@ -145,8 +203,11 @@ def match_descriptors(a: np.ndarray, b: np.ndarray, ratio: float) -> np.ndarray:
     two_ba = np.partition(dist, 1, axis=0)[:2].T
     i = np.arange(len(a))
     j = best_ab
-    keep = ((best_ba[j] == i) & (two_ab[:, 0] < ratio * two_ab[:, 1])
-            & (two_ba[j, 0] < ratio * two_ba[j, 1]))
+    keep = (
+        (best_ba[j] == i)
+        & (two_ab[:, 0] < ratio * two_ab[:, 1])
+        & (two_ba[j, 0] < ratio * two_ba[j, 1])
+    )
     return np.stack([i[keep], j[keep]], axis=1)
 
 
@@ -161,7 +222,8 @@ def matched_tracks(images: np.ndarray, features: Any, ratio: float) -> Tracks:
     Returns:
         :class:`Tracks`: pairwise matches joined into connected components; a track holding
         two keypoints of one frame is dropped; ``xy`` in original pixels (COLMAP convention; 0
-        where unobserved), ``visibility`` 1 where observed and 0 elsewhere, ``query_frame`` the first
+        where unobserved), ``visibility`` 1 where observed and 0 elsewhere, ``query_frame`` the
+        first
         observed frame.
 
     Raises:
@@ -172,17 +234,22 @@ def matched_tracks(images: np.ndarray, features: Any, ratio: float) -> Tracks:
 
     feats = [sift_features(img, features) for img in images]
     offsets = np.cumsum([0] + [len(xy) for xy, _ in feats])
-    edges = [match_descriptors(feats[s][1], feats[t][1], ratio) + offsets[[s, t]]
-             for s in range(len(feats)) for t in range(s + 1, len(feats))]
+    edges = [
+        match_descriptors(feats[s][1], feats[t][1], ratio) + offsets[[s, t]]
+        for s in range(len(feats))
+        for t in range(s + 1, len(feats))
+    ]
     edges = np.concatenate(edges).reshape(-1, 2) if edges else np.zeros((0, 2), int)
-    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])),
-                       shape=(offsets[-1], offsets[-1]))
+    graph = coo_matrix(
+        (np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(offsets[-1], offsets[-1])
+    )
     _, components = connected_components(graph, directed=False)
     return _tracks_from_components(feats, offsets, components)
 
 
-def _tracks_from_components(feats: list[tuple[np.ndarray, np.ndarray]], offsets: np.ndarray,
-                            roots: np.ndarray) -> Tracks:
+def _tracks_from_components(
+    feats: list[tuple[np.ndarray, np.ndarray]], offsets: np.ndarray, roots: np.ndarray
+) -> Tracks:
     """:class:`Tracks` of the match-graph components ``roots`` (a label per keypoint)."""
     frame_of = np.repeat(np.arange(len(feats)), np.diff(offsets))
     ids, track_of, sizes = np.unique(roots, return_inverse=True, return_counts=True)

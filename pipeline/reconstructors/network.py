@@ -26,12 +26,25 @@ import torch
 
 from ..errors import InputError
 from ..frames import Frame, load_image
-from ..memory import BatchObservation, PeakMeter, current_mb, lower_resolutions, settle
+from ..memory import (
+    MIN_AUTO_RES,
+    BatchObservation,
+    PeakMeter,
+    current_mb,
+    lower_resolutions,
+    settle,
+)
 from ..preprocess import VGGT_MODES, FrameTransform, PreprocessOptions, preprocess_frames
-from ..sfm import (SfmOptions, Tracks, WindowPredictions, anchor_predictions, run_sfm,
-                   write_sfm_result)
+from ..sfm import (
+    SfmOptions,
+    Tracks,
+    WindowPredictions,
+    anchor_predictions,
+    run_sfm,
+    write_sfm_result,
+)
 from ..windows import Window
-from . import BatchReport, Reconstructor, WindowResult
+from . import BatchReport, Reconstructor, WindowResult, colmap_log_level
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +117,55 @@ class NetworkReconstructor(Reconstructor):
     """A network run once per batch of stacked windows, then per-window work (see module doc).
 
     Subclasses call :meth:`_setup` from their ``__init__`` with options that extend
-    :class:`NetworkOptions` by ``model``, ``preprocess`` and ``forward``.
+    :class:`NetworkOptions` by ``model``, ``preprocess`` and ``forward``, and declare their grid
+    (:attr:`default_res`, :attr:`res_multiple`).
     """
+
+    default_res: int
+    """The network's own input size, pixels (``--process-res`` when not given)."""
+    res_multiple: int = 1
+    """Input sizes must be multiples of this (the patch size, when the grid rounds by cropping
+    to it); ``--process-res`` is checked against it."""
+
+    @classmethod
+    def common_options(cls, config: Any) -> dict[str, Any]:
+        """The :class:`NetworkOptions` fields filled from a run configuration."""
+        dtype = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}.get(
+            config.mixed_precision, config.mixed_precision)
+        sfm = SfmOptions(camera_type=config.camera_type, shared_camera=config.shared_camera,
+                         vis_thresh=config.vis_thresh, max_reproj_error=config.max_reproj_error,
+                         use_ba=config.use_ba, conf_thres_value=config.conf_thres_value)
+        return {"device": config.device, "dtype": dtype, "sfm": sfm,
+                "save_depth": config.save_depth, "allow_approximate": config.allow_approximate,
+                "cpu_offload": config.cpu_offload, "colmap_log_level": colmap_log_level(config)}
+
+    @classmethod
+    def resolution(cls, config: Any) -> tuple[int, int | None]:
+        """The input size to start at, and the lowest that out-of-memory recovery may lower it
+        to (None: the user fixed it with ``--process-res``).
+
+        Raises:
+            InputError: ``--process-res`` is not a multiple of :attr:`res_multiple` or exceeds
+                ``--max-res``.
+        """
+        multiple = cls.res_multiple
+        if config.process_res is not None:
+            if config.process_res % multiple or config.process_res < 4 * multiple:
+                raise InputError(f"--process-res must be a multiple of {multiple} of at least "
+                                 f"{4 * multiple} for {cls.name}, got {config.process_res}")
+            if config.max_res is not None and config.process_res > config.max_res:
+                raise InputError(f"--process-res {config.process_res} exceeds --max-res "
+                                 f"{config.max_res}")
+            return config.process_res, None
+        res = cls.default_res
+        if config.max_res is not None:
+            res = min(res, config.max_res // multiple * multiple)
+            if res < 4 * multiple:
+                raise InputError(f"--max-res {config.max_res} is too small for {cls.name}")
+        return res, min(MIN_AUTO_RES, res)
+
+    def memory_device(self) -> torch.device:
+        return self.torch_device
 
     options: Any
     """The subclass's options (a :class:`NetworkOptions` with ``model``, ``preprocess``,

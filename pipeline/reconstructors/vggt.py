@@ -18,18 +18,27 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import VGGT_1B
 from ..frames import Frame
 from ..models.precision import autocast_context
 from ..preprocess import FrameTransform, PreprocessOptions
 from ..sfm import Tracks, WindowPredictions
 from ..windows import Window
 from . import WindowResult
-from .network import (NetworkBatch, NetworkOptions, NetworkReconstructor, resolve_device,
-                      save_depth_maps, sift_keypoints, to_original_grid, window_predictions)
+from .network import (
+    NetworkBatch,
+    NetworkOptions,
+    NetworkReconstructor,
+    resolve_device,
+    save_depth_maps,
+    sift_keypoints,
+    to_original_grid,
+    window_predictions,
+)
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "facebook/VGGT-1B"
+DEFAULT_MODEL = VGGT_1B
 
 
 def _default_keypoints() -> Any:
@@ -50,7 +59,7 @@ class VggtOptions(NetworkOptions):
     """How frames are resized to the network grid (crop or pad, 518 px)."""
     forward: Any = None
     """:class:`pipeline.models.ForwardOptions` (chunk sizes, frame batching); default options."""
-    query_frame_num: int = 3
+    query_frame_num: int = 4
     """Frames, spread over the window, whose keypoints are tracked."""
     max_query_pts: int = 2048
     """Keypoints tracked per window, in total over the query frames."""
@@ -69,11 +78,23 @@ class VggtReconstructor(NetworkReconstructor):
     """VGGT forward on stacked windows, tracks from SIFT queries, bundle adjustment per window."""
 
     name = "vggt"
+    default_res = 518
+    res_multiple = 14
 
     def __init__(self, options: VggtOptions | None = None) -> None:
         from ..models import ForwardOptions
 
         self._setup(options or VggtOptions(), ForwardOptions())
+
+    @classmethod
+    def options_from_config(cls, config: Any) -> VggtOptions:
+        res, min_res = cls.resolution(config)
+        return VggtOptions(model=config.model,
+                           preprocess=PreprocessOptions(mode=config.preprocess_mode,
+                                                        target_size=res),
+                           min_process_res=min_res, query_frame_num=config.query_frame_num,
+                           max_query_pts=config.max_query_pts,
+                           fine_tracking=config.fine_tracking, **cls.common_options(config))
 
     def describe(self) -> dict[str, Any]:
         o = self.options
@@ -105,11 +126,10 @@ class VggtReconstructor(NetworkReconstructor):
         with torch.inference_mode():
             out = model(images.to(self.torch_device), options=opts, return_tokens=True)
             out["track_fmaps"] = None
-            if model.track_head is not None:
-                start = model.aggregator.patch_start_idx
+            if model.can_track:
                 with autocast_context(self.torch_device, self.dtype):
-                    out["track_fmaps"] = model.track_head.feature_extractor(
-                        out.pop("aggregated_tokens"), tuple(images.shape[-2:]), start,
+                    out["track_fmaps"] = model.track_features(
+                        out.pop("aggregated_tokens"), tuple(images.shape[-2:]),
                         frames_chunk_size=opts.frames_chunk_size)
             out.pop("aggregated_tokens", None)
         return out
@@ -192,10 +212,9 @@ class VggtReconstructor(NetworkReconstructor):
         net = transforms[q].to_network(queries, "colmap") - 0.5  # the tracker's pixel-index grid
         iters = self.model.config.track_iters * (2 if self.options.fine_tracking else 1)
         with torch.inference_mode(), autocast_context(self.torch_device, self.dtype):
-            tracks, vis, _ = self.model.track_head.tracker(
+            tracks, vis, _ = self.model.track_points(
                 torch.as_tensor(net, dtype=torch.float32, device=self.torch_device)[None],
-                fmaps[b:b + 1, order], iters=iters,
-                query_chunk_size=query_chunk_size)
+                fmaps[b:b + 1, order], iters=iters, query_chunk_size=query_chunk_size)
         track = tracks[-1][0].float().cpu().numpy()[order]
         visibility = vis[0].float().cpu().numpy()[order]
         original = np.stack([t.to_original(track[s], "index") + 0.5

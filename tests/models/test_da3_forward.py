@@ -1,4 +1,5 @@
-"""Tiny DA3 forward: reference-view reordering, frame batching in the backbone, head chunking, outputs."""
+"""Tiny DA3 forward: reference-view reordering, frame batching in the backbone, head chunking,
+outputs."""
 
 import pytest
 import torch
@@ -41,7 +42,9 @@ def test_reference_reorder_equals_feeding_the_reference_first(model, images):
     for key in KEYS:
         assert torch.allclose(moved[key], out[key][:, order], rtol=0, atol=1e-6), key
     other = _run(model, images, ref_view_strategy="first")
-    assert not torch.allclose(other["pose_enc"], out["pose_enc"], rtol=0, atol=1e-6)  # the reference view matters
+    assert not torch.allclose(
+        other["pose_enc"], out["pose_enc"], rtol=0, atol=1e-6
+    )  # the reference view matters
 
 
 @pytest.mark.parametrize("size", [None, 5, 9])
@@ -52,14 +55,21 @@ def test_frame_batch_size_none_or_all_is_the_full_model(model, images, size):
 
 
 def test_frame_batches_share_the_reference_view(model, images):
-    out = _run(model, images, frame_batch_size=2, ref_view_strategy="middle")  # groups (2,0) (2,1) (2,3) (2,4)
+    out = _run(
+        model, images, frame_batch_size=2, ref_view_strategy="middle"
+    )  # groups (2,0) (2,1) (2,3) (2,4)
     full = _run(model, images, ref_view_strategy="middle")
-    assert not torch.allclose(out["pose_enc"], full["pose_enc"], rtol=0, atol=1e-6)  # approximate, not the full model
+    assert not torch.allclose(
+        out["pose_enc"], full["pose_enc"], rtol=0, atol=1e-6
+    )  # approximate, not the full model
     for group in ([2, 0], [2, 1], [2, 3], [2, 4]):
         alone = _run(model, images[:, group])  # two views: no selection, the first is the reference
         view = group[1]
         for key in KEYS:
-            assert torch.allclose(out[key][:, view], alone[key][:, 1], rtol=0, atol=1e-5), (key, group)
+            assert torch.allclose(out[key][:, view], alone[key][:, 1], rtol=0, atol=1e-5), (
+                key,
+                group,
+            )
     alone = _run(model, images[:, [2, 0]])
     assert torch.allclose(out["depth"][:, 2], alone["depth"][:, 0], rtol=0, atol=1e-5)
 
@@ -98,4 +108,6 @@ def test_saddle_balanced_selection_and_order():
 def test_fov_clamp_and_w2c():
     enc = torch.tensor([[[1.0, 2.0, 3.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]]])
     w2c, k = pose_encoding_to_cameras(enc, (294, 392))
-    assert torch.allclose(w2c[..., 3], -enc[..., :3]) and k[0, 0, 0, 0].item() == pytest.approx(196 / 1e-6)
+    assert torch.allclose(w2c[..., 3], -enc[..., :3]) and k[0, 0, 0, 0].item() == pytest.approx(
+        196 / 1e-6
+    )

@@ -1,4 +1,5 @@
-"""The DA3 module trees' state_dicts equal the released checkpoint manifests (keys, shapes, dtypes, order)."""
+"""The DA3 module trees' state_dicts equal the released checkpoint manifests (keys, shapes, dtypes,
+order)."""
 
 import ast
 from pathlib import Path
@@ -10,9 +11,13 @@ from pipeline.models.da3 import DA3Config, build_da3
 
 GOLDEN_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "golden"
 VARIANTS = {  # manifest file stem -> (model_name, key count)
-    "da3_small": ("da3-small", 443), "da3_base": ("da3-base", 443), "da3_large": ("da3-large", 643),
-    "da3_giant": ("da3-giant", 977), "da3_metric_large": ("da3metric-large", 406),
-    "da3_mono_large": ("da3mono-large", 406), "da3_nested_giant_large": ("da3nested-giant-large", 1383),
+    "da3_small": ("da3-small", 443),
+    "da3_base": ("da3-base", 443),
+    "da3_large": ("da3-large", 643),
+    "da3_giant": ("da3-giant", 977),
+    "da3_metric_large": ("da3metric-large", 406),
+    "da3_mono_large": ("da3mono-large", 406),
+    "da3_nested_giant_large": ("da3nested-giant-large", 1383),
 }
 
 
@@ -20,7 +25,11 @@ def _manifest(stem):
     path = GOLDEN_DIR / f"{stem}_keys.tsv"
     if not path.is_file():
         pytest.skip(f"manifest {path} not present")
-    rows = [line.split("\t") for line in path.read_text().splitlines() if line and not line.startswith("#")]
+    rows = [
+        line.split("\t")
+        for line in path.read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
     return [(key, ast.literal_eval(shape), dtype) for key, shape, dtype in rows]
 
 

@@ -1,4 +1,5 @@
-"""Depth Anything 3's sky filling and the nested model's metric alignment (pipeline/models/da3_metric.py)."""
+"""Depth Anything 3's sky filling and the nested model's metric alignment
+(pipeline/models/da3_metric.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,13 @@ import torch
 
 from pipeline.models import load_model
 from pipeline.models.da3 import DA3Config, DA3ForwardOptions, normalize_images
-from pipeline.models.da3_metric import (METRIC_FOCAL, SKY_DEPTH_CAP, align_to_metric, fill_sky,
-                                        quantile)
+from pipeline.models.da3_metric import (
+    METRIC_FOCAL,
+    SKY_DEPTH_CAP,
+    align_to_metric,
+    fill_sky,
+    quantile,
+)
 from pipeline.models.generated_checkpoint import write_generated_da3_checkpoint
 
 
@@ -48,8 +54,10 @@ def test_alignment_recovers_each_windows_metric_scale():
     metric_raw = depth * truth[:, None, None, None] / (focal / METRIC_FOCAL)[:, None, None, None]
     extrinsics = torch.randn(2, 3, 3, 4, generator=torch.Generator().manual_seed(1))
     conf = torch.rand(2, 3, 8, 10, generator=torch.Generator().manual_seed(2)) + 1
-    out = align_to_metric({"depth": depth, "depth_conf": conf, "extrinsics": extrinsics,
-                           "intrinsics": k}, {"depth": metric_raw, "sky": sky})
+    out = align_to_metric(
+        {"depth": depth, "depth_conf": conf, "extrinsics": extrinsics, "intrinsics": k},
+        {"depth": metric_raw, "sky": sky},
+    )
     torch.testing.assert_close(out["scale_factor"], truth, rtol=1e-5, atol=0)
     scaled = depth * truth[:, None, None, None]
     torch.testing.assert_close(out["depth"][:, :, 2:], scaled[:, :, 2:], rtol=1e-5, atol=1e-6)
@@ -65,8 +73,15 @@ def test_alignment_needs_ground():
     depth, sky = scene()
     k = torch.eye(3).expand(2, 3, 3, 3)
     with pytest.raises(ValueError, match="non-sky"):
-        align_to_metric({"depth": depth, "depth_conf": depth, "extrinsics": torch.zeros(2, 3, 3, 4),
-                         "intrinsics": k}, {"depth": depth, "sky": torch.ones_like(sky)})
+        align_to_metric(
+            {
+                "depth": depth,
+                "depth_conf": depth,
+                "extrinsics": torch.zeros(2, 3, 3, 4),
+                "intrinsics": k,
+            },
+            {"depth": depth, "sky": torch.ones_like(sky)},
+        )
 
 
 def test_nested_model_is_its_any_view_network_in_metres(tmp_path):
@@ -79,9 +94,10 @@ def test_nested_model_is_its_any_view_network_in_metres(tmp_path):
         single = model(images[1:])
     scale = nested["scale_factor"]
     assert scale.shape == (2,) and torch.all(scale > 0)
-    torch.testing.assert_close(nested["depth"], any_view["depth"] * scale[:, None, None, None],
-                               rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(nested["extrinsics"][..., 3],
-                               any_view["extrinsics"][..., 3] * scale[:, None, None])
+    torch.testing.assert_close(
+        nested["depth"], any_view["depth"] * scale[:, None, None, None], rtol=1e-5, atol=1e-6
+    )
+    torch.testing.assert_close(
+        nested["extrinsics"][..., 3], any_view["extrinsics"][..., 3] * scale[:, None, None]
+    )
     torch.testing.assert_close(single["scale_factor"], scale[1:], rtol=1e-4, atol=0)
-

@@ -15,11 +15,16 @@ from pipeline.models.generated_weights import load_rule_weights_
 from pipeline.models.offload import enable_cpu_offload, offload_blocks
 from pipeline.models.vggt import VGGTConfig, build_model
 
-VGGT_CONTAINERS = ("aggregator.patch_embed.blocks", "aggregator.frame_blocks", "aggregator.global_blocks",
-                   "camera_head.trunk", "track_head.tracker.updateformer.time_blocks",
-                   "track_head.tracker.updateformer.space_virtual_blocks",
-                   "track_head.tracker.updateformer.space_point2virtual_blocks",
-                   "track_head.tracker.updateformer.space_virtual2point_blocks")
+VGGT_CONTAINERS = (
+    "aggregator.patch_embed.blocks",
+    "aggregator.frame_blocks",
+    "aggregator.global_blocks",
+    "camera_head.trunk",
+    "track_head.tracker.updateformer.time_blocks",
+    "track_head.tracker.updateformer.space_virtual_blocks",
+    "track_head.tracker.updateformer.space_point2virtual_blocks",
+    "track_head.tracker.updateformer.space_virtual2point_blocks",
+)
 
 
 def _vggt():
@@ -78,11 +83,14 @@ def _bytes(module):
 
 
 def _assert_on_host(offload):
-    """Every offloaded tensor is on the CPU, on the storage of its CPU copy; no block is materialised."""
+    """Every offloaded tensor is on the CPU, on the storage of its CPU copy; no block is
+    materialised."""
     for block in offload.blocks:
         assert not offload.is_materialized(block)
         host = offload.host_tensors(block)
-        assert host and host.keys() == {n for n, _ in [*block.named_parameters(), *block.named_buffers()]}
+        assert host and host.keys() == {
+            n for n, _ in [*block.named_parameters(), *block.named_buffers()]
+        }
         for name, t in [*block.named_parameters(), *block.named_buffers()]:
             assert t.device.type == "cpu" and t.data_ptr() == host[name].data_ptr(), name
 
@@ -95,6 +103,7 @@ def _watch_device_copies(offload):
     def probe(block, args):
         host = offload.host_tensors(block)
         seen.append(all(t.data_ptr() != host[n].data_ptr() for n, t in block.named_parameters()))
+
     for block in offload.blocks:
         block.register_forward_pre_hook(probe)
     return seen
@@ -104,7 +113,9 @@ def test_offload_blocks_of_vggt_are_all_transformer_blocks():
     model = _vggt()
     expected = [b for name in VGGT_CONTAINERS for b in model.get_submodule(name)]
     assert [id(b) for b in offload_blocks(model)] == [id(b) for b in expected]
-    assert len(expected) == 2 + 4 + 4 + 2 + 4 * 2  # tiny: dino_depth, depth x2, trunk, track_depth x4
+    assert (
+        len(expected) == 2 + 4 + 4 + 2 + 4 * 2
+    )  # tiny: dino_depth, depth x2, trunk, track_depth x4
 
 
 def test_offload_blocks_of_da3():
@@ -142,7 +153,12 @@ class _Toy(nn.Module):
 
     def forward(self, x):
         x = self.embed(x)
-        for block in (self.blocks[0], self.blocks[1][0], self.blocks[1][1], self.blocks[0]):  # blocks[0] twice
+        for block in (
+            self.blocks[0],
+            self.blocks[1][0],
+            self.blocks[1][1],
+            self.blocks[0],
+        ):  # blocks[0] twice
             x = block(x)
         return self.head(x) * self.scale
 
@@ -150,7 +166,11 @@ class _Toy(nn.Module):
 def test_nested_lists_once_and_tied_weights_stay_resident():
     model = _Toy().requires_grad_(False)
     blocks = offload_blocks(model)
-    assert [id(b) for b in blocks] == [id(model.blocks[0]), id(model.blocks[1][0]), id(model.blocks[1][1])]
+    assert [id(b) for b in blocks] == [
+        id(model.blocks[0]),
+        id(model.blocks[1][0]),
+        id(model.blocks[1][1]),
+    ]
     x = torch.rand(5, 3, generator=torch.Generator().manual_seed(2))
     reference = _run(model, x)
     offload = enable_cpu_offload(model, "cpu")
@@ -174,14 +194,17 @@ def test_vggt_outputs_equal_and_weights_return_to_cpu(vggt_inputs, vggt_referenc
         _assert_equal(_run(model, *vggt_inputs), vggt_reference)
         _assert_on_host(offload)
     assert all(seen) == (copy_mode == "copy") and any(seen) == (copy_mode == "copy")
-    # calls per forward: aggregator and DINOv2 blocks once, the trunk per camera iteration, tracker blocks per track iteration
+    # calls per forward: aggregator and DINOv2 blocks once, the trunk per camera iteration,
+    # tracker blocks per track iteration
     calls = {name: 1 for name in VGGT_CONTAINERS[:3]}
     calls["camera_head.trunk"] = cfg.camera_iterations
     calls.update((name, cfg.track_iters) for name in VGGT_CONTAINERS[4:])
     per_forward = sum(n * _bytes(model.get_submodule(name)) for name, n in calls.items())
     assert offload.transferred_bytes == 2 * per_forward
     assert len(seen) == 2 * sum(n * len(model.get_submodule(name)) for name, n in calls.items())
-    assert offload.offloaded_bytes == sum(_bytes(model.get_submodule(name)) for name in VGGT_CONTAINERS)
+    assert offload.offloaded_bytes == sum(
+        _bytes(model.get_submodule(name)) for name in VGGT_CONTAINERS
+    )
     assert offload.offloaded_bytes + offload.resident_bytes == _bytes(model)
 
 
@@ -200,13 +223,17 @@ def test_da3_outputs_equal_with_frame_groups_and_camera_conditioning(copy_mode):
     net, split = model.model, model.config.alt_start - 1
     blocks = net.backbone.pretrained.blocks
     early, late = sum(_bytes(b) for b in blocks[:split]), sum(_bytes(b) for b in blocks[split:])
-    # first case: every backbone block once; second: late blocks once per frame group ([0,1], [0,2]), trunk once
-    assert offload.transferred_bytes == (early + late) + (early + 2 * late + _bytes(net.cam_enc.trunk))
+    # first case: every backbone block once; second: late blocks once per frame group ([0,1],
+    # [0,2]), trunk once
+    assert offload.transferred_bytes == (early + late) + (
+        early + 2 * late + _bytes(net.cam_enc.trunk)
+    )
     assert offload.offloaded_bytes + offload.resident_bytes == _bytes(model)
 
 
 def _fail_once(monkeypatch, module, error, on_call=None):
-    """Make ``module``'s next forward raise ``error`` (after calling ``on_call``); later calls run normally."""
+    """Make ``module``'s next forward raise ``error`` (after calling ``on_call``); later calls run
+    normally."""
     original = module.forward
     calls = []
 
@@ -215,15 +242,20 @@ def _fail_once(monkeypatch, module, error, on_call=None):
         if len(calls) == 1:
             raise error
         return original(*args, **kwargs)
+
     monkeypatch.setattr(module, "forward", forward)
     return calls
 
 
-def test_exception_inside_a_block_leaves_weights_on_cpu(vggt_inputs, vggt_reference, copy_mode, monkeypatch):
+def test_exception_inside_a_block_leaves_weights_on_cpu(
+    vggt_inputs, vggt_reference, copy_mode, monkeypatch
+):
     model = _vggt()
     offload = enable_cpu_offload(model, "cpu")
     block = model.aggregator.global_blocks[1]
-    calls = _fail_once(monkeypatch, block.mlp, RuntimeError("boom"), lambda: offload.is_materialized(block))
+    calls = _fail_once(
+        monkeypatch, block.mlp, RuntimeError("boom"), lambda: offload.is_materialized(block)
+    )
     with pytest.raises(RuntimeError, match="boom"):
         _run(model, *vggt_inputs)
     assert calls == [True]  # it failed while materialised
@@ -234,7 +266,9 @@ def test_exception_inside_a_block_leaves_weights_on_cpu(vggt_inputs, vggt_refere
     assert calls == [True, True] and offload.transferred_bytes > before
 
 
-def test_interrupted_block_is_released_at_the_next_call(vggt_inputs, vggt_reference, copy_mode, monkeypatch):
+def test_interrupted_block_is_released_at_the_next_call(
+    vggt_inputs, vggt_reference, copy_mode, monkeypatch
+):
     model = _vggt()
     offload = enable_cpu_offload(model, "cpu")
     block = model.aggregator.frame_blocks[0]
@@ -261,7 +295,10 @@ def test_remove_restores_a_plain_model(vggt_inputs, vggt_reference, copy_mode):
     assert all(not b._forward_hooks and not b._forward_pre_hooks for b in offload.blocks)
     assert not model._forward_pre_hooks
     assert {n: p for n, p in model.named_parameters()} == names  # same Parameter objects
-    assert all(p.device.type == "cpu" and p.dtype == torch.float32 and not p.requires_grad for p in model.parameters())
+    assert all(
+        p.device.type == "cpu" and p.dtype == torch.float32 and not p.requires_grad
+        for p in model.parameters()
+    )
     before = offload.transferred_bytes
     _assert_equal(_run(model, *vggt_inputs), vggt_reference)
     assert offload.transferred_bytes == before
@@ -277,7 +314,9 @@ def test_explicit_blocks_are_checked():
     with pytest.raises(ValueError, match="contains another block"):
         enable_cpu_offload(model, "cpu", blocks=[model.blocks[0], model.blocks[0].blocks[0]])
     offload = enable_cpu_offload(model, "cpu", blocks=[model.blocks[0], model.blocks[0]])
-    assert offload.blocks == [model.blocks[0]] and offload.offloaded_bytes == _bytes(model.blocks[0])
+    assert offload.blocks == [model.blocks[0]] and offload.offloaded_bytes == _bytes(
+        model.blocks[0]
+    )
 
 
 class _Reentrant(nn.Module):
@@ -311,7 +350,7 @@ def test_reentrant_block_call_keeps_its_device_copy(copy_mode):
     _assert_on_host(offload)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 def test_cuda_offload_equals_the_resident_model(vggt_inputs):
     images, queries = (t.cuda() for t in vggt_inputs)
     reference = _run(_vggt().cuda(), images, queries)

@@ -1,11 +1,16 @@
-"""Pose encoding <-> extrinsics/intrinsics and depth -> world points against synthetic ground truth."""
+"""Pose encoding <-> extrinsics/intrinsics and depth -> world points against synthetic ground
+truth."""
 
 import math
 
 import numpy as np
 import torch
 
-from pipeline.models import depth_to_world_points, extri_intri_to_pose_encoding, pose_encoding_to_extri_intri
+from pipeline.models import (
+    depth_to_world_points,
+    extri_intri_to_pose_encoding,
+    pose_encoding_to_extri_intri,
+)
 from pipeline.models.camera import matrix_to_quaternion, quaternion_to_matrix
 
 
@@ -18,8 +23,12 @@ def _rotation(axis, angle):
 def test_quaternion_of_known_rotations():
     # 90 degrees about z: (x, y, z, w) = (0, 0, sin 45, cos 45)
     q = matrix_to_quaternion(torch.tensor(_rotation([0, 0, 1], math.pi / 2), dtype=torch.float64))
-    assert torch.allclose(q, torch.tensor([0, 0, math.sqrt(0.5), math.sqrt(0.5)], dtype=torch.float64), atol=1e-12)
-    R = quaternion_to_matrix(torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=torch.float64))  # 180 deg about x
+    assert torch.allclose(
+        q, torch.tensor([0, 0, math.sqrt(0.5), math.sqrt(0.5)], dtype=torch.float64), atol=1e-12
+    )
+    R = quaternion_to_matrix(
+        torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    )  # 180 deg about x
     assert torch.allclose(R, torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64)))
 
 
@@ -62,8 +71,15 @@ def test_depth_to_world_points_reprojects_onto_the_depth_pixels():
     uv = cam @ K.T
     uv = uv[:, :2] / uv[:, 2:]
     v, u = np.mgrid[0:h, 0:w]
-    assert np.allclose(uv, np.stack([u.ravel(), v.ravel()], -1), atol=1e-4)  # reference: pixel (i, j) at (j, i)
-    shifted = depth_to_world_points(torch.from_numpy(depth), torch.from_numpy(extr[None]), torch.from_numpy(K[None]), pixel_center=0.5)
+    assert np.allclose(
+        uv, np.stack([u.ravel(), v.ravel()], -1), atol=1e-4
+    )  # reference: pixel (i, j) at (j, i)
+    shifted = depth_to_world_points(
+        torch.from_numpy(depth),
+        torch.from_numpy(extr[None]),
+        torch.from_numpy(K[None]),
+        pixel_center=0.5,
+    )
     uv = (shifted[0].reshape(-1, 3).astype(np.float64) @ R.T + t) @ K.T
     assert np.allclose(uv[:, :2] / uv[:, 2:], np.stack([u.ravel(), v.ravel()], -1) + 0.5, atol=1e-4)
 

@@ -24,14 +24,20 @@ def golden_run():
     golden = dict(np.load(GOLDEN))
     model = load_rule_weights_(build_model(VGGTConfig.vggt_1b(), device="meta"))
     with torch.inference_mode():
-        out = model(torch.from_numpy(golden["images"]), torch.from_numpy(golden["query_points"]),
-                    return_tokens=True, return_track_features=True)
+        out = model(
+            torch.from_numpy(golden["images"]),
+            torch.from_numpy(golden["query_points"]),
+            return_tokens=True,
+            return_track_features=True,
+        )
     del model
     return golden, out
 
 
 def _check(actual, expected, tol):
-    actual = actual.detach().float().numpy() if isinstance(actual, torch.Tensor) else np.asarray(actual)
+    actual = (
+        actual.detach().float().numpy() if isinstance(actual, torch.Tensor) else np.asarray(actual)
+    )
     assert actual.shape == expected.shape
     assert np.isfinite(actual).all()
     diff = float(np.abs(actual - expected).max())

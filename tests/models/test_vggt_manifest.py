@@ -12,7 +12,11 @@ MANIFEST = Path(__file__).resolve().parents[2].parent / "shared" / "golden" / "v
 def _manifest():
     if not MANIFEST.is_file():
         pytest.skip(f"manifest {MANIFEST} not present")
-    rows = [line.rstrip("\n").split("\t") for line in MANIFEST.read_text().splitlines() if line and not line.startswith("#")]
+    rows = [
+        line.rstrip("\n").split("\t")
+        for line in MANIFEST.read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
     return {key: (shape, dtype) for key, shape, dtype in rows}
 
 
@@ -38,6 +42,8 @@ def test_normalisation_buffers_are_not_persistent():
 def test_tiny_config_is_a_different_shape_of_the_same_modules():
     tiny = build_model(VGGTConfig.tiny(), device="meta").state_dict()
     full = build_model(VGGTConfig.vggt_1b(), device="meta").state_dict()
-    strip = lambda keys: {k for k in keys if ".blocks." not in k and "_blocks." not in k and "trunk." not in k}
+    strip = lambda keys: {
+        k for k in keys if ".blocks." not in k and "_blocks." not in k and "trunk." not in k
+    }
     assert strip(tiny) == strip(full)
     assert sum(t.numel() for t in tiny.values()) < 5_000_000

@@ -25,7 +25,10 @@ def _assert_close(a, b, atol=1e-5, keys=KEYS):
     for key in keys:
         assert a[key].shape == b[key].shape, key
         tol = max(atol, TRACKER_OUT_TOL) if key in TRACKER_KEYS and atol > 0 else atol
-        assert torch.allclose(a[key], b[key], rtol=1e-5, atol=tol), (key, float((a[key] - b[key]).abs().max()))
+        assert torch.allclose(a[key], b[key], rtol=1e-5, atol=tol), (
+            key,
+            float((a[key] - b[key]).abs().max()),
+        )
     for i, (x, y) in enumerate(zip(a["track_list"], b["track_list"])):
         tol = 0.0 if atol == 0.0 else TRACK_TOL[i]
         assert float((x - y).abs().max()) <= tol, ("track iteration", i)
@@ -58,19 +61,25 @@ def test_track_queries_in_chunks(tiny_model, tiny_inputs, tiny_outputs, chunk):
     _assert_close(out, tiny_outputs, keys=("pose_enc", "depth", "vis", "conf"))
 
 
-def test_frame_batching_none_or_full_size_is_exactly_the_model(tiny_model, tiny_inputs, tiny_outputs):
+def test_frame_batching_none_or_full_size_is_exactly_the_model(
+    tiny_model, tiny_inputs, tiny_outputs
+):
     frames = tiny_inputs[0].shape[1]
     _assert_close(_run(tiny_model, tiny_inputs, frame_batch_size=None), tiny_outputs, atol=0.0)
     _assert_close(_run(tiny_model, tiny_inputs, frame_batch_size=frames), tiny_outputs, atol=0.0)
 
 
-def test_frame_batching_smaller_groups_is_approximate_but_well_formed(tiny_model, tiny_inputs, tiny_outputs):
+def test_frame_batching_smaller_groups_is_approximate_but_well_formed(
+    tiny_model, tiny_inputs, tiny_outputs
+):
     out = _run(tiny_model, tiny_inputs, frame_batch_size=2, return_tokens=True)
     full = _run(tiny_model, tiny_inputs, return_tokens=True)
     for key in KEYS + ("track",):
         assert out[key].shape == tiny_outputs[key].shape and torch.isfinite(out[key]).all(), key
     # really restricted: the last layer differs (depth itself barely varies under generated weights)
-    assert not torch.allclose(out["aggregated_tokens"][-1], full["aggregated_tokens"][-1], atol=1e-3)
+    assert not torch.allclose(
+        out["aggregated_tokens"][-1], full["aggregated_tokens"][-1], atol=1e-3
+    )
 
 
 def test_frame_batching_with_groups_equal_to_independent_windows(tiny_model, tiny_inputs):

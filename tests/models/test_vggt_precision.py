@@ -1,4 +1,5 @@
-"""resolve_dtype policy (GPU branches via an explicit capability) and float32 heads under autocast."""
+"""resolve_dtype policy (GPU branches via an explicit capability) and float32 heads under
+autocast."""
 
 import pytest
 import torch
@@ -12,8 +13,17 @@ def test_auto_is_float32_on_cpu():
     assert choose_dtype("mps") == torch.float32
 
 
-@pytest.mark.parametrize("capability, expected", [((9, 0), torch.bfloat16), ((8, 0), torch.bfloat16), ((8, 6), torch.bfloat16),
-                                                  ((7, 5), torch.float16), ((7, 0), torch.float16), ((6, 1), torch.float16)])
+@pytest.mark.parametrize(
+    "capability, expected",
+    [
+        ((9, 0), torch.bfloat16),
+        ((8, 0), torch.bfloat16),
+        ((8, 6), torch.bfloat16),
+        ((7, 5), torch.float16),
+        ((7, 0), torch.float16),
+        ((6, 1), torch.float16),
+    ],
+)
 def test_auto_on_cuda_depends_on_capability(capability, expected):
     assert choose_dtype("cuda", capability) == expected
     assert resolve_dtype("auto", "cuda", capability=capability) == expected
@@ -42,7 +52,9 @@ def test_heads_stay_float32_under_bfloat16_autocast(tiny_model, tiny_inputs, tin
         tiny_model.compute_dtype = torch.float32
     with torch.inference_mode():
         ref_tokens = tiny_model(images, queries, return_tokens=True)["aggregated_tokens"][-1]
-    assert not torch.allclose(out["aggregated_tokens"][-1].float(), ref_tokens, atol=1e-4)  # bf16 did run
+    assert not torch.allclose(
+        out["aggregated_tokens"][-1].float(), ref_tokens, atol=1e-4
+    )  # bf16 did run
     for key in ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf"):
         assert out[key].dtype == torch.float32, key
     # bf16 changes numbers, but not wildly (same network)

@@ -1,0 +1,133 @@
+"""Options declared once: a dataclass field's default, its docstring (the help text) and how the
+command line reads it.
+
+:class:`pipeline.config.PipelineConfig` declares every run option with :func:`option`; the
+command line (:mod:`pipeline.cli`) is generated from those declarations, the README's flag table
+is checked against it by the tests, and :func:`unread_options` finds the options set for a
+reconstructor that does not read them. Adding an option is one field, in one place.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import textwrap
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+KINDS = ("str", "int", "count", "float", "positive_float", "floats", "folder", "batch_size",
+         "bool", "export_format", "reconstructor")
+"""How the command line reads a value: ``int`` a positive integer, ``count`` 0 or a positive
+integer, ``float`` a finite number, ``positive_float``, ``floats`` comma-separated finite
+numbers, ``folder`` a non-empty path, ``batch_size`` a positive integer or ``auto`` (None),
+``bool`` a switch, ``export_format`` formats joined by ``-``, ``reconstructor`` ``auto`` or a
+registered reconstructor's name."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Flag:
+    """How one option appears on the command line."""
+
+    group: str
+    """The ``--help`` section it is listed in."""
+    kind: str = "str"
+    """One of :data:`KINDS`."""
+    name: str | None = None
+    """The flag; default ``--`` and the field name with dashes."""
+    short: str | None = None
+    """A one-letter alias (``-v``)."""
+    metavar: str | None = None
+    """The value's placeholder in ``--help``."""
+    choices: tuple[str, ...] | None = None
+    """The values accepted, when they are few."""
+    readers: tuple[str, ...] | None = None
+    """The reconstructors that read it (``None``: the pipeline itself, for every one)."""
+    default_text: str | None = None
+    """How the default reads in ``--help`` and the README, when the value does not say it (a
+    default of ``None`` meaning "every frame", "estimated", ...)."""
+    required: bool = False
+    """The command line must give it (with ``exclusive``: one of its group)."""
+    exclusive: str | None = None
+    """Options sharing this name exclude each other (and one is required when ``required``)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown option kind {self.kind!r}; one of {KINDS}")
+
+
+def option(default: Any = dataclasses.MISSING, **flag: Any) -> Any:
+    """A dataclass field with ``default``, on the command line as :class:`Flag` ``(**flag)``
+    says. Its help text is the docstring written under the field."""
+    return dataclasses.field(default=default, metadata={"flag": Flag(**flag)})
+
+
+def flag_of(f: dataclasses.Field) -> Flag | None:
+    """The :class:`Flag` of a dataclass field, if it has one."""
+    return f.metadata.get("flag")
+
+
+def flag_name(f: dataclasses.Field) -> str:
+    """The command-line flag of a field (``--window-size``)."""
+    flag = flag_of(f)
+    return (flag and flag.name) or "--" + f.name.replace("_", "-")
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstrings written under the fields of dataclass ``cls`` (and its bases), with
+    whitespace collapsed, read from its source."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for node, after in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and \
+                    isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and \
+                    isinstance(after.value.value, str):
+                docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def default_text(f: dataclasses.Field) -> str | None:
+    """How a field's default reads for people (``8``, ``auto``, ``off``, ``every frame``);
+    ``None`` for a required option."""
+    flag = flag_of(f)
+    if flag is not None and flag.default_text is not None:
+        return flag.default_text
+    if f.default is dataclasses.MISSING or flag is not None and flag.required:
+        return None
+    value = f.default
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None:
+        return "none"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def unread_options(config: Any, reconstructor: str) -> list[str]:
+    """The flags of the options ``config`` sets away from their defaults that ``reconstructor``
+    does not read (an option that would silently do nothing)."""
+    unread = []
+    for f in dataclasses.fields(config):
+        flag = flag_of(f)
+        if flag is None or flag.readers is None or reconstructor in flag.readers:
+            continue
+        if f.default is not dataclasses.MISSING and getattr(config, f.name) != f.default:
+            unread.append(flag_name(f))
+    return unread
+
+
+def readers_of(config_class: type, flag: str) -> tuple[str, ...] | None:
+    """The reconstructors that read the option with command-line ``flag``."""
+    for f in dataclasses.fields(config_class):
+        if flag_name(f) == flag:
+            found = flag_of(f)
+            return found.readers if found else None
+    raise KeyError(flag)

@@ -1,0 +1,83 @@
+"""One source for every option: the command line is generated from the configuration's fields,
+the README's flag table matches it, and options a reconstructor does not read are refused."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import IMAGES, ROOT
+from pipeline.cli import build_parser, main
+from pipeline.config import PipelineConfig
+from pipeline.options import default_text, field_docs, flag_name, flag_of, unread_options
+
+
+def readme_flags() -> dict[str, str]:
+    """``{flag: default}`` of the README's flag table (backticks dropped)."""
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("| flag | default | meaning |"):].split("\n\n")[0]
+    rows = {}
+    for line in table.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        for flag in re.findall(r"`(-[-\w]+)", cells[0]):
+            rows[flag] = cells[1].replace("`", "")
+    return rows
+
+
+def test_every_field_is_a_flag_with_help_and_the_readme_agrees():
+    parser_flags = {s for a in build_parser()._actions for s in a.option_strings
+                    if s.startswith("--") and s != "--help"}
+    docs = field_docs(PipelineConfig)
+    expected = {}
+    for f in dataclasses.fields(PipelineConfig):
+        if flag_of(f) is None:
+            assert f.name == "show_progress"  # the one option set by -q, not by a flag
+            continue
+        assert docs.get(f.name), f"{f.name} has no docstring (its help text)"
+        expected[flag_name(f)] = default_text(f) or ""
+        if f.default is True:
+            expected["--no-" + flag_name(f)[2:]] = default_text(f)
+    expected["--quiet"] = ""
+    assert set(expected) == parser_flags
+    readme = readme_flags()
+    documented = {flag for flag in expected if flag not in ("--quiet", "--verbose")}
+    assert set(readme) - {"-v", "-q"} == documented, "the README's flag table lists other flags"
+    for flag in documented:
+        assert readme[flag] == expected[flag], f"README default of {flag}: {readme[flag]!r}, " \
+                                               f"parser: {expected[flag]!r}"
+
+
+def test_parser_defaults_are_the_configuration_defaults():
+    args = build_parser().parse_args(["--input-dir", "x", "--output-dir", "o"])
+    for f in dataclasses.fields(PipelineConfig):
+        if flag_of(f) is not None and not flag_of(f).required:
+            assert getattr(args, f.name) == f.default, f.name
+
+
+def test_unread_options_are_named():
+    config = PipelineConfig(output_dir=Path("o"), max_query_pts=512, camera_params=(1.0, 2, 3),
+                            export_format="colmap-glb")
+    assert unread_options(config, "colmap") == ["--max-query-pts", "--export-format"]
+    assert unread_options(config, "vggt") == ["--camera-params", "--export-format"]
+    assert unread_options(config, "da3") == ["--camera-params", "--max-query-pts"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--reconstructor", "colmap", "--max-query-pts", "512"),
+     "--max-query-pts (read by vggt): not read by colmap"),
+    (("--reconstructor", "vggt", "--camera-params", "300,160,120"),
+     "--camera-params (read by colmap): not read by vggt"),
+    (("--reconstructor", "vggt", "--export-format", "glb"),
+     "--export-format (read by da3): not read by vggt"),
+    (("--reconstructor", "colmap", "--process-res", "280", "--no-use-ba"),
+     "--use-ba (read by vggt/da3), --process-res (read by vggt/da3): not read by colmap"),
+])
+def test_an_option_the_reconstructor_does_not_read_exits_2(tmp_path, capsys, args, message):
+    assert main(["--input-dir", str(IMAGES), "--output-dir", str(tmp_path / "o"), *args,
+                 "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "o").exists()
