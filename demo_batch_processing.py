@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import PipelineConfig
+from pipeline.config import VGGT_1B, PipelineConfig
 from pipeline.errors import PipelineError
 from pipeline.geometry import ate, camera_centers
 from pipeline.output import read_window_poses
@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=4, help="windows per batch in the batched run")
     p.add_argument("--max-frames", type=int)
     p.add_argument("--reconstructor", choices=("colmap", "vggt"), default="colmap")
-    p.add_argument("--model", default="facebook/VGGT-1B", help="vggt checkpoint (file, folder "
+    p.add_argument("--model", default=VGGT_1B, help="vggt checkpoint (file, folder "
                    "or hub id); when absent, an untrained network with generated weights is used")
     p.add_argument("--generated-size", choices=("tiny", "full"), default=None,
                    help="size of the generated network when the weights are absent (default: "

@@ -41,9 +41,7 @@ except ImportError:  # plain unittest
         return cls
 
 
-ROOT = Path(__file__).resolve().parent
-TESTDATA = ROOT / "testdata" / "synthetic"
-IMAGES = TESTDATA / "images"
+from conftest import IMAGES, ROOT, TESTDATA
 
 
 def run_cli(*args: str) -> int:

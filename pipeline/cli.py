@@ -21,7 +21,7 @@ from typing import Any
 
 from .config import PipelineConfig
 from .errors import DiskFullError, PipelineError
-from .options import Flag, default_text, field_docs, flag_name, flag_of
+from .options import Flag, default_text, field_docs, flag_name, flag_of, flagged_fields, from_flags
 from .reconstructors import available_reconstructors
 
 logger = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
-class _OneLineParser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """An argument parser whose errors are one ``error:`` line (usage is in ``--help``)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -125,22 +125,24 @@ _TYPES = {"str": str, "int": _positive_int, "count": _non_negative_int, "float":
 """How each :data:`pipeline.options.KINDS` value is read (``bool`` is a switch)."""
 
 _GROUP_ORDER = ("input", "windows", "reconstruction", "networks (vggt, da3)",
-                "memory and devices", "da3 and exports", "output")
+                "memory and devices", "da3 and exports", "output", "merge")
 
 
-def _help(f: dataclasses.Field, flag: Flag) -> str:
+def _help(owner: type, f: dataclasses.Field, flag: Flag) -> str:
     """The option's docstring, with its default when the text does not give it."""
-    text = field_docs(PipelineConfig).get(f.name, "")
+    text = field_docs(owner).get(f.name, "")
     default = default_text(f)
+    text = text.replace("%", "%%")  # argparse formats help strings with %
     if flag.kind == "bool" and f.default is False or default is None or "(default" in text:
         return text
     return f"{text} (default: {default})"
 
 
-def _add_option(target: Any, f: dataclasses.Field, flag: Flag) -> None:
+def _add_option(target: Any, dest: str, owner: type, f: dataclasses.Field) -> None:
     """One option on ``target`` (a group), as its :class:`Flag` says."""
+    flag = flag_of(f)
     names = ([flag.short] if flag.short else []) + [flag_name(f)]
-    kwargs: dict[str, Any] = {"dest": f.name, "help": _help(f, flag)}
+    kwargs: dict[str, Any] = {"dest": dest, "help": _help(owner, f, flag)}
     if flag.kind == "bool":
         kwargs["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
     elif flag.kind == "reconstructor":
@@ -154,10 +156,31 @@ def _add_option(target: Any, f: dataclasses.Field, flag: Flag) -> None:
     target.add_argument(*names, **kwargs)
 
 
+def add_flags(parser: argparse.ArgumentParser, cls: type,
+              titles: Sequence[str] = ()) -> dict[str, Any]:
+    """Add a flag for every flagged field of dataclass ``cls`` (nested options included) to
+    ``parser``, in argument groups named by the fields' :attr:`Flag.group` (``titles`` first,
+    in that order); return the mutually exclusive groups made, by name."""
+    groups = {title: parser.add_argument_group(title) for title in titles}
+    exclusive: dict[str, Any] = {}
+    for dest, owner, f in flagged_fields(cls):
+        flag = flag_of(f)
+        if flag.group not in groups:
+            groups[flag.group] = parser.add_argument_group(flag.group)
+        target = groups[flag.group]
+        if flag.exclusive:
+            if flag.exclusive not in exclusive:
+                exclusive[flag.exclusive] = target.add_mutually_exclusive_group(
+                    required=flag.required)
+            target = exclusive[flag.exclusive]
+        _add_option(target, dest, owner, f)
+    return exclusive
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, generated from :class:`PipelineConfig` (one flag per field, its
     docstring as help); ``--help`` explains every flag."""
-    p = _OneLineParser(
+    p = OneLineParser(
         prog="vae_data_pipeline_batch.py",
         description="Slide overlapping windows over a frame sequence and reconstruct each window "
                     "into a self-contained COLMAP scene (OUT/batch_XXX/window_YYY/sparse).",
@@ -165,19 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                "written) or the disk filled up, 2 bad usage or input or a busy output folder, "
                "130/143 interrupted/terminated. Rerunning into the same output folder skips "
                "windows made from the same frame contents and options, and redoes the rest.")
-    groups = {title: p.add_argument_group(title) for title in _GROUP_ORDER}
-    exclusive: dict[str, Any] = {}
-    for f in dataclasses.fields(PipelineConfig):
-        flag = flag_of(f)
-        if flag is None:
-            continue
-        target = groups[flag.group]
-        if flag.exclusive:
-            if flag.exclusive not in exclusive:
-                exclusive[flag.exclusive] = target.add_mutually_exclusive_group(
-                    required=flag.required)
-            target = exclusive[flag.exclusive]
-        _add_option(target, f, flag)
+    exclusive = add_flags(p, PipelineConfig, _GROUP_ORDER)
     exclusive["verbosity"].add_argument("-q", "--quiet", action="store_true", help="Warnings "
                                         "and the summary only; no progress bars.")
     return p
@@ -185,9 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     """Map parsed flags to the run configuration (each flag's dest is a field's name)."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PipelineConfig)
-              if hasattr(args, f.name)}
-    return PipelineConfig(**values, show_progress=not args.quiet)
+    return PipelineConfig(**from_flags(PipelineConfig, vars(args)), show_progress=not args.quiet)
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .options import option
+from .options import option, options_field
 
 IMAGE_MODES = ("link", "copy", "none")
 """What a window's ``images/`` folder may hold."""
@@ -29,10 +29,33 @@ VGGT_1B = "facebook/VGGT-1B"
 NETWORKS = ("vggt", "da3")
 """The network reconstructors (options that only they read name these)."""
 
-INPUT, WINDOWS, RECON, NETS, MEMORY, DA3, OUTPUT = (
+INPUT, WINDOWS, RECON, NETS, MEMORY, DA3, OUTPUT, MERGE = (
     "input", "windows", "reconstruction", "networks (vggt, da3)", "memory and devices",
-    "da3 and exports", "output")
+    "da3 and exports", "output", "merge")
 """The sections of ``--help``, in order."""
+
+
+@dataclass(kw_only=True)
+class MergeOptions:
+    """Settings of :func:`pipeline.merge.merge_output` (``--merge``, and
+    ``python -m pipeline.merge``)."""
+
+    min_shared_frames: int = option(3, group=MERGE, kind="int", metavar="N")
+    """Windows sharing fewer registered frames than this are not joined."""
+    depth_grid: int = option(32, group=MERGE, kind="int", metavar="N")
+    """Shared frames with predicted depth in both windows (vggt --save-depth) add
+    correspondences on a grid of this many columns (rows in proportion): the same pixel
+    back-projected by each window."""
+    max_camera_error: float = option(0.05, group=MERGE, kind="positive_float",
+                                     metavar="FRACTION")
+    """A pair is rejected when, after alignment, the shared camera centres differ (RMS) by more
+    than this fraction of the scene depth (the median camera-to-point distance of the window)."""
+    refine: bool = option(True, group=MERGE, kind="bool")
+    """Refine all window transforms jointly after chaining them (a Sim(3) pose graph)."""
+    voxel_fraction: float = option(0.002, group=MERGE, kind="positive_float",
+                                   metavar="FRACTION")
+    """Voxel size for downsampling the merged points, as a fraction of their extent (the
+    diagonal of the box holding the central 98% of the points)."""
 
 
 @dataclass(kw_only=True)
@@ -187,7 +210,9 @@ class PipelineConfig:
     """What each window's images/ holds: absolute symlinks to the frames, copies, or nothing."""
     merge: bool = option(False, group=OUTPUT, kind="bool")
     """After the windows, join them into one reconstruction per connected segment in
-    OUT/merged/ (also: python -m pipeline.merge OUT)."""
+    OUT/merged/ (also: python -m pipeline.merge OUT), with the merge options below."""
+    merge_options: MergeOptions = options_field(MergeOptions)
+    """How windows are merged (its flags take effect with --merge)."""
     overwrite: bool = option(False, group=OUTPUT, kind="bool")
     """Redo every window, including complete ones."""
     verbose: bool = option(False, group=OUTPUT, kind="bool", short="-v", exclusive="verbosity")

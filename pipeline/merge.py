@@ -23,7 +23,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 import sys
@@ -37,6 +36,7 @@ import pycolmap
 from scipy.optimize import least_squares
 from scipy.spatial.transform import Rotation
 
+from .config import MergeOptions
 from .errors import InputError, PipelineError
 from .export import write_json
 from .geometry import Sim3, camera_centers, robust_sim3, tum_lines
@@ -46,25 +46,6 @@ from .output import planned_windows, read_plan
 logger = logging.getLogger(__name__)
 
 MERGED_DIR = "merged"
-
-
-@dataclass(kw_only=True)
-class MergeOptions:
-    """Settings of :func:`merge_output`."""
-
-    min_shared_frames: int = 3
-    """Windows sharing fewer registered frames than this are not joined."""
-    depth_grid: int = 32
-    """Shared frames with predicted depth in both windows add correspondences on a grid of
-    ``depth_grid`` columns (rows in proportion): the same pixel back-projected by each window."""
-    max_camera_error: float = 0.05
-    """A pair is rejected when, after alignment, the shared camera centres differ (RMS) by more
-    than this fraction of the scene depth (the median camera-to-point distance of the window)."""
-    refine: bool = True
-    """Refine all window transforms jointly after chaining (Sim(3) pose graph)."""
-    voxel_fraction: float = 0.002
-    """Voxel size for downsampling the merged points, as a fraction of their extent (the
-    diagonal of the box holding the central 98% of the points)."""
 
 
 @dataclass(kw_only=True)
@@ -586,25 +567,17 @@ def merge_output(output_dir: Path, options: MergeOptions | None = None) -> dict[
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m pipeline.merge OUT``: merge an existing output folder; exit 0, or 2 on error."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.merge",
-                                     description="Join the windows of a pipeline output folder "
-                                     "into one reconstruction per connected segment "
-                                     "(OUT/merged/).")
+    from .cli import OneLineParser, add_flags
+    from .options import from_flags
+
+    parser = OneLineParser(prog="python -m pipeline.merge",
+                            description="Join the windows of a pipeline output folder into one "
+                            "reconstruction per connected segment (OUT/merged/).")
     parser.add_argument("output_dir", type=Path, help="a pipeline output folder")
-    parser.add_argument("--min-shared-frames", type=int, default=3,
-                        help="windows sharing fewer registered frames are not joined (default 3)")
-    parser.add_argument("--max-camera-error", type=float, default=0.05,
-                        help="reject a pair whose shared cameras disagree by more than this "
-                        "fraction of the scene depth after alignment (default 0.05)")
-    parser.add_argument("--voxel-fraction", type=float, default=0.002,
-                        help="voxel size of the merged points, as a fraction of their extent")
-    parser.add_argument("--no-refine", action="store_true",
-                        help="skip the joint pose-graph refinement after chaining")
+    add_flags(parser, MergeOptions)  # the flags --merge takes, with the same defaults
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    options = MergeOptions(min_shared_frames=args.min_shared_frames,
-                           max_camera_error=args.max_camera_error,
-                           voxel_fraction=args.voxel_fraction, refine=not args.no_refine)
+    options = MergeOptions(**from_flags(MergeOptions, vars(args)))
     try:
         if not args.output_dir.is_dir():
             raise InputError(f"not a folder: {args.output_dir}")

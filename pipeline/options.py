@@ -63,6 +63,38 @@ def option(default: Any = dataclasses.MISSING, **flag: Any) -> Any:
     return dataclasses.field(default=default, metadata={"flag": Flag(**flag)})
 
 
+def options_field(cls: type, **metadata: Any) -> Any:
+    """A dataclass field holding a nested options dataclass ``cls`` (default ``cls()``), whose
+    own flagged fields join the command line."""
+    return dataclasses.field(default_factory=cls, metadata={"nested": True, **metadata})
+
+
+def flagged_fields(cls: type, prefix: str = "") -> list[tuple[str, type, dataclasses.Field]]:
+    """``(dest, owner class, field)`` of every field of dataclass ``cls`` that has a
+    :class:`Flag`, in order; the fields of nested options (:func:`options_field`) are expanded,
+    with ``dest`` ``"outer.inner"``."""
+    found = []
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("nested"):
+            found += flagged_fields(f.default_factory, f"{prefix}{f.name}.")
+        elif flag_of(f) is not None:
+            found.append((prefix + f.name, cls, f))
+    return found
+
+
+def from_flags(cls: type, values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The keyword arguments of ``cls`` from parsed ``values`` (``{dest: value}``, see
+    :func:`flagged_fields`), nested options built."""
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("nested"):
+            kwargs[f.name] = f.default_factory(**from_flags(f.default_factory, values,
+                                                            f"{prefix}{f.name}."))
+        elif prefix + f.name in values:
+            kwargs[f.name] = values[prefix + f.name]
+    return kwargs
+
+
 def flag_of(f: dataclasses.Field) -> Flag | None:
     """The :class:`Flag` of a dataclass field, if it has one."""
     return f.metadata.get("flag")
@@ -122,6 +154,12 @@ def unread_options(config: Any, reconstructor: str) -> list[str]:
         if f.default is not dataclasses.MISSING and getattr(config, f.name) != f.default:
             unread.append(flag_name(f))
     return unread
+
+
+def changed_flags(options: Any) -> list[str]:
+    """The flags of the fields of dataclass ``options`` that differ from their defaults."""
+    return [flag_name(f) for _, _, f in flagged_fields(type(options))
+            if getattr(options, f.name) != f.default]
 
 
 def readers_of(config_class: type, flag: str) -> tuple[str, ...] | None:

@@ -9,24 +9,20 @@ folder (:mod:`pipeline.lock`).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
-import platform
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from . import __version__
-from .config import CAMERA_PARAMS, IMAGE_MODES, PipelineConfig
-from .digest import cause_key, digest_json, failure_digest, plural
+from .config import CAMERA_PARAMS, IMAGE_MODES, MergeOptions, PipelineConfig
+from .digest import cause_key, failure_digest, plural
 from .distributed import ProcessGroup, process_group
 from .errors import DiskFullError, InputError, PipelineError
 from .export import (
@@ -36,7 +32,6 @@ from .export import (
     disk_nearly_full,
     finalize_window,
     remove_stale_staging,
-    write_json,
 )
 from .frames import (
     Frame,
@@ -48,12 +43,13 @@ from .frames import (
 )
 from .lock import OutputLock
 from .memory import MemoryGovernor, StageTable, budget_mb
-from .options import readers_of, unread_options
+from .options import changed_flags, readers_of, unread_options
 from .output import (
     PLAN,
-    RUN_MANIFEST,
+    RunManifest,
     WindowChecks,
     check_window,
+    now,
     read_window_info,
     refresh_links,
     window_signature,
@@ -374,130 +370,9 @@ def _window_record(window: Window[Frame], batch_idx: int, result: WindowResult,
         "memory": result.memory,
         "stages": result.stages,
         "details": result.details,
-        "finished_at": _now(),
+        "finished_at": now(),
         "pipeline_version": __version__,
     }
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-_MANIFEST_KEYS = ("window_index", "path", "status", "error", "start_frame", "num_frames",
-                  "num_registered", "num_points3D", "mean_reprojection_error", "timings", "memory")
-
-
-class _Manifest:
-    """``run.json``: configuration, versions, device and each window's status, kept current.
-
-    In a multi-process run, process 0 writes ``run.json`` (folding in what the others have
-    recorded so far) and each other process its own ``.run.rank<N>.json``, merged at the end.
-    """
-
-    def __init__(self, config: PipelineConfig, frames: Sequence[Frame],
-                 windows: Sequence[Window[Frame]], reconstructor: Reconstructor,
-                 group: ProcessGroup) -> None:
-        out = Path(config.output_dir)
-        self.group = group
-        self.out = out
-        self.path = out / RUN_MANIFEST if group.is_main else self._part(group.rank)
-        self.records: dict[int, dict[str, Any]] = {}
-        self.data: dict[str, Any] = {
-            "pipeline_version": __version__, "status": "running", "started_at": _now(),
-            "finished_at": None, "wall_time": None, "config": config.to_json(),
-            "reconstructor": reconstructor.describe(), "versions": package_versions(),
-            "device": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                       "reconstructor": reconstructor.device},
-            "process": {"pid": os.getpid(), "host": platform.node()},
-            "frames": {"count": len(frames), "first": frames[0].name, "last": frames[-1].name},
-            "plan": None, "num_windows": len(windows), "summary": {}, "error": None,
-            "memory": None, "profile": None, "windows": [],
-        }
-        if group.world_size > 1:
-            self.data["processes"] = []
-
-    def add(self, record: dict[str, Any], *, skipped: bool = False) -> None:
-        entry = {k: record.get(k) for k in _MANIFEST_KEYS}
-        entry["skipped"] = skipped
-        self.records[record["window_index"]] = entry
-
-    def _part(self, rank: int) -> Path:
-        """Where process ``rank`` (not 0) keeps its records during a multi-process run."""
-        return self.out / f".run.rank{rank}.json"
-
-    def _parts(self) -> list[dict[str, Any]]:
-        """The other processes' records so far (process 0 of a multi-process run only)."""
-        if not self.group.is_main or self.group.world_size == 1:
-            return []
-        parts = []
-        for rank in range(1, self.group.world_size):
-            try:
-                parts.append(json.loads(self._part(rank).read_text()))
-            except (OSError, ValueError):
-                continue
-        return parts
-
-    def write(self, status: str = "running", wall_time: float | None = None) -> None:
-        records = dict(self.records)
-        parts = self._parts()
-        for part in parts:
-            records.update({w["window_index"]: w for w in part["windows"]})
-        windows = [records[i] for i in sorted(records)]
-        self.data.update(status=status, windows=windows, summary={
-            "ok": sum(w["status"] == STATUS_OK for w in windows),
-            "failed": sum(w["status"] == STATUS_FAILED for w in windows),
-            "skipped": sum(w["skipped"] for w in windows),
-            "pending": self.data["num_windows"] - len(windows)})
-        self.data["digest"] = digest_json(failure_digest(windows))
-        if "processes" in self.data:
-            mine = list(self.records.values())
-            self.data["processes"] = [self._process_entry(self.data, mine, self.group.rank)] + [
-                self._process_entry(part, part["windows"], rank)
-                for rank, part in enumerate(parts, start=1)]
-        if status != "running":
-            self.data.update(finished_at=_now(), wall_time=wall_time)
-        write_json(self.path, self.data)
-
-    @staticmethod
-    def _process_entry(data: dict[str, Any], windows: list[dict[str, Any]],
-                       rank: int) -> dict[str, Any]:
-        return {"rank": rank, "status": data["status"], "device": data["device"]["reconstructor"],
-                "memory": data["memory"], "profile": data["profile"],
-                "windows": sorted(w["window_index"] for w in windows if not w["skipped"])}
-
-    def finish(self, status: str, wall_time: float, error: str | None = None) -> None:
-        """Write the final state; process 0 waits for the others and merges their records.
-        A manifest that cannot be written (a full disk) is logged, never raised: the run's own
-        outcome is what the caller reports."""
-        self.data["error"] = error
-        try:
-            self._finish(status, wall_time)
-        except (PipelineError, OSError) as exc:
-            logger.error("cannot record the end of the run in %s: %s", self.path, exc)
-
-    def _finish(self, status: str, wall_time: float) -> None:
-        self.write(status, wall_time)
-        if self.group.world_size == 1 or status != "finished":
-            return  # an interrupted process does not wait for the others
-        self.group.barrier()
-        if self.group.is_main:
-            parts = self._parts()
-            if any(p["status"] != "finished" for p in parts):
-                status = "interrupted"
-            self.write(status, wall_time)
-            for rank in range(1, self.group.world_size):
-                self._part(rank).unlink(missing_ok=True)
-
-
-def package_versions() -> dict[str, str | None]:
-    """Versions of Python and of the packages that shape the results (without importing them)."""
-    versions: dict[str, str | None] = {"python": platform.python_version(), "pipeline": __version__}
-    for name in ("numpy", "pycolmap", "torch", "pillow", "av", "tqdm"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
 
 
 def _check_config(config: PipelineConfig) -> Path:
@@ -509,6 +384,9 @@ def _check_config(config: PipelineConfig) -> Path:
         raise InputError(f"output path exists and is not a folder: {out}")
     if config.images not in IMAGE_MODES:
         raise InputError(f"--images must be link, copy or none, got {config.images!r}")
+    merge_flags = changed_flags(config.merge_options)
+    if merge_flags and not config.merge:
+        raise InputError(f"{', '.join(merge_flags)}: merge options, read only with --merge")
     if config.reconstructor != "auto":
         unread = unread_problem(config, config.reconstructor)
         if unread:
@@ -644,7 +522,7 @@ def _run(config: PipelineConfig, frames: list[Frame], group: ProcessGroup,
                      else config.device)
     reconstructor = build_reconstructor(config)
     with _setup_errors(out):
-        manifest = _Manifest(config, frames, windows, reconstructor, group)
+        manifest = RunManifest(config, frames, windows, reconstructor, group)
         manifest.data["reconstructor"]["chosen_because"] = reason
         reconstructor.plan_sequence(frames, windows, out)
         options = reconstructor.signature_options()
@@ -683,7 +561,7 @@ def _run(config: PipelineConfig, frames: list[Frame], group: ProcessGroup,
                                                         f"{group.world_size}"
                                                         if group.world_size > 1 else ""))
     if config.merge and group.is_main:
-        _merge(summary)
+        _merge(summary, config.merge_options)
     summary.wall_time = time.perf_counter() - start
     return summary
 
@@ -696,7 +574,7 @@ def _process_group(config: PipelineConfig) -> ProcessGroup:
 
 
 def _windows_to_do(config: PipelineConfig, windows: Sequence[Window[Frame]],
-                   signatures: Sequence[dict[str, Any]], manifest: _Manifest,
+                   signatures: Sequence[dict[str, Any]], manifest: RunManifest,
                    group: ProcessGroup) -> list[Window[Frame]]:
     """This process's share of the windows that are not complete yet (process 0 records the
     complete ones in the manifest). Why a window folder that exists is redone is logged."""
@@ -766,7 +644,7 @@ def _batch_size(config: PipelineConfig, governor: MemoryGovernor | None,
 
 def _process_all(todo: list[Window[Frame]], config: PipelineConfig,
                  reconstructor: Reconstructor, governor: MemoryGovernor | None,
-                 manifest: _Manifest, profile: StageTable, bar: tqdm) -> None:
+                 manifest: RunManifest, profile: StageTable, bar: tqdm) -> None:
     """Batch after batch until ``todo`` is done, each sized just before it runs."""
     pending, index = list(todo), 0
     causes_seen: set[str] = set()
@@ -816,19 +694,19 @@ def _observe(reconstructor: Reconstructor, governor: MemoryGovernor | None,
             profile.add(stage, span)
 
 
-def _record_memory(manifest: _Manifest, governor: MemoryGovernor | None,
+def _record_memory(manifest: RunManifest, governor: MemoryGovernor | None,
                    profile: StageTable) -> None:
     if governor is not None:
         manifest.data["memory"] = governor.to_json()
     manifest.data["profile"] = profile.rows
 
 
-def _merge(summary: RunSummary) -> None:
+def _merge(summary: RunSummary, options: MergeOptions) -> None:
     """Merge the finished windows; a failure is recorded, never loses the windows."""
     from .merge import merge_output
 
     try:
-        summary.merge = merge_output(summary.output_dir)
+        summary.merge = merge_output(summary.output_dir, options)
     except Exception as exc:  # noqa: BLE001 - the windows are written; report and go on
         logger.error("merging failed: %s", exc)
         summary.merge_error = f"{type(exc).__name__}: {exc}"

@@ -133,8 +133,10 @@ class SyntheticSequence:
 
 
 @dataclass(kw_only=True)
-class GroundTruth:
-    """Ground truth read back from ``ground_truth.npz`` (see :func:`load_ground_truth`)."""
+class SceneTruth:
+    """The whole truth of a rendered scene, read back from ``ground_truth.npz`` (intrinsics, poses,
+    depth; see :func:`load_ground_truth`). :class:`pipeline.evaluate.GroundTruth` is the poses any
+    ground truth on disk gives."""
 
     K: np.ndarray
     """(3, 3) float64 intrinsics."""
@@ -596,7 +598,7 @@ def write_sequence(seq: SyntheticSequence, out_dir: str | Path) -> Path:
     return out
 
 
-def load_ground_truth(path: str | Path) -> GroundTruth:
+def load_ground_truth(path: str | Path) -> SceneTruth:
     """Read ``ground_truth.npz`` written by :func:`write_sequence` (``path``: the npz or its
     folder)."""
     path = Path(path)
@@ -605,7 +607,7 @@ def load_ground_truth(path: str | Path) -> GroundTruth:
     if not path.is_file():
         raise FileNotFoundError(f"no ground truth at {path}")
     with np.load(path, allow_pickle=False) as data:
-        return GroundTruth(
+        return SceneTruth(
             K=data["K"].astype(np.float64),
             cam_from_world=data["cam_from_world"].astype(np.float64),
             depth=data["depth"].astype(np.float32),

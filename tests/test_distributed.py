@@ -13,11 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import IMAGES, ROOT
 from pipeline.distributed import ProcessGroup, launched_by_accelerate, process_group
 from tests.helpers import window_dirs
-
-ROOT = Path(__file__).resolve().parents[1]
-IMAGES = ROOT / "testdata" / "synthetic" / "images"
 
 
 class ProcessGroupTest(unittest.TestCase):

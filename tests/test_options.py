@@ -11,8 +11,15 @@ import pytest
 
 from conftest import IMAGES, ROOT
 from pipeline.cli import build_parser, main
-from pipeline.config import PipelineConfig
-from pipeline.options import default_text, field_docs, flag_name, flag_of, unread_options
+from pipeline.config import MergeOptions, PipelineConfig
+from pipeline.options import (
+    default_text,
+    field_docs,
+    flag_name,
+    flag_of,
+    flagged_fields,
+    unread_options,
+)
 
 
 def readme_flags() -> dict[str, str]:
@@ -30,13 +37,12 @@ def readme_flags() -> dict[str, str]:
 def test_every_field_is_a_flag_with_help_and_the_readme_agrees():
     parser_flags = {s for a in build_parser()._actions for s in a.option_strings
                     if s.startswith("--") and s != "--help"}
-    docs = field_docs(PipelineConfig)
     expected = {}
-    for f in dataclasses.fields(PipelineConfig):
-        if flag_of(f) is None:
-            assert f.name == "show_progress"  # the one option set by -q, not by a flag
-            continue
-        assert docs.get(f.name), f"{f.name} has no docstring (its help text)"
+    flagged = {f.name for _, owner, f in flagged_fields(PipelineConfig) if owner is PipelineConfig}
+    unflagged = {f.name for f in dataclasses.fields(PipelineConfig)} - flagged
+    assert unflagged == {"show_progress", "merge_options"}  # set by -q; the merge flags' home
+    for _, owner, f in flagged_fields(PipelineConfig):
+        assert field_docs(owner).get(f.name), f"{f.name} has no docstring (its help text)"
         expected[flag_name(f)] = default_text(f) or ""
         if f.default is True:
             expected["--no-" + flag_name(f)[2:]] = default_text(f)
@@ -51,10 +57,27 @@ def test_every_field_is_a_flag_with_help_and_the_readme_agrees():
 
 
 def test_parser_defaults_are_the_configuration_defaults():
+    from pipeline.cli import config_from_args
+
     args = build_parser().parse_args(["--input-dir", "x", "--output-dir", "o"])
-    for f in dataclasses.fields(PipelineConfig):
-        if flag_of(f) is not None and not flag_of(f).required:
-            assert getattr(args, f.name) == f.default, f.name
+    config = config_from_args(args)
+    assert config == PipelineConfig(input_dir=Path("x"), output_dir=Path("o"))
+    for dest, _, f in flagged_fields(PipelineConfig):
+        if not flag_of(f).required:
+            assert vars(args)[dest] == f.default, dest
+
+
+def test_merge_flags_reach_the_merge_from_both_commands(tmp_path, capsys):
+    from pipeline.cli import config_from_args
+
+    args = build_parser().parse_args(["--input-dir", "x", "--output-dir", "o", "--merge",
+                                      "--min-shared-frames", "4", "--no-refine"])
+    assert config_from_args(args).merge_options == MergeOptions(min_shared_frames=4,
+                                                                refine=False)
+    assert main(["--input-dir", str(IMAGES), "--output-dir", str(tmp_path / "o"),
+                 "--min-shared-frames", "4", "-q"]) == 2
+    assert "--min-shared-frames: merge options, read only with --merge" in \
+        capsys.readouterr().err
 
 
 def test_unread_options_are_named():

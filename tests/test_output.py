@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import PipelineConfig
+from pipeline.config import MergeOptions, PipelineConfig
 from pipeline.lock import OutputBusyError, OutputLock
 from pipeline.output import (
     check_window,
@@ -75,6 +75,7 @@ ALTERNATIVES = {
     "min_points": 10,
     "min_frame_observations": 5,
     "merge": True,
+    "merge_options": MergeOptions(refine=False),
     "show_progress": False,
     "verbose": True,
 }
@@ -106,6 +107,7 @@ NOT_IN_OPTIONS = {
     "overwrite",
     "num_workers",
     "merge",
+    "merge_options",  # what --merge makes of the windows, not the windows
     "show_progress",
     "verbose",
 }

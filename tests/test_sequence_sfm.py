@@ -4,12 +4,12 @@ chunk, and the whole path on the bundled sequence cut into several chunks."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pycolmap
 import pytest
 
+from conftest import TESTDATA
 from pipeline.config import PipelineConfig
 from pipeline.evaluate import evaluate_output
 from pipeline.runner import run
@@ -17,9 +17,6 @@ from pipeline.sequence_sfm import chunk_of, cut_window, jump_outliers, plan_chun
 from pipeline.synthetic import load_ground_truth
 from pipeline.windows import create_windows
 from tests.helpers import window_dirs, window_info
-
-ROOT = Path(__file__).resolve().parents[1]
-TESTDATA = ROOT / "testdata" / "synthetic"
 
 
 @pytest.mark.parametrize("frames,size,stride,chunk", [(24, 8, 4, 100), (200, 8, 4, 100),

@@ -18,6 +18,7 @@ import pycolmap
 import pytest
 from scipy.spatial.transform import Rotation
 
+from conftest import TESTDATA
 from pipeline.geometry import (
     ate,
     camera_centers,
@@ -38,7 +39,6 @@ from pipeline.sfm import (
 )
 from pipeline.synthetic import load_ground_truth, load_images
 
-TESTDATA = Path(__file__).resolve().parents[1] / "testdata" / "synthetic"
 NUM_FRAMES = 8
 CAMERA_CASES = [(t, s) for t in ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL")
                 for s in (False, True)]

@@ -12,6 +12,7 @@ import pytest
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
+from conftest import TESTDATA as DATA
 from pipeline import synthetic
 from pipeline.geometry import camera_centers
 from pipeline.synthetic import (
@@ -23,8 +24,6 @@ from pipeline.synthetic import (
     render_sequence,
     write_sequence,
 )
-
-DATA = Path(__file__).resolve().parent.parent / "testdata" / "synthetic"
 
 # Tolerances, measured on the bundled data (seed 0) with margin: the correct pixel convention gives
 # a median colour difference of ~4-5 / 255 and >= 0.92 depth-consistent pixels; a half-pixel error
@@ -38,7 +37,7 @@ FLOAT16_REL = 2.0**-11
 
 
 @pytest.fixture(scope="module")
-def bundled() -> tuple[synthetic.GroundTruth, np.ndarray]:
+def bundled() -> tuple[synthetic.SceneTruth, np.ndarray]:
     """Ground truth and (N, H, W, 3) frames of the bundled data."""
     gt = load_ground_truth(DATA)
     return gt, load_images(DATA, gt.names)

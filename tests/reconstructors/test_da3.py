@@ -13,6 +13,7 @@ import pycolmap
 import pytest
 import trimesh
 
+from conftest import IMAGES
 from pipeline.cli import main
 from pipeline.export_formats import parse_export_format
 from pipeline.models.generated_checkpoint import write_generated_da3_checkpoint
@@ -21,21 +22,27 @@ from tests.helpers import frames_with_blank_window
 from tests.helpers import window_dirs as windows
 from tests.helpers import window_info as info
 
-ROOT = Path(__file__).resolve().parents[2]
-IMAGES = ROOT / "testdata" / "synthetic" / "images"
 FAST = ("--window-size", "4", "--window-stride", "4", "--process-res", "140", "-q",
         "--min-points", "0", "--min-frame-observations", "0")
 """Small windows and grid; generated weights predict no real structure, so the structure
 checks (tested on real reconstructions in tests/test_ux.py) are off."""
 
 
+@pytest.fixture(scope="class", autouse=True)
+def _tiny_da3(request, tiny_da3_checkpoint):
+    """The session's tiny DA3 checkpoint (conftest), as the test class's ``model``."""
+    if request.cls is not None:
+        request.cls.model = tiny_da3_checkpoint
+
+
 class Da3TestCase(unittest.TestCase):
+    model: Path
+    """The tiny DA3 of generated weights (set by the ``_tiny_da3`` fixture)."""
+
     @classmethod
     def setUpClass(cls):
         cls._tmp = tempfile.TemporaryDirectory()
         cls.tmp = Path(cls._tmp.name)
-        cls.model = cls.tmp / "tiny-da3"
-        write_generated_da3_checkpoint(cls.model)
 
     @classmethod
     def tearDownClass(cls):

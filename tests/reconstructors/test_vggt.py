@@ -21,10 +21,10 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import IMAGES
 from pipeline.cli import main
 from pipeline.config import PipelineConfig
-from pipeline.models import VGGTConfig, load_model
-from pipeline.models.generated_checkpoint import write_generated_checkpoint
+from pipeline.models import load_model
 from pipeline.preprocess import PreprocessOptions, preprocess_frames
 from pipeline.reconstructors.vggt import to_original_grid
 from pipeline.runner import choose_reconstructor
@@ -32,8 +32,6 @@ from tests.helpers import frames_with_blank_window
 from tests.helpers import window_dirs as windows
 from tests.helpers import window_info as info
 
-ROOT = Path(__file__).resolve().parents[2]
-IMAGES = ROOT / "testdata" / "synthetic" / "images"
 NO_CHECKS = ("--min-points", "0", "--min-frame-observations", "0")
 """Generated weights predict no real structure: these tests check the network path's plumbing;
 the structure checks are tested on real reconstructions (tests/test_ux.py)."""
@@ -41,13 +39,21 @@ FAST = ("--max-query-pts", "48", "--query-frame-num", "2", "--window-size", "4",
         "--window-stride", "4", "-q", *NO_CHECKS)
 
 
+@pytest.fixture(scope="class", autouse=True)
+def _tiny_vggt(request, tiny_vggt_checkpoint):
+    """The session's tiny VGGT checkpoint (conftest), as the test class's ``model``."""
+    if request.cls is not None:
+        request.cls.model = tiny_vggt_checkpoint
+
+
 class VggtTestCase(unittest.TestCase):
+    model: Path
+    """The tiny VGGT of generated weights (set by the ``_tiny_vggt`` fixture)."""
+
     @classmethod
     def setUpClass(cls):
         cls._tmp = tempfile.TemporaryDirectory()
         cls.tmp = Path(cls._tmp.name)
-        cls.model = cls.tmp / "tiny"
-        write_generated_checkpoint(cls.model, VGGTConfig.tiny())
 
     @classmethod
     def tearDownClass(cls):
