@@ -134,9 +134,10 @@ def check_one_kind(paths: list[Path]) -> None:
     7-Scenes, TUM and many capture tools keep depth maps, masks or thumbnails beside the colour
     frames; taken whole, every window fails with a misleading reason. Frames whose pixels are of
     different kinds (colour, grey, 16-bit single-channel, float) are an error naming the groups
-    and a ``--frame-pattern`` that picks the colour frames; frames of one kind named in several
-    patterns (two cameras?) only get a warning. Unreadable files are left to
-    :func:`prepare_frames`.
+    and a ``--frame-pattern`` that picks the colour frames. Grey frames named like the colour
+    ones (a dark frame some encoder wrote in grey) are only a warning: they are converted like
+    any grey frame. Frames of one kind named in several patterns (two cameras?) get a warning.
+    Unreadable files are left to :func:`prepare_frames`.
 
     Raises:
         InputError: the frames are of several kinds.
@@ -147,12 +148,7 @@ def check_one_kind(paths: list[Path]) -> None:
         if kind is not None:
             groups.setdefault(kind, []).append(path)
     if len(groups) > 1:
-        ranked = sorted(groups.items(), key=lambda item: (item[0] != "colour", -len(item[1])))
-        listed = ", ".join(f"{len(group)} {kind} (e.g. {group[0].name})" for kind, group in ranked)
-        glob = _pattern_for(ranked[0][1], [p for _, g in ranked[1:] for p in g])
-        hint = f", e.g. --frame-pattern '{glob}'" if glob else " GLOB"
-        raise InputError(f"the input folder mixes kinds of images: {listed}; choose the frames "
-                         f"with --frame-pattern{hint}")
+        _mixed_kinds(groups)
     patterns: dict[str, int] = {}
     for path in paths:
         patterns[_name_pattern(path.name)] = patterns.get(_name_pattern(path.name), 0) + 1
@@ -161,6 +157,21 @@ def check_one_kind(paths: list[Path]) -> None:
         listed = ", ".join(f"{n} like {p}" for p, n in ranked_patterns[:3])
         logger.warning("the frames follow %d name patterns (%s); if only one of them is the "
                        "sequence, choose it with --frame-pattern", len(patterns), listed)
+
+
+def _mixed_kinds(groups: dict[str, list[Path]]) -> None:
+    """Raise (or warn) about frames of several pixel kinds; see :func:`check_one_kind`."""
+    ranked = sorted(groups.items(), key=lambda item: (item[0] != "colour", -len(item[1])))
+    listed = ", ".join(f"{len(group)} {kind} (e.g. {group[0].name})" for kind, group in ranked)
+    others = [p for _, group in ranked[1:] for p in group]
+    glob = _pattern_for(ranked[0][1], others)
+    if glob is None and {kind for kind, _ in ranked[1:]} == {"grey 8-bit"}:
+        logger.warning("the frames are of several kinds (%s), named alike: the grey ones are "
+                       "used as grey", listed)
+        return
+    hint = f", e.g. --frame-pattern '{glob}'" if glob else " GLOB"
+    raise InputError(f"the input folder mixes kinds of images: {listed}; choose the frames "
+                     f"with --frame-pattern{hint}")
 
 
 def _pattern_for(wanted: list[Path], others: list[Path]) -> str | None:

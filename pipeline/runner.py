@@ -405,6 +405,10 @@ def _check_config(config: PipelineConfig) -> Path:
             ("--conf-thres-value", config.conf_thres_value, 0.0, math.inf, False),
             ("--conf-thresh-percentile", config.conf_thresh_percentile, 0.0, 100.0, False)):
         _check_number(flag, value, low, high, low_open=low_open)
+    for flag, count in (("--min-points", config.min_points),
+                        ("--min-frame-observations", config.min_frame_observations)):
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise InputError(f"{flag} must be 0 or a positive integer, got {count!r}")
     if config.frame_step < 1:
         raise InputError(f"--frame-step must be at least 1, got {config.frame_step}")
     if config.max_frames is not None and config.max_frames < 2:

@@ -75,6 +75,18 @@ def test_mixed_folder_is_refused_before_any_work(tmp_path, capsys):
                "--frame-pattern", "*.color.png") == 0
 
 
+def test_a_grey_frame_named_like_the_others_is_only_a_warning(tmp_path, caplog):
+    from pipeline.frames import check_one_kind
+
+    folder = frames(tmp_path / "in", count=4)
+    dark = sorted(folder.iterdir())[2]
+    with Image.open(dark) as img:
+        img.convert("L").save(dark)  # some encoders write a dark frame in grey
+    with caplog.at_level(logging.WARNING, logger="pipeline.frames"):
+        check_one_kind(sorted(folder.iterdir()))
+    assert f"3 colour (e.g. {sorted(folder.iterdir())[0].name}), 1 grey 8-bit" in caplog.text
+
+
 def test_one_kind_under_two_name_patterns_is_only_a_warning(tmp_path, caplog):
     from pipeline.frames import check_one_kind
 
@@ -237,3 +249,13 @@ def test_trajectory_timestamps_are_input_indices(tmp_path):
         assert img.text["Axes"] == ("x: main direction (scene units); y: second direction "
                                     "(scene units)")
         assert img.text["Legend"] == "estimated, start, end"
+
+
+def test_structure_thresholds_are_checked_in_the_library_too(tmp_path):
+    from pipeline.config import PipelineConfig
+    from pipeline.errors import InputError
+    from pipeline.runner import run
+
+    with pytest.raises(InputError, match="--min-points must be 0 or a positive integer, got -1"):
+        run(PipelineConfig(input_dir=IMAGES, output_dir=tmp_path / "o", min_points=-1))
+    assert not (tmp_path / "o").exists()
