@@ -227,6 +227,18 @@ def _configure_logging(*, verbose: bool, quiet: bool) -> None:
     logging.getLogger("pipeline").setLevel(level)
 
 
+def _throughput_line(t: dict[str, Any]) -> str:
+    """``--profile-memory``'s line on how busy the device and the CPU were."""
+    rate = f"{t['windows_per_s']:.3f} windows/s" if t.get("windows_per_s") else "-"
+    text = (f"{t['windows']} windows in {t['wall_s']:.1f} s ({rate}); CPU stages "
+            f"{t['cpu_busy_s']:.1f} s")
+    if "device_busy_s" in t:
+        idle = t.get("device_idle_fraction")
+        text += (f"; device busy {t['device_busy_s']:.1f} s"
+                 + (f", idle {100 * idle:.0f}% of the time" if idle is not None else ""))
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the pipeline from command-line arguments; return the exit status."""
     parser = build_parser()
@@ -258,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + exc.signum if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     if config.profile_memory and summary.profile is not None:
         print(summary.profile.format(summary.device))
+        if summary.throughput:
+            print(_throughput_line(summary.throughput))
     if summary.is_main:
         print(summary.line())
         for line in summary.digest():

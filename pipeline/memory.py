@@ -202,6 +202,34 @@ class StageTable:
         row["peak_mb"] = max(row["peak_mb"], values["peak_mb"])
         row["rss_peak_mb"] = max(row["rss_peak_mb"], values["rss_peak_mb"])
 
+    def throughput(self, wall: float, windows: int,
+                   device_stages: tuple[str, ...]) -> dict[str, float | int | None]:
+        """How busy the run kept its device and its CPU, from the stage totals.
+
+        Args:
+            wall: Seconds the windows took (from the first batch to the last).
+            windows: Windows reconstructed in that time.
+            device_stages: The stages that run on the accelerator (the reconstructor's
+                :attr:`~pipeline.reconstructors.Reconstructor.device_stages`); every other
+                stage but ``load`` is CPU work.
+
+        Returns:
+            ``wall_s``, ``windows``, ``windows_per_s``, ``cpu_busy_s`` (summed over worker
+            processes, so it may exceed the wall time) and, with device stages,
+            ``device_busy_s`` and ``device_idle_fraction`` (of the wall time).
+        """
+        busy = {stage: row["seconds"] for stage, row in self.rows.items() if stage != "load"}
+        device = sum(seconds for stage, seconds in busy.items() if stage in device_stages)
+        out: dict[str, float | int | None] = {
+            "wall_s": round(wall, 3), "windows": windows,
+            "windows_per_s": round(windows / wall, 4) if wall > 0 else None,
+            "cpu_busy_s": round(sum(busy.values()) - device, 3)}
+        if device_stages:
+            out["device_busy_s"] = round(device, 3)
+            out["device_idle_fraction"] = (round(max(0.0, 1.0 - device / wall), 4)
+                                           if wall > 0 else None)
+        return out
+
     def format(self, device: str) -> str:
         """The table as text (one row per stage, in the order first seen)."""
         lines = [

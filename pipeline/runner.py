@@ -91,6 +91,8 @@ class RunSummary:
     """Why merging failed, when it was asked for and failed."""
     profile: StageTable | None = None
     """Per-stage time and peak memory of this process's work."""
+    throughput: dict[str, Any] | None = None
+    """How busy the windows kept the device and the CPU (see :meth:`StageTable.throughput`)."""
     device: str = "cpu"
     """Where the reconstructor ran, and which process this was (for the profile table)."""
     is_main: bool = True
@@ -548,8 +550,11 @@ def _run(config: PipelineConfig, frames: list[Frame], group: ProcessGroup,
     try:
         with reconstructor, _progress(config, len(todo)) as bar:
             reconstructor.progress = bar.set_postfix_str
+            work_start = time.perf_counter()
             reconstructor.start(todo)
             _process_all(todo, config, reconstructor, governor, manifest, profile, bar)
+            manifest.data["throughput"] = profile.throughput(
+                time.perf_counter() - work_start, len(todo), reconstructor.device_stages)
         status = "finished"
     except DiskFullError as exc:
         for record in getattr(exc, "records", []):
@@ -561,6 +566,7 @@ def _run(config: PipelineConfig, frames: list[Frame], group: ProcessGroup,
         manifest.finish(status, wall_time=time.perf_counter() - start, error=error)
     summary = RunSummary(output_dir=out, num_frames=len(frames), windows=manifest.data["windows"],
                          profile=profile, is_main=group.is_main,
+                         throughput=manifest.data.get("throughput"),
                          device=reconstructor.device + (f", process {group.rank} of "
                                                         f"{group.world_size}"
                                                         if group.world_size > 1 else ""))

@@ -259,3 +259,13 @@ def test_structure_thresholds_are_checked_in_the_library_too(tmp_path):
     with pytest.raises(InputError, match="--min-points must be 0 or a positive integer, got -1"):
         run(PipelineConfig(input_dir=IMAGES, output_dir=tmp_path / "o", min_points=-1))
     assert not (tmp_path / "o").exists()
+
+
+def test_throughput_of_a_cpu_run_is_recorded_and_printed(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli("--input-dir", frames(tmp_path / "in"), "--output-dir", out, *SMALL,
+               "--profile-memory") == 0
+    busy = manifest(out)["throughput"]
+    assert busy["windows"] == 3 and busy["windows_per_s"] > 0 and busy["cpu_busy_s"] > 0
+    assert "device_busy_s" not in busy  # colmap has no device stage
+    assert "3 windows in " in capsys.readouterr().out

@@ -83,6 +83,10 @@ class Reconstructor(abc.ABC):
     device: str = "cpu"
     """Where the work runs, for the run manifest."""
 
+    device_stages: ClassVar[tuple[str, ...]] = ()
+    """Stages of its profile that keep the accelerator busy (the others are CPU work); the run
+    reports the device's busy and idle time from them (``run.json`` → ``throughput``)."""
+
     load_stage: dict[str, float] | None = None
     """Time and memory of loading (a :class:`pipeline.memory.PeakSpan` as JSON), if any."""
 

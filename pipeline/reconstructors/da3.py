@@ -76,6 +76,7 @@ class Da3Reconstructor(NetworkReconstructor):
     """DA3 forward on stacked windows, tracks from SIFT matching, bundle adjustment per window."""
 
     name = "da3"
+    device_stages = ("forward",)  # its tracks come from SIFT matching on the CPU
     default_res = 504
 
     @classmethod

@@ -78,6 +78,7 @@ class VggtReconstructor(NetworkReconstructor):
     """VGGT forward on stacked windows, tracks from SIFT queries, bundle adjustment per window."""
 
     name = "vggt"
+    device_stages = ("forward", "tracking")  # the track head runs on the device
     default_res = 518
     res_multiple = 14
 

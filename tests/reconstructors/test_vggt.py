@@ -118,8 +118,16 @@ class EndToEndTest(VggtTestCase):
                          ["stage", "load", "preprocess", "forward", "tracking",
                           "bundle_adjustment", "export"])
         self.assertEqual(table[3].split()[1], "3")  # three forwards: one window each
-        memory = json.loads((out / "run.json").read_text())["memory"]
+        manifest = json.loads((out / "run.json").read_text())
+        memory = manifest["memory"]
         self.assertEqual(memory["budget_source"], "--max-memory-gb 0.05")
+        busy = manifest["throughput"]  # forward and tracking on the device, the rest CPU
+        rows = manifest["profile"]
+        self.assertAlmostEqual(busy["device_busy_s"], rows["forward"]["seconds"]
+                               + rows["tracking"]["seconds"], delta=0.01)
+        self.assertEqual(busy["windows"], 3)
+        self.assertTrue(0.0 <= busy["device_idle_fraction"] < 1.0)
+        self.assertIn("device busy", stdout.getvalue().splitlines()[7])
         self.assertEqual([o["windows"] for o in memory["observations"]], [1, 1, 1])
 
     def test_without_ba_points_come_from_depth(self):
