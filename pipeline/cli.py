@@ -13,8 +13,10 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -199,11 +201,29 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     return PipelineConfig(**from_flags(PipelineConfig, vars(args)), show_progress=not args.quiet)
 
 
+TERMINATE_GRACE_S = 20.0
+"""Seconds a terminated run has to stop cleanly before the process exits regardless."""
+
+
 @contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
+def terminate_as_interrupt(grace: float = TERMINATE_GRACE_S) -> Iterator[None]:
     """While the run lasts, SIGTERM and SIGHUP raise :class:`Terminated` in the main thread,
-    so they end the run the way Ctrl-C does; the previous handlers are restored after."""
+    so they end the run the way Ctrl-C does; the previous handlers are restored after.
+
+    A supervisor that sends SIGTERM expects the process to end: if the clean stop (staging
+    removed, workers stopped, ``run.json`` written) takes more than ``grace`` seconds (the
+    signal can land inside a library's critical section), or a second signal comes, the
+    process exits with ``128 + signal`` at once. Its workers end with it, its lock is released by
+    the OS, and the next run removes what it left."""
+    timers: list[threading.Timer] = []
+
     def handler(signum: int, frame: object) -> None:
+        if timers:  # a second signal: stop now
+            os._exit(128 + signum)
+        timer = threading.Timer(grace, _exit_now, args=(signum, grace))
+        timer.daemon = True
+        timer.start()
+        timers.append(timer)
         raise Terminated(signum)
 
     previous = {}
@@ -213,8 +233,18 @@ def _terminate_as_interrupt() -> Iterator[None]:
     try:
         yield
     finally:
+        for timer in timers:
+            timer.cancel()
         for signum, old in previous.items():
             signal.signal(signum, old)
+
+
+def _exit_now(signum: int, grace: float) -> None:
+    """End the process when a terminated run has not stopped within ``grace`` seconds."""
+    sys.stderr.write(f"error: the run did not stop within {grace:.0f} s of "
+                     f"{signal.Signals(signum).name}; exiting now (rerun to finish)\n")
+    sys.stderr.flush()
+    os._exit(128 + signum)
 
 
 def _configure_logging(*, verbose: bool, quiet: bool) -> None:
@@ -256,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import pycolmap  # noqa: F401 - before our SIGTERM handler: importing pycolmap installs
     # glog's failure signal handler, which would abort on SIGTERM instead of ending the run
     try:
-        with logging_redirect_tqdm(), _terminate_as_interrupt():
+        with logging_redirect_tqdm(), terminate_as_interrupt():
             summary = run(config)
     except DiskFullError as exc:  # windows were under way: what is written stays
         print(f"error: {exc}", file=sys.stderr)

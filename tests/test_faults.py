@@ -276,6 +276,34 @@ def test_sigterm_behaves_like_ctrl_c(tmp_path):
     assert not (out / ".lock").exists()
 
 
+HANGING_STOP = """
+import sys, time
+from pipeline.cli import terminate_as_interrupt
+with terminate_as_interrupt(grace={grace}):
+    try:
+        print("ready", flush=True)
+        time.sleep(60)
+    finally:
+        time.sleep(60)  # a clean stop that never ends (a signal inside a critical section)
+"""
+
+
+@pytest.mark.parametrize("signals,grace", [(1, 1.0), (2, 60.0)])
+def test_a_stop_that_hangs_still_ends_the_process(signals, grace):
+    proc = subprocess.Popen([sys.executable, "-c", HANGING_STOP.format(grace=grace)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    start = time.monotonic()
+    for _ in range(signals):  # a second SIGTERM: stop now
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143
+    assert time.monotonic() - start < grace + 10
+    if signals == 1:
+        assert "did not stop within 1 s of SIGTERM" in err
+
+
 # ---- a full disk ------------------------------------------------------------------------------
 
 @pytest.fixture
