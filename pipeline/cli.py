@@ -126,9 +126,6 @@ _TYPES = {"str": str, "int": _positive_int, "count": _non_negative_int, "float":
           "batch_size": _batch_size, "export_format": _export_format}
 """How each :data:`pipeline.options.KINDS` value is read (``bool`` is a switch)."""
 
-_GROUP_ORDER = ("input", "windows", "reconstruction", "networks (vggt, da3)",
-                "memory and devices", "da3 and exports", "output", "merge")
-
 
 def _help(owner: type, f: dataclasses.Field, flag: Flag) -> str:
     """The option's docstring, with its default when the text does not give it."""
@@ -158,12 +155,11 @@ def _add_option(target: Any, dest: str, owner: type, f: dataclasses.Field) -> No
     target.add_argument(*names, **kwargs)
 
 
-def add_flags(parser: argparse.ArgumentParser, cls: type,
-              titles: Sequence[str] = ()) -> dict[str, Any]:
+def add_flags(parser: argparse.ArgumentParser, cls: type) -> dict[str, Any]:
     """Add a flag for every flagged field of dataclass ``cls`` (nested options included) to
-    ``parser``, in argument groups named by the fields' :attr:`Flag.group` (``titles`` first,
-    in that order); return the mutually exclusive groups made, by name."""
-    groups = {title: parser.add_argument_group(title) for title in titles}
+    ``parser``, in argument groups named by the fields' :attr:`Flag.group` (in the order their
+    first field appears); return the mutually exclusive groups made, by name."""
+    groups: dict[str, Any] = {}
     exclusive: dict[str, Any] = {}
     for dest, owner, f in flagged_fields(cls):
         flag = flag_of(f)
@@ -190,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                "written) or the disk filled up, 2 bad usage or input or a busy output folder, "
                "130/143 interrupted/terminated. Rerunning into the same output folder skips "
                "windows made from the same frame contents and options, and redoes the rest.")
-    exclusive = add_flags(p, PipelineConfig, _GROUP_ORDER)
+    exclusive = add_flags(p, PipelineConfig)
     exclusive["verbosity"].add_argument("-q", "--quiet", action="store_true", help="Warnings "
                                         "and the summary only; no progress bars.")
     return p

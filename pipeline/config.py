@@ -32,7 +32,7 @@ NETWORKS = ("vggt", "da3")
 INPUT, WINDOWS, RECON, NETS, MEMORY, DA3, OUTPUT, MERGE = (
     "input", "windows", "reconstruction", "networks (vggt, da3)", "memory and devices",
     "da3 and exports", "output", "merge")
-"""The sections of ``--help``, in order."""
+"""The sections of ``--help`` (listed in the order their first field appears below)."""
 
 
 @dataclass(kw_only=True)

@@ -91,7 +91,11 @@ def cause_of(error: str | None) -> Cause | None:
 def cause_key(error: str | None) -> str:
     """What failures are grouped by: the known cause's label, else the reason with its numbers
     and quoted names blanked (``frame_012.png`` and ``frame_013.png`` fail alike)."""
-    cause = cause_of(error)
+    return _key(error, cause_of(error))
+
+
+def _key(error: str | None, cause: Cause | None) -> str:
+    """:func:`cause_key` of ``error`` whose known cause is ``cause``."""
     if cause is not None:
         return cause.label
     text = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", error or "unknown reason")
@@ -106,8 +110,8 @@ def failure_digest(records: Iterable[Mapping[str, Any]]) -> list[DigestEntry]:
         if record.get("status") == "ok":
             continue
         error = record.get("error") or "unknown reason"
-        key = cause_key(error)
         cause = cause_of(error)
+        key = _key(error, cause)
         entry = entries.setdefault(key, DigestEntry(
             cause=key, example=error, hint=cause.hint if cause else None))
         entry.count += 1

@@ -44,6 +44,7 @@ from .errors import InputError, PipelineError
 from .frames import natural_key
 from .geometry import (
     ALIGN_MODES,
+    AteResult,
     ate,
     camera_centers,
     invert_pose,
@@ -367,12 +368,40 @@ def evaluate_poses(pred: Mapping[str, np.ndarray], gt: Mapping[str, np.ndarray],
         ValueError: with fewer than :data:`MIN_FRAMES` matches or a degenerate alignment.
     """
     options = options or EvaluateOptions()
+    return _report(_align(pred, gt, options), pred, options)
+
+
+@dataclass
+class _Aligned:
+    """Predicted poses paired with ground truth by name, and the ATE alignment between them."""
+
+    pairs: list[tuple[str, str]]
+    """(predicted name, ground-truth name), in match order."""
+    pred_poses: np.ndarray
+    """(N, 3, 4) predicted camera-from-world poses."""
+    gt_poses: np.ndarray
+    """(N, 3, 4) ground-truth camera-from-world poses."""
+    ate: AteResult
+    """The trajectory error after alignment."""
+
+
+def _align(pred: Mapping[str, np.ndarray], gt: Mapping[str, np.ndarray],
+           options: EvaluateOptions) -> _Aligned:
+    """Pair ``pred`` with ``gt`` and align; see :func:`evaluate_poses` for what raises."""
     pairs = match_names(list(pred), list(gt))
     if len(pairs) < MIN_FRAMES:
         raise ValueError(f"only {len(pairs)} frames match the ground truth (need {MIN_FRAMES})")
     pred_poses = np.stack([pred[p] for p, _ in pairs])
     gt_poses = np.stack([gt[g] for _, g in pairs])
     ate_res = ate(camera_centers(pred_poses), camera_centers(gt_poses), align=options.align)
+    return _Aligned(pairs=pairs, pred_poses=pred_poses, gt_poses=gt_poses, ate=ate_res)
+
+
+def _report(aligned: _Aligned, pred: Mapping[str, np.ndarray],
+            options: EvaluateOptions) -> dict[str, Any]:
+    """The :func:`evaluate_poses` entry of ``aligned`` (RPE computed here)."""
+    pairs, pred_poses, gt_poses, ate_res = (aligned.pairs, aligned.pred_poses, aligned.gt_poses,
+                                            aligned.ate)
     rpe_res = None
     if options.rpe_delta < len(pairs):
         scale = ate_res.alignment.scale if options.align == "sim3" else 1.0
@@ -499,27 +528,26 @@ def _evaluate_segment(segment_dir: Path, out_dir: Path, frame_names: list[str],
     entry = {"path": str(Path(segment_dir).relative_to(out_dir)), "status": "ok",
              "num_frames": len(poses), "error": None}
     try:
-        entry.update(evaluate_poses(poses, gt, options=options))
+        aligned = _align(poses, gt, options)
+        entry.update(_report(aligned, poses, options))
     except ValueError as exc:
         entry.update(status="error", error=str(exc))
         logger.warning("merged trajectory: %s", exc)
         return entry
     if options.plot:
-        entry["plot"] = str(plot_against_ground_truth(poses, gt, options, units,
+        entry["plot"] = str(plot_against_ground_truth(aligned, options, units,
                                                       Path(segment_dir) / GT_PLOT))
     return entry
 
 
-def plot_against_ground_truth(pred: Mapping[str, np.ndarray], gt: Mapping[str, np.ndarray],
-                              options: EvaluateOptions, units: str, png: Path) -> Path:
+def plot_against_ground_truth(aligned: _Aligned, options: EvaluateOptions, units: str,
+                              png: Path) -> Path:
     """Draw the predicted path aligned onto the ground truth, coloured by each frame's error,
     over the ground truth (see :func:`pipeline.plots.plot_trajectory`); return ``png``."""
     from .plots import plot_trajectory
 
-    pairs = match_names(list(pred), list(gt))
-    pred_c = camera_centers(np.stack([pred[p] for p, _ in pairs]))
-    gt_c = camera_centers(np.stack([gt[g] for _, g in pairs]))
-    result = ate(pred_c, gt_c, align=options.align)
+    pred_c, gt_c = camera_centers(aligned.pred_poses), camera_centers(aligned.gt_poses)
+    result = aligned.ate
     plot_trajectory(png, result.alignment.apply(pred_c), ground_truth=gt_c, errors=result.errors,
                     units=units, title=f"{png.parent.name} against the ground truth\nATE rmse "
                     f"{result.rmse:.3g} {units} "

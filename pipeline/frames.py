@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import re
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -149,10 +150,8 @@ def check_one_kind(paths: list[Path]) -> None:
             groups.setdefault(kind, []).append(path)
     if len(groups) > 1:
         _mixed_kinds(groups)
-    patterns: dict[str, int] = {}
-    for path in paths:
-        patterns[_name_pattern(path.name)] = patterns.get(_name_pattern(path.name), 0) + 1
-    ranked_patterns = sorted(patterns.items(), key=lambda item: -item[1])
+    patterns = Counter(_name_pattern(path.name) for path in paths)
+    ranked_patterns = patterns.most_common()
     if len(ranked_patterns) > 1 and ranked_patterns[1][1] >= MIN_PATTERN_SHARE * len(paths):
         listed = ", ".join(f"{n} like {p}" for p, n in ranked_patterns[:3])
         logger.warning("the frames follow %d name patterns (%s); if only one of them is the "

@@ -143,16 +143,17 @@ def default_text(f: dataclasses.Field) -> str | None:
     return str(value)
 
 
-def unread_options(config: Any, reconstructor: str) -> list[str]:
-    """The flags of the options ``config`` sets away from their defaults that ``reconstructor``
-    does not read (an option that would silently do nothing)."""
-    unread = []
+def unread_options(config: Any, reconstructor: str) -> dict[str, tuple[str, ...]]:
+    """``{flag: the reconstructors that read it}`` of the options ``config`` sets away from
+    their defaults that ``reconstructor`` does not read (options that would silently do
+    nothing), in field order."""
+    unread = {}
     for f in dataclasses.fields(config):
         flag = flag_of(f)
         if flag is None or flag.readers is None or reconstructor in flag.readers:
             continue
         if f.default is not dataclasses.MISSING and getattr(config, f.name) != f.default:
-            unread.append(flag_name(f))
+            unread[flag_name(f)] = flag.readers
     return unread
 
 
@@ -161,11 +162,3 @@ def changed_flags(options: Any) -> list[str]:
     return [flag_name(f) for _, _, f in flagged_fields(type(options))
             if getattr(options, f.name) != f.default]
 
-
-def readers_of(config_class: type, flag: str) -> tuple[str, ...] | None:
-    """The reconstructors that read the option with command-line ``flag``."""
-    for f in dataclasses.fields(config_class):
-        if flag_name(f) == flag:
-            found = flag_of(f)
-            return found.readers if found else None
-    raise KeyError(flag)

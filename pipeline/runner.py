@@ -43,7 +43,7 @@ from .frames import (
 )
 from .lock import OutputLock
 from .memory import MemoryGovernor, StageTable, budget_mb
-from .options import changed_flags, readers_of, unread_options
+from .options import changed_flags, unread_options
 from .output import (
     PLAN,
     RunManifest,
@@ -159,11 +159,11 @@ def choose_reconstructor(config: PipelineConfig) -> tuple[str, str]:
     if config.reconstructor != "auto":
         return config.reconstructor, "asked for"
     from .models import WeightsNotFoundError, resolve_weights, weights_available
-    from .models.loading import hub_reachable
+    from .models.loading import hub_offline, hub_reachable
 
     if weights_available(config.model):
         return "vggt", f"weights of {config.model} found on this machine"
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    if hub_offline():
         return "colmap", f"no weights of {config.model} here and HF_HUB_OFFLINE is set"
     if not hub_reachable():
         return "colmap", f"no weights of {config.model} here and the hub cannot be reached"
@@ -219,8 +219,8 @@ def unread_problem(config: PipelineConfig, reconstructor: str) -> str | None:
     unread = unread_options(config, reconstructor)
     if not unread:
         return None
-    listed = ", ".join(f"{flag} (read by {'/'.join(readers_of(PipelineConfig, flag) or ())})"
-                       for flag in unread)
+    listed = ", ".join(f"{flag} (read by {'/'.join(readers)})"
+                       for flag, readers in unread.items())
     return f"{listed}: not read by {reconstructor}"
 
 
@@ -286,8 +286,6 @@ def process_window_batch(window_batch: Batch[Any] | Sequence[Window[Any]], batch
                 discard_staging(rest)
             exc.records = records
             raise
-        if info["status"] != STATUS_OK:
-            logger.debug("window %d failed: %s", window.index, info["error"])
         records.append(info)
     return records
 

@@ -80,12 +80,14 @@ def test_merge_flags_reach_the_merge_from_both_commands(tmp_path, capsys):
         capsys.readouterr().err
 
 
+
 def test_unread_options_are_named():
     config = PipelineConfig(output_dir=Path("o"), max_query_pts=512, camera_params=(1.0, 2, 3),
                             export_format="colmap-glb")
-    assert unread_options(config, "colmap") == ["--max-query-pts", "--export-format"]
-    assert unread_options(config, "vggt") == ["--camera-params", "--export-format"]
-    assert unread_options(config, "da3") == ["--camera-params", "--max-query-pts"]
+    assert list(unread_options(config, "colmap")) == ["--max-query-pts", "--export-format"]
+    assert list(unread_options(config, "vggt")) == ["--camera-params", "--export-format"]
+    assert list(unread_options(config, "da3")) == ["--camera-params", "--max-query-pts"]
+    assert unread_options(config, "colmap")["--export-format"] == ("da3",)
 
 
 @pytest.mark.parametrize("args,message", [

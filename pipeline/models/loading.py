@@ -128,6 +128,11 @@ def _looks_like_repo_id(name: str) -> bool:
     )
 
 
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` is set (read now, not at import as huggingface_hub does)."""
+    return _env_flag("HF_HUB_OFFLINE")
+
+
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -221,7 +226,7 @@ def _hub_files(
             f"{repo_id!r} is not a local path and huggingface_hub is not installed "
             f"(pip install huggingface_hub). " + _how_to_get(repo_id)
         ) from exc
-    offline = _env_flag("HF_HUB_OFFLINE")
+    offline = hub_offline()
     cache = _hub_cache_dir(cache_dir)
     unreachable = False
     if not offline and not any(
