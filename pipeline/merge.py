@@ -27,7 +27,7 @@ import logging
 import shutil
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -544,7 +544,8 @@ def merge_output(output_dir: Path, options: MergeOptions | None = None) -> dict[
     segments = find_segments(models, pairs)
     merged = output_dir / MERGED_DIR
     shutil.rmtree(merged, ignore_errors=True)
-    report: dict[str, Any] = {"failed_windows": failed, "ignored_folders": leftovers,
+    report: dict[str, Any] = {"options": asdict(options), "failed_windows": failed,
+                              "ignored_folders": leftovers,
                               "pairs": [p.report() for p in pairs], "segments": []}
     for k, windows in enumerate(segments):
         transforms = chain_transforms(windows, pairs)

@@ -4,6 +4,7 @@ the README's flag table matches it, and options a reconstructor does not read ar
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 
@@ -78,7 +79,12 @@ def test_merge_flags_reach_the_merge_from_both_commands(tmp_path, capsys):
                  "--min-shared-frames", "4", "-q"]) == 2
     assert "--min-shared-frames: merge options, read only with --merge" in \
         capsys.readouterr().err
-
+    out = tmp_path / "run"  # the run's merge is made with them
+    assert main(["--input-dir", str(IMAGES), "--output-dir", str(out), "--max-frames", "8",
+                 "--reconstructor", "colmap", "--merge", "--no-refine", "--voxel-fraction",
+                 "0.01", "-q"]) == 0
+    used = json.loads((out / "merged" / "merge.json").read_text())["options"]
+    assert used == dataclasses.asdict(MergeOptions(refine=False, voxel_fraction=0.01))
 
 
 def test_unread_options_are_named():
