@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """One window at a time against batched, on the same machine in one run.
 
-Runs the pipeline twice over the same windows, first one window at a time (batch size 1, one
-worker), then batched (``--batch-size`` windows together, one worker process per window up to the
-number of cores), checks that both give the same windows (status, registered frames, and camera
-centres that agree after a Sim(3) alignment), and prints wall time, windows per second and the
-ratio. Every number is measured in this run.
+Runs the pipeline twice over the same windows, first one window at a time (batch size 1, each
+window finished before the next: ``--cpu-workers 0``), then batched and pipelined
+(``--batch-size`` windows together, windows finished by worker processes while the next batches
+run, the default executor), checks that both give the same windows (status, registered
+frames, and camera centres that agree after a Sim(3) alignment), and prints wall time, windows
+per second and the ratio. Every number is measured in this run.
 
     python demo_batch_processing.py                      # testdata, classical reconstructor
     python demo_batch_processing.py --reconstructor vggt # the network (generated weights if
@@ -76,17 +77,14 @@ def vggt_model(args: argparse.Namespace, scratch: Path) -> str:
 
 
 def timed_runs(base: PipelineConfig, batch_size: int) -> dict[str, RunSummary]:
-    """Run one-at-a-time, then batched, each into its own sub-folder, from scratch (colmap:
-    one worker process, then one per window)."""
-
-    def workers(count: int | None) -> dict[str, int | None]:
-        return {"num_workers": count} if base.reconstructor == "colmap" else {}
-
+    """Run one-at-a-time (one window per batch, each finished before the next: the serial
+    path), then batched and pipelined (the default executor), each into its own sub-folder,
+    from scratch."""
     modes = {
         "one at a time": replace(base, output_dir=base.output_dir / "one_at_a_time",
-                                 window_batch_size=1, **workers(1)),
+                                 window_batch_size=1, cpu_workers=0),
         "batched": replace(base, output_dir=base.output_dir / "batched",
-                           window_batch_size=batch_size, **workers(None)),
+                           window_batch_size=batch_size),
     }
     return {name: run(config) for name, config in modes.items()}
 

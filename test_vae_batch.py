@@ -187,7 +187,7 @@ class ResumeTest(TempDirTestCase):
             str(out),
             "--window-batch-size",
             "1",
-            "--num-workers",
+            "--cpu-workers",
             "1",
             "-q",
         ]

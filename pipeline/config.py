@@ -112,11 +112,6 @@ class PipelineConfig:
     (SIMPLE_RADIAL)."""
     shared_camera: bool = option(False, group=RECON, kind="bool")
     """One set of intrinsics for all frames of a window (default: one per frame)."""
-    num_workers: int | None = option(None, group=RECON, kind="int", metavar="N",
-                                     readers=("colmap",),
-                                     default_text="one per window, up to the cores")
-    """colmap: worker processes per batch; windows always run in workers, so that COLMAP
-    aborting costs one window, not the run."""
     chunk_frames: int = option(100, group=RECON, kind="count", metavar="N", readers=("colmap",))
     """colmap: frames of the sequence reconstructed together, each window cut out of its chunk
     (features once per frame, matches once per pair, poses for short windows of video); 0: each
@@ -184,6 +179,13 @@ class PipelineConfig:
     cpu_offload: bool = option(False, group=MEMORY, kind="bool", readers=NETWORKS)
     """vggt/da3: keep the transformer blocks' weights in CPU memory and move each to the GPU
     only while it runs (6-8 GB cards; slower)."""
+    cpu_workers: int | None = option(None, group=MEMORY, kind="count", metavar="N",
+                                     default_text="one per free core")
+    """Worker processes that finish windows while the next batches run (vggt/da3: tracks into
+    a COLMAP model, bundle adjustment, export; colmap: all of a window's work), frames decoded
+    ahead in a thread. 0: the serial path, each batch finished before the next starts (vggt/da3
+    in the main process; colmap always in worker processes, so a COLMAP abort costs one
+    window). Default: one per core, less one that drives the device for vggt/da3."""
     use_accelerate: bool = option(False, group=MEMORY, kind="bool")
     """Schedule through Hugging Face Accelerate; implied under 'accelerate launch', which splits
     the windows between its processes (one device each) and merges run.json."""

@@ -42,7 +42,7 @@ CAUSES = (
           "try a smaller --process-res or --window-batch-size, --cpu-offload, or "
           "--allow-approximate"),
     Cause("worker crashed", r"worker process .*crashed",
-          "a COLMAP worker died (often memory): try fewer --num-workers; -v shows COLMAP's log"),
+          "a COLMAP worker died (often memory): try fewer --cpu-workers; -v shows COLMAP's log"),
     Cause("sequence reconstruction failed", r"(building the feature store|mapping frames .*) "
           r"failed",
           "the chunk around these windows could not be mapped: -v shows COLMAP's log; "

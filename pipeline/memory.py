@@ -331,6 +331,10 @@ class MemoryGovernor:
     """Every measured batch, in order."""
     out_of_memory_at: int | None = None
     """The smallest batch that ran out of memory; later batches stay below it."""
+    queued_mb: float = 0.0
+    """Memory held by windows waiting between the stages (frames prepared ahead, jobs on their
+    way to or in the CPU workers), MiB, when it counts against the budget (host memory): set
+    by the executor before each batch is sized."""
 
     @property
     def per_window_mb(self) -> float | None:
@@ -358,7 +362,7 @@ class MemoryGovernor:
         if per_window is None:
             return 1
         held = self.observations[-1].held_mb
-        room = self.budget_mb * self.headroom - held
+        room = self.budget_mb * self.headroom - held - self.queued_mb
         fits = math.floor(room / max(per_window, 1.0))
         ceiling = self.max_windows if self.out_of_memory_at is None else self.out_of_memory_at - 1
         return int(min(ceiling, max(1, fits)))
@@ -377,6 +381,7 @@ class MemoryGovernor:
             "headroom": self.headroom,
             "per_window_mb": None if self.per_window_mb is None else round(self.per_window_mb, 1),
             "held_mb": round(self.observations[-1].held_mb, 1) if self.observations else None,
+            "queued_mb": round(self.queued_mb, 1),
             "windows_per_batch": self.windows_per_batch(),
             "out_of_memory_at": self.out_of_memory_at,
             "observations": [

@@ -25,6 +25,15 @@ from .config import CAMERA_PARAMS, IMAGE_MODES, MergeOptions, PipelineConfig
 from .digest import cause_key, failure_digest, plural
 from .distributed import ProcessGroup, process_group
 from .errors import DiskFullError, InputError, PipelineError
+from .executor import (
+    CpuPool,
+    ExecutorStats,
+    InFlight,
+    WindowExecutor,
+    completed_pending,
+    default_cpu_workers,
+    result_of,
+)
 from .export import (
     NO_SPACE,
     create_staging,
@@ -60,10 +69,11 @@ from .reconstructors import (
     STATUS_OK,
     Reconstructor,
     WindowResult,
+    colmap_log_level,
     create_reconstructor,
     reconstructor_class,
 )
-from .windows import Batch, Window, create_windows, take_batch
+from .windows import Batch, Window, create_windows
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +237,7 @@ def unread_problem(config: PipelineConfig, reconstructor: str) -> str | None:
 def process_window_batch(window_batch: Batch[Any] | Sequence[Window[Any]], batch_idx: int,
                          args: PipelineConfig, *,
                          reconstructor: Reconstructor | None = None) -> list[dict[str, Any]]:
-    """Reconstruct one batch of windows and write each window's folder.
+    """Reconstruct one batch of windows in this process and write each window's folder.
 
     Every window ends with a folder and a ``window_info.json``: ``status`` is ``"ok"`` or
     ``"failed"`` with the reason in ``error``. One window's failure never stops the others, and an
@@ -254,40 +264,63 @@ def process_window_batch(window_batch: Batch[Any] | Sequence[Window[Any]], batch
         args = replace(args, reconstructor=choose_reconstructor(args)[0])
         with build_reconstructor(args) as owned:
             return process_window_batch(windows, batch_idx, args, reconstructor=owned)
+    flights = start_window_batch(windows, batch_idx, args, reconstructor, CpuPool(0))
+    records: list[dict[str, Any]] = []
+    for k, flight in enumerate(flights):
+        try:
+            records.append(finish_window(flight, result_of(flight.pending), args, reconstructor))
+        except DiskFullError as exc:
+            for rest in flights[k + 1:]:
+                discard_staging(rest.staging)
+            exc.records = records
+            raise
+    return records
+
+
+def start_window_batch(windows: Sequence[Window[Frame]], batch_idx: int, args: PipelineConfig,
+                       reconstructor: Reconstructor, pool: CpuPool) -> list[InFlight]:
+    """Make the windows' staging folders and start the batch (see
+    :meth:`~pipeline.reconstructors.Reconstructor.start_batch`); a batch that fails as a whole
+    fails each of its windows."""
     out = Path(args.output_dir)
-    finals = [out / w.relative_dir for w in windows]
-    stagings = _create_stagings(windows, finals, args.images)
-    start = time.perf_counter()
+    stagings = _create_stagings(windows, [out / w.relative_dir for w in windows], args.images)
+    start, generation = time.perf_counter(), pool.generation
     try:
-        results = reconstructor.reconstruct_batch(windows, stagings)
-        if len(results) != len(windows):
-            raise RuntimeError(f"{reconstructor.name} returned {len(results)} results "
+        pending = reconstructor.start_batch(windows, stagings, pool)
+        if len(pending) != len(windows):
+            raise RuntimeError(f"{reconstructor.name} returned {len(pending)} results "
                                f"for {len(windows)} windows")
     except Exception as exc:  # noqa: BLE001 - the batch's windows fail, the run goes on
         logger.exception("batch %d failed as a whole", batch_idx)
-        results = [WindowResult.failure(f"{type(exc).__name__}: {exc}") for _ in windows]
+        pending = [completed_pending(WindowResult.failure(f"{type(exc).__name__}: {exc}"))
+                   for _ in windows]
     except BaseException:  # interrupted: leave no half-written window behind
         for staging in stagings:
             discard_staging(staging)
         raise
-    elapsed = time.perf_counter() - start
     options = reconstructor.signature_options()
+    return [InFlight(window=w, batch_index=batch_idx, staging=s, pending=p, started=start,
+                     signature_options=options, generation=generation)
+            for w, s, p in zip(windows, stagings, pending)]
+
+
+def finish_window(flight: InFlight, result: WindowResult, args: PipelineConfig,
+                  reconstructor: Reconstructor) -> dict[str, Any]:
+    """Finalise a window whose result is in: its record, its signature, its folder.
+
+    Raises:
+        DiskFullError: the disk filled up (its staging folder is removed).
+    """
+    window = flight.window
     checks = window_checks(args)
-    records: list[dict[str, Any]] = []
-    for k, (window, staging, final, result) in enumerate(zip(windows, stagings, finals, results)):
-        info = _window_record(window, batch_idx, result, args, reconstructor, elapsed)
-        info["signature"] = window_signature(window.items, reconstructor.name, options,
-                                             args.images, reconstructor.window_context(window),
-                                             checks)
-        try:
-            _finalize(staging, final, info, args.images, checks)
-        except DiskFullError as exc:
-            for rest in stagings[k + 1:]:
-                discard_staging(rest)
-            exc.records = records
-            raise
-        records.append(info)
-    return records
+    info = _window_record(window, flight.batch_index, result, args, reconstructor,
+                          time.perf_counter() - flight.started)
+    info["signature"] = window_signature(window.items, reconstructor.name,
+                                         flight.signature_options, args.images,
+                                         reconstructor.window_context(window), checks)
+    _finalize(flight.staging, Path(args.output_dir) / window.relative_dir, info, args.images,
+              checks)
+    return info
 
 
 def _frame_windows(windows: list[Window[Any]], args: PipelineConfig) -> list[Window[Frame]]:
@@ -550,9 +583,10 @@ def _run(config: PipelineConfig, frames: list[Frame], group: ProcessGroup,
             reconstructor.progress = bar.set_postfix_str
             work_start = time.perf_counter()
             reconstructor.start(todo)
-            _process_all(todo, config, reconstructor, governor, manifest, profile, bar)
-            manifest.data["throughput"] = profile.throughput(
-                time.perf_counter() - work_start, len(todo), reconstructor.device_stages)
+            stats = _process_all(todo, config, reconstructor, governor, manifest, profile, bar)
+            manifest.data["throughput"] = {**profile.throughput(
+                time.perf_counter() - work_start, len(todo), reconstructor.device_stages),
+                **stats.to_json()}
         status = "finished"
     except DiskFullError as exc:
         for record in getattr(exc, "records", []):
@@ -652,23 +686,48 @@ def _batch_size(config: PipelineConfig, governor: MemoryGovernor | None,
 
 def _process_all(todo: list[Window[Frame]], config: PipelineConfig,
                  reconstructor: Reconstructor, governor: MemoryGovernor | None,
-                 manifest: RunManifest, profile: StageTable, bar: tqdm) -> None:
-    """Batch after batch until ``todo`` is done, each sized just before it runs."""
-    pending, index = list(todo), 0
+                 manifest: RunManifest, profile: StageTable, bar: tqdm) -> ExecutorStats:
+    """Every window of ``todo`` through the executor (pipelined, or serial with
+    ``--cpu-workers 0``), batches sized just before they start."""
     causes_seen: set[str] = set()
-    while pending:
-        size = _batch_size(config, governor, manifest.group)
-        batch, pending = take_batch(pending, size, index, size_of=lambda f: f.size)
-        records = process_window_batch(batch, batch.index, config, reconstructor=reconstructor)
-        _observe(reconstructor, governor, profile, records)
-        for record in records:
-            manifest.add(record)
-            _log_failure(record, causes_seen)
+
+    def start(batch: Batch[Frame], pool: CpuPool) -> list[InFlight]:
+        flights = start_window_batch(batch.windows, batch.index, config, reconstructor, pool)
+        _observe(reconstructor, governor, profile)
+        return flights
+
+    def on_record(record: dict[str, Any]) -> None:
+        for stage, span in (record.get("stages") or {}).items():
+            profile.add(stage, span)
+        manifest.add(record)
+        _log_failure(record, causes_seen)
         if governor is not None:
             manifest.data["memory"] = governor.to_json()
         manifest.write()
-        bar.update(len(batch))
-        index += 1
+        bar.update(1)
+
+    device = reconstructor.memory_device()
+    pool = CpuPool(cpu_workers(config, reconstructor, manifest.group),
+                   colmap_log_level=colmap_log_level(config))
+    executor = WindowExecutor(
+        reconstructor=reconstructor, pool=pool, start=start,
+        finish=lambda flight, result: finish_window(flight, result, config, reconstructor),
+        on_record=on_record, batch_size=lambda: _batch_size(config, governor, manifest.group),
+        governor=governor, count_host_memory=device is not None and device.type == "cpu")
+    try:
+        return executor.run(todo, size_of=lambda f: f.size)
+    finally:
+        pool.close()
+
+
+def cpu_workers(config: PipelineConfig, reconstructor: Reconstructor,
+                group: ProcessGroup) -> int:
+    """``--cpu-workers``, or one per core left free (see
+    :func:`pipeline.executor.default_cpu_workers`)."""
+    if config.cpu_workers is not None:
+        return config.cpu_workers
+    return default_cpu_workers(reconstructor.memory_device() is not None,
+                               group.local_world_size)
 
 
 def _log_failure(record: dict[str, Any], causes_seen: set[str]) -> None:
@@ -686,8 +745,8 @@ def _log_failure(record: dict[str, Any], causes_seen: set[str]) -> None:
 
 
 def _observe(reconstructor: Reconstructor, governor: MemoryGovernor | None,
-             profile: StageTable, records: list[dict[str, Any]]) -> None:
-    """Feed what the batch measured to the governor and the stage table."""
+             profile: StageTable) -> None:
+    """Feed what the batch measured on its start to the governor and the stage table."""
     report = reconstructor.last_report
     if report is not None:
         for stage, span in report.stages:
@@ -697,9 +756,6 @@ def _observe(reconstructor: Reconstructor, governor: MemoryGovernor | None,
                 governor.observe(observation)
             if report.out_of_memory_at is not None:
                 governor.observe_out_of_memory(report.out_of_memory_at)
-    for record in records:
-        for stage, span in (record.get("stages") or {}).items():
-            profile.add(stage, span)
 
 
 def _record_memory(manifest: RunManifest, governor: MemoryGovernor | None,

@@ -121,7 +121,7 @@ def test_result_options_count_and_others_do_not(tmp_path, caplog):
     source = frames(tmp_path / "a")
     assert cli("--input-dir", source, "--output-dir", out, *SMALL) == 0
     assert cli("--input-dir", source, "--output-dir", out, *SMALL, "--window-batch-size", "1",
-               "--num-workers", "1") == 0
+               "--cpu-workers", "1") == 0
     assert manifest(out)["summary"]["skipped"] == 3
     with caplog.at_level(logging.INFO, logger="pipeline.runner"):
         assert cli("--input-dir", source, "--output-dir", out, *SMALL,
@@ -246,7 +246,7 @@ def test_kill_9_leaves_no_worker_behind(tmp_path):
     out = tmp_path / "out"
     source = frames(tmp_path / "a", count=16)
     proc = subprocess.Popen(pipeline_cmd("--input-dir", source, "--output-dir", out, *SMALL,
-                                         "--window-batch-size", "2", "--num-workers", "2"))
+                                         "--window-batch-size", "2", "--cpu-workers", "2"))
     assert wait_for(lambda: len(children(proc.pid)) >= 2 and list(out.glob("batch_*/.window_*")))
     workers = children(proc.pid)
     proc.kill()
@@ -262,7 +262,7 @@ def test_sigterm_behaves_like_ctrl_c(tmp_path):
     out = tmp_path / "out"
     source = frames(tmp_path / "a", count=16)
     proc = subprocess.Popen(pipeline_cmd("--input-dir", source, "--output-dir", out, *SMALL,
-                                         "--window-batch-size", "2", "--num-workers", "2"),
+                                         "--window-batch-size", "2", "--cpu-workers", "2"),
                             stderr=subprocess.PIPE, text=True)
     assert wait_for(lambda: list(out.glob("batch_*/.window_*")) and children(proc.pid))
     workers = children(proc.pid)

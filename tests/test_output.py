@@ -69,7 +69,7 @@ ALTERNATIVES = {
     "overwrite": True,
     "skip_bad_frames": True,
     "images": "copy",
-    "num_workers": 2,
+    "cpu_workers": 2,
     "chunk_frames": 50,
     "min_registered_fraction": 0.7,
     "min_points": 10,
@@ -105,7 +105,7 @@ NOT_IN_OPTIONS = {
     "use_accelerate",
     "profile_memory",
     "overwrite",
-    "num_workers",
+    "cpu_workers",
     "merge",
     "merge_options",  # what --merge makes of the windows, not the windows
     "show_progress",

@@ -14,10 +14,13 @@ import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..frames import Frame
 from ..windows import Window
+
+if TYPE_CHECKING:
+    from ..executor import CpuPool, Pending
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -121,6 +124,20 @@ class Reconstructor(abc.ABC):
         Returns:
             One result per window, in order. Never raises for a single window's failure.
         """
+
+    def start_batch(self, windows: Sequence[Window[Frame]], staging_dirs: Sequence[Path],
+                    pool: CpuPool) -> list[Pending]:
+        """Start reconstructing a batch (the pipelined executor's entry): what must run in
+        this process runs now; each window's CPU part may go to ``pool`` and finish while the
+        next batches run. Returns one :class:`pipeline.executor.Pending` per window, in order.
+        Here: :meth:`reconstruct_batch`, all of it now."""
+        from ..executor import completed_pending
+
+        return [completed_pending(r) for r in self.reconstruct_batch(windows, staging_dirs)]
+
+    def attach_pool(self, pool: CpuPool) -> None:
+        """The run's worker pool, for a reconstructor that runs work of its own in worker
+        processes (colmap): it uses that one instead of starting another."""
 
     @classmethod
     def options_from_config(cls, config: Any) -> Any:

@@ -21,7 +21,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pycolmap
 
@@ -31,6 +31,9 @@ from ..frames import Frame
 from ..memory import PeakMeter, memory_record, reset_peak
 from ..windows import Window
 from . import STATUS_OK, BatchReport, Reconstructor, WindowResult, colmap_log_level
+
+if TYPE_CHECKING:
+    from ..executor import CpuPool, Pending
 
 logger = logging.getLogger(__name__)
 
@@ -132,12 +135,13 @@ class ColmapReconstructor(Reconstructor):
         self.options = options or ColmapOptions()
         self._pool: ProcessPoolExecutor | None = None
         self._pool_size = 0
+        self._shared: CpuPool | None = None
         self._sequence: _Sequence | None = None
 
     @classmethod
     def options_from_config(cls, config: Any) -> ColmapOptions:
         return ColmapOptions(camera_type=config.camera_type, shared_camera=config.shared_camera,
-                             camera_params=config.camera_params, num_workers=config.num_workers,
+                             camera_params=config.camera_params,
                              chunk_frames=config.chunk_frames,
                              min_registered_fraction=config.min_registered_fraction,
                              colmap_log_level=colmap_log_level(config))
@@ -404,7 +408,33 @@ class ColmapReconstructor(Reconstructor):
             self.report_progress(f"{len(results)}/{len(jobs)} done", window)
         return results
 
+    def attach_pool(self, pool: CpuPool) -> None:
+        """Run the store, the chunks and windows alone in the executor's workers."""
+        if not pool.inline:
+            self._shutdown_pool()
+            self._shared = pool
+
+    def start_batch(self, windows: Sequence[Window[Frame]], staging_dirs: Sequence[Path],
+                    pool: CpuPool) -> list[Pending]:
+        """Windows alone go to ``pool``'s workers as jobs and the call returns at once;
+        windows cut out of chunks (and any batch with an inline pool) as
+        :meth:`reconstruct_batch` does."""
+        if pool.inline or self.options.chunk_frames:
+            return super().start_batch(windows, staging_dirs, pool)
+        from ..executor import submit_job
+
+        self.last_report = BatchReport()
+        threads = self.options.num_threads or max(1, _cores() // pool.workers)
+        options = replace(self.options, num_threads=threads)
+        self.report_progress(f"features, matching, mapping of {_count(windows)}")
+        return [submit_job(pool, ColmapWindowJob(names=[f.name for f in w.items],
+                                                 staging=Path(d),
+                                                 options=_window_options(w, options)))
+                for w, d in zip(windows, staging_dirs)]
+
     def _workers(self, jobs: int) -> int:
+        if self._shared is not None:
+            return self._shared.workers
         return self.options.num_workers or max(1, min(jobs, _cores()))
 
     def _collect(self, future: Future) -> WindowResult:
@@ -418,6 +448,8 @@ class ColmapReconstructor(Reconstructor):
             return WindowResult.failure(f"{type(exc).__name__}: {exc}")
 
     def _get_pool(self, workers: int) -> ProcessPoolExecutor:
+        if self._shared is not None:
+            return self._shared.executor()
         if self._pool is None or self._pool_size < workers:  # a larger pool serves as well
             self._shutdown_pool()
             # spawn: forking a process that already runs threads (pycolmap, torch) can deadlock
@@ -429,6 +461,8 @@ class ColmapReconstructor(Reconstructor):
         return self._pool
 
     def _shutdown_pool(self) -> None:
+        if self._shared is not None:
+            self._shared.restart()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
@@ -439,6 +473,7 @@ class ColmapReconstructor(Reconstructor):
             s.chunk_jobs = {i: j for i, j in s.chunk_jobs.items() if _succeeded(j)}
 
     def close(self) -> None:
+        self._shared = None  # the executor's pool: it closes it
         self._shutdown_pool()
         self._close_sequence()
 
@@ -452,6 +487,28 @@ class ColmapReconstructor(Reconstructor):
             stop_workers(self._pool)
             self._pool = None
         self.close()
+
+
+@dataclass(kw_only=True)
+class ColmapWindowJob:
+    """One window reconstructed from its own frames, in a worker process."""
+
+    names: list[str]
+    """Its frames' names (``staging/images/<name>``)."""
+    staging: Path
+    """Its staging folder (``sparse/`` goes there)."""
+    options: ColmapOptions
+    """The window's options."""
+
+    def run(self) -> WindowResult:
+        return reconstruct_window(self.names, self.staging, self.options)
+
+    def nbytes(self) -> int:
+        return 0
+
+
+def _count(windows: Sequence[Window[Frame]]) -> str:
+    return f"{len(windows)} window" + ("" if len(windows) == 1 else "s")
 
 
 @dataclass(kw_only=True)

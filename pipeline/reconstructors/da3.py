@@ -26,13 +26,13 @@ import torch
 from ..export_formats import ExportOptions, write_exports
 from ..frames import Frame
 from ..preprocess import PreprocessOptions
-from ..sfm import Tracks, WindowPredictions
+from ..sfm import Tracks
 from ..windows import Window
-from . import WindowResult
 from .network import (
     NetworkBatch,
     NetworkOptions,
     NetworkReconstructor,
+    SfmJob,
     sift_features,
     window_predictions,
 )
@@ -154,40 +154,45 @@ class Da3Reconstructor(NetworkReconstructor):
         with torch.inference_mode():
             return self.model(images.to(self.torch_device), options=opts)
 
-    def _finish_window(
-        self,
-        b: int,
-        window: Window[Frame],
-        staging: Path,
-        batch: NetworkBatch,
-        out: dict[str, Any],
-        options: Any,
-    ) -> WindowResult:
-        """Cameras and depth of window ``b``, tracks from matching -> model (+ exports)."""
-        with self.meter.measure() as tracking:
+    def _window_job(self, b: int, window: Window[Frame], staging: Path, batch: NetworkBatch,
+                    out: dict[str, Any], options: Any) -> Da3Job:
+        """Cameras and depth of window ``b`` on the original frames -> the job that matches
+        features into tracks, bundle-adjusts and exports (all CPU work)."""
+        with self.meter.measure() as predictions:
             preds = window_predictions(
-                window,
-                batch.originals[b],
-                batch.transforms[b],
+                window, batch.originals[b], batch.transforms[b],
                 out["extrinsics"][b].float().cpu().numpy().astype(np.float64),
-                out["intrinsics"][b].float().cpu().numpy(),
-                out["depth"][b],
-                out["depth_conf"][b],
-            )
-            tracks = None
-            if self.options.sfm.use_ba:
-                tracks = matched_tracks(
-                    preds.colors, self.options.features, self.options.ratio_test
-                )
-        result = self._sfm_result(preds, tracks, staging, {"tracking": tracking.to_json()})
+                out["intrinsics"][b].float().cpu().numpy(), out["depth"][b],
+                out["depth_conf"][b])
+        details = {}
         if "scale_factor" in out:  # nested: depth and poses in metres
-            result.details["metric_scale"] = float(out["scale_factor"][b])
-        return result
+            details["metric_scale"] = float(out["scale_factor"][b])
+        return self._job(preds, None, staging, {"predictions": predictions.to_json()},
+                         job=Da3Job, details=details, features=self.options.features,
+                         ratio_test=self.options.ratio_test, exports=self.options.exports)
 
-    def _export_extras(self, preds: WindowPredictions, staging: Path) -> list[str]:
+
+@dataclass(kw_only=True)
+class Da3Job(SfmJob):
+    """A DA3 window's CPU part: tracks from SIFT matching, then the shared SfM stage and the
+    ``--export-format`` files."""
+
+    features: Any = None
+    """pycolmap.FeatureExtractionOptions of the matched features."""
+    ratio_test: float = 0.8
+    """Lowe's ratio for a match."""
+    exports: ExportOptions = field(default_factory=ExportOptions)
+    """What goes to ``exports/`` besides ``sparse/``."""
+
+    def make_tracks(self, meter: Any, stages: dict[str, dict[str, float]]) -> Tracks:
+        self._progress("matching")
+        with meter.stage("matching", stages):
+            return matched_tracks(self.preds.colors, self.features, self.ratio_test)
+
+    def export_extras(self) -> list[str]:
         """The ``--export-format`` files of the window (``colmap`` is ``sparse/`` itself)."""
-        written = write_exports(staging, preds, self.options.exports)
-        return [str(p.relative_to(staging)) for p in written]
+        written = write_exports(self.staging, self.preds, self.exports)
+        return [str(p.relative_to(self.staging)) for p in written]
 
 
 def match_descriptors(a: np.ndarray, b: np.ndarray, ratio: float) -> np.ndarray:

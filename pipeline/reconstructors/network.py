@@ -1,11 +1,13 @@
 """What the network reconstructors (vggt, da3) share: loading, batching, out-of-memory recovery,
 and mapping network-grid predictions back to the original frames.
 
-A :class:`NetworkReconstructor` decodes each batch's frames once, stacks the windows on the
-network grid as ``[B, S, 3, H, W]`` RGB in [0, 1], runs one forward for the batch, then finishes
-each window on its own (a window's failure never stops the others). Subclasses say how to run
-the forward (:meth:`~NetworkReconstructor._forward`), how to finish a window
-(:meth:`~NetworkReconstructor._finish_window`) and which smaller settings to retry with when a
+A :class:`NetworkReconstructor` decodes each batch's frames once (ahead of time, when the
+executor runs a :class:`pipeline.executor.FrameLoader`), stacks the windows on the network grid
+as ``[B, S, 3, H, W]`` RGB in [0, 1], runs one forward for the batch, does what else of each
+window needs the device, and hands each window's CPU part over as an :class:`SfmJob` (run in a
+worker process, or inline); a window's failure never stops the others. Subclasses say how to run
+the forward (:meth:`~NetworkReconstructor._forward`), what a window's job is
+(:meth:`~NetworkReconstructor._window_job`) and which smaller settings to retry with when a
 single window runs out of memory (:meth:`~NetworkReconstructor._fallbacks`).
 
 Pixel conventions are those of :mod:`pipeline.preprocess` ("colmap": the centre of the top-left
@@ -19,7 +21,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -45,6 +47,9 @@ from ..sfm import (
 )
 from ..windows import Window
 from . import BatchReport, Reconstructor, WindowResult, colmap_log_level
+
+if TYPE_CHECKING:
+    from ..executor import CpuPool, FrameLoader, Pending
 
 logger = logging.getLogger(__name__)
 
@@ -172,11 +177,14 @@ class NetworkReconstructor(Reconstructor):
     ``forward``)."""
     preprocess_options: PreprocessOptions
     """The network grid now (its resolution may be lowered during a run)."""
+    loader: FrameLoader | None = None
+    """Set by the executor: prepares the next windows ahead (see :meth:`prepare_window`)."""
 
     def _setup(self, options: Any, default_forward: Any) -> None:
         """Keep ``options``, take its grid and forward options (``default_forward`` when it
         has none) and load its checkpoint."""
         self.options = options
+        self._prepared: dict[int, PreparedWindow] = {}
         self.preprocess_options = options.preprocess
         self.forward_options = options.forward or default_forward
         self._load(options.model, options.device, options.dtype, options.colmap_log_level,
@@ -240,9 +248,10 @@ class NetworkReconstructor(Reconstructor):
         """One forward of ``images`` ``[B, S, 3, H, W]`` with forward ``options``."""
 
     @abc.abstractmethod
-    def _finish_window(self, b: int, window: Window[Frame], staging: Path, batch: NetworkBatch,
-                       out: dict[str, Any], options: Any) -> WindowResult:
-        """Window ``b`` of the batch's outputs -> its model in ``staging``."""
+    def _window_job(self, b: int, window: Window[Frame], staging: Path, batch: NetworkBatch,
+                    out: dict[str, Any], options: Any) -> SfmJob:
+        """Window ``b`` of the batch's outputs -> the job that makes its model in ``staging``
+        (the device's share of the window is done here)."""
 
     @abc.abstractmethod
     def _fallbacks(self) -> list[Any]:
@@ -264,17 +273,42 @@ class NetworkReconstructor(Reconstructor):
 
     def reconstruct_batch(self, windows: Sequence[Window[Frame]],
                           staging_dirs: Sequence[Path]) -> list[WindowResult]:
-        """Reconstruct the batch, recovering from running out of memory.
+        """Reconstruct the batch in this process (:meth:`start_batch` with no workers)."""
+        from ..executor import CpuPool, result_of
+
+        return [result_of(p) for p in self.start_batch(windows, staging_dirs, CpuPool(0))]
+
+    def start_batch(self, windows: Sequence[Window[Frame]], staging_dirs: Sequence[Path],
+                    pool: CpuPool) -> list[Pending]:
+        """The batch's forward (and tracking) here, recovering from running out of memory;
+        each window's CPU part goes to ``pool`` as an :class:`SfmJob`.
 
         On ``torch.OutOfMemoryError`` the cache is freed and the batch is halved and retried; a
         single window is retried with each of :meth:`_fallbacks`; only then does it fail, with
-        the reason. What was measured is left in :attr:`last_report`.
+        the reason. No job leaves before the whole batch has been through the device. What was
+        measured is left in :attr:`last_report`.
         """
+        from ..executor import completed_pending, submit_job
+
         self.last_report = BatchReport()
-        return self._reconstruct_recovering(windows, staging_dirs)
+        self._prepared = {}
+        try:
+            items = self._reconstruct_recovering(windows, staging_dirs)
+        finally:
+            self._prepared = {}
+        pending = []
+        for window, item in zip(windows, items):
+            if isinstance(item, WindowResult):
+                pending.append(completed_pending(item))
+                continue
+            if pool.inline:
+                item.report = self.report_progress
+                self._progress_window = window.index
+            pending.append(submit_job(pool, item))
+        return pending
 
     def _reconstruct_recovering(self, windows: Sequence[Window[Frame]],
-                                staging_dirs: Sequence[Path]) -> list[WindowResult]:
+                                staging_dirs: Sequence[Path]) -> list[SfmJob | WindowResult]:
         report = self.last_report
         try:
             return self._reconstruct(windows, staging_dirs, self.forward_options)
@@ -329,8 +363,9 @@ class NetworkReconstructor(Reconstructor):
             torch.cuda.empty_cache()
 
     def _reconstruct(self, windows: Sequence[Window[Frame]], staging_dirs: Sequence[Path],
-                     options: Any) -> list[WindowResult]:
-        """One forward for the batch, then each window (out of memory propagates)."""
+                     options: Any) -> list[SfmJob | WindowResult]:
+        """One forward for the batch, then each window's device part (out of memory
+        propagates)."""
         if self.torch_device.type == "cpu":
             settle()  # return freed heap first, so the resident set measures this batch
         with self.meter.measure() as batch_span:
@@ -343,20 +378,21 @@ class NetworkReconstructor(Reconstructor):
                 out = self._forward(batch.images, options)
                 if self.torch_device.type == "cuda":
                     torch.cuda.synchronize()
-            results = [self._finish_one(b, window, staging, batch, out, options)
-                       for b, (window, staging) in enumerate(zip(windows, staging_dirs))]
+            items = [self._device_part(b, window, staging, batch, out, options)
+                     for b, (window, staging) in enumerate(zip(windows, staging_dirs))]
             del out, batch
         self.last_report.stages += [("preprocess", prep.to_json()), ("forward", forward.to_json())]
         self.last_report.observations.append(BatchObservation(
             windows=len(windows), held_mb=max(forward.held_mb, self._held_after()),
             peak_mb=batch_span.peak_mb, process_res=self.process_res))
-        for result in results:
-            result.timings = {"preprocess": prep.seconds, "forward": forward.seconds,
-                              **result.timings}
-            result.memory = {"peak_rss_mb": round(batch_span.rss_peak_mb, 1), **(
-                {"cuda_peak_mb": round(batch_span.peak_mb, 1)}
-                if self.torch_device.type == "cuda" else {})}
-        return results
+        memory = {"peak_rss_mb": round(batch_span.rss_peak_mb, 1), **(
+            {"cuda_peak_mb": round(batch_span.peak_mb, 1)}
+            if self.torch_device.type == "cuda" else {})}
+        for item in items:
+            item.timings = {"preprocess": prep.seconds, "forward": forward.seconds,
+                            **item.timings}
+            item.memory = {**memory, **item.memory}
+        return items
 
     def _held_after(self) -> float:
         """Memory held once a batch is done, MiB. Memory-mapped weights are only resident once a
@@ -365,60 +401,151 @@ class NetworkReconstructor(Reconstructor):
             settle()
         return current_mb(self.torch_device)
 
-    def _finish_one(self, b: int, window: Window[Frame], staging: Path, batch: NetworkBatch,
-                    out: dict[str, Any], options: Any) -> WindowResult:
-        """Window ``b`` of the batch's outputs; an error fails only this window."""
+    def _device_part(self, b: int, window: Window[Frame], staging: Path, batch: NetworkBatch,
+                     out: dict[str, Any], options: Any) -> SfmJob | WindowResult:
+        """Window ``b`` of the batch's outputs -> its job; an error fails only this window."""
         self.report_progress("tracking", window)
         try:
-            return self._finish_window(b, window, staging, batch, out, options)
+            return self._window_job(b, window, staging, batch, out, options)
         except torch.OutOfMemoryError:
             raise
         except Exception as exc:  # noqa: BLE001 - one window never stops the others
             logger.debug("window %d failed", window.index, exc_info=True)
             return WindowResult.failure(f"{type(exc).__name__}: {exc}")
 
-    def _prepare(self, windows: Sequence[Window[Frame]]) -> NetworkBatch:
-        """Decode every frame once and stack the windows on the network grid."""
-        images, originals, transforms = [], [], []
-        for window in windows:
-            frames = [load_image(f.path) for f in window.items]
-            prepared = preprocess_frames(frames, self.preprocess_options)
-            images.append(prepared.images)
-            originals.append(frames)
-            transforms.append(prepared.transforms)
-        return NetworkBatch(torch.stack(images), originals, transforms)
+    def _job(self, preds: WindowPredictions, tracks: Tracks | None, staging: Path,
+             stages: dict[str, dict[str, float]], job: type[SfmJob] | None = None,
+             **kwargs: Any) -> SfmJob:
+        """The job (an :class:`SfmJob`, or the subclass ``job``) finishing a window with this
+        reconstructor's options; ``stages`` were measured on the device side."""
+        return (job or SfmJob)(preds=preds, tracks=tracks, staging=staging, sfm=self.options.sfm,
+                      save_depth=self.options.save_depth, process_res=self.process_res,
+                      stages=stages, **kwargs)
 
-    def _sfm_result(self, preds: WindowPredictions, tracks: Tracks | None, staging: Path,
-                    stages: dict[str, dict[str, float]]) -> WindowResult:
-        """Run the SfM stage (``options.sfm``), write ``staging/sparse`` (and ``depth/`` with
-        ``options.save_depth``) and build the window's result; ``stages`` (measured so far,
-        e.g. ``tracking``) come first."""
-        self.report_progress("bundle adjustment" if self.options.sfm.use_ba else "points")
-        with self.meter.measure() as ba:
-            result = run_sfm(preds, tracks, self.options.sfm)
-        self.report_progress("export")
-        with self.meter.measure() as export:
-            write_sfm_result(result, staging / "sparse")
-            if self.options.save_depth:
-                save_depth_maps(staging / "depth", preds)
-            exports = self._export_extras(preds, staging)
-        details = result.details()
+    def prepare_window(self, window: Window[Frame]) -> PreparedWindow:
+        """Decode a window's frames and bring them to the network grid as it is now (safe to
+        call from the loader thread; pinned memory on CUDA)."""
+        frames = [load_image(f.path) for f in window.items]
+        options = self.preprocess_options
+        prepared = preprocess_frames(frames, options)
+        images = prepared.images
+        if self.torch_device.type == "cuda":
+            images = images.pin_memory()
+        return PreparedWindow(images=images, originals=frames, transforms=prepared.transforms,
+                              preprocess=options)
+
+    def _prepare(self, windows: Sequence[Window[Frame]]) -> NetworkBatch:
+        """Every frame decoded once (by the loader, when one runs) and the windows stacked on
+        the network grid (a window prepared for another grid is prepared again)."""
+        prepared = []
+        for window in windows:
+            item = self._prepared.get(window.index)
+            if item is None and self.loader is not None:
+                item = self.loader.take(window)
+            if item is None or item.preprocess != self.preprocess_options:
+                item = self.prepare_window(window)
+            self._prepared[window.index] = item
+            prepared.append(item)
+        return NetworkBatch(torch.stack([p.images for p in prepared]),
+                            [p.originals for p in prepared], [p.transforms for p in prepared])
+
+
+@dataclass(kw_only=True)
+class PreparedWindow:
+    """One window's frames, decoded and on the network grid."""
+
+    images: torch.Tensor
+    """``[S, 3, H, W]`` RGB in [0, 1] (pinned on CUDA)."""
+    originals: list[np.ndarray]
+    """``(h, w, 3)`` uint8 frames."""
+    transforms: list[FrameTransform]
+    """Per frame, the map between original and network pixels."""
+    preprocess: PreprocessOptions
+    """The grid it was prepared for."""
+
+    def nbytes(self) -> int:
+        from ..executor import array_bytes
+
+        return array_bytes(self.images, self.originals)
+
+
+@dataclass(kw_only=True)
+class SfmJob:
+    """The CPU part of one network window, run in a worker process (or inline): tracks into a
+    COLMAP model, bundle adjustment (``sfm.use_ba``) or points from depth, filtering and the
+    window's files in ``staging``. It holds arrays only (it is pickled), never the network."""
+
+    preds: WindowPredictions
+    """The window's cameras, depth and frames on the original pixel grid."""
+    tracks: Tracks | None
+    """Tracks measured on the device, or None (none needed, or made by :meth:`make_tracks`)."""
+    staging: Path
+    """The window's staging folder: ``sparse/`` (and ``depth/``, ``exports/``) go there."""
+    sfm: SfmOptions
+    """Bundle adjustment and filtering."""
+    save_depth: bool = False
+    """Write ``depth/<frame>.npz``."""
+    process_res: int = 0
+    """The network resolution the window ran at (recorded in its details)."""
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Stages measured before (on the device side), as :class:`pipeline.memory.PeakSpan` JSON."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Batch-wide seconds (``preprocess``, ``forward``) that lead its result's timings."""
+    memory: dict[str, float] = field(default_factory=dict)
+    """Memory peaks of its batch, MiB (see :attr:`WindowResult.memory`)."""
+    details: dict[str, Any] = field(default_factory=dict)
+    """Facts for ``window_info.json`` known before the job runs."""
+    report: Any = None
+    """Progress callback when run inline (dropped when pickled)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "report": None}
+
+    def nbytes(self) -> int:
+        """Host memory of its arrays, bytes."""
+        from ..executor import array_bytes
+
+        return array_bytes(self.preds, self.tracks)
+
+    def _progress(self, stage: str) -> None:
+        if self.report is not None:
+            self.report(stage)
+
+    def make_tracks(self, meter: PeakMeter, stages: dict[str, dict[str, float]]
+                    ) -> Tracks | None:
+        """The tracks for bundle adjustment: :attr:`tracks` here (da3 matches features)."""
+        return self.tracks
+
+    def export_extras(self) -> list[str]:
+        """Further exports, as paths relative to :attr:`staging` (da3's formats)."""
+        return []
+
+    def run(self) -> WindowResult:
+        """Finish the window: its model in ``staging/sparse`` and its result."""
+        meter, stages, preds = PeakMeter(), dict(self.stages), self.preds
+        tracks = self.make_tracks(meter, stages) if self.sfm.use_ba else self.tracks
+        self._progress("bundle adjustment" if self.sfm.use_ba else "points")
+        with meter.stage("bundle_adjustment", stages):
+            result = run_sfm(preds, tracks, self.sfm)
+        self._progress("export")
+        with meter.stage("export", stages):
+            write_sfm_result(result, self.staging / "sparse")
+            if self.save_depth:
+                save_depth_maps(self.staging / "depth", preds)
+            exports = self.export_extras()
+        details = {**result.details(), **self.details}
         if exports:
             details["exports"] = exports
         details["num_tracks"] = 0 if tracks is None else int(tracks.xy.shape[1])
         details["process_res"] = self.process_res
-        stages = {**stages, "bundle_adjustment": ba.to_json(), "export": export.to_json()}
         return WindowResult(status="ok", registered_frames=result.registered_frames,
                             num_points3D=result.num_points3D,
                             mean_reprojection_error=result.error_after or result.error_before,
-                            timings={**{k: v["seconds"] for k, v in stages.items()},
+                            timings={**self.timings,
+                                     **{k: v["seconds"] for k, v in stages.items()},
                                      **result.timings},
-                            details=details, stages=stages)
+                            memory=self.memory, details=details, stages=stages)
 
-    def _export_extras(self, preds: WindowPredictions, staging: Path) -> list[str]:
-        """Further per-window exports, as paths relative to ``staging`` (none here; da3 writes
-        its ``--export-format`` files)."""
-        return []
 
 def window_predictions(window: Window[Frame], originals: Sequence[np.ndarray],
                        transforms: Sequence[FrameTransform], cam_from_world: np.ndarray,

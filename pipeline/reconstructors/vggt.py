@@ -24,11 +24,11 @@ from ..models.precision import autocast_context
 from ..preprocess import FrameTransform, PreprocessOptions
 from ..sfm import Tracks, WindowPredictions
 from ..windows import Window
-from . import WindowResult
 from .network import (
     NetworkBatch,
     NetworkOptions,
     NetworkReconstructor,
+    SfmJob,
     resolve_device,
     save_depth_maps,
     sift_keypoints,
@@ -135,9 +135,10 @@ class VggtReconstructor(NetworkReconstructor):
             out.pop("aggregated_tokens", None)
         return out
 
-    def _finish_window(self, b: int, window: Window[Frame], staging: Path, batch: NetworkBatch,
-                       out: dict[str, Any], forward_options: Any) -> WindowResult:
-        """Cameras, depth and tracks of window ``b`` -> bundle-adjusted model in ``staging``."""
+    def _window_job(self, b: int, window: Window[Frame], staging: Path, batch: NetworkBatch,
+                    out: dict[str, Any], forward_options: Any) -> SfmJob:
+        """Cameras, depth and tracks of window ``b`` (the track head runs here, on the
+        device) -> the job that bundle-adjusts them into ``staging``."""
         transforms = batch.transforms[b]
         with self.meter.measure() as tracking:
             preds = self._predictions(b, window, batch.originals[b], transforms, out)
@@ -145,7 +146,7 @@ class VggtReconstructor(NetworkReconstructor):
             if self.options.sfm.use_ba:
                 tracks = self._tracks(b, preds, transforms, out["track_fmaps"],
                                       forward_options.query_chunk_size)
-        return self._sfm_result(preds, tracks, staging, {"tracking": tracking.to_json()})
+        return self._job(preds, tracks, staging, {"tracking": tracking.to_json()})
 
     def _predictions(self, b: int, window: Window[Frame], originals: list[np.ndarray],
                      transforms: list[FrameTransform], out: dict[str, Any]) -> WindowPredictions:

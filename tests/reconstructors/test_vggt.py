@@ -161,9 +161,11 @@ class ProgressTest(VggtTestCase):
             reconstructor.progress = seen.append
             process_window_batch(create_windows(frames, 4, 4), 0, config,
                                  reconstructor=reconstructor)
-        per_window = ["tracking", "bundle adjustment", "export"]
+        # the device's part of every window first (tracking), then each window's CPU part
+        finishing = ["bundle adjustment", "export"]
         self.assertEqual(seen, ["preprocess windows 0-1", "forward windows 0-1",
-                                *(f"{stage}, window {w}" for w in (0, 1) for stage in per_window)])
+                                "tracking, window 0", "tracking, window 1",
+                                *(f"{stage}, window {w}" for w in (0, 1) for stage in finishing)])
 
 
 class BatchingTest(VggtTestCase):
