@@ -262,6 +262,14 @@ def _throughput_line(t: dict[str, Any]) -> str:
         idle = t.get("device_idle_fraction")
         text += (f"; device busy {t['device_busy_s']:.1f} s"
                  + (f", idle {100 * idle:.0f}% of the time" if idle is not None else ""))
+    if "main_busy_s" in t:
+        workers = t.get("cpu_workers") or 0
+        text += (f"; main process busy {t['main_busy_s']:.1f} s, finishing "
+                 f"{t['finish_busy_s']:.1f} s "
+                 + (f"in {workers} CPU worker{'' if workers == 1 else 's'}" if workers
+                    else "in the main process (serial)")
+                 + (f", waited {t['loader_wait_s']:.1f} s for frames"
+                    if t.get("loader_wait_s") else ""))
     return text
 
 

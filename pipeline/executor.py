@@ -88,6 +88,9 @@ def _worker_setup(parent_pid: int, colmap_log_level: int) -> None:
     import pycolmap
 
     pycolmap.logging.minloglevel = colmap_log_level
+    # glog's failure handler would answer the SIGTERM of a pool shut down after a worker died
+    # with a stack dump on stderr: end quietly instead
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def completed(value: Any = None, error: BaseException | None = None) -> Future:
@@ -328,8 +331,6 @@ class InFlight:
     """``time.perf_counter()`` when its batch started."""
     generation: int = 0
     """The pool generation its job went to (a worker death is answered once per pool)."""
-    retried: bool = False
-    """Its job was sent again after a worker died."""
 
 
 @dataclass(kw_only=True)
@@ -380,11 +381,13 @@ class WindowExecutor:
 
     def run(self, todo: Sequence[Any], size_of: Callable[[Any], Any]) -> ExecutorStats:
         """Reconstruct ``todo`` (windows of :class:`pipeline.frames.Frame`); windows of one
-        shape are batched together in their order."""
+        shape are batched together in their order. The reconstructor gets the pool, then
+        :meth:`~pipeline.reconstructors.Reconstructor.start` with the windows."""
         from .windows import take_batch
 
         order = group_by_shape(todo, size_of)
-        self.reconstructor.attach_pool(self.pool)
+        self.reconstructor.attach_pool(self.pool)  # before it starts any work of its own
+        self.reconstructor.start(order)
         if not self.pool.inline and hasattr(self.reconstructor, "prepare_window"):
             self.loader = FrameLoader(self.reconstructor.prepare_window, order,
                                       size_of=lambda p: p.nbytes())
@@ -444,30 +447,37 @@ class WindowExecutor:
                 progress(f"finishing {len(self.in_flight)} window"
                          f"{'' if len(self.in_flight) == 1 else 's'} in CPU workers")
             wait([f.pending.future for f in self.in_flight], return_when=FIRST_COMPLETED)
+        if any(_worker_died(f) for f in self.in_flight):
+            self._retry_after_death()
         for flight in [f for f in self.in_flight if f.pending.future.done()]:
             self.in_flight.remove(flight)
-            if self._retry(flight):
-                continue
             result = result_of(flight.pending)
             if "finish" in result.timings:
                 self.stats.finish_busy_s += result.timings["finish"]
             self.on_record(self.finish(flight, result))
 
-    def _retry(self, flight: InFlight) -> bool:
-        """Send a job whose worker died to a new pool, once: the window that killed its
-        worker dies again and fails; the others that shared the pool finish."""
-        job = flight.pending.job
-        if (job is None or flight.retried or self.pool.inline
-                or not isinstance(flight.pending.future.exception(), BrokenProcessPool)):
-            return False
-        if flight.generation == self.pool.generation:
-            logger.warning("a CPU worker died; its windows are sent to new workers once")
-            self.pool.restart()
-            self.stats.worker_restarts += 1
-        flight.pending = submit_job(self.pool, job)
-        flight.generation, flight.retried = self.pool.generation, True
-        self.in_flight.append(flight)
-        return True
+    def _retry_after_death(self) -> None:
+        """A worker died (killed for memory, or a library aborted): every job of its pool
+        failed with it. They are sent again to a new pool one at a time, so that the window
+        that killed its worker dies alone and fails while the others finish. Rare; the main
+        process waits meanwhile."""
+        died = [f for f in self.in_flight if f.pending.job is not None
+                and f.generation == self.pool.generation]
+        wait([f.pending.future for f in died])  # a broken pool fails all its jobs at once
+        suspects = [f for f in died if _worker_died(f)]
+        logger.warning("a CPU worker died; its %d window(s) are finished again one at a time",
+                       len(suspects))
+        self.stats.worker_restarts += 1
+        self.pool.restart()
+        for flight in suspects:
+            flight.pending = submit_job(self.pool, flight.pending.job)
+            flight.generation = self.pool.generation
+            wait([flight.pending.future])
+            if _worker_died(flight):
+                logger.warning("window %d: its CPU worker died again; it fails",
+                               flight.window.index)
+                self.stats.worker_restarts += 1
+                self.pool.restart()
 
     def _abandon(self) -> None:
         """Interrupted or failed: stop the workers and remove every unfinished staging."""
@@ -479,6 +489,11 @@ class WindowExecutor:
         for flight in self.in_flight:
             discard_staging(flight.staging)
         self.in_flight = []
+
+
+def _worker_died(flight: InFlight) -> bool:
+    future = flight.pending.future
+    return future.done() and isinstance(future.exception(), BrokenProcessPool)
 
 
 def group_by_shape(windows: Sequence[Any], size_of: Callable[[Any], Any]) -> list[Any]:

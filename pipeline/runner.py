@@ -582,7 +582,6 @@ def _run(config: PipelineConfig, frames: list[Frame], group: ProcessGroup,
         with reconstructor, _progress(config, len(todo)) as bar:
             reconstructor.progress = bar.set_postfix_str
             work_start = time.perf_counter()
-            reconstructor.start(todo)
             stats = _process_all(todo, config, reconstructor, governor, manifest, profile, bar)
             manifest.data["throughput"] = {**profile.throughput(
                 time.perf_counter() - work_start, len(todo), reconstructor.device_stages),

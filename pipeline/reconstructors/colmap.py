@@ -409,9 +409,9 @@ class ColmapReconstructor(Reconstructor):
         return results
 
     def attach_pool(self, pool: CpuPool) -> None:
-        """Run the store, the chunks and windows alone in the executor's workers."""
+        """Run the store, the chunks and windows alone in the executor's workers (called before
+        :meth:`start`, while no work of its own runs)."""
         if not pool.inline:
-            self._shutdown_pool()
             self._shared = pool
 
     def start_batch(self, windows: Sequence[Window[Frame]], staging_dirs: Sequence[Path],

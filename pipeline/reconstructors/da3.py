@@ -152,7 +152,7 @@ class Da3Reconstructor(NetworkReconstructor):
 
     def _forward(self, images: torch.Tensor, opts: Any) -> dict[str, Any]:
         with torch.inference_mode():
-            return self.model(images.to(self.torch_device), options=opts)
+            return self.model(images.to(self.torch_device, non_blocking=True), options=opts)
 
     def _window_job(self, b: int, window: Window[Frame], staging: Path, batch: NetworkBatch,
                     out: dict[str, Any], options: Any) -> Da3Job:

@@ -85,7 +85,7 @@ class NetworkBatch:
     """A batch brought to the network grid, plus what maps it back."""
 
     images: torch.Tensor
-    """``[B, S, 3, H, W]`` RGB in [0, 1]."""
+    """``[B, S, 3, H, W]`` RGB in [0, 1] (in pinned memory on CUDA)."""
     originals: list[list[np.ndarray]]
     """Per window and frame, the ``(h, w, 3)`` uint8 original frame."""
     transforms: list[list[FrameTransform]]
@@ -424,15 +424,12 @@ class NetworkReconstructor(Reconstructor):
 
     def prepare_window(self, window: Window[Frame]) -> PreparedWindow:
         """Decode a window's frames and bring them to the network grid as it is now (safe to
-        call from the loader thread; pinned memory on CUDA)."""
+        call from the loader thread)."""
         frames = [load_image(f.path) for f in window.items]
         options = self.preprocess_options
         prepared = preprocess_frames(frames, options)
-        images = prepared.images
-        if self.torch_device.type == "cuda":
-            images = images.pin_memory()
-        return PreparedWindow(images=images, originals=frames, transforms=prepared.transforms,
-                              preprocess=options)
+        return PreparedWindow(images=prepared.images, originals=frames,
+                              transforms=prepared.transforms, preprocess=options)
 
     def _prepare(self, windows: Sequence[Window[Frame]]) -> NetworkBatch:
         """Every frame decoded once (by the loader, when one runs) and the windows stacked on
@@ -446,8 +443,15 @@ class NetworkReconstructor(Reconstructor):
                 item = self.prepare_window(window)
             self._prepared[window.index] = item
             prepared.append(item)
-        return NetworkBatch(torch.stack([p.images for p in prepared]),
-                            [p.originals for p in prepared], [p.transforms for p in prepared])
+        images = [p.images for p in prepared]
+        if self.torch_device.type == "cuda":  # pinned: the copy to the device does not block
+            stacked = torch.empty((len(images), *images[0].shape), dtype=images[0].dtype,
+                                  pin_memory=True)
+            torch.stack(images, out=stacked)
+        else:
+            stacked = torch.stack(images)
+        return NetworkBatch(stacked, [p.originals for p in prepared],
+                            [p.transforms for p in prepared])
 
 
 @dataclass(kw_only=True)
@@ -455,7 +459,7 @@ class PreparedWindow:
     """One window's frames, decoded and on the network grid."""
 
     images: torch.Tensor
-    """``[S, 3, H, W]`` RGB in [0, 1] (pinned on CUDA)."""
+    """``[S, 3, H, W]`` RGB in [0, 1]."""
     originals: list[np.ndarray]
     """``(h, w, 3)`` uint8 frames."""
     transforms: list[FrameTransform]

@@ -125,7 +125,8 @@ class VggtReconstructor(NetworkReconstructor):
         under ``track_fmaps``."""
         model = self.model
         with torch.inference_mode():
-            out = model(images.to(self.torch_device), options=opts, return_tokens=True)
+            out = model(images.to(self.torch_device, non_blocking=True), options=opts,
+                        return_tokens=True)
             out["track_fmaps"] = None
             if model.can_track:
                 with autocast_context(self.torch_device, self.dtype):

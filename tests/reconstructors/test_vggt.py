@@ -212,9 +212,17 @@ class BatchingTest(VggtTestCase):
 class OutOfMemoryTest(VggtTestCase):
     """Out-of-memory errors injected into the network's forward are recovered from."""
 
-    def run_batch(self, fail, **options):
+    def run_batch(self, fail, pool=None, events=None, **options):
+        """The batch of windows 0-1 with ``fail(batch, options, width)`` deciding which forwards
+        run out of memory; with ``pool``, through the pipelined path."""
+        from pipeline.executor import result_of
         from pipeline.frames import list_image_files, prepare_frames
-        from pipeline.runner import build_reconstructor, process_window_batch
+        from pipeline.runner import (
+            build_reconstructor,
+            finish_window,
+            process_window_batch,
+            start_window_batch,
+        )
         from pipeline.windows import create_windows
 
         out = self.tmp / f"oom{len(list(self.tmp.iterdir()))}"
@@ -228,14 +236,39 @@ class OutOfMemoryTest(VggtTestCase):
 
         def forward(images, *args, options=None, **kwargs):
             calls.append((images.shape[0], options.frames_chunk_size, options.frame_batch_size))
+            if events is not None:
+                events.append(f"forward {images.shape[0]}")
             if fail(images.shape[0], options, images.shape[-1]):
                 raise torch.OutOfMemoryError("injected: CUDA out of memory")
             return real(images, *args, options=options, **kwargs)
 
         reconstructor.model.forward = forward
-        records = process_window_batch(create_windows(frames, 4, 4), 0, config,
-                                       reconstructor=reconstructor)
+        windows = create_windows(frames, 4, 4)
+        if pool is None:
+            records = process_window_batch(windows, 0, config, reconstructor=reconstructor)
+        else:
+            flights = start_window_batch(windows, 0, config, reconstructor, pool)
+            records = [finish_window(f, result_of(f.pending), config, reconstructor)
+                       for f in flights]
         return records, calls
+
+    def test_windows_reach_the_workers_only_once_their_batch_fits(self):
+        from pipeline.executor import CpuPool
+
+        events = []
+
+        class RecordingPool(CpuPool):
+            def submit(self, fn, *args):
+                events.append("submit")
+                return super().submit(fn, *args)
+
+        pool = RecordingPool(1)
+        try:
+            records, _ = self.run_batch(lambda b, o, w: b > 1, pool=pool, events=events)
+        finally:
+            pool.close()
+        self.assertEqual([r["status"] for r in records], ["ok"] * 2)
+        self.assertEqual(events, ["forward 2", "forward 1", "forward 1", "submit", "submit"])
 
     def test_batch_is_halved_until_it_fits(self):
         records, calls = self.run_batch(lambda b, o, w: b > 1)
