@@ -277,10 +277,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the pipeline from command-line arguments; return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.fps is not None and args.input_video is None:
-        parser.error("--fps applies only to --input-video")
-    if args.frame_pattern is not None and args.input_dir is None:
-        parser.error("--frame-pattern applies only to --input-dir")
+    many = args.input_root is not None or args.input_list is not None
+    if args.fps is not None and args.input_video is None and not many:
+        parser.error("--fps applies only to --input-video (and the videos of --input-root or "
+                     "--input-list)")
+    if args.frame_pattern is not None and args.input_dir is None and not many:
+        parser.error("--frame-pattern applies only to --input-dir (and the folders of "
+                     "--input-root or --input-list)")
     _configure_logging(verbose=args.verbose, quiet=args.quiet)
     from tqdm.contrib.logging import logging_redirect_tqdm
 

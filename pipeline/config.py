@@ -69,6 +69,16 @@ class PipelineConfig:
     input_video: Path | None = option(None, group=INPUT, kind="folder", exclusive="source",
                                       required=True)
     """A video file; its frames are extracted once (PyAV) into OUT/frames/."""
+    input_root: Path | None = option(None, group=INPUT, kind="folder", exclusive="source",
+                                     required=True)
+    """Many sequences: every folder under it that holds frames, and every video file, is one
+    sequence, written to OUT/<name>/ (its path relative to DIR, '/' as '__'); one model load
+    for all, and windows of different sequences share batches. OUT/index.jsonl lists every
+    window."""
+    input_list: Path | None = option(None, group=INPUT, kind="folder", exclusive="source",
+                                     required=True, metavar="FILE")
+    """Many sequences: a text file with one frame folder or video path a line (blank lines and
+    '#' comments skipped; relative to the file's folder); as --input-root otherwise."""
     frame_pattern: str | None = option(None, group=INPUT, metavar="GLOB",
                                        default_text="every image")
     """With --input-dir: only file names matching this glob, e.g. '*.color.jpg' for a folder

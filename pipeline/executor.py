@@ -176,8 +176,9 @@ class _Prepared:
 class FrameLoader:
     """Prepares windows ahead of the device in a background thread.
 
-    ``prepare(window)`` runs for each window of ``order`` in turn, at most :attr:`ahead` windows
-    ahead of what :meth:`take` has consumed. :meth:`take` must follow ``order`` (a window not
+    ``prepare(window)`` runs for each window of ``order`` (:class:`pipeline.windows.Window`,
+    told apart by their ``key``) in turn, at most :attr:`ahead` windows ahead of what
+    :meth:`take` has consumed. :meth:`take` must follow ``order`` (a window not
     ready when the loader is held up elsewhere is prepared in the caller instead).
     """
 
@@ -189,11 +190,11 @@ class FrameLoader:
         self.wait_seconds = 0.0
         """Time :meth:`take` spent waiting for the loader."""
         self._size_of = size_of
-        self._order = [w.index for w in order]
+        self._order = {w.key for w in order}
         self._windows = list(order)
-        self._ready: dict[int, _Prepared] = {}
-        self._taken: set[int] = set()
-        self._busy: int | None = None
+        self._ready: dict[Any, _Prepared] = {}
+        self._taken: set[Any] = set()
+        self._busy: Any = None
         self._stopped = False
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="frame-loader", daemon=True)
@@ -206,28 +207,28 @@ class FrameLoader:
                     self._cond.wait()
                 if self._stopped:
                     return
-                if window.index in self._taken:
+                if window.key in self._taken:
                     continue
-                self._busy = window.index
+                self._busy = window.key
             try:
                 prepared = _Prepared(item=self.prepare(window))
             except Exception as exc:  # noqa: BLE001 - raised again where it is taken
                 prepared = _Prepared(error=exc)
             with self._cond:
                 self._busy = None
-                if window.index not in self._taken:
-                    self._ready[window.index] = prepared
+                if window.key not in self._taken:
+                    self._ready[window.key] = prepared
                 self._cond.notify_all()
 
     def take(self, window: Any) -> Any:
         """The prepared ``window`` (waits for the loader when it is under way)."""
         start = time.perf_counter()
         with self._cond:
-            while (window.index not in self._ready and not self._stopped
-                   and self._thread.is_alive() and self._will_come(window.index)):
+            while (window.key not in self._ready and not self._stopped
+                   and self._thread.is_alive() and self._will_come(window.key)):
                 self._cond.wait(0.5)
-            prepared = self._ready.pop(window.index, None)
-            self._taken.add(window.index)
+            prepared = self._ready.pop(window.key, None)
+            self._taken.add(window.key)
             self._cond.notify_all()
         self.wait_seconds += time.perf_counter() - start
         if prepared is None:
@@ -236,11 +237,12 @@ class FrameLoader:
             raise prepared.error
         return prepared.item
 
-    def _will_come(self, index: int) -> bool:
-        """Whether the loader will deliver ``index`` without the caller taking others first."""
-        if self._busy == index:
+    def _will_come(self, key: Any) -> bool:
+        """Whether the loader will deliver window ``key`` without the caller taking others
+        first."""
+        if self._busy == key:
             return True
-        return len(self._ready) < self.ahead and index in self._order
+        return len(self._ready) < self.ahead and key in self._order
 
     def nbytes(self) -> int:
         """Host memory held by windows prepared and not yet taken, bytes."""
@@ -323,6 +325,8 @@ class InFlight:
     """Its batch."""
     staging: Path
     """Its staging folder."""
+    final: Path
+    """Its folder once finished."""
     pending: Pending
     """Its result to come."""
     signature_options: Any = None
@@ -350,6 +354,14 @@ class ExecutorStats:
     """The most windows between their batch's start and their folder at once."""
     worker_restarts: int = 0
     """Pools replaced because a worker died."""
+
+    def add(self, other: ExecutorStats) -> None:
+        """Fold in the figures of another executor run (the next sequence's)."""
+        self.main_busy_s += other.main_busy_s
+        self.finish_busy_s += other.finish_busy_s
+        self.loader_wait_s += other.loader_wait_s
+        self.max_in_flight = max(self.max_in_flight, other.max_in_flight)
+        self.worker_restarts += other.worker_restarts
 
     def to_json(self) -> dict[str, Any]:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()}

@@ -298,6 +298,23 @@ def load_model(sparse: Path, registered: Sequence[str]) -> tuple[Any, str | None
     return rec, None
 
 
+def _window_model(window_dir: str | Path) -> Any:
+    """The ``pycolmap.Reconstruction`` of ``window_dir/sparse`` (or ``sparse/0``).
+
+    Raises:
+        InputError: when no COLMAP model can be read.
+    """
+    import pycolmap  # deferred: a heavy import that only the readers need
+
+    sparse = Path(window_dir) / "sparse"
+    if not any(sparse.glob("images.*")) and (sparse / "0").is_dir():
+        sparse = sparse / "0"
+    try:
+        return pycolmap.Reconstruction(str(sparse))
+    except Exception as exc:  # pycolmap raises ValueError/RuntimeError with C++ messages
+        raise InputError(f"cannot read COLMAP model {sparse}: {exc}") from exc
+
+
 def read_window_poses(window_dir: str | Path) -> dict[str, np.ndarray]:
     """``{image name: (3, 4) camera-from-world}`` of the posed images of ``window_dir/sparse``.
 
@@ -306,17 +323,55 @@ def read_window_poses(window_dir: str | Path) -> dict[str, np.ndarray]:
     Raises:
         InputError: when no COLMAP model can be read.
     """
-    import pycolmap  # deferred: a heavy import that only this reader needs
-
-    sparse = Path(window_dir) / "sparse"
-    if not any(sparse.glob("images.*")) and (sparse / "0").is_dir():
-        sparse = sparse / "0"
-    try:
-        rec = pycolmap.Reconstruction(str(sparse))
-    except Exception as exc:  # pycolmap raises ValueError/RuntimeError with C++ messages
-        raise InputError(f"cannot read COLMAP model {sparse}: {exc}") from exc
+    rec = _window_model(window_dir)
     return {image.name: np.asarray(image.cam_from_world().matrix(), dtype=float)
             for _, image in rec.images.items() if image.has_pose}
+
+
+@dataclass(frozen=True)
+class WindowCamera:
+    """One posed frame of a window's COLMAP model."""
+
+    cam_from_world: np.ndarray
+    """``(3, 4)`` world-to-camera pose (OpenCV axes, the window's world)."""
+    K: np.ndarray
+    """``(3, 3)`` pinhole intrinsics in pixels, COLMAP convention (the top-left pixel's centre
+    is ``(0.5, 0.5)``); distortion, if the model has any, is in ``params``."""
+    model: str
+    """COLMAP camera model name."""
+    params: tuple[float, ...]
+    """COLMAP camera parameters, in the model's order."""
+    size: tuple[int, int]
+    """``(width, height)`` in pixels."""
+
+
+def read_window_cameras(window_dir: str | Path) -> dict[str, WindowCamera]:
+    """``{image name: WindowCamera}`` of the posed images of ``window_dir/sparse``, in name
+    order.
+
+    Raises:
+        InputError: when no COLMAP model can be read.
+    """
+    rec = _window_model(window_dir)
+    out = {}
+    for _, image in sorted(rec.images.items(), key=lambda kv: kv[1].name):
+        if not image.has_pose:
+            continue
+        camera = rec.cameras[image.camera_id]
+        out[image.name] = WindowCamera(
+            cam_from_world=np.asarray(image.cam_from_world().matrix(), dtype=float),
+            K=np.asarray(camera.calibration_matrix(), dtype=float),
+            model=camera.model.name, params=tuple(float(v) for v in camera.params),
+            size=(int(camera.width), int(camera.height)))
+    return out
+
+
+def read_window_intrinsics(window_dir: str | Path) -> dict[str, list[float]]:
+    """``{image name: [fx, fy, cx, cy]}`` of the posed images of ``window_dir/sparse``
+    (pixels, COLMAP convention)."""
+    return {name: [round(float(c.K[0, 0]), 4), round(float(c.K[1, 1]), 4),
+                   round(float(c.K[0, 2]), 4), round(float(c.K[1, 2]), 4)]
+            for name, c in read_window_cameras(window_dir).items()}
 
 
 def refresh_links(window_dir: Path, frames: Sequence[Any]) -> int:

@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,15 @@ from .reconstructors import (
     create_reconstructor,
     reconstructor_class,
 )
+from .sequences import (
+    DatasetManifest,
+    SequenceSource,
+    WindowIndex,
+    discover,
+    index_entry,
+    read_list,
+    sequence_failure_entry,
+)
 from .windows import Batch, Window, create_windows
 
 logger = logging.getLogger(__name__)
@@ -107,6 +116,14 @@ class RunSummary:
     """Where the reconstructor ran, and which process this was (for the profile table)."""
     is_main: bool = True
     """False in the processes of a multi-process run other than process 0."""
+    sequences: list[dict[str, Any]] | None = None
+    """In a run over many sequences: each sequence's name, source, status and counts (as in
+    ``dataset.json``)."""
+
+    @property
+    def unreadable(self) -> list[dict[str, Any]]:
+        """The sequences of a run over many that could not be read."""
+        return [s for s in self.sequences or [] if s["status"] == "unreadable"]
 
     def count(self, status: str) -> int:
         """Windows whose status is ``status``."""
@@ -119,8 +136,10 @@ class RunSummary:
 
     @property
     def success(self) -> bool:
-        """Every window succeeded, and so did the merge if one was asked for."""
-        return not self.count(STATUS_FAILED) and self.merge_error is None
+        """Every window (and every sequence) succeeded, and so did the merge if one was asked
+        for."""
+        return (not self.count(STATUS_FAILED) and self.merge_error is None
+                and not self.unreadable)
 
     def digest(self) -> list[str]:
         """The failed windows grouped by cause, a line each with what to try (also kept in
@@ -134,7 +153,11 @@ class RunSummary:
             merged = f" | merged: {len(self.merge['segments'])} segment(s)"
         elif self.merge_error is not None:
             merged = " | merge failed"
-        return (f"{plural(len(self.windows), 'window')}: {self.count(STATUS_OK)} ok, "
+        sequences = ""
+        if self.sequences is not None:
+            sequences = (f"{plural(len(self.sequences), 'sequence')} ("
+                         f"{len(self.unreadable)} unreadable) | ")
+        return (f"{sequences}{plural(len(self.windows), 'window')}: {self.count(STATUS_OK)} ok, "
                 f"{self.count(STATUS_FAILED)} failed ({self.num_skipped} already complete) | "
                 f"{plural(self.num_frames, 'frame')} | {self.wall_time:.1f} s{merged} | "
                 f"output: {self.output_dir}")
@@ -278,12 +301,15 @@ def process_window_batch(window_batch: Batch[Any] | Sequence[Window[Any]], batch
 
 
 def start_window_batch(windows: Sequence[Window[Frame]], batch_idx: int, args: PipelineConfig,
-                       reconstructor: Reconstructor, pool: CpuPool) -> list[InFlight]:
+                       reconstructor: Reconstructor, pool: CpuPool, *,
+                       outs: Sequence[Path] | None = None) -> list[InFlight]:
     """Make the windows' staging folders and start the batch (see
     :meth:`~pipeline.reconstructors.Reconstructor.start_batch`); a batch that fails as a whole
-    fails each of its windows."""
-    out = Path(args.output_dir)
-    stagings = _create_stagings(windows, [out / w.relative_dir for w in windows], args.images)
+    fails each of its windows. ``outs``: each window's run folder (default: the output folder;
+    a batch may mix the sequences of a run over many)."""
+    outs = outs or [Path(args.output_dir)] * len(windows)
+    finals = [out / w.relative_dir for out, w in zip(outs, windows)]
+    stagings = _create_stagings(windows, finals, args.images)
     start, generation = time.perf_counter(), pool.generation
     try:
         pending = reconstructor.start_batch(windows, stagings, pool)
@@ -299,9 +325,9 @@ def start_window_batch(windows: Sequence[Window[Frame]], batch_idx: int, args: P
             discard_staging(staging)
         raise
     options = reconstructor.signature_options()
-    return [InFlight(window=w, batch_index=batch_idx, staging=s, pending=p, started=start,
-                     signature_options=options, generation=generation)
-            for w, s, p in zip(windows, stagings, pending)]
+    return [InFlight(window=w, batch_index=batch_idx, staging=s, final=f, pending=p,
+                     started=start, signature_options=options, generation=generation)
+            for w, s, f, p in zip(windows, stagings, finals, pending)]
 
 
 def finish_window(flight: InFlight, result: WindowResult, args: PipelineConfig,
@@ -318,8 +344,7 @@ def finish_window(flight: InFlight, result: WindowResult, args: PipelineConfig,
     info["signature"] = window_signature(window.items, reconstructor.name,
                                          flight.signature_options, args.images,
                                          reconstructor.window_context(window), checks)
-    _finalize(flight.staging, Path(args.output_dir) / window.relative_dir, info, args.images,
-              checks)
+    _finalize(flight.staging, flight.final, info, args.images, checks)
     return info
 
 
@@ -500,16 +525,182 @@ def run(config: PipelineConfig) -> RunSummary:
     start = time.perf_counter()
     out = _check_config(config)
     group = _process_group(config)
+    many = config.input_root is not None or config.input_list is not None
+    if many and group.world_size > 1:
+        raise InputError("--input-root/--input-list run in one process (one device); start "
+                         "one run per device on separate lists instead of accelerate launch")
     lock = OutputLock(out)
     try:
         with _setup_errors(out):
             with group.main_first():
                 if group.is_main:
                     _prepare_output(out, lock)
-                frames = load_frames(config)
+                if many:
+                    sources = _sequence_sources(config)
+                else:
+                    frames = load_frames(config)
+        if many:
+            return _run_many(config, sources, group, start)
         return _run(config, frames, group, start)
     finally:
         lock.release()
+
+
+def _sequence_sources(config: PipelineConfig) -> list[SequenceSource]:
+    """The sequences of ``--input-root`` or ``--input-list``."""
+    if config.input_root is not None:
+        return discover(Path(config.input_root), skip=[Path(config.output_dir)])
+    return read_list(Path(config.input_list))
+
+
+def _sequence_config(config: PipelineConfig, source: SequenceSource) -> PipelineConfig:
+    """A dataset run's configuration narrowed to one of its sequences."""
+    video = source.is_video
+    return replace(config, input_root=None, input_list=None,
+                   input_dir=None if video else source.path,
+                   input_video=source.path if video else None,
+                   frame_pattern=None if video else config.frame_pattern,
+                   fps=config.fps if video else None, show_progress=False,
+                   output_dir=Path(config.output_dir) / source.name)
+
+
+def _load_sequence(config: PipelineConfig, source: SequenceSource) -> list[Frame]:
+    """The frames of one sequence of a dataset run, its folder ready (stale staging removed).
+
+    Raises:
+        InputError: the sequence cannot be read (it fails alone).
+    """
+    out = Path(config.output_dir)
+    if not source.path.exists():
+        raise InputError(f"{source.path} does not exist")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create {out}: {exc.strerror or exc}") from exc
+    remove_stale_staging(out)
+    frames = load_frames(config)
+    if len(frames) < config.window_size:
+        raise InputError(f"{plural(len(frames), 'frame')}, fewer than one window of "
+                         f"{config.window_size}")
+    return frames
+
+
+def _run_many(config: PipelineConfig, sources: list[SequenceSource], group: ProcessGroup,
+              start: float) -> RunSummary:
+    """A run over many sequences: one reconstructor (one model load) for all, each sequence in
+    ``OUT/<name>/`` as a run over it alone would lay it out, ``OUT/index.jsonl`` listing every
+    window and ``OUT/dataset.json`` the sequences. A sequence that cannot be read fails alone."""
+    out = Path(config.output_dir)
+    config, reconstructor, reason = _resolve_reconstructor(config, group)
+    index, dataset = WindowIndex(out), DatasetManifest(out, config, reconstructor, sources)
+    profile, governor = StageTable(), _governor(config, reconstructor, group)
+    if reconstructor.load_stage:
+        profile.add("load", reconstructor.load_stage)
+    plans: list[SequencePlan] = []
+    status, error = "interrupted", None
+    try:
+        with reconstructor, _cpu_pool(config, reconstructor, group) as pool:
+            for source in tqdm(sources, desc="sequences", unit="sequence",
+                               disable=None if config.show_progress else True):
+                seq_config = _sequence_config(config, source)
+                try:
+                    frames = _load_sequence(seq_config, source)
+                except InputError as exc:
+                    logger.warning("sequence %s: %s; it is skipped", source.name, exc)
+                    dataset.failed(source, str(exc))
+                    index.add(sequence_failure_entry(source, str(exc)))
+                    continue
+                plans.append(_plan(seq_config, frames, reconstructor, group, reason,
+                                   name=source.name))
+                todo = {w.key for w in plans[-1].todo}
+                for window in plans[-1].windows:
+                    if window.key not in todo:  # complete before this run
+                        _index_window(index, out, plans[-1], window)
+            dataset.planned(plans)
+            index.write(force=True)
+            _process_sequences(plans, config, reconstructor, pool, governor, profile, index,
+                               dataset)
+        status = "finished"
+    except DiskFullError as exc:
+        status, error = "failed", str(exc)
+        raise
+    finally:
+        _finish_sequences(plans, status, error, governor, profile, start)
+        index.write(force=True)
+        dataset.finish(status, time.perf_counter() - start, error, plans, governor, profile)
+    summary = RunSummary(output_dir=out, num_frames=sum(len(p.frames) for p in plans),
+                         windows=[dict(w, sequence=p.name) for p in plans
+                                  for w in p.manifest.data["windows"]],
+                         profile=profile, throughput=dataset.data.get("throughput"),
+                         device=reconstructor.device, sequences=dataset.data["sequences"])
+    if config.merge:
+        _merge_sequences(summary, plans, config.merge_options)
+    summary.wall_time = time.perf_counter() - start
+    return summary
+
+
+def _index_window(index: WindowIndex, out: Path, plan: SequencePlan,
+                  window: Window[Frame], record: dict[str, Any] | None = None) -> None:
+    """Put a window of ``plan`` in the dataset's index (its record read from its folder when
+    not given: a window complete before this run)."""
+    folder = Path(plan.config.output_dir) / window.relative_dir
+    if record is None:
+        record = read_window_info(folder)
+    index.add(index_entry(plan.name, record, folder, out))
+
+
+def _process_sequences(plans: list[SequencePlan], config: PipelineConfig,
+                       reconstructor: Reconstructor, pool: CpuPool,
+                       governor: MemoryGovernor | None, profile: StageTable, index: WindowIndex,
+                       dataset: DatasetManifest) -> None:
+    """Every sequence's windows to do: in shared batches, or sequence after sequence for a
+    reconstructor that plans each sequence (colmap)."""
+    out = Path(config.output_dir)
+
+    def on_window(plan: SequencePlan, record: dict[str, Any]) -> None:
+        _index_window(index, out, plan, plan.windows[record["window_index"]], record)
+        index.write()
+
+    total = sum(len(p.todo) for p in plans)
+    with _progress(config, total) as bar:
+        reconstructor.progress = bar.set_postfix_str
+        work_start = time.perf_counter()
+        if reconstructor.plans_sequences:
+            stats = ExecutorStats(cpu_workers=pool.workers)
+            for plan in plans:  # planned again right before its windows run
+                reconstructor.plan_sequence(plan.frames, plan.windows, Path(plan.config.output_dir))
+                stats.add(_process([plan], config, reconstructor, pool, governor, profile, bar,
+                                   on_window))
+        else:
+            stats = _process(plans, config, reconstructor, pool, governor, profile, bar,
+                             on_window)
+        dataset.data["throughput"] = {**profile.throughput(
+            time.perf_counter() - work_start, total, reconstructor.device_stages),
+            **stats.to_json()}
+
+
+def _finish_sequences(plans: list[SequencePlan], status: str, error: str | None,
+                      governor: MemoryGovernor | None, profile: StageTable,
+                      start: float) -> None:
+    """Write each sequence's final ``run.json``."""
+    for plan in plans:
+        _record_memory(plan.manifest, governor, profile)
+        plan.manifest.finish(status, wall_time=time.perf_counter() - start, error=error)
+
+
+def _merge_sequences(summary: RunSummary, plans: list[SequencePlan],
+                     options: MergeOptions) -> None:
+    """``--merge`` of each sequence into its own ``merged/``; failures are recorded."""
+    from .merge import merge_output
+
+    errors = []
+    for plan in plans:
+        try:
+            merge_output(Path(plan.config.output_dir), options)
+        except Exception as exc:  # noqa: BLE001 - the windows are written; report and go on
+            logger.error("merging %s failed: %s", plan.name, exc)
+            errors.append(f"{plan.name}: {type(exc).__name__}: {exc}")
+    summary.merge_error = "; ".join(errors) or None
 
 
 @contextlib.contextmanager
@@ -544,11 +735,9 @@ def _prepare_output(out: Path, lock: OutputLock) -> None:
     remove_stale_staging(out)
 
 
-def _run(config: PipelineConfig, frames: list[Frame], group: ProcessGroup,
-         start: float) -> RunSummary:
-    """The run once the output folder is held and the frames are ready."""
-    out = Path(config.output_dir)
-    windows = create_windows(frames, config.window_size, config.window_stride)
+def _resolve_reconstructor(config: PipelineConfig,
+                           group: ProcessGroup) -> tuple[PipelineConfig, Reconstructor, str]:
+    """Choose (``auto``) and build the reconstructor; the configuration with the choice."""
     chosen, reason = choose_reconstructor(config)
     logger.info("reconstructor: %s (%s)", chosen, reason)
     unread = unread_problem(config, chosen)
@@ -557,7 +746,34 @@ def _run(config: PipelineConfig, frames: list[Frame], group: ProcessGroup,
     config = replace(config, reconstructor=chosen,
                      device=group.device if group.device and config.device == "auto"
                      else config.device)
-    reconstructor = build_reconstructor(config)
+    return config, build_reconstructor(config), reason
+
+
+@dataclass(kw_only=True)
+class SequencePlan:
+    """One sequence of a run, planned: its windows, those left to do, and its ``run.json``."""
+
+    name: str
+    """Its folder under the output folder in a run over many sequences; empty for one."""
+    config: PipelineConfig
+    """Its configuration (``output_dir`` is its own folder)."""
+    frames: list[Frame]
+    """Its frames."""
+    windows: list[Window[Frame]]
+    """All its windows."""
+    todo: list[Window[Frame]]
+    """This process's share of the windows not complete yet."""
+    manifest: RunManifest
+    """Its ``run.json``."""
+
+
+def _plan(config: PipelineConfig, frames: list[Frame], reconstructor: Reconstructor,
+          group: ProcessGroup, reason: str, name: str = "") -> SequencePlan:
+    """Windows, resume decisions, ``plan.json`` and the first ``run.json`` of one sequence."""
+    out = Path(config.output_dir)
+    windows = create_windows(frames, config.window_size, config.window_stride)
+    if name:
+        windows = [replace(w, sequence=name) for w in windows]
     with _setup_errors(out):
         manifest = RunManifest(config, frames, windows, reconstructor, group)
         manifest.data["reconstructor"]["chosen_because"] = reason
@@ -573,23 +789,33 @@ def _run(config: PipelineConfig, frames: list[Frame], group: ProcessGroup,
         todo = _windows_to_do(config, windows, signatures, manifest, group)
         group.barrier()  # every process has judged the finished windows before any writes one
         manifest.write()
+    return SequencePlan(name=name, config=config, frames=frames, windows=windows, todo=todo,
+                        manifest=manifest)
+
+
+def _run(config: PipelineConfig, frames: list[Frame], group: ProcessGroup,
+         start: float) -> RunSummary:
+    """The run once the output folder is held and the frames are ready."""
+    out = Path(config.output_dir)
+    config, reconstructor, reason = _resolve_reconstructor(config, group)
+    plan = _plan(config, frames, reconstructor, group, reason)
+    manifest = plan.manifest
     profile = StageTable()
     if reconstructor.load_stage:
         profile.add("load", reconstructor.load_stage)
     governor = _governor(config, reconstructor, group)
     status, error = "interrupted", None
     try:
-        with reconstructor, _progress(config, len(todo)) as bar:
+        with reconstructor, _progress(config, len(plan.todo)) as bar, \
+                _cpu_pool(config, reconstructor, group) as pool:
             reconstructor.progress = bar.set_postfix_str
             work_start = time.perf_counter()
-            stats = _process_all(todo, config, reconstructor, governor, manifest, profile, bar)
+            stats = _process([plan], config, reconstructor, pool, governor, profile, bar)
             manifest.data["throughput"] = {**profile.throughput(
-                time.perf_counter() - work_start, len(todo), reconstructor.device_stages),
+                time.perf_counter() - work_start, len(plan.todo), reconstructor.device_stages),
                 **stats.to_json()}
         status = "finished"
     except DiskFullError as exc:
-        for record in getattr(exc, "records", []):
-            manifest.add(record)
         status, error = "failed", str(exc)
         raise
     finally:
@@ -683,38 +909,58 @@ def _batch_size(config: PipelineConfig, governor: MemoryGovernor | None,
     return max(1, min(MAX_AUTO_COLMAP_WORKERS, (cores or 1) // group.local_world_size))
 
 
-def _process_all(todo: list[Window[Frame]], config: PipelineConfig,
-                 reconstructor: Reconstructor, governor: MemoryGovernor | None,
-                 manifest: RunManifest, profile: StageTable, bar: tqdm) -> ExecutorStats:
-    """Every window of ``todo`` through the executor (pipelined, or serial with
-    ``--cpu-workers 0``), batches sized just before they start."""
+def _process(plans: list[SequencePlan], config: PipelineConfig,
+             reconstructor: Reconstructor, pool: CpuPool, governor: MemoryGovernor | None,
+             profile: StageTable, bar: tqdm,
+             on_window: Callable[[SequencePlan, dict[str, Any]], None] | None = None
+             ) -> ExecutorStats:
+    """Every window still to do of ``plans`` through the executor (pipelined, or serial with
+    ``--cpu-workers 0``), batches sized just before they start; windows of different sequences
+    share batches. Each finished window goes to its sequence's ``run.json`` (and
+    ``on_window``)."""
+    owner = {plan.name: plan for plan in plans}
     causes_seen: set[str] = set()
 
     def start(batch: Batch[Frame], pool: CpuPool) -> list[InFlight]:
-        flights = start_window_batch(batch.windows, batch.index, config, reconstructor, pool)
+        outs = [Path(owner[w.sequence].config.output_dir) for w in batch.windows]
+        flights = start_window_batch(batch.windows, batch.index, config, reconstructor, pool,
+                                     outs=outs)
         _observe(reconstructor, governor, profile)
         return flights
 
-    def on_record(record: dict[str, Any]) -> None:
+    def finish(flight: InFlight, result: WindowResult) -> tuple[SequencePlan, dict[str, Any]]:
+        plan = owner[flight.window.sequence]
+        return plan, finish_window(flight, result, plan.config, reconstructor)
+
+    def on_record(finished: tuple[SequencePlan, dict[str, Any]]) -> None:
+        plan, record = finished
         for stage, span in (record.get("stages") or {}).items():
             profile.add(stage, span)
-        manifest.add(record)
+        plan.manifest.add(record)
         _log_failure(record, causes_seen)
         if governor is not None:
-            manifest.data["memory"] = governor.to_json()
-        manifest.write()
+            plan.manifest.data["memory"] = governor.to_json()
+        plan.manifest.write()
+        if on_window is not None:
+            on_window(plan, record)
         bar.update(1)
 
     device = reconstructor.memory_device()
-    pool = CpuPool(cpu_workers(config, reconstructor, manifest.group),
-                   colmap_log_level=colmap_log_level(config))
     executor = WindowExecutor(
-        reconstructor=reconstructor, pool=pool, start=start,
-        finish=lambda flight, result: finish_window(flight, result, config, reconstructor),
-        on_record=on_record, batch_size=lambda: _batch_size(config, governor, manifest.group),
+        reconstructor=reconstructor, pool=pool, start=start, finish=finish, on_record=on_record,
+        batch_size=lambda: _batch_size(config, governor, plans[0].manifest.group),
         governor=governor, count_host_memory=device is not None and device.type == "cpu")
+    return executor.run([w for plan in plans for w in plan.todo], size_of=lambda f: f.size)
+
+
+@contextlib.contextmanager
+def _cpu_pool(config: PipelineConfig, reconstructor: Reconstructor,
+              group: ProcessGroup) -> Iterator[CpuPool]:
+    """The run's worker pool (closed at the end; stopped by the executor when interrupted)."""
+    pool = CpuPool(cpu_workers(config, reconstructor, group),
+                   colmap_log_level=colmap_log_level(config))
     try:
-        return executor.run(todo, size_of=lambda f: f.size)
+        yield pool
     finally:
         pool.close()
 

@@ -33,11 +33,19 @@ class Window(Generic[T]):
         index: Global window index, stable for a given sequence, size and stride.
         start: Sequence index of the first frame.
         items: The window's frames (paths, or :class:`pipeline.frames.Frame` objects).
+        sequence: In a run over many sequences, the sequence's name (its folder under the
+            output folder); empty in a run over one.
     """
 
     index: int
     start: int
     items: tuple[T, ...]
+    sequence: str = ""
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """``(sequence, index)``: unique among the windows of a run over many sequences."""
+        return self.sequence, self.index
 
     @property
     def stop(self) -> int:

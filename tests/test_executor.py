@@ -110,7 +110,7 @@ def executor_over(jobs: dict[int, object], pool: CpuPool, tmp_path: Path, *, bat
             job = jobs[w.index]
             pending = submit_job(pool, job) if job is not None else completed_pending(
                 WindowResult(status="ok"))
-            flights.append(InFlight(window=w, batch_index=b.index, staging=staging,
+            flights.append(InFlight(window=w, batch_index=b.index, staging=staging, final=staging,
                                     pending=pending, generation=pool.generation))
         return flights
 

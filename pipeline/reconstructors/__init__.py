@@ -90,6 +90,10 @@ class Reconstructor(abc.ABC):
     """Stages of its profile that keep the accelerator busy (the others are CPU work); the run
     reports the device's busy and idle time from them (``run.json`` → ``throughput``)."""
 
+    plans_sequences: ClassVar[bool] = False
+    """Its windows depend on a per-sequence plan (:meth:`plan_sequence`): in a run over many
+    sequences they run sequence after sequence, not in shared batches."""
+
     load_stage: dict[str, float] | None = None
     """Time and memory of loading (a :class:`pipeline.memory.PeakSpan` as JSON), if any."""
 

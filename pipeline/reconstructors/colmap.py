@@ -130,6 +130,7 @@ class ColmapReconstructor(Reconstructor):
     the sequence, or (``chunk_frames=0``) each window alone."""
 
     name = "colmap"
+    plans_sequences = True  # windows are cut out of their sequence's chunks
 
     def __init__(self, options: ColmapOptions | None = None) -> None:
         self.options = options or ColmapOptions()

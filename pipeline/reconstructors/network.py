@@ -184,7 +184,7 @@ class NetworkReconstructor(Reconstructor):
         """Keep ``options``, take its grid and forward options (``default_forward`` when it
         has none) and load its checkpoint."""
         self.options = options
-        self._prepared: dict[int, PreparedWindow] = {}
+        self._prepared: dict[tuple[str, int], PreparedWindow] = {}
         self.preprocess_options = options.preprocess
         self.forward_options = options.forward or default_forward
         self._load(options.model, options.device, options.dtype, options.colmap_log_level,
@@ -436,12 +436,12 @@ class NetworkReconstructor(Reconstructor):
         the network grid (a window prepared for another grid is prepared again)."""
         prepared = []
         for window in windows:
-            item = self._prepared.get(window.index)
+            item = self._prepared.get(window.key)
             if item is None and self.loader is not None:
                 item = self.loader.take(window)
             if item is None or item.preprocess != self.preprocess_options:
                 item = self.prepare_window(window)
-            self._prepared[window.index] = item
+            self._prepared[window.key] = item
             prepared.append(item)
         images = [p.images for p in prepared]
         if self.torch_device.type == "cuda":  # pinned: the copy to the device does not block

@@ -1,0 +1,187 @@
+"""Windows straight into training: a ``torch.utils.data.Dataset`` over an output folder.
+
+:class:`WindowDataset` serves the ok windows of a run (one sequence, or a run over many with
+``--input-root``/``--input-list``, read from ``OUT/index.jsonl``). Each item is one window's
+*registered* frames, in frame order, with what a multi-view network trains on::
+
+    from torch.utils.data import DataLoader
+    from pipeline.dataset import WindowDataset
+
+    data = WindowDataset("out", size=(224, 224))
+    loader = DataLoader(data, batch_size=4, num_workers=4)  # windows of equal frame count
+    for batch in loader:
+        images = batch["images"]            # [B, S, 224, 224, 3] uint8
+        K, pose = batch["intrinsics"], batch["cam_from_world"]
+
+Conventions: ``intrinsics`` are pinhole ``K`` in pixels of the returned images, COLMAP's pixel
+convention (the top-left pixel's centre is ``(0.5, 0.5)``, so resizing scales ``K`` exactly);
+``cam_from_world`` maps the window's world to OpenCV camera axes (x right, y down, z forward);
+the window's world is its first registered frame's camera for vggt/da3, COLMAP's for colmap,
+with the scale of its model. Depth (z, world units) and confidence come from ``depth/`` when
+the run saved them (``--save-depth``), resized with nearest neighbours; 0 where unknown.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import InputError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WindowEntry:
+    """One ok window of the dataset."""
+
+    sequence: str
+    """Its sequence ("" in a run over one)."""
+    index: int
+    """Its window index in its sequence."""
+    folder: Path
+    """Its window folder."""
+
+
+def find_windows(output_dir: str | Path) -> list[WindowEntry]:
+    """The ok windows of ``output_dir``: from ``index.jsonl`` (a run over many sequences), else
+    from the run plan of a run over one (whole, ok windows made for that plan only).
+
+    Raises:
+        InputError: neither an index nor a run plan is there.
+    """
+    from .output import iter_windows
+    from .sequences import INDEX
+
+    out = Path(output_dir)
+    index = out / INDEX
+    if index.is_file():
+        entries = []
+        for line in index.read_text().splitlines():
+            entry = json.loads(line)
+            if entry.get("status") == "ok" and entry.get("window_index") is not None:
+                entries.append(WindowEntry(entry["sequence"], int(entry["window_index"]),
+                                           out / entry["folder"]))
+        return entries
+    return [WindowEntry("", w.index, out / w.path) for w in iter_windows(out, ok=True)]
+
+
+class WindowDataset(torch.utils.data.Dataset):
+    """The ok windows of an output folder as training items (see the module docstring).
+
+    Each item is a dict:
+
+    - ``images``: ``[S, H, W, 3]`` uint8 (the original frames, or resized to ``size``);
+    - ``intrinsics``: ``[S, 3, 3]`` float32 pinhole ``K`` of those images;
+    - ``cam_from_world``: ``[S, 3, 4]`` float32, OpenCV axes, the window's world;
+    - ``depth``, ``confidence``: ``[S, H, W]`` float32, when saved (else absent);
+    - ``frames``: the ``S`` frame names; ``sequence``, ``window_index``.
+
+    ``S`` is the number of registered frames of the window. Items are read when asked for, so
+    the dataset pickles cheaply and works with ``DataLoader(num_workers > 0)``; batching windows
+    needs equal ``S`` (and ``size``).
+    """
+
+    def __init__(self, output_dir: str | Path, *, size: tuple[int, int] | None = None,
+                 with_depth: bool = True,
+                 transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+        """
+        Args:
+            output_dir: A run's output folder.
+            size: ``(height, width)`` to resize every frame to (bilinear; intrinsics scaled to
+                match); ``None``: original sizes.
+            with_depth: Return depth and confidence when the window has them.
+            transform: Applied to each item last.
+
+        Raises:
+            InputError: the folder holds no run, or ``size`` is not two positive integers.
+        """
+        if size is not None and (len(size) != 2 or min(size) < 1):
+            raise InputError(f"size must be (height, width) in pixels, got {size!r}")
+        self.output_dir = Path(output_dir)
+        self.size = None if size is None else (int(size[0]), int(size[1]))
+        self.with_depth = with_depth
+        self.transform = transform
+        self.windows = find_windows(self.output_dir)
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        from .output import read_window_cameras, read_window_info
+
+        entry = self.windows[i]
+        info = read_window_info(entry.folder)
+        cameras = read_window_cameras(entry.folder)
+        names = [n for n in info["frames"] if n in cameras]
+        sources = dict(zip(info["frames"], info.get("sources") or info["frames"]))
+        images, intrinsics, depth, conf = [], [], [], []
+        for name in names:
+            image = _read_image(entry.folder / "images" / name, sources[name])
+            scale = (1.0, 1.0)
+            if self.size is not None and image.shape[:2] != self.size:
+                h, w = image.shape[:2]
+                scale = (self.size[1] / w, self.size[0] / h)
+                image = np.asarray(Image.fromarray(image).resize(
+                    (self.size[1], self.size[0]), Image.BILINEAR))
+            images.append(image)
+            intrinsics.append(scale_intrinsics(cameras[name].K, *scale))
+            if self.with_depth:
+                maps = _read_depth(entry.folder / "depth" / f"{Path(name).stem}.npz",
+                                   image.shape[:2])
+                if maps is not None:
+                    depth.append(maps[0])
+                    conf.append(maps[1])
+        item: dict[str, Any] = {
+            "images": torch.from_numpy(np.stack(images)),
+            "intrinsics": torch.from_numpy(np.stack(intrinsics).astype(np.float32)),
+            "cam_from_world": torch.from_numpy(np.stack(
+                [cameras[n].cam_from_world for n in names]).astype(np.float32)),
+            "frames": names, "sequence": entry.sequence, "window_index": entry.index,
+        }
+        if depth and len(depth) == len(names):
+            item["depth"] = torch.from_numpy(np.stack(depth))
+            item["confidence"] = torch.from_numpy(np.stack(conf))
+        return self.transform(item) if self.transform is not None else item
+
+
+def scale_intrinsics(K: np.ndarray, sx: float, sy: float) -> np.ndarray:
+    """``K`` (COLMAP convention) for an image resized by ``sx`` horizontally and ``sy``
+    vertically: exact, since pixel ``(u, v)`` of the original covers ``[u, u+1) x [v, v+1)``
+    and maps to ``[sx u, sx (u+1)) x [sy v, sy (v+1))``."""
+    out = np.array(K, dtype=np.float64)
+    out[0] *= sx
+    out[1] *= sy
+    return out
+
+
+def _read_image(link: Path, source: str) -> np.ndarray:
+    """``(H, W, 3)`` uint8 of a window's frame: its ``images/`` entry, else its source."""
+    from .frames import load_image
+
+    path = link if link.exists() else Path(source)
+    if not path.exists():
+        raise InputError(f"frame not found: {link} (source {source})")
+    return load_image(path)
+
+
+def _read_depth(path: Path, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Depth and confidence of a frame at ``hw`` (nearest neighbours), or None."""
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        depth, conf = data["depth"].astype(np.float32), data["confidence"].astype(np.float32)
+    if depth.shape != hw:
+        rows = (np.arange(hw[0]) + 0.5) * depth.shape[0] / hw[0]
+        cols = (np.arange(hw[1]) + 0.5) * depth.shape[1] / hw[1]
+        r, c = rows.astype(int)[:, None], cols.astype(int)[None, :]
+        depth, conf = depth[r, c], conf[r, c]
+    return depth, conf

@@ -1,0 +1,166 @@
+"""Many sequences in one run (:mod:`pipeline.sequences`, ``--input-root``/``--input-list``):
+finding and naming them, the index, failure of one sequence alone, resume, one model load and
+batches shared between sequences."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import IMAGES
+from pipeline.cli import main
+from pipeline.errors import InputError
+from pipeline.output import read_window_info, read_window_poses
+from pipeline.sequences import (
+    INDEX,
+    WindowIndex,
+    discover,
+    read_list,
+    safe_name,
+    unique_names,
+)
+
+
+def frames_folder(folder: Path, first: int, count: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in sorted(IMAGES.iterdir())[first:first + count]:
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+def cli(*args: str) -> int:
+    return main([str(a) for a in args])
+
+
+def index_lines(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / INDEX).read_text().splitlines()]
+
+
+# ---- names and discovery -------------------------------------------------------------------------
+
+def test_names_are_safe_and_unique():
+    assert safe_name("clips/a") == "clips__a"
+    assert safe_name("odd name/ü.mp4") == "odd_name___.mp4"
+    assert safe_name("../.hidden") == "hidden"
+    assert unique_names(["a b", "a_b", "A_B", "c"]) == ["a_b", "a_b-2", "A_B-3", "c"]
+
+
+def test_discover_finds_frame_folders_and_videos_but_not_the_output(tmp_path):
+    root = tmp_path / "root"
+    frames_folder(root / "clips" / "a", 0, 2)
+    frames_folder(root / "b", 0, 2)
+    (root / "clips" / "v.mp4").write_bytes(b"not really")
+    frames_folder(root / ".cache", 0, 2)  # hidden: skipped
+    frames_folder(root / "out" / "frames", 0, 2)  # the output folder inside the root: skipped
+    (root / "notes").mkdir()
+    found = discover(root, skip=[root / "out"])
+    assert [(s.name, s.is_video) for s in found] == [
+        ("b", False), ("clips__a", False), ("clips__v.mp4", True)]
+    with pytest.raises(InputError, match="no folder of frames"):
+        discover(root / "notes")
+
+
+def test_a_list_skips_comments_and_keeps_missing_paths_to_fail_alone(tmp_path):
+    frames_folder(tmp_path / "seqs" / "a", 0, 2)
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# the clips\n\nseqs/a\n  {tmp_path / 'gone'}  \n")
+    found = read_list(listing)
+    assert [s.name for s in found] == ["seqs__a", "gone"]
+    assert found[0].path == tmp_path / "seqs" / "a"
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(InputError, match="lists no sequence"):
+        read_list(tmp_path / "empty.txt")
+
+
+def test_the_index_is_replaced_whole(tmp_path):
+    index = WindowIndex(tmp_path, interval=0)
+    for k in range(3):
+        index.add({"sequence": "b" if k else "a", "window_index": k, "status": "ok"})
+        index.write()
+        assert all(json.loads(line) for line in (tmp_path / INDEX).read_text().splitlines())
+    assert [(e["sequence"], e["window_index"]) for e in index_lines(tmp_path)] == \
+        [("a", 0), ("b", 1), ("b", 2)]
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+# ---- whole runs ----------------------------------------------------------------------------------
+
+SMALL = ("--window-size", "4", "--window-stride", "4", "-q")
+
+
+@pytest.mark.slow
+def test_classical_dataset_run(tmp_path):
+    root = tmp_path / "root"
+    frames_folder(root / "a", 0, 8)
+    frames_folder(root / "b", 8, 8)
+    (root / "broken.mp4").write_bytes(b"\0" * 4096)
+    out = tmp_path / "out"
+    assert cli("--input-root", str(root), "--output-dir", str(out), *SMALL,
+               "--reconstructor", "colmap") == 1  # a sequence could not be read
+    lines = index_lines(out)
+    assert [(e["sequence"], e["window_index"], e["status"]) for e in lines] == [
+        ("a", 0, "ok"), ("a", 1, "ok"), ("b", 0, "ok"), ("b", 1, "ok"),
+        ("broken.mp4", None, "failed")]
+    assert "cannot decode" in lines[-1]["error"]
+    first = lines[0]
+    assert first["folder"] == "a/batch_000/window_000" and first["image_size"] == [320, 240]
+    assert set(first["intrinsics"]) == set(first["registered_frames"])
+    assert not first["has_depth"] and first["exports"] == []
+    dataset = json.loads((out / "dataset.json").read_text())
+    assert [(s["name"], s["status"]) for s in dataset["sequences"]] == [
+        ("a", "finished"), ("b", "finished"), ("broken.mp4", "unreadable")]
+    # each sequence's folder is what a run over it alone writes
+    alone = tmp_path / "alone"
+    assert cli("--input-dir", str(root / "b"), "--output-dir", str(alone), *SMALL,
+               "--reconstructor", "colmap") == 0
+    for window in ("batch_000/window_000", "batch_000/window_001"):
+        info = read_window_info(out / "b" / window)
+        assert info["path"] == window
+        assert info["signature"] == read_window_info(alone / window)["signature"]
+        for name, pose in read_window_poses(alone / window).items():
+            # COLMAP's multi-threaded bundle adjustment is not bit-exact from run to run
+            np.testing.assert_allclose(read_window_poses(out / "b" / window)[name], pose,
+                                       atol=5e-3)
+    assert (out / "b" / "run.json").is_file() and (out / "b" / "plan.json").is_file()
+    # resumed: nothing redone, the index whole again
+    (root / "broken.mp4").unlink()
+    assert cli("--input-root", str(root), "--output-dir", str(out), *SMALL,
+               "--reconstructor", "colmap") == 0
+    assert [e["status"] for e in index_lines(out)] == ["ok"] * 4
+    runs = json.loads((out / "a" / "run.json").read_text())
+    assert all(w["skipped"] for w in runs["windows"])
+
+
+@pytest.mark.slow
+def test_network_dataset_run_loads_once_and_shares_batches(tmp_path, tiny_vggt_checkpoint):
+    listing = tmp_path / "list.txt"
+    frames_folder(tmp_path / "x", 0, 8)
+    frames_folder(tmp_path / "y", 4, 8)
+    listing.write_text("x\ny\nmissing\n")
+    out = tmp_path / "out"
+    assert cli("--input-list", str(listing), "--output-dir", str(out), *SMALL,
+               "--reconstructor", "vggt", "--model", str(tiny_vggt_checkpoint),
+               "--max-query-pts", "32", "--min-points", "0", "--min-frame-observations", "0",
+               "--window-batch-size", "4", "--save-depth", "--merge") == 1
+    dataset = json.loads((out / "dataset.json").read_text())
+    assert dataset["profile"]["load"]["calls"] == 1
+    assert dataset["profile"]["forward"]["calls"] == 1  # 4 windows of two sequences, one batch
+    batches = {read_window_info(out / s / "batch_000" / w)["batch_index"]
+               for s in ("x", "y") for w in ("window_000", "window_001")}
+    assert batches == {0}
+    lines = index_lines(out)
+    assert [(e["sequence"], e["status"]) for e in lines] == [
+        ("missing", "failed"), ("x", "ok"), ("x", "ok"), ("y", "ok"), ("y", "ok")]
+    assert "does not exist" in lines[0]["error"]
+    assert all(e["has_depth"] for e in lines[1:])
+    assert (out / "x" / "merged" / "merge.json").is_file()  # --merge per sequence
+
+    from pipeline.dataset import WindowDataset
+
+    data = WindowDataset(out)
+    assert len(data) == 4 and {data[i]["sequence"] for i in range(4)} == {"x", "y"}
+    assert data[0]["depth"].shape == data[0]["images"].shape[:3]
