@@ -196,6 +196,14 @@ class PipelineConfig:
     ahead in a thread. 0: the serial path, each batch finished before the next starts (vggt/da3
     in the main process; colmap always in worker processes, so a COLMAP abort costs one
     window). Default: one per core, less one that drives the device for vggt/da3."""
+    engine: str = option("local", group=MEMORY, choices=("local", "ray"))
+    """local: this process (and its CPU workers); ray: the run spread over a Ray cluster, one
+    device actor per GPU keeping the model loaded, every window's CPU part a Ray task
+    (pip install -e '.[ray]'; the input and output folders must be shared by the nodes)."""
+    ray_address: str | None = option(None, group=MEMORY, metavar="ADDR",
+                                     default_text="start a local Ray")
+    """With --engine ray: the cluster to join ('auto': the one 'ray start --head' made on this
+    machine; or host:port)."""
     use_accelerate: bool = option(False, group=MEMORY, kind="bool")
     """Schedule through Hugging Face Accelerate; implied under 'accelerate launch', which splits
     the windows between its processes (one device each) and merges run.json."""

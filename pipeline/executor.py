@@ -442,8 +442,8 @@ class WindowExecutor:
         return size
 
     def _jobs_running(self) -> int:
-        return sum(1 for f in self.in_flight if f.pending.job is not None
-                   and not f.pending.future.done())
+        """Windows whose result is still on its way (in a worker, or in a device actor)."""
+        return sum(1 for f in self.in_flight if not f.pending.future.done())
 
     def _collect_all(self) -> None:
         while self.in_flight:

@@ -31,6 +31,7 @@ from .executor import (
     InFlight,
     WindowExecutor,
     completed_pending,
+    cores,
     default_cpu_workers,
     result_of,
 )
@@ -87,7 +88,8 @@ from .windows import Batch, Window, create_windows
 logger = logging.getLogger(__name__)
 
 FRAME_CACHE = "frames"
-MAX_AUTO_COLMAP_WORKERS = 8
+MAX_AUTO_BATCH = 8
+"""Windows per batch when no memory governor sizes them (colmap: at most one per core)."""
 MAX_REDO_LOGS = 10
 """Windows whose reason for being redone is logged at INFO; the rest at DEBUG."""
 
@@ -442,6 +444,12 @@ def _check_config(config: PipelineConfig) -> Path:
         raise InputError(f"output path exists and is not a folder: {out}")
     if config.images not in IMAGE_MODES:
         raise InputError(f"--images must be link, copy or none, got {config.images!r}")
+    if config.ray_address is not None and config.engine != "ray":
+        raise InputError("--ray-address is read only with --engine ray")
+    if config.engine == "ray":
+        from .ray_engine import import_ray
+
+        import_ray()  # fails here, before any work, when Ray is not installed
     merge_flags = changed_flags(config.merge_options)
     if merge_flags and not config.merge:
         raise InputError(f"{', '.join(merge_flags)}: merge options, read only with --merge")
@@ -526,6 +534,9 @@ def run(config: PipelineConfig) -> RunSummary:
     out = _check_config(config)
     group = _process_group(config)
     many = config.input_root is not None or config.input_list is not None
+    if config.engine == "ray" and group.world_size > 1:
+        raise InputError("--engine ray spreads the run itself: start it once, not under "
+                         "accelerate launch")
     if many and group.world_size > 1:
         raise InputError("--input-root/--input-list run in one process (one device); start "
                          "one run per device on separate lists instead of accelerate launch")
@@ -539,11 +550,29 @@ def run(config: PipelineConfig) -> RunSummary:
                     sources = _sequence_sources(config)
                 else:
                     frames = load_frames(config)
-        if many:
-            return _run_many(config, sources, group, start)
-        return _run(config, frames, group, start)
+        with _engine(config) as ray:
+            if many:
+                return _run_many(config, sources, group, start, ray)
+            return _run(config, frames, group, start, ray)
     finally:
         lock.release()
+
+
+@contextlib.contextmanager
+def _engine(config: PipelineConfig) -> Iterator[Any]:
+    """The ``ray`` module joined to its cluster with ``--engine ray`` (a local Ray started
+    here is shut down at the end), else None."""
+    if config.engine != "ray":
+        yield None
+        return
+    from .ray_engine import connect
+
+    ray = connect(config.ray_address, num_cpus=config.cpu_workers or None)
+    try:
+        yield ray
+    finally:
+        if config.ray_address is None:
+            ray.shutdown()
 
 
 def _sequence_sources(config: PipelineConfig) -> list[SequenceSource]:
@@ -586,12 +615,12 @@ def _load_sequence(config: PipelineConfig, source: SequenceSource) -> list[Frame
 
 
 def _run_many(config: PipelineConfig, sources: list[SequenceSource], group: ProcessGroup,
-              start: float) -> RunSummary:
+              start: float, ray: Any = None) -> RunSummary:
     """A run over many sequences: one reconstructor (one model load) for all, each sequence in
     ``OUT/<name>/`` as a run over it alone would lay it out, ``OUT/index.jsonl`` listing every
     window and ``OUT/dataset.json`` the sequences. A sequence that cannot be read fails alone."""
     out = Path(config.output_dir)
-    config, reconstructor, reason = _resolve_reconstructor(config, group)
+    config, reconstructor, reason = _resolve_reconstructor(config, group, ray)
     index, dataset = WindowIndex(out), DatasetManifest(out, config, reconstructor, sources)
     profile, governor = StageTable(), _governor(config, reconstructor, group)
     if reconstructor.load_stage:
@@ -599,7 +628,7 @@ def _run_many(config: PipelineConfig, sources: list[SequenceSource], group: Proc
     plans: list[SequencePlan] = []
     status, error = "interrupted", None
     try:
-        with reconstructor, _cpu_pool(config, reconstructor, group) as pool:
+        with reconstructor, _cpu_pool(config, reconstructor, group, ray) as pool:
             for source in tqdm(sources, desc="sequences", unit="sequence",
                                disable=None if config.show_progress else True):
                 seq_config = _sequence_config(config, source)
@@ -735,9 +764,10 @@ def _prepare_output(out: Path, lock: OutputLock) -> None:
     remove_stale_staging(out)
 
 
-def _resolve_reconstructor(config: PipelineConfig,
-                           group: ProcessGroup) -> tuple[PipelineConfig, Reconstructor, str]:
-    """Choose (``auto``) and build the reconstructor; the configuration with the choice."""
+def _resolve_reconstructor(config: PipelineConfig, group: ProcessGroup,
+                           ray: Any = None) -> tuple[PipelineConfig, Reconstructor, str]:
+    """Choose (``auto``) and build the reconstructor; the configuration with the choice.
+    Under Ray a network's model is loaded in device actors instead of here."""
     chosen, reason = choose_reconstructor(config)
     logger.info("reconstructor: %s (%s)", chosen, reason)
     unread = unread_problem(config, chosen)
@@ -746,6 +776,10 @@ def _resolve_reconstructor(config: PipelineConfig,
     config = replace(config, reconstructor=chosen,
                      device=group.device if group.device and config.device == "auto"
                      else config.device)
+    if ray is not None and reconstructor_class(chosen).device_stages:
+        from .ray_engine import RayReconstructor
+
+        return config, RayReconstructor(config, ray), reason
     return config, build_reconstructor(config), reason
 
 
@@ -794,10 +828,10 @@ def _plan(config: PipelineConfig, frames: list[Frame], reconstructor: Reconstruc
 
 
 def _run(config: PipelineConfig, frames: list[Frame], group: ProcessGroup,
-         start: float) -> RunSummary:
+         start: float, ray: Any = None) -> RunSummary:
     """The run once the output folder is held and the frames are ready."""
     out = Path(config.output_dir)
-    config, reconstructor, reason = _resolve_reconstructor(config, group)
+    config, reconstructor, reason = _resolve_reconstructor(config, group, ray)
     plan = _plan(config, frames, reconstructor, group, reason)
     manifest = plan.manifest
     profile = StageTable()
@@ -807,7 +841,7 @@ def _run(config: PipelineConfig, frames: list[Frame], group: ProcessGroup,
     status, error = "interrupted", None
     try:
         with reconstructor, _progress(config, len(plan.todo)) as bar, \
-                _cpu_pool(config, reconstructor, group) as pool:
+                _cpu_pool(config, reconstructor, group, ray) as pool:
             reconstructor.progress = bar.set_postfix_str
             work_start = time.perf_counter()
             stats = _process([plan], config, reconstructor, pool, governor, profile, bar)
@@ -900,13 +934,15 @@ def _governor(config: PipelineConfig, reconstructor: Reconstructor,
 
 def _batch_size(config: PipelineConfig, governor: MemoryGovernor | None,
                 group: ProcessGroup) -> int:
-    """Windows for the next batch: as asked, from the governor, or colmap's core count."""
+    """Windows for the next batch: as asked, from the governor, under Ray
+    :data:`MAX_AUTO_BATCH`, or colmap's core count."""
     if config.window_batch_size is not None:
         return config.window_batch_size
     if governor is not None:
         return governor.windows_per_batch()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(MAX_AUTO_COLMAP_WORKERS, (cores or 1) // group.local_world_size))
+    if config.engine == "ray":
+        return MAX_AUTO_BATCH
+    return max(1, min(MAX_AUTO_BATCH, cores() // group.local_world_size))
 
 
 def _process(plans: list[SequencePlan], config: PipelineConfig,
@@ -954,9 +990,15 @@ def _process(plans: list[SequencePlan], config: PipelineConfig,
 
 
 @contextlib.contextmanager
-def _cpu_pool(config: PipelineConfig, reconstructor: Reconstructor,
-              group: ProcessGroup) -> Iterator[CpuPool]:
-    """The run's worker pool (closed at the end; stopped by the executor when interrupted)."""
+def _cpu_pool(config: PipelineConfig, reconstructor: Reconstructor, group: ProcessGroup,
+              ray: Any = None) -> Iterator[CpuPool]:
+    """The run's worker pool (closed at the end; stopped by the executor when interrupted):
+    Ray tasks under ``--engine ray``."""
+    if ray is not None:
+        from .ray_engine import RayPool
+
+        yield RayPool(ray)
+        return
     pool = CpuPool(cpu_workers(config, reconstructor, group),
                    colmap_log_level=colmap_log_level(config))
     try:

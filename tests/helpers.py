@@ -33,8 +33,12 @@ def write_model(sparse_dir: Path, names, poses=None, size=(64, 48), points: int 
 
 
 def window_dirs(out: Path) -> list[Path]:
-    """The window folders of an output folder, in window order."""
-    return sorted(Path(out).glob("batch_*/window_*"), key=lambda p: p.name)
+    """The window folders of an output folder's run plan that exist, in window order (read
+    through :func:`pipeline.output.iter_windows`, as merge and evaluate read them)."""
+    from pipeline.output import iter_windows
+
+    out = Path(out)
+    return [out / w.path for w in iter_windows(out) if (out / w.path).is_dir()]
 
 
 def window_info(window: Path) -> dict:

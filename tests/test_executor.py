@@ -308,6 +308,19 @@ def test_pipelined_network_windows_equal_serial(tmp_path, tiny_vggt_checkpoint):
     assert read_json(serial / "run.json")["throughput"]["cpu_workers"] == 0
 
 
+@pytest.mark.slow
+def test_pipelined_da3_windows_equal_serial(tmp_path, tiny_da3_checkpoint):
+    serial, pipelined = run_both(tmp_path, reconstructor="da3", model=str(tiny_da3_checkpoint),
+                                 min_points=0, min_frame_observations=0,
+                                 export_format="colmap-mini_npz")
+    assert_same_windows(serial, pipelined, atol=0)
+    for window in iter_windows(pipelined):
+        info = read_window_info(pipelined / window.path)
+        if info["status"] == "ok":
+            assert (pipelined / window.path / "exports" / "mini.npz").is_file()
+            assert "matching" in info["stages"]  # tracks matched in the worker
+
+
 def read_json(path: Path) -> dict:
     import json
 
