@@ -89,6 +89,8 @@ def main() -> None:
     parser.add_argument("--reconstructors", nargs="+", choices=sorted(RECONSTRUCTORS),
                         default=list(RECONSTRUCTORS))
     parser.add_argument("--engines", nargs="+", choices=("local", "ray"), default=["local"])
+    parser.add_argument("--no-separate", action="store_true",
+                        help="skip the one-run-per-sequence runs")
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/bench_sequences"))
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -107,8 +109,9 @@ def main() -> None:
         for engine in args.engines:
             runs[f"--input-root ({engine})"] = one_run(root, args.scratch / f"{name}-{engine}",
                                                        extra, engine)
-        runs["one run per sequence"] = separate_runs(root, args.scratch / f"{name}-separate",
-                                                     extra)
+        if not args.no_separate:
+            runs["one run per sequence"] = separate_runs(
+                root, args.scratch / f"{name}-separate", extra)
         results[name] = runs
     print("| reconstructor | runs | wall s | windows ok | windows/s | model loads |")
     print("| --- | --- | --- | --- | --- | --- |")

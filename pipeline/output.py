@@ -440,6 +440,9 @@ def read_plan(output_dir: Path) -> dict[str, Any]:
     try:
         plan = json.loads(path.read_text())
     except FileNotFoundError:
+        if (Path(output_dir) / "index.jsonl").is_file():
+            raise InputError(f"{output_dir} holds a run over many sequences: name one of its "
+                             "sequence folders (OUT/<sequence>)") from None
         raise InputError(f"{output_dir} holds no {PLAN}: it is not a pipeline output folder, or "
                          "an older version wrote it (rerun the pipeline into it)") from None
     except (OSError, ValueError) as exc:

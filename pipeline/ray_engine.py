@@ -78,8 +78,9 @@ def connect(address: str | None, num_cpus: int | None = None) -> Any:
     return ray
 
 
-def _run_task(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-    """Body of every CPU task: ``fn(*args)`` (after the kill hook, see :data:`KILL_HOOK`)."""
+def _run_task(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Body of every CPU task: ``fn(*args, **kwargs)`` (after the kill hook, see
+    :data:`KILL_HOOK`)."""
     marker = os.environ.get(KILL_HOOK)
     if marker:
         try:
@@ -89,7 +90,7 @@ def _run_task(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         else:
             os.close(fd)
             os._exit(137)
-    return fn(*args)
+    return fn(*args, **kwargs)
 
 
 class RayPool:
@@ -109,9 +110,9 @@ class RayPool:
         """Itself: ``submit`` is what callers of a process pool use."""
         return self
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
-        """``fn(*args)`` as a Ray task; the future carries the task's ``ray_ref``."""
-        ref = self._task.remote(fn, args)
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+        """``fn(*args, **kwargs)`` as a Ray task; the future carries the task's ``ray_ref``."""
+        ref = self._task.remote(fn, args, kwargs)
         self._refs = [r for r in self._refs if not _ready(self._ray, r)] + [ref]
         future = ref.future()
         future.ray_ref = ref
@@ -246,8 +247,8 @@ class RayReconstructor(Reconstructor):
 
 
 def _copy(source: Future, target: Future) -> None:
-    error = source.exception()
-    if error is not None:
-        target.set_exception(error)
-    else:
+    """``source``'s outcome into ``target`` (a cancelled task fails its window)."""
+    try:
         target.set_result(source.result())
+    except BaseException as exc:  # noqa: BLE001 - the window fails with the reason
+        target.set_exception(exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))

@@ -123,9 +123,9 @@ class RunSummary:
     ``dataset.json``)."""
 
     @property
-    def unreadable(self) -> list[dict[str, Any]]:
-        """The sequences of a run over many that could not be read."""
-        return [s for s in self.sequences or [] if s["status"] == "unreadable"]
+    def failed_sequences(self) -> list[dict[str, Any]]:
+        """The sequences of a run over many that could not be read or were too short."""
+        return [s for s in self.sequences or [] if s["status"] == "failed"]
 
     def count(self, status: str) -> int:
         """Windows whose status is ``status``."""
@@ -141,7 +141,7 @@ class RunSummary:
         """Every window (and every sequence) succeeded, and so did the merge if one was asked
         for."""
         return (not self.count(STATUS_FAILED) and self.merge_error is None
-                and not self.unreadable)
+                and not self.failed_sequences)
 
     def digest(self) -> list[str]:
         """The failed windows grouped by cause, a line each with what to try (also kept in
@@ -158,7 +158,7 @@ class RunSummary:
         sequences = ""
         if self.sequences is not None:
             sequences = (f"{plural(len(self.sequences), 'sequence')} ("
-                         f"{len(self.unreadable)} unreadable) | ")
+                         f"{len(self.failed_sequences)} failed) | ")
         return (f"{sequences}{plural(len(self.windows), 'window')}: {self.count(STATUS_OK)} ok, "
                 f"{self.count(STATUS_FAILED)} failed ({self.num_skipped} already complete) | "
                 f"{plural(self.num_frames, 'frame')} | {self.wall_time:.1f} s{merged} | "
@@ -636,6 +636,7 @@ def _run_many(config: PipelineConfig, sources: list[SequenceSource], group: Proc
                     frames = _load_sequence(seq_config, source)
                 except InputError as exc:
                     logger.warning("sequence %s: %s; it is skipped", source.name, exc)
+                    _remove_empty_folders(Path(seq_config.output_dir))
                     dataset.failed(source, str(exc))
                     index.add(sequence_failure_entry(source, str(exc)))
                     continue
@@ -666,6 +667,15 @@ def _run_many(config: PipelineConfig, sources: list[SequenceSource], group: Proc
         _merge_sequences(summary, plans, config.merge_options)
     summary.wall_time = time.perf_counter() - start
     return summary
+
+
+def _remove_empty_folders(folder: Path) -> None:
+    """Remove ``folder`` and the folders under it that hold no file (what a sequence that
+    failed to load left: its folder and an empty frame cache)."""
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True) + [folder]:
+        if path.is_dir() and not path.is_symlink():
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only empty ones go
 
 
 def _index_window(index: WindowIndex, out: Path, plan: SequencePlan,

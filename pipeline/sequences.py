@@ -141,7 +141,8 @@ class WindowIndex:
     """``OUT/index.jsonl``: every window of the dataset, one JSON line each, in sequence and
     window order. Rewritten whole (a temporary file renamed over it) at most every
     ``interval`` seconds while windows finish, and at the end, so a reader never sees half a
-    line. A sequence that could not be read has one line with ``window_index`` null."""
+    line. A sequence that could not be read (or is shorter than a window) has one line with
+    ``window_index`` null and status ``failed``."""
 
     def __init__(self, out: Path, interval: float = 1.0) -> None:
         self.path = Path(out) / INDEX
@@ -190,7 +191,7 @@ def index_entry(sequence: str, record: dict[str, Any], window_dir: Path,
 
 
 def sequence_failure_entry(source: SequenceSource, error: str) -> dict[str, Any]:
-    """The index line of a sequence that could not be read."""
+    """The index line of a sequence that could not be read (or is shorter than a window)."""
     return {"sequence": source.name, "window_index": None, "status": "failed", "error": error,
             "folder": source.name, "source": str(source.path), "frames": [],
             "registered_frames": [], "image_size": None, "intrinsics": {}, "has_depth": False,
@@ -221,8 +222,8 @@ class DatasetManifest:
         return next(e for e in self.data["sequences"] if e["name"] == name)
 
     def failed(self, source: SequenceSource, error: str) -> None:
-        """``source`` could not be read."""
-        self._entry(source.name).update(status="unreadable", error=error)
+        """``source`` could not be read (or is shorter than a window)."""
+        self._entry(source.name).update(status="failed", error=error)
 
     def planned(self, plans: Sequence[Any]) -> None:
         """The readable sequences are planned (:class:`pipeline.runner.SequencePlan`)."""

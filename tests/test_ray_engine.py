@@ -41,13 +41,16 @@ def assert_same_windows(local, ray, atol):
 
 
 @pytest.mark.slow
-def test_ray_classical_run_survives_a_killed_worker(tmp_path, monkeypatch):
+@pytest.mark.parametrize("chunk_frames", [0, 100], ids=["windows-alone", "chunks"])
+def test_ray_classical_run_survives_a_killed_worker(tmp_path, monkeypatch, chunk_frames):
+    """The first Ray task kills its worker: a window's task (windows alone), or the feature
+    store's (chunks, whose windows are cut in the driver)."""
     pytest.importorskip("ray")
     from pipeline.ray_engine import KILL_HOOK
 
     marker = tmp_path / "killed-once"
-    monkeypatch.setenv(KILL_HOOK, str(marker))  # the first task kills its worker
-    local, ray = both_engines(tmp_path, reconstructor="colmap", chunk_frames=0)
+    monkeypatch.setenv(KILL_HOOK, str(marker))
+    local, ray = both_engines(tmp_path, reconstructor="colmap", chunk_frames=chunk_frames)
     assert marker.exists()  # a worker did die, and Ray ran its window again
     # COLMAP's multi-threaded solvers are not bit-exact from run to run
     assert_same_windows(local, ray, atol=5e-3)

@@ -112,7 +112,7 @@ def test_classical_dataset_run(tmp_path):
     assert not first["has_depth"] and first["exports"] == []
     dataset = json.loads((out / "dataset.json").read_text())
     assert [(s["name"], s["status"]) for s in dataset["sequences"]] == [
-        ("a", "finished"), ("b", "finished"), ("broken.mp4", "unreadable")]
+        ("a", "finished"), ("b", "finished"), ("broken.mp4", "failed")]
     # each sequence's folder is what a run over it alone writes
     alone = tmp_path / "alone"
     assert cli("--input-dir", str(root / "b"), "--output-dir", str(alone), *SMALL,

@@ -268,4 +268,6 @@ def test_throughput_of_a_cpu_run_is_recorded_and_printed(tmp_path, capsys):
     busy = manifest(out)["throughput"]
     assert busy["windows"] == 3 and busy["windows_per_s"] > 0 and busy["cpu_busy_s"] > 0
     assert "device_busy_s" not in busy  # colmap has no device stage
-    assert "3 windows in " in capsys.readouterr().out
+    assert busy["cpu_workers"] >= 1 and "main_busy_s" in busy and "finish_busy_s" in busy
+    printed = capsys.readouterr().out
+    assert "3 windows in " in printed and "main process busy" in printed
