@@ -4,7 +4,8 @@ By default the sequence is reconstructed in overlapping chunks and each window i
 chunk (:mod:`pipeline.sequence_sfm`): every frame's features are extracted once, every pair
 matched once, and short windows of hand-held video get poses that they could not get alone. With
 ``chunk_frames=0`` each window is reconstructed on its own, from its frames only. Either way the
-COLMAP work runs in worker processes (``num_workers``, each with ``num_threads`` threads), so a
+COLMAP work runs in worker processes (the executor's pool, see :meth:`attach_pool`; its own
+``num_workers`` on the serial path and in library use; each with ``num_threads`` threads), so a
 COLMAP abort costs its windows, never the run.
 """
 
@@ -67,9 +68,10 @@ class ColmapOptions:
     camera_params: tuple[float, ...] | None = None
     """Known intrinsics in COLMAP's order for ``camera_type``; kept fixed during mapping."""
     num_workers: int | None = field(default=None, metadata={"result": False})
-    """Worker processes per batch; default: one per window of the batch, at most one per core.
-    Windows always run in worker processes, so that COLMAP aborting (it does on some internal
-    errors) costs one window, not the run."""
+    """Worker processes per batch when no executor pool is attached (the serial path, library
+    use); default: one per window of the batch, at most one per core. Windows always run in
+    worker processes, so that COLMAP aborting (it does on some internal errors) costs one
+    window, not the run."""
     num_threads: int | None = field(default=None, metadata={"result": False})
     """Threads of each worker; default: the cores divided among the workers."""
     chunk_frames: int = 100
