@@ -264,11 +264,11 @@ def test_array_bytes_counts_nested_arrays():
 
 # ---- whole runs: pipelined writes what serial writes ---------------------------------------------
 
-def run_both(tmp_path: Path, **options) -> tuple[Path, Path]:
+def run_both(tmp_path: Path, max_frames: int = 12, **options) -> tuple[Path, Path]:
     outs = []
     for workers in (0, 2):
         out = tmp_path / f"workers{workers}"
-        summary = run(PipelineConfig(input_dir=IMAGES, output_dir=out, max_frames=12,
+        summary = run(PipelineConfig(input_dir=IMAGES, output_dir=out, max_frames=max_frames,
                                      window_size=4, window_stride=4, show_progress=False,
                                      cpu_workers=workers, **options))
         assert summary.success
@@ -310,7 +310,8 @@ def test_pipelined_network_windows_equal_serial(tmp_path, tiny_vggt_checkpoint):
 
 @pytest.mark.slow
 def test_pipelined_da3_windows_equal_serial(tmp_path, tiny_da3_checkpoint):
-    serial, pipelined = run_both(tmp_path, reconstructor="da3", model=str(tiny_da3_checkpoint),
+    serial, pipelined = run_both(tmp_path, max_frames=8, reconstructor="da3",
+                                 model=str(tiny_da3_checkpoint),
                                  min_points=0, min_frame_observations=0,
                                  export_format="colmap-mini_npz")
     assert_same_windows(serial, pipelined, atol=0)

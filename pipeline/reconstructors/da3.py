@@ -23,17 +23,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..export_formats import ExportOptions, write_exports
+from ..export_formats import ExportOptions
+from ..finishing import Da3Job, match_descriptors, matched_tracks
 from ..frames import Frame
 from ..preprocess import PreprocessOptions
-from ..sfm import Tracks
 from ..windows import Window
 from .network import (
     NetworkBatch,
     NetworkOptions,
     NetworkReconstructor,
-    SfmJob,
-    sift_features,
     window_predictions,
 )
 
@@ -172,104 +170,4 @@ class Da3Reconstructor(NetworkReconstructor):
                          ratio_test=self.options.ratio_test, exports=self.options.exports)
 
 
-@dataclass(kw_only=True)
-class Da3Job(SfmJob):
-    """A DA3 window's CPU part: tracks from SIFT matching, then the shared SfM stage and the
-    ``--export-format`` files."""
-
-    features: Any = None
-    """pycolmap.FeatureExtractionOptions of the matched features."""
-    ratio_test: float = 0.8
-    """Lowe's ratio for a match."""
-    exports: ExportOptions = field(default_factory=ExportOptions)
-    """What goes to ``exports/`` besides ``sparse/``."""
-
-    def make_tracks(self, meter: Any, stages: dict[str, dict[str, float]]) -> Tracks:
-        self._progress("matching")
-        with meter.stage("matching", stages):
-            return matched_tracks(self.preds.colors, self.features, self.ratio_test)
-
-    def export_extras(self) -> list[str]:
-        """The ``--export-format`` files of the window (``colmap`` is ``sparse/`` itself)."""
-        written = write_exports(self.staging, self.preds, self.exports)
-        return [str(p.relative_to(self.staging)) for p in written]
-
-
-def match_descriptors(a: np.ndarray, b: np.ndarray, ratio: float) -> np.ndarray:
-    """Mutual nearest neighbours of descriptors ``a`` ``(N, D)`` and ``b`` ``(M, D)`` (L2 on
-    unit-normalised descriptors) whose best distance is below ``ratio`` times the second best,
-    both ways. Returns ``(K, 2)`` index pairs ``(i in a, j in b)``."""
-    if len(a) < 2 or len(b) < 2:
-        return np.zeros((0, 2), int)
-    a = a.astype(np.float32) / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-9)
-    b = b.astype(np.float32) / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-9)
-    dist = np.sqrt(np.maximum(2.0 - 2.0 * (a @ b.T), 0.0))
-    best_ab, best_ba = dist.argmin(axis=1), dist.argmin(axis=0)
-    two_ab = np.partition(dist, 1, axis=1)[:, :2]
-    two_ba = np.partition(dist, 1, axis=0)[:2].T
-    i = np.arange(len(a))
-    j = best_ab
-    keep = (
-        (best_ba[j] == i)
-        & (two_ab[:, 0] < ratio * two_ab[:, 1])
-        & (two_ba[j, 0] < ratio * two_ba[j, 1])
-    )
-    return np.stack([i[keep], j[keep]], axis=1)
-
-
-def matched_tracks(images: np.ndarray, features: Any, ratio: float) -> Tracks:
-    """Tracks of a window from SIFT matching between every pair of its frames.
-
-    Args:
-        images: ``(S, H, W, 3)`` uint8 original frames.
-        features: pycolmap.FeatureExtractionOptions.
-        ratio: Lowe's ratio test threshold.
-
-    Returns:
-        :class:`Tracks`: pairwise matches joined into connected components; a track holding
-        two keypoints of one frame is dropped; ``xy`` in original pixels (COLMAP convention; 0
-        where unobserved), ``visibility`` 1 where observed and 0 elsewhere, ``query_frame`` the
-        first
-        observed frame.
-
-    Raises:
-        ValueError: no track spans two frames (e.g. textureless frames: no keypoint matches).
-    """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    feats = [sift_features(img, features) for img in images]
-    offsets = np.cumsum([0] + [len(xy) for xy, _ in feats])
-    edges = [
-        match_descriptors(feats[s][1], feats[t][1], ratio) + offsets[[s, t]]
-        for s in range(len(feats))
-        for t in range(s + 1, len(feats))
-    ]
-    edges = np.concatenate(edges).reshape(-1, 2) if edges else np.zeros((0, 2), int)
-    graph = coo_matrix(
-        (np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(offsets[-1], offsets[-1])
-    )
-    _, components = connected_components(graph, directed=False)
-    return _tracks_from_components(feats, offsets, components)
-
-
-def _tracks_from_components(
-    feats: list[tuple[np.ndarray, np.ndarray]], offsets: np.ndarray, roots: np.ndarray
-) -> Tracks:
-    """:class:`Tracks` of the match-graph components ``roots`` (a label per keypoint)."""
-    frame_of = np.repeat(np.arange(len(feats)), np.diff(offsets))
-    ids, track_of, sizes = np.unique(roots, return_inverse=True, return_counts=True)
-    pairs = np.unique(np.stack([track_of, frame_of], axis=1), axis=0).reshape(-1, 2)
-    frames_per_track = np.bincount(pairs[:, 0], minlength=len(ids))
-    good = (sizes >= 2) & (frames_per_track == sizes)  # >= 2 frames, one keypoint per frame
-    if not good.any():
-        raise ValueError("no keypoint matches between the frames of the window (textureless?)")
-    new_index = np.full(len(ids), -1)
-    new_index[good] = np.arange(good.sum())
-    s, n = len(feats), int(good.sum())
-    xy, vis = np.zeros((s, n, 2)), np.zeros((s, n))
-    all_xy = np.concatenate([f[0] for f in feats])
-    member = new_index[track_of] >= 0
-    xy[frame_of[member], new_index[track_of[member]]] = all_xy[member]
-    vis[frame_of[member], new_index[track_of[member]]] = 1.0
-    return Tracks(xy=xy, visibility=vis, query_frame=np.argmax(vis > 0, axis=0))
+__all__ = ["Da3Job", "Da3Options", "Da3Reconstructor", "match_descriptors", "matched_tracks"]

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..finishing import SfmJob, save_depth_maps, sift_features, sift_keypoints
 from ..frames import Frame, load_image
 from ..memory import (
     MIN_AUTO_RES,
@@ -42,11 +43,13 @@ from ..sfm import (
     Tracks,
     WindowPredictions,
     anchor_predictions,
-    run_sfm,
-    write_sfm_result,
 )
 from ..windows import Window
 from . import BatchReport, Reconstructor, WindowResult, colmap_log_level
+
+__all__ = ["NetworkBatch", "NetworkOptions", "NetworkReconstructor", "PreparedWindow", "SfmJob",
+           "resolve_device", "save_depth_maps", "sift_features", "sift_keypoints",
+           "to_original_grid", "window_predictions"]
 
 if TYPE_CHECKING:
     from ..executor import CpuPool, FrameLoader, Pending
@@ -473,84 +476,6 @@ class PreparedWindow:
         return array_bytes(self.images, self.originals)
 
 
-@dataclass(kw_only=True)
-class SfmJob:
-    """The CPU part of one network window, run in a worker process (or inline): tracks into a
-    COLMAP model, bundle adjustment (``sfm.use_ba``) or points from depth, filtering and the
-    window's files in ``staging``. It holds arrays only (it is pickled), never the network."""
-
-    preds: WindowPredictions
-    """The window's cameras, depth and frames on the original pixel grid."""
-    tracks: Tracks | None
-    """Tracks measured on the device, or None (none needed, or made by :meth:`make_tracks`)."""
-    staging: Path
-    """The window's staging folder: ``sparse/`` (and ``depth/``, ``exports/``) go there."""
-    sfm: SfmOptions
-    """Bundle adjustment and filtering."""
-    save_depth: bool = False
-    """Write ``depth/<frame>.npz``."""
-    process_res: int = 0
-    """The network resolution the window ran at (recorded in its details)."""
-    stages: dict[str, dict[str, float]] = field(default_factory=dict)
-    """Stages measured before (on the device side), as :class:`pipeline.memory.PeakSpan` JSON."""
-    timings: dict[str, float] = field(default_factory=dict)
-    """Batch-wide seconds (``preprocess``, ``forward``) that lead its result's timings."""
-    memory: dict[str, float] = field(default_factory=dict)
-    """Memory peaks of its batch, MiB (see :attr:`WindowResult.memory`)."""
-    details: dict[str, Any] = field(default_factory=dict)
-    """Facts for ``window_info.json`` known before the job runs."""
-    report: Any = None
-    """Progress callback when run inline (dropped when pickled)."""
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "report": None}
-
-    def nbytes(self) -> int:
-        """Host memory of its arrays, bytes."""
-        from ..executor import array_bytes
-
-        return array_bytes(self.preds, self.tracks)
-
-    def _progress(self, stage: str) -> None:
-        if self.report is not None:
-            self.report(stage)
-
-    def make_tracks(self, meter: PeakMeter, stages: dict[str, dict[str, float]]
-                    ) -> Tracks | None:
-        """The tracks for bundle adjustment: :attr:`tracks` here (da3 matches features)."""
-        return self.tracks
-
-    def export_extras(self) -> list[str]:
-        """Further exports, as paths relative to :attr:`staging` (da3's formats)."""
-        return []
-
-    def run(self) -> WindowResult:
-        """Finish the window: its model in ``staging/sparse`` and its result."""
-        meter, stages, preds = PeakMeter(), dict(self.stages), self.preds
-        tracks = self.make_tracks(meter, stages) if self.sfm.use_ba else self.tracks
-        self._progress("bundle adjustment" if self.sfm.use_ba else "points")
-        with meter.stage("bundle_adjustment", stages):
-            result = run_sfm(preds, tracks, self.sfm)
-        self._progress("export")
-        with meter.stage("export", stages):
-            write_sfm_result(result, self.staging / "sparse")
-            if self.save_depth:
-                save_depth_maps(self.staging / "depth", preds)
-            exports = self.export_extras()
-        details = {**result.details(), **self.details}
-        if exports:
-            details["exports"] = exports
-        details["num_tracks"] = 0 if tracks is None else int(tracks.xy.shape[1])
-        details["process_res"] = self.process_res
-        return WindowResult(status="ok", registered_frames=result.registered_frames,
-                            num_points3D=result.num_points3D,
-                            mean_reprojection_error=result.error_after or result.error_before,
-                            timings={**self.timings,
-                                     **{k: v["seconds"] for k, v in stages.items()},
-                                     **result.timings},
-                            memory=self.memory, details=details, stages=stages)
-
-
 def window_predictions(window: Window[Frame], originals: Sequence[np.ndarray],
                        transforms: Sequence[FrameTransform], cam_from_world: np.ndarray,
                        k_network: np.ndarray, depth: torch.Tensor,
@@ -582,25 +507,6 @@ def window_predictions(window: Window[Frame], originals: Sequence[np.ndarray],
         colors=np.stack(originals))
 
 
-def sift_features(image: np.ndarray, options: Any) -> tuple[np.ndarray, np.ndarray]:
-    """SIFT of an ``(H, W, 3)`` uint8 image: positions ``(N, 2)`` float64 in COLMAP pixels and
-    descriptors ``(N, 128)`` (pycolmap's, on the CPU); ``options`` is a
-    ``pycolmap.FeatureExtractionOptions``."""
-    import pycolmap
-
-    extractor = pycolmap.FeatureExtractor.create(options, pycolmap.Device.cpu)
-    gray = np.asarray(np.round(image.astype(np.float32) @ [0.299, 0.587, 0.114]), np.uint8)
-    keypoints, descriptors = extractor.extract_from_uint8_array(gray)
-    xy = np.array([[k.x, k.y] for k in keypoints], dtype=np.float64).reshape(-1, 2)
-    data = np.asarray(getattr(descriptors, "data", descriptors))
-    return xy, (data.reshape(len(xy), -1) if len(xy) else np.zeros((0, 128), np.uint8))
-
-
-def sift_keypoints(image: np.ndarray, options: Any) -> np.ndarray:
-    """SIFT keypoint positions ``(N, 2)`` of an ``(H, W, 3)`` uint8 image, COLMAP pixels."""
-    return sift_features(image, options)[0]
-
-
 def to_original_grid(maps: torch.Tensor, transforms: Sequence[FrameTransform]) -> np.ndarray:
     """Resample network-grid maps ``[S, H, W]`` onto each original frame's pixel grid.
 
@@ -621,16 +527,6 @@ def to_original_grid(maps: torch.Tensor, transforms: Sequence[FrameTransform]) -
                                                   padding_mode="border", align_corners=True)
         out.append(np.where(inside, sampled[0, 0].numpy(), 0.0).astype(np.float32))
     return np.stack(out)
-
-
-def save_depth_maps(folder: Path, preds: WindowPredictions) -> None:
-    """``folder/<frame stem>.npz`` with float16 ``depth`` (z-depth, world units) and
-    ``confidence``, on the original frame's pixel grid (0 where the network saw no pixel)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, name in enumerate(preds.names):
-        np.savez_compressed(folder / f"{Path(name).stem}.npz",
-                            depth=preds.depth[i].astype(np.float16),
-                            confidence=preds.depth_conf[i].astype(np.float16))
 
 
 def _span(windows: Sequence[Window[Frame]]) -> str:
