@@ -28,6 +28,7 @@ import pycolmap
 
 from .. import sequence_sfm as seq
 from ..config import CAMERA_PARAMS, CAMERA_TYPES
+from ..executor import completed, cores
 from ..frames import Frame
 from ..memory import PeakMeter, memory_record, reset_peak
 from ..windows import Window
@@ -219,12 +220,12 @@ class ColmapReconstructor(Reconstructor):
             seq.remove_other_stores(s.root, s.cache.name)
         if s.cache is not None and seq.restore_store(s.cache, s.store, s.frames):
             logger.info("colmap: reusing the feature store %s", s.cache)
-            s.store_job = _done(None)
+            s.store_job = completed(None)
             s.cached.add("store")
             return
         names = [f.name for f in s.frames]
         frames = [(f.name, str(f.path), f.size) for f in s.frames]
-        options = replace(self.options, num_threads=self.options.num_threads or _cores())
+        options = replace(self.options, num_threads=self.options.num_threads or cores())
         logger.info("colmap: features of %d frames, %d pairs to match", len(frames),
                     len(s.pairs))
         s.store_job = self._get_pool(self._workers(len(s.needed))).submit(
@@ -263,13 +264,13 @@ class ColmapReconstructor(Reconstructor):
         s = self._sequence
         workers = self._workers(len(s.needed))
         options = replace(self.options, num_threads=self.options.num_threads
-                          or max(1, _cores() // workers))
+                          or max(1, cores() // workers))
         for chunk in s.needed:
             if chunk.index in s.chunk_jobs:
                 continue
             cached = self._chunk_cache(chunk)
             if cached is not None and (cached / "chunk.json").is_file():
-                s.chunk_jobs[chunk.index] = _done(None)
+                s.chunk_jobs[chunk.index] = completed(None)
                 continue
             names = [f.name for f in s.frames[chunk.start:chunk.stop]]
             s.chunk_jobs[chunk.index] = self._get_pool(workers).submit(
@@ -398,7 +399,7 @@ class ColmapReconstructor(Reconstructor):
                        staging_dirs: Sequence[Path]) -> list[WindowResult]:
         """Each window from its own frames only, in parallel workers."""
         workers = self._workers(len(windows))
-        threads = self.options.num_threads or max(1, _cores() // workers)
+        threads = self.options.num_threads or max(1, cores() // workers)
         options = replace(self.options, num_threads=threads)
         jobs = [([f.name for f in w.items], Path(d), _window_options(w, options))
                 for w, d in zip(windows, staging_dirs)]
@@ -427,7 +428,7 @@ class ColmapReconstructor(Reconstructor):
         from ..executor import submit_job
 
         self.last_report = BatchReport()
-        threads = self.options.num_threads or max(1, _cores() // pool.workers)
+        threads = self.options.num_threads or max(1, cores() // pool.workers)
         options = replace(self.options, num_threads=threads)
         self.report_progress(f"features, matching, mapping of {_count(windows)}")
         return [submit_job(pool, ColmapWindowJob(names=[f.name for f in w.items],
@@ -438,7 +439,7 @@ class ColmapReconstructor(Reconstructor):
     def _workers(self, jobs: int) -> int:
         if self._shared is not None:
             return self._shared.workers
-        return self.options.num_workers or max(1, min(jobs, _cores()))
+        return self.options.num_workers or max(1, min(jobs, cores()))
 
     def _collect(self, future: Future) -> WindowResult:
         try:
@@ -573,17 +574,6 @@ def _mapping_key(options: ColmapOptions, focal: dict[int, float]) -> str:
                    options_signature(mapping_options(options, fixed_focal=bool(focal))),
                    options_signature(global_mapping_options(options, fixed_focal=bool(focal))),
                    sorted(focal.items())])[:12]
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-        os.cpu_count() or 1)
-
-
-def _done(value: Any) -> Future:
-    future: Future = Future()
-    future.set_result(value)
-    return future
 
 
 def _succeeded(job: Future) -> bool:
