@@ -25,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import VGGT_1B, PipelineConfig
+from pipeline.config import PipelineConfig
 from pipeline.errors import PipelineError
 from pipeline.geometry import ate, camera_centers
+from pipeline.hub import VGGT_1B
 from pipeline.output import read_window_poses
 from pipeline.runner import RunSummary, run
 

@@ -24,7 +24,7 @@ from typing import Any
 from .config import PipelineConfig
 from .errors import DiskFullError, PipelineError
 from .options import Flag, default_text, field_docs, flag_name, flag_of, flagged_fields, from_flags
-from .reconstructors import available_reconstructors
+from .reconstructors import available_reconstructors, flag_rank
 
 logger = logging.getLogger(__name__)
 
@@ -158,10 +158,11 @@ def _add_option(target: Any, dest: str, owner: type, f: dataclasses.Field) -> No
 def add_flags(parser: argparse.ArgumentParser, cls: type) -> dict[str, Any]:
     """Add a flag for every flagged field of dataclass ``cls`` (nested options included) to
     ``parser``, in argument groups named by the fields' :attr:`Flag.group` (in the order their
-    first field appears); return the mutually exclusive groups made, by name."""
+    first field appears: the pipeline's own options first, then each reconstructor's, in
+    registry order); return the mutually exclusive groups made, by name."""
     groups: dict[str, Any] = {}
     exclusive: dict[str, Any] = {}
-    for dest, owner, f in flagged_fields(cls):
+    for dest, owner, f in sorted(flagged_fields(cls), key=lambda item: flag_rank(item[2].name)):
         flag = flag_of(f)
         if flag.group not in groups:
             groups[flag.group] = parser.add_argument_group(flag.group)

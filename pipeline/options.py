@@ -4,7 +4,9 @@ command line reads it.
 :class:`pipeline.config.PipelineConfig` declares every run option with :func:`option`; the
 command line (:mod:`pipeline.cli`) is generated from those declarations, the README's flag table
 is checked against it by the tests, and :func:`unread_options` finds the options set for a
-reconstructor that does not read them. Adding an option is one field, in one place.
+reconstructor that does not read them. Adding an option is one field, in one place: the
+pipeline's own in :class:`~pipeline.config.PipelineConfig`, a reconstructor's in its module
+(:attr:`pipeline.reconstructors.Reconstructor.flags`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import math
 import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -42,8 +46,11 @@ class Flag:
     """The value's placeholder in ``--help``."""
     choices: tuple[str, ...] | None = None
     """The values accepted, when they are few."""
-    readers: tuple[str, ...] | None = None
-    """The reconstructors that read it (``None``: the pipeline itself, for every one)."""
+    bounds: tuple[float, float] | None = None
+    """A number's allowed range ``(low, high)``, both included unless ``low_open``; checked for
+    library use too (:func:`bad_values`)."""
+    low_open: bool = False
+    """``low`` itself is not allowed."""
     default_text: str | None = None
     """How the default reads in ``--help`` and the README, when the value does not say it (a
     default of ``None`` meaning "every frame", "estimated", ...)."""
@@ -55,6 +62,9 @@ class Flag:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown option kind {self.kind!r}; one of {KINDS}")
+        if self.kind == "positive_float" and self.bounds is None:
+            object.__setattr__(self, "bounds", (0.0, math.inf))
+            object.__setattr__(self, "low_open", True)
 
 
 def option(default: Any = dataclasses.MISSING, **flag: Any) -> Any:
@@ -146,15 +156,43 @@ def default_text(f: dataclasses.Field) -> str | None:
 def unread_options(config: Any, reconstructor: str) -> dict[str, tuple[str, ...]]:
     """``{flag: the reconstructors that read it}`` of the options ``config`` sets away from
     their defaults that ``reconstructor`` does not read (options that would silently do
-    nothing), in field order."""
+    nothing), in ``--help`` order. The readers of a flag are the registered reconstructors whose
+    :attr:`pipeline.reconstructors.Reconstructor.flags` declare it; the pipeline's own options
+    are read whatever the reconstructor."""
+    from .reconstructors import flag_rank, flag_readers
+
+    readers = flag_readers()
     unread = {}
-    for f in dataclasses.fields(config):
-        flag = flag_of(f)
-        if flag is None or flag.readers is None or reconstructor in flag.readers:
+    for f in sorted(dataclasses.fields(config), key=lambda f: flag_rank(f.name)):
+        if flag_of(f) is None or f.name not in readers or reconstructor in readers[f.name]:
             continue
         if f.default is not dataclasses.MISSING and getattr(config, f.name) != f.default:
-            unread[flag_name(f)] = flag.readers
+            unread[flag_name(f)] = readers[f.name]
     return unread
+
+
+def bad_values(options: Any) -> Iterator[str]:
+    """A sentence for each field of dataclass ``options`` (nested options included) whose value
+    lies outside its :attr:`Flag.bounds` or is not a finite number (``None``, not given,
+    passes)."""
+    for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
+        if f.metadata.get("nested"):
+            yield from bad_values(value)
+            continue
+        flag = flag_of(f)
+        if flag is None or flag.bounds is None or value is None:
+            continue
+        low, high = flag.bounds
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and \
+                math.isfinite(value) and (value > low if flag.low_open else value >= low) and \
+                value <= high:
+            continue
+        if flag.low_open and low == 0 and high == math.inf:
+            yield f"{flag_name(f)} must be a positive finite number, got {value!r}"
+        else:
+            bound = f"at least {low:g}" if high == math.inf else f"between {low:g} and {high:g}"
+            yield f"{flag_name(f)} must be a finite number {bound}, got {value!r}"
 
 
 def changed_flags(options: Any) -> list[str]:

@@ -42,18 +42,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from .config import DA3_METHODS
+if TYPE_CHECKING:
+    import torch
+
 
 logger = logging.getLogger(__name__)
 
 CONVENTIONS = ("colmap", "index")
 
 VGGT_MODES = ("crop", "pad")
-"""VGGT's resize modes."""
+"""VGGT's ways of fitting frames to its grid."""
+
+DA3_METHODS = ("upper_bound_resize", "lower_bound_resize", "upper_bound_crop", "lower_bound_crop")
+"""Depth Anything 3's ways of fitting frames to its grid."""
 
 
 @dataclass(kw_only=True)
@@ -167,6 +172,8 @@ def _resized_size(h: int, w: int, opts: PreprocessOptions) -> tuple[int, int]:
 
 def _resize(frame: np.ndarray, hw: tuple[int, int]) -> torch.Tensor:
     """PIL bicubic resize of uint8 RGB -> ``[3, h, w]`` float32 in [0, 1]."""
+    import torch
+
     try:
         from PIL import Image
     except ImportError as exc:
@@ -186,6 +193,8 @@ def _place(
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     """Centre ``img`` ``[3, h, w]`` in an ``out_hw`` canvas (crop or pad per axis); returns it and
     (ox, oy)."""
+    import torch
+
     h, w = img.shape[1:]
     oy, ox = _centre_offset(out_hw[0], h), _centre_offset(out_hw[1], w)
     canvas = torch.full((3, *out_hw), float(value), dtype=img.dtype)
@@ -237,6 +246,8 @@ def _da3_place(
 ) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
     """One frame by a DA3 method -> (``[3, h, w]`` in [0, 1], resized_hw, (ox, oy) in the
     result)."""
+    import torch
+
     h, w = rgb.shape[:2]
     bounded, resized = _da3_sizes(h, w, opts)
     side = max(h, w) if opts.mode.startswith("upper") else min(h, w)
@@ -267,6 +278,8 @@ def preprocess_frames(
     Returns:
         :class:`PreprocessResult` with images ``[S, 3, H, W]`` (H, W multiples of ``patch_size``).
     """
+    import torch
+
     opts = options or PreprocessOptions()
     if opts.mode not in VGGT_MODES + DA3_METHODS:
         raise ValueError(f"mode must be one of {VGGT_MODES + DA3_METHODS}, got {opts.mode!r}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,7 +20,7 @@ from typing import Any
 from tqdm import tqdm
 
 from . import __version__
-from .config import CAMERA_PARAMS, IMAGE_MODES, MergeOptions, PipelineConfig
+from .config import IMAGE_MODES, MergeOptions, PipelineConfig
 from .digest import cause_key, failure_digest, plural
 from .distributed import ProcessGroup, process_group
 from .errors import DiskFullError, InputError, PipelineError
@@ -53,7 +52,7 @@ from .frames import (
 )
 from .lock import OutputLock
 from .memory import MemoryGovernor, StageTable, budget_mb
-from .options import changed_flags, unread_options
+from .options import bad_values, changed_flags, unread_options
 from .output import (
     PLAN,
     RunManifest,
@@ -70,6 +69,7 @@ from .reconstructors import (
     STATUS_OK,
     Reconstructor,
     WindowResult,
+    available_reconstructors,
     colmap_log_level,
     create_reconstructor,
     reconstructor_class,
@@ -193,8 +193,9 @@ def choose_reconstructor(config: PipelineConfig) -> tuple[str, str]:
     machine or can be downloaded, else ``colmap``."""
     if config.reconstructor != "auto":
         return config.reconstructor, "asked for"
+    from .hub import hub_offline
     from .models import WeightsNotFoundError, resolve_weights, weights_available
-    from .models.loading import hub_offline, hub_reachable
+    from .models.loading import hub_reachable
 
     if weights_available(config.model):
         return "vggt", f"weights of {config.model} found on this machine"
@@ -458,19 +459,13 @@ def _check_config(config: PipelineConfig) -> Path:
         if unread:
             raise InputError(f"{unread}, the reconstructor asked for: drop the option or choose "
                              "a reconstructor that reads it")
-    _check_camera_params(config)
+    for name in available_reconstructors():
+        reconstructor_class(name).check_flags(config)
+    for problem in bad_values(config):
+        raise InputError(problem)
     batch = config.window_batch_size
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
         raise InputError(f"--window-batch-size must be a positive integer or auto, got {batch!r}")
-    for flag, value, low, high, low_open in (
-            ("--max-memory-gb", config.max_memory_gb, 0.0, math.inf, True),
-            ("--fps", config.fps, 0.0, math.inf, True),
-            ("--min-registered", config.min_registered_fraction, 0.0, 1.0, False),
-            ("--vis-thresh", config.vis_thresh, 0.0, 1.0, False),
-            ("--max-reproj-error", config.max_reproj_error, 0.0, math.inf, True),
-            ("--conf-thres-value", config.conf_thres_value, 0.0, math.inf, False),
-            ("--conf-thresh-percentile", config.conf_thresh_percentile, 0.0, 100.0, False)):
-        _check_number(flag, value, low, high, low_open=low_open)
     for flag, count in (("--min-points", config.min_points),
                         ("--min-frame-observations", config.min_frame_observations)):
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
@@ -484,41 +479,6 @@ def _check_config(config: PipelineConfig) -> Path:
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     return out
-
-
-def _check_number(flag: str, value: float | None, low: float, high: float, *,
-                  low_open: bool) -> None:
-    """``value`` (``None``: not given) must be a finite number in its range."""
-    if value is None:
-        return
-    ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
-          and math.isfinite(value) and (value > low if low_open else value >= low)
-          and value <= high)
-    if not ok:
-        bound = "positive" if low_open and high == math.inf else (
-            f"at least {low:g}" if high == math.inf else f"between {low:g} and {high:g}")
-        raise InputError(f"{flag} must be a finite number {bound}, got {value!r}")
-
-
-def _check_camera_params(config: PipelineConfig) -> None:
-    """Known intrinsics: as many as the camera model takes, finite, positive focal lengths and
-    a principal point that is not negative."""
-    if config.camera_params is None:
-        return
-    expected = CAMERA_PARAMS.get(config.camera_type, ())
-    params = tuple(config.camera_params)
-    if len(params) != len(expected):
-        raise InputError(f"--camera-params for {config.camera_type} needs {len(expected)} values "
-                         f"({', '.join(expected)}), got {len(params)}")
-    for name, value in zip(expected, params):
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise InputError(f"--camera-params: {name} must be a finite number, got {value!r}")
-        if name in ("f", "fx", "fy") and value <= 0:
-            raise InputError(f"--camera-params: the focal length {name} must be positive, "
-                             f"got {value:g}")
-        if name in ("cx", "cy") and value < 0:
-            raise InputError(f"--camera-params: the principal point {name} must not be "
-                             f"negative, got {value:g}")
 
 
 def run(config: PipelineConfig) -> RunSummary:
@@ -578,7 +538,8 @@ def _engine(config: PipelineConfig) -> Iterator[Any]:
 def _sequence_sources(config: PipelineConfig) -> list[SequenceSource]:
     """The sequences of ``--input-root`` or ``--input-list``."""
     if config.input_root is not None:
-        return discover(Path(config.input_root), skip=[Path(config.output_dir)])
+        return discover(Path(config.input_root), skip=[Path(config.output_dir)],
+                        pattern=config.frame_pattern)
     return read_list(Path(config.input_list))
 
 

@@ -10,6 +10,7 @@ sequence alone.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import os
@@ -72,16 +73,22 @@ def unique_names(relatives: Sequence[str]) -> list[str]:
     return names
 
 
-def _holds_frames(folder: Path) -> bool:
+def _holds_frames(folder: Path, pattern: str | None = None) -> bool:
     try:
-        return any(p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() for p in folder.iterdir())
+        return any(p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                   and (pattern is None or fnmatch.fnmatch(p.name, pattern))
+                   for p in folder.iterdir())
     except OSError:
         return False
 
 
-def discover(root: Path, *, skip: Iterable[Path] = ()) -> list[SequenceSource]:
+def discover(root: Path, *, skip: Iterable[Path] = (),
+             pattern: str | None = None) -> list[SequenceSource]:
     """Every folder under ``root`` (``root`` included) that holds frames, and every video file,
     in sorted path order; folders in ``skip`` (the output folder) and hidden ones are passed by.
+    With ``pattern`` (``--frame-pattern``), a folder is a sequence only when some of its image
+    names match it (a dataset mixing e.g. 7-Scenes folders of ``*.color.png`` and depth maps
+    with plain photo folders takes the former only).
 
     Raises:
         InputError: ``root`` is not a folder, or holds no sequence.
@@ -95,11 +102,12 @@ def discover(root: Path, *, skip: Iterable[Path] = ()) -> list[SequenceSource]:
         here = Path(folder)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")
                          and (here / d).resolve() not in skipped)
-        if _holds_frames(here):
+        if _holds_frames(here, pattern):
             found.append(here)
         found += [here / f for f in sorted(files) if Path(f).suffix.lower() in VIDEO_EXTENSIONS]
     if not found:
-        raise InputError(f"--input-root {root} holds no folder of frames and no video "
+        frames = "frames" if pattern is None else f"frames matching --frame-pattern {pattern!r}"
+        raise InputError(f"--input-root {root} holds no folder of {frames} and no video "
                          f"({', '.join(VIDEO_EXTENSIONS)})")
     found.sort(key=lambda p: p.relative_to(root).as_posix())
     names = unique_names([p.relative_to(root).as_posix() for p in found])

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pycolmap
 
-from .config import CAMERA_TYPES
+from .cameras import CAMERA_TYPES
 from .geometry import camera_centers, compose_poses, invert_pose
 
 logger = logging.getLogger(__name__)

@@ -91,8 +91,8 @@ def test_unread_options_are_named():
     config = PipelineConfig(output_dir=Path("o"), max_query_pts=512, camera_params=(1.0, 2, 3),
                             export_format="colmap-glb")
     assert list(unread_options(config, "colmap")) == ["--max-query-pts", "--export-format"]
-    assert list(unread_options(config, "vggt")) == ["--camera-params", "--export-format"]
-    assert list(unread_options(config, "da3")) == ["--camera-params", "--max-query-pts"]
+    assert list(unread_options(config, "vggt")) == ["--export-format", "--camera-params"]
+    assert list(unread_options(config, "da3")) == ["--max-query-pts", "--camera-params"]
     assert unread_options(config, "colmap")["--export-format"] == ("da3",)
 
 
@@ -111,4 +111,77 @@ def test_an_option_the_reconstructor_does_not_read_exits_2(tmp_path, capsys, arg
                  "-q"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_each_reconstructor_declares_its_flags_in_its_own_module():
+    from pipeline.reconstructors import available_reconstructors, flag_readers, reconstructor_class
+
+    readers = flag_readers()
+    for name in available_reconstructors():
+        cls = reconstructor_class(name)
+        assert cls.flags is not None and cls.flags.__module__ == cls.__module__, name
+        assert issubclass(PipelineConfig, cls.flags), f"{cls.flags.__name__} is no base of " \
+                                                      "PipelineConfig"
+        for f in dataclasses.fields(cls.flags):
+            assert flag_of(f) is not None, f"{name}: {f.name} is no option(...)"
+            assert name in readers[f.name]
+    own = {f.name for f in dataclasses.fields(PipelineConfig)} - set(readers)
+    assert {"model", "max_query_pts", "chunk_frames", "export_format"}.isdisjoint(own)
+    assert {"input_dir", "window_size", "camera_type", "cpu_workers"} <= own
+
+
+@pytest.mark.parametrize("name", ["vggt", "da3", "colmap"])
+def test_default_flags_build_the_reconstructors_default_options(name):
+    """The flags' defaults and the options classes' defaults agree (one would drift otherwise):
+    a configuration left at its defaults builds the same result-deciding options as the options
+    class does by itself, apart from the lowest automatic resolution (set only from flags)."""
+    from pipeline.output import options_signature
+    from pipeline.reconstructors import reconstructor_class
+    from pipeline.reconstructors.colmap import ColmapOptions
+    from pipeline.reconstructors.da3 import Da3Options
+    from pipeline.reconstructors.vggt import VggtOptions
+
+    kwargs = {"model": "some/da3"} if name == "da3" else {}
+    config = PipelineConfig(output_dir=Path("o"), **kwargs)
+    built = options_signature(reconstructor_class(name).options_from_config(config))
+    default = options_signature({"vggt": VggtOptions, "da3": Da3Options,
+                                 "colmap": ColmapOptions}[name](**kwargs))
+    assert built.pop("min_process_res", None) in (224, None)
+    default.pop("min_process_res", None)
+    assert built == default
+
+
+def test_the_command_line_reads_every_flag_without_torch():
+    """Reconstructor modules import torch where they use it: ``--help`` and bad input answer
+    without loading it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pipeline.cli import build_parser, main; build_parser().format_help()"
+            "; import pipeline.reconstructors.vggt, pipeline.reconstructors.da3; "
+            "assert main(['--input-dir', 'x', '--output-dir', 'o', '--vis-thresh', '2']) == 2; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
+    assert "error: --vis-thresh must be a finite number between 0 and 1, got 2.0" in out.stderr
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"vis_thresh": 1.5}, "--vis-thresh must be a finite number between 0 and 1, got 1.5"),
+    ({"max_memory_gb": 0}, "--max-memory-gb must be a positive finite number, got 0"),
+    ({"conf_thresh_percentile": float("nan")}, "--conf-thresh-percentile must be a finite"),
+    ({"merge_options": MergeOptions(voxel_fraction=-1.0), "merge": True},
+     "--voxel-fraction must be a positive finite number, got -1.0"),
+    ({"camera_params": (300.0, -1.0, 120.0), "reconstructor": "colmap"},
+     "--camera-params: the principal point cx must not be negative"),
+])
+def test_library_values_are_checked_as_declared(tmp_path, kwargs, message):
+    from pipeline.errors import InputError
+    from pipeline.runner import run
+
+    config = PipelineConfig(input_dir=IMAGES, output_dir=tmp_path / "o", **kwargs)
+    with pytest.raises(InputError, match=re.escape(message)):
+        run(config)
     assert not (tmp_path / "o").exists()

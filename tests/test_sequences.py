@@ -64,6 +64,21 @@ def test_discover_finds_frame_folders_and_videos_but_not_the_output(tmp_path):
         discover(root / "notes")
 
 
+def test_a_frame_pattern_decides_which_folders_are_sequences(tmp_path):
+    """A dataset mixing 7-Scenes-like folders (colour frames beside depth maps) with plain photo
+    folders: with --frame-pattern only the folders whose names match are sequences."""
+    root = tmp_path / "root"
+    scene = frames_folder(root / "scene", 0, 3)
+    for path in sorted(scene.iterdir()):
+        path.rename(scene / f"{path.stem}.color{path.suffix}")
+        shutil.copy(scene / f"{path.stem}.color{path.suffix}", scene / f"{path.stem}.depth.png")
+    frames_folder(root / "photos", 0, 3)
+    assert [s.name for s in discover(root)] == ["photos", "scene"]
+    assert [s.name for s in discover(root, pattern="*.color.*")] == ["scene"]
+    with pytest.raises(InputError, match=r"no folder of frames matching --frame-pattern '\*.x'"):
+        discover(root, pattern="*.x")
+
+
 def test_a_list_skips_comments_and_keeps_missing_paths_to_fail_alone(tmp_path):
     frames_folder(tmp_path / "seqs" / "a", 0, 2)
     listing = tmp_path / "list.txt"

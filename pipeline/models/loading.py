@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import VGGT_1B
+from ..hub import VGGT_1B, hub_offline
 from .da3 import DA3Config, build_da3, is_da3_state_dict
 from .precision import DTypeLike, resolve_dtype
 from .vggt import VGGTConfig, build_model
@@ -126,15 +126,6 @@ def _looks_like_repo_id(name: str) -> bool:
         and not name.endswith(WEIGHT_SUFFIXES)
         and not os.path.exists(name)
     )
-
-
-def hub_offline() -> bool:
-    """Whether ``HF_HUB_OFFLINE`` is set (read now, not at import as huggingface_hub does)."""
-    return _env_flag("HF_HUB_OFFLINE")
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import abc
 import importlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -26,11 +27,14 @@ STATUS_OK = "ok"
 STATUS_FAILED = "failed"
 
 _REGISTRY = {
-    "colmap": "pipeline.reconstructors.colmap:ColmapReconstructor",
-    "da3": "pipeline.reconstructors.da3:Da3Reconstructor",
     "vggt": "pipeline.reconstructors.vggt:VggtReconstructor",
+    "da3": "pipeline.reconstructors.da3:Da3Reconstructor",
+    "colmap": "pipeline.reconstructors.colmap:ColmapReconstructor",
 }
-"""Reconstructor name -> ``module:class``; modules are imported only when chosen."""
+"""Reconstructor name -> ``module:class``. Reconstructor modules import their heavy
+dependencies (torch, the models) only where they use them, so that the command line can read
+every reconstructor's flags quickly. :class:`pipeline.config.PipelineConfig` has each one's
+:attr:`Reconstructor.flags` as a base."""
 
 
 @dataclass(kw_only=True)
@@ -82,6 +86,13 @@ class Reconstructor(abc.ABC):
 
     name: ClassVar[str]
     """The name users pass to ``--reconstructor``."""
+
+    flags: ClassVar[type | None] = None
+    """Its command-line options: a keyword-only dataclass whose fields are declared with
+    :func:`pipeline.options.option` (default, ``--help`` section and text); a base of
+    :class:`pipeline.config.PipelineConfig`. A flag several reconstructors declare (through a
+    shared base class) is one option read by each; a flag the chosen reconstructor does not
+    declare is refused (:func:`pipeline.options.unread_options`)."""
 
     device: str = "cpu"
     """Where the work runs, for the run manifest."""
@@ -155,6 +166,17 @@ class Reconstructor(abc.ABC):
         """
         raise NotImplementedError(f"{cls.__name__} is not built from a run configuration")
 
+    @classmethod
+    def check_flags(cls, config: Any) -> None:
+        """Refuse, before any work, values of its :attr:`flags` in ``config`` (a
+        :class:`pipeline.config.PipelineConfig`) that cannot work, beyond the ranges their
+        declarations give. Called for every registered reconstructor, whichever is chosen.
+        Here: nothing.
+
+        Raises:
+            InputError: a value that cannot work, in one line naming the flag.
+        """
+
     def memory_device(self) -> Any:
         """The ``torch.device`` whose memory bounds the batch size (the memory governor's), or
         ``None`` when the reconstructor's batches are sized by cores."""
@@ -198,8 +220,8 @@ class Reconstructor(abc.ABC):
 
 
 def available_reconstructors() -> list[str]:
-    """Names accepted by :func:`create_reconstructor`."""
-    return sorted(_REGISTRY)
+    """Names accepted by :func:`create_reconstructor`, in registry order."""
+    return list(_REGISTRY)
 
 
 def reconstructor_class(name: str) -> type[Reconstructor]:
@@ -214,6 +236,26 @@ def reconstructor_class(name: str) -> type[Reconstructor]:
         )
     module_name, class_name = _REGISTRY[name].split(":")
     return getattr(importlib.import_module(module_name), class_name)
+
+
+@cache
+def flag_readers() -> dict[str, tuple[str, ...]]:
+    """``{field name: the reconstructors that read it}`` of every field declared by a
+    registered reconstructor's :attr:`Reconstructor.flags`, readers in registry order (fields
+    absent here are the pipeline's own, read whatever the reconstructor)."""
+    readers: dict[str, tuple[str, ...]] = {}
+    for name in _REGISTRY:
+        flags = reconstructor_class(name).flags
+        for f in fields(flags) if flags is not None else ():
+            readers[f.name] = (*readers.get(f.name, ()), name)
+    return readers
+
+
+def flag_rank(field_name: str) -> int:
+    """Where a flag is listed: 0 for the pipeline's own options, then 1, 2, ... for those of
+    the registered reconstructors in registry order (a shared flag with its first reader)."""
+    readers = flag_readers().get(field_name)
+    return 0 if readers is None else list(_REGISTRY).index(readers[0]) + 1
 
 
 def create_reconstructor(name: str, **options: Any) -> Reconstructor:

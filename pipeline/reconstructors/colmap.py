@@ -27,10 +27,12 @@ from typing import TYPE_CHECKING, Any
 import pycolmap
 
 from .. import sequence_sfm as seq
-from ..config import CAMERA_PARAMS, CAMERA_TYPES
+from ..cameras import CAMERA_PARAMS, CAMERA_TYPES
+from ..errors import InputError
 from ..executor import completed, cores
 from ..frames import Frame
 from ..memory import PeakMeter, memory_record, reset_peak
+from ..options import option
 from ..windows import Window
 from . import STATUS_OK, BatchReport, Reconstructor, WindowResult, colmap_log_level
 
@@ -58,6 +60,30 @@ def _default_global_mapping() -> pycolmap.GlobalPipelineOptions:
     return options
 
 
+GROUP = "colmap"
+"""The ``--help`` section of colmap's own options."""
+
+
+@dataclass(kw_only=True)
+class ColmapFlags:
+    """Command-line options of the colmap reconstructor; fields of
+    :class:`pipeline.config.PipelineConfig`."""
+
+    camera_params: tuple[float, ...] | None = option(None, group=GROUP, kind="floats",
+                                                     metavar="P1,P2,...",
+                                                     default_text="estimated")
+    """colmap: known intrinsics in COLMAP's order for --camera-type, in pixels of the original
+    frames, kept fixed: f,cx,cy (SIMPLE_PINHOLE), fx,fy,cx,cy (PINHOLE), f,cx,cy,k
+    (SIMPLE_RADIAL)."""
+    chunk_frames: int = option(100, group=GROUP, kind="count", metavar="N")
+    """colmap: frames of the sequence reconstructed together, each window cut out of its chunk
+    (features once per frame, matches once per pair, poses for short windows of video); 0: each
+    window from its own frames only."""
+    min_registered_fraction: float = option(0.5, group=GROUP, kind="float", bounds=(0, 1),
+                                            name="--min-registered", metavar="FRACTION")
+    """colmap: mark a window failed when fewer of its frames register."""
+
+
 @dataclass(kw_only=True)
 class ColmapOptions:
     """Settings of the classical reconstructor."""
@@ -75,7 +101,7 @@ class ColmapOptions:
     window, not the run."""
     num_threads: int | None = field(default=None, metadata={"result": False})
     """Threads of each worker; default: the cores divided among the workers."""
-    chunk_frames: int = 100
+    chunk_frames: int = ColmapFlags.chunk_frames
     """Frames reconstructed together: windows are cut out of overlapping chunks of about this
     many frames of the sequence (see :mod:`pipeline.sequence_sfm`); 0 reconstructs each window
     from its own frames only."""
@@ -83,7 +109,7 @@ class ColmapOptions:
     """Each frame is matched with this many following frames (of its chunk, or its window)."""
     quadratic_overlap: bool = True
     """Also match each frame with the frames 2, 4, 8, ... ahead of it (wider baselines)."""
-    min_registered_fraction: float = 0.5
+    min_registered_fraction: float = ColmapFlags.min_registered_fraction
     """A window whose largest model registers fewer of its frames than this fails."""
     extraction: pycolmap.FeatureExtractionOptions = field(
         default_factory=pycolmap.FeatureExtractionOptions)
@@ -133,6 +159,7 @@ class ColmapReconstructor(Reconstructor):
     the sequence, or (``chunk_frames=0``) each window alone."""
 
     name = "colmap"
+    flags = ColmapFlags
     plans_sequences = True  # windows are cut out of their sequence's chunks
 
     def __init__(self, options: ColmapOptions | None = None) -> None:
@@ -141,6 +168,28 @@ class ColmapReconstructor(Reconstructor):
         self._pool_size = 0
         self._shared: CpuPool | None = None
         self._sequence: _Sequence | None = None
+
+    @classmethod
+    def check_flags(cls, config: Any) -> None:
+        """``--camera-params``: as many values as ``--camera-type`` takes, finite, positive
+        focal lengths and a principal point that is not negative."""
+        if config.camera_params is None:
+            return
+        expected = CAMERA_PARAMS.get(config.camera_type, ())
+        params = tuple(config.camera_params)
+        if len(params) != len(expected):
+            raise InputError(f"--camera-params for {config.camera_type} needs {len(expected)} "
+                             f"values ({', '.join(expected)}), got {len(params)}")
+        for name, value in zip(expected, params):
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise InputError(f"--camera-params: {name} must be a finite number, "
+                                 f"got {value!r}")
+            if name in ("f", "fx", "fy") and value <= 0:
+                raise InputError(f"--camera-params: the focal length {name} must be positive, "
+                                 f"got {value:g}")
+            if name in ("cx", "cy") and value < 0:
+                raise InputError(f"--camera-params: the principal point {name} must not be "
+                                 f"negative, got {value:g}")
 
     @classmethod
     def options_from_config(cls, config: Any) -> ColmapOptions:

@@ -18,22 +18,26 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ..export_formats import ExportOptions
 from ..finishing import Da3Job, match_descriptors, matched_tracks
 from ..frames import Frame
-from ..preprocess import PreprocessOptions
+from ..options import option
+from ..preprocess import DA3_METHODS, PreprocessOptions
 from ..windows import Window
 from .network import (
     NetworkBatch,
+    NetworkFlags,
     NetworkOptions,
     NetworkReconstructor,
     window_predictions,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +53,28 @@ def _default_features() -> Any:
 
 def _default_preprocess() -> PreprocessOptions:
     return PreprocessOptions(mode="upper_bound_resize", process_res=504)
+
+
+GROUP = "da3"
+"""The ``--help`` section of da3's own options."""
+
+
+@dataclass(kw_only=True)
+class Da3Flags(NetworkFlags):
+    """Command-line options of the da3 reconstructor (besides every network's); fields of
+    :class:`pipeline.config.PipelineConfig`."""
+
+    process_res_method: str = option("upper_bound_resize", group=GROUP, choices=DA3_METHODS)
+    """da3: upper_bound_* bound the longer side, lower_bound_* the shorter; *_resize rounds
+    sides to multiples of 14 by resizing, *_crop by a centred crop."""
+    export_format: str = option("colmap", group=GROUP, kind="export_format", metavar="F1-F2")
+    """da3: formats per window joined by '-': colmap (always), mini_npz (exports/mini.npz), npz
+    (exports/full.npz, with images), glb (exports/scene.glb), e.g. colmap-mini_npz-glb."""
+    conf_thresh_percentile: float = option(40.0, group=GROUP, kind="float", metavar="P",
+                                           bounds=(0, 100))
+    """da3 glb export: points from depth whose confidence reaches this percentile."""
+    num_max_points: int = option(1_000_000, group=GROUP, kind="int", metavar="N")
+    """da3 glb export: at most this many points."""
 
 
 @dataclass(kw_only=True)
@@ -74,6 +100,7 @@ class Da3Reconstructor(NetworkReconstructor):
     """DA3 forward on stacked windows, tracks from SIFT matching, bundle adjustment per window."""
 
     name = "da3"
+    flags = Da3Flags
     device_stages = ("forward",)  # its tracks come from SIFT matching on the CPU
     default_res = 504
 
@@ -149,6 +176,7 @@ class Da3Reconstructor(NetworkReconstructor):
         return text
 
     def _forward(self, images: torch.Tensor, opts: Any) -> dict[str, Any]:
+        import torch
         with torch.inference_mode():
             return self.model(images.to(self.torch_device, non_blocking=True), options=opts)
 
@@ -170,4 +198,5 @@ class Da3Reconstructor(NetworkReconstructor):
                          ratio_test=self.options.ratio_test, exports=self.options.exports)
 
 
-__all__ = ["Da3Job", "Da3Options", "Da3Reconstructor", "match_descriptors", "matched_tracks"]
+__all__ = ["Da3Flags", "Da3Job", "Da3Options", "Da3Reconstructor", "match_descriptors",
+           "matched_tracks"]

@@ -18,17 +18,18 @@ from __future__ import annotations
 
 import abc
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ..errors import InputError
 from ..finishing import SfmJob, save_depth_maps, sift_features, sift_keypoints
 from ..frames import Frame, load_image
+from ..hub import VGGT_1B
 from ..memory import (
     MIN_AUTO_RES,
     BatchObservation,
@@ -37,6 +38,7 @@ from ..memory import (
     lower_resolutions,
     settle,
 )
+from ..options import option
 from ..preprocess import VGGT_MODES, FrameTransform, PreprocessOptions, preprocess_frames
 from ..sfm import (
     SfmOptions,
@@ -47,11 +49,13 @@ from ..sfm import (
 from ..windows import Window
 from . import BatchReport, Reconstructor, WindowResult, colmap_log_level
 
-__all__ = ["NetworkBatch", "NetworkOptions", "NetworkReconstructor", "PreparedWindow", "SfmJob",
-           "resolve_device", "save_depth_maps", "sift_features", "sift_keypoints",
-           "to_original_grid", "window_predictions"]
+__all__ = ["NetworkBatch", "NetworkFlags", "NetworkOptions", "NetworkReconstructor",
+           "PreparedWindow", "SfmJob", "resolve_device", "save_depth_maps", "sift_features",
+           "sift_keypoints", "to_original_grid", "window_predictions"]
 
 if TYPE_CHECKING:
+    import torch
+
     from ..executor import CpuPool, FrameLoader, Pending
 
 logger = logging.getLogger(__name__)
@@ -63,6 +67,8 @@ def resolve_device(device: str) -> torch.device:
     Raises:
         InputError: ``device`` is no device name, or names a device this machine lacks.
     """
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -93,6 +99,58 @@ class NetworkBatch:
     """Per window and frame, the ``(h, w, 3)`` uint8 original frame."""
     transforms: list[list[FrameTransform]]
     """Per window and frame, the map between original and network pixels."""
+
+
+NETWORKS_GROUP = "vggt and da3"
+"""The ``--help`` section of the options every network reconstructor reads."""
+SIZE_GROUP = "vggt and da3: input size and memory"
+"""The ``--help`` section of the network input size and memory options."""
+
+
+@dataclass(kw_only=True)
+class NetworkFlags:
+    """Command-line options every network reconstructor reads (vggt's and da3's flags extend
+    these); fields of :class:`pipeline.config.PipelineConfig`."""
+
+    model: str = option(VGGT_1B, group=NETWORKS_GROUP)
+    """vggt/da3 checkpoint: a .safetensors/.pt file, a folder holding one, or a hub id
+    (facebook/VGGT-1B is vggt's; da3 needs one given, e.g. depth-anything/DA3-LARGE-1.1 or a
+    folder)."""
+    mixed_precision: str = option("auto", group=NETWORKS_GROUP,
+                                  choices=("auto", "bf16", "fp16", "no"))
+    """vggt/da3 precision: auto is bf16 on GPUs that support it, fp16 on older GPUs, fp32 on
+    the CPU; no is fp32."""
+    max_reproj_error: float = option(8.0, group=NETWORKS_GROUP, kind="float",
+                                     bounds=(0, math.inf), low_open=True)
+    """vggt/da3: drop observations with a larger reprojection error, in pixels."""
+    use_ba: bool = option(True, group=NETWORKS_GROUP, kind="bool")
+    """vggt/da3: bundle-adjust the predicted cameras with the tracks; --no-use-ba writes points
+    from the predicted depth instead."""
+    conf_thres_value: float = option(5.0, group=NETWORKS_GROUP, kind="float",
+                                     bounds=(0, math.inf))
+    """vggt/da3 without bundle adjustment: depth confidence a pixel needs to become a point."""
+    allow_approximate: bool = option(False, group=NETWORKS_GROUP, kind="bool")
+    """vggt/da3: when one window runs out of memory even with the smallest chunks, also try
+    frame batching (attention across frames within groups only: approximate) before failing
+    it."""
+    save_depth: bool = option(False, group=NETWORKS_GROUP, kind="bool")
+    """vggt/da3: write per-frame depth and confidence (float16 .npz, original size) into each
+    window's depth/."""
+
+    process_res: int | None = option(None, group=SIZE_GROUP, kind="int", metavar="PX",
+                                     default_text="vggt 518, da3 504")
+    """Network input size: vggt, the long side (a multiple of 14); da3, the side
+    --process-res-method bounds. When not given, the network's own, lowered in steps (to 224
+    at least) only when one window does not fit in memory even with the smallest chunks."""
+    max_res: int | None = option(None, group=SIZE_GROUP, kind="int", metavar="PX",
+                                 default_text="none")
+    """Upper bound on the network input size (caps the default and --process-res)."""
+    max_memory_gb: float | None = option(None, group=SIZE_GROUP, kind="positive_float",
+                                         metavar="GB", default_text="what is free")
+    """vggt/da3: memory the run may use (GPU memory on a GPU, RAM on the CPU)."""
+    cpu_offload: bool = option(False, group=SIZE_GROUP, kind="bool")
+    """vggt/da3: keep the transformer blocks' weights in CPU memory and move each to the GPU
+    only while it runs (6-8 GB cards; slower)."""
 
 
 @dataclass(kw_only=True)
@@ -220,6 +278,7 @@ class NetworkReconstructor(Reconstructor):
                     str(self.dtype).replace("torch.", ""), self.load_seconds)
 
     def close(self) -> None:
+        import torch
         if self.torch_device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -312,6 +371,7 @@ class NetworkReconstructor(Reconstructor):
 
     def _reconstruct_recovering(self, windows: Sequence[Window[Frame]],
                                 staging_dirs: Sequence[Path]) -> list[SfmJob | WindowResult]:
+        import torch
         report = self.last_report
         try:
             return self._reconstruct(windows, staging_dirs, self.forward_options)
@@ -361,6 +421,8 @@ class NetworkReconstructor(Reconstructor):
     def _free_memory(self) -> None:
         import gc
 
+        import torch
+
         gc.collect()
         if self.torch_device.type == "cuda":
             torch.cuda.empty_cache()
@@ -369,6 +431,8 @@ class NetworkReconstructor(Reconstructor):
                      options: Any) -> list[SfmJob | WindowResult]:
         """One forward for the batch, then each window's device part (out of memory
         propagates)."""
+        import torch
+
         if self.torch_device.type == "cpu":
             settle()  # return freed heap first, so the resident set measures this batch
         with self.meter.measure() as batch_span:
@@ -407,6 +471,8 @@ class NetworkReconstructor(Reconstructor):
     def _device_part(self, b: int, window: Window[Frame], staging: Path, batch: NetworkBatch,
                      out: dict[str, Any], options: Any) -> SfmJob | WindowResult:
         """Window ``b`` of the batch's outputs -> its job; an error fails only this window."""
+        import torch
+
         self.report_progress("tracking", window)
         try:
             return self._window_job(b, window, staging, batch, out, options)
@@ -437,6 +503,8 @@ class NetworkReconstructor(Reconstructor):
     def _prepare(self, windows: Sequence[Window[Frame]]) -> NetworkBatch:
         """Every frame decoded once (by the loader, when one runs) and the windows stacked on
         the network grid (a window prepared for another grid is prepared again)."""
+        import torch
+
         prepared = []
         for window in windows:
             item = self._prepared.get(window.key)
@@ -513,6 +581,8 @@ def to_original_grid(maps: torch.Tensor, transforms: Sequence[FrameTransform]) -
     Original pixel centres are mapped into the network image (bilinear sampling); pixels that
     fall outside it (cropped away) get 0. Returns ``(S, h, w)`` float32.
     """
+    import torch
+
     out = []
     net_h, net_w = maps.shape[-2:]
     for m, t in zip(maps.float().cpu(), transforms):

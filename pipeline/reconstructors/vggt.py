@@ -13,19 +13,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from ..config import VGGT_1B
 from ..frames import Frame
-from ..models.precision import autocast_context
-from ..preprocess import FrameTransform, PreprocessOptions
+from ..hub import VGGT_1B
+from ..options import option
+from ..preprocess import VGGT_MODES, FrameTransform, PreprocessOptions
 from ..sfm import Tracks, WindowPredictions
 from ..windows import Window
 from .network import (
     NetworkBatch,
+    NetworkFlags,
     NetworkOptions,
     NetworkReconstructor,
     SfmJob,
@@ -35,6 +35,9 @@ from .network import (
     to_original_grid,
     window_predictions,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +52,29 @@ def _default_keypoints() -> Any:
     return options
 
 
+GROUP = "vggt"
+"""The ``--help`` section of vggt's own options."""
+
+
+@dataclass(kw_only=True)
+class VggtFlags(NetworkFlags):
+    """Command-line options of the vggt reconstructor (besides every network's); fields of
+    :class:`pipeline.config.PipelineConfig`."""
+
+    preprocess_mode: str = option("crop", group=GROUP, choices=VGGT_MODES)
+    """vggt input grid: crop is --process-res px wide, centre-cropped to at most as many rows;
+    pad is the longer side --process-res, padded to a square."""
+    query_frame_num: int = option(4, group=GROUP, kind="int", metavar="N")
+    """vggt: frames per window whose SIFT keypoints are tracked."""
+    max_query_pts: int = option(2048, group=GROUP, kind="int", metavar="N")
+    """vggt: keypoints tracked per window (kept where the depth confidence is high)."""
+    fine_tracking: bool = option(False, group=GROUP, kind="bool")
+    """vggt: run the track head's refinement for twice as many iterations (slower, sometimes
+    tighter tracks)."""
+    vis_thresh: float = option(0.2, group=GROUP, kind="float", bounds=(0, 1))
+    """vggt: drop track observations with a lower visibility score."""
+
+
 @dataclass(kw_only=True)
 class VggtOptions(NetworkOptions):
     """Settings of the VGGT reconstructor."""
@@ -59,11 +85,11 @@ class VggtOptions(NetworkOptions):
     """How frames are resized to the network grid (crop or pad, 518 px)."""
     forward: Any = None
     """:class:`pipeline.models.ForwardOptions` (chunk sizes, frame batching); default options."""
-    query_frame_num: int = 4
+    query_frame_num: int = VggtFlags.query_frame_num
     """Frames, spread over the window, whose keypoints are tracked."""
-    max_query_pts: int = 2048
+    max_query_pts: int = VggtFlags.max_query_pts
     """Keypoints tracked per window, in total over the query frames."""
-    fine_tracking: bool = False
+    fine_tracking: bool = VggtFlags.fine_tracking
     """Run the tracker's refinement twice as many iterations (the network has one scale)."""
     query_conf_quantile: float = 0.5
     """Keypoints are kept where the predicted depth confidence reaches this quantile of the
@@ -78,6 +104,7 @@ class VggtReconstructor(NetworkReconstructor):
     """VGGT forward on stacked windows, tracks from SIFT queries, bundle adjustment per window."""
 
     name = "vggt"
+    flags = VggtFlags
     device_stages = ("forward", "tracking")  # the track head runs on the device
     default_res = 518
     res_multiple = 14
@@ -123,6 +150,10 @@ class VggtReconstructor(NetworkReconstructor):
     def _forward(self, images: torch.Tensor, opts: Any) -> dict[str, Any]:
         """One forward for the whole batch; the track head's feature maps (or None) are kept
         under ``track_fmaps``."""
+        import torch
+
+        from ..models.precision import autocast_context
+
         model = self.model
         with torch.inference_mode():
             out = model(images.to(self.torch_device, non_blocking=True), options=opts,
@@ -210,6 +241,10 @@ class VggtReconstructor(NetworkReconstructor):
         reference does) and swap back. Returns tracks (S, N, 2) in original COLMAP pixels and
         visibility (S, N).
         """
+        import torch
+
+        from ..models.precision import autocast_context
+
         order = list(range(fmaps.shape[1]))
         order[0], order[q] = q, 0
         net = transforms[q].to_network(queries, "colmap") - 0.5  # the tracker's pixel-index grid
@@ -225,5 +260,5 @@ class VggtReconstructor(NetworkReconstructor):
         return original, visibility
 
 
-__all__ = ["DEFAULT_MODEL", "VggtOptions", "VggtReconstructor", "resolve_device",
+__all__ = ["DEFAULT_MODEL", "VggtFlags", "VggtOptions", "VggtReconstructor", "resolve_device",
            "save_depth_maps", "sift_keypoints", "to_original_grid"]
