@@ -53,16 +53,20 @@ def import_ray() -> Any:
     return ray
 
 
-def connect(address: str | None, num_cpus: int | None = None) -> Any:
+def connect(address: str | None, num_cpus: int | None = None) -> tuple[Any, bool]:
     """Join the cluster at ``address`` (``auto``: the one ``ray start`` made on this machine),
-    or start a local one with ``num_cpus`` CPUs when ``address`` is None.
+    or start a local one with ``num_cpus`` CPUs when ``address`` is None. A process that has
+    called ``ray.init`` already (a Ray program using the pipeline as a library) keeps its own.
+
+    Returns:
+        The ``ray`` module, and whether this call started Ray (then the caller shuts it down).
 
     Raises:
         InputError: Ray is missing, or the cluster cannot be reached.
     """
     ray = import_ray()
     if ray.is_initialized():
-        return ray
+        return ray, False
     try:
         if address is None:
             ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
@@ -75,7 +79,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> Any:
     resources = ray.cluster_resources()
     logger.info("ray: %s with %d CPU(s) and %d GPU(s)", address or "a local cluster",
                 int(resources.get("CPU", 0)), int(resources.get("GPU", 0)))
-    return ray
+    return ray, True
 
 
 def _run_task(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

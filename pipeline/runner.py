@@ -520,18 +520,18 @@ def run(config: PipelineConfig) -> RunSummary:
 
 @contextlib.contextmanager
 def _engine(config: PipelineConfig) -> Iterator[Any]:
-    """The ``ray`` module joined to its cluster with ``--engine ray`` (a local Ray started
-    here is shut down at the end), else None."""
+    """The ``ray`` module joined to its cluster with ``--engine ray`` (Ray started here is shut
+    down at the end; one the calling program started stays), else None."""
     if config.engine != "ray":
         yield None
         return
     from .ray_engine import connect
 
-    ray = connect(config.ray_address, num_cpus=config.cpu_workers or None)
+    ray, started = connect(config.ray_address, num_cpus=config.cpu_workers or None)
     try:
         yield ray
     finally:
-        if config.ray_address is None:
+        if started:
             ray.shutdown()
 
 

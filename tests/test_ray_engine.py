@@ -59,12 +59,19 @@ def test_ray_classical_run_survives_a_killed_worker(tmp_path, monkeypatch, chunk
 
 @pytest.mark.slow
 def test_ray_network_run_equals_local(tmp_path, tiny_vggt_checkpoint):
-    pytest.importorskip("ray")
+    """Run from a Ray program (Ray started by the caller), which keeps its Ray afterwards."""
+    ray_module = pytest.importorskip("ray")
     import json
 
-    local, ray = both_engines(tmp_path, reconstructor="vggt", model=str(tiny_vggt_checkpoint),
-                              max_query_pts=32, query_frame_num=2, min_points=0,
-                              min_frame_observations=0)
+    ray_module.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                    configure_logging=False)
+    try:
+        local, ray = both_engines(tmp_path, reconstructor="vggt",
+                                  model=str(tiny_vggt_checkpoint), max_query_pts=32,
+                                  query_frame_num=2, min_points=0, min_frame_observations=0)
+        assert ray_module.is_initialized()
+    finally:
+        ray_module.shutdown()
     assert_same_windows(local, ray, atol=1e-6)
     manifest = json.loads((ray / "run.json").read_text())
     assert manifest["reconstructor"]["engine"] == "ray"
