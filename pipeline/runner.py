@@ -535,6 +535,17 @@ def _engine(config: PipelineConfig) -> Iterator[Any]:
             ray.shutdown()
 
 
+def _log_plans(plans: Sequence[SequencePlan], sources: int) -> None:
+    """One line for the planned sequences of a run over many (each sequence's own is at
+    debug level, ``-v``)."""
+    windows = sum(len(p.windows) for p in plans)
+    todo = sum(len(p.todo) for p in plans)
+    unreadable = f", {sources - len(plans)} unreadable (skipped)" if sources > len(plans) else ""
+    logger.info("%s%s: %s -> %s: %d to do, %d already complete", plural(len(plans), "sequence"),
+                unreadable, plural(sum(len(p.frames) for p in plans), "frame"),
+                plural(windows, "window"), todo, windows - todo)
+
+
 def _sequence_sources(config: PipelineConfig) -> list[SequenceSource]:
     """The sequences of ``--input-root`` or ``--input-list``."""
     if config.input_root is not None:
@@ -607,6 +618,7 @@ def _run_many(config: PipelineConfig, sources: list[SequenceSource], group: Proc
                 for window in plans[-1].windows:
                     if window.key not in todo:  # complete before this run
                         _index_window(index, out, plans[-1], window)
+            _log_plans(plans, len(sources))
             dataset.planned(plans)
             index.write(force=True)
             _process_sequences(plans, config, reconstructor, pool, governor, profile, index,
@@ -791,7 +803,8 @@ def _plan(config: PipelineConfig, frames: list[Frame], reconstructor: Reconstruc
         if group.is_main:
             manifest.data["plan"] = {"file": PLAN,
                                      "digest": write_plan(out, frames, windows, signatures)}
-        todo = _windows_to_do(config, windows, signatures, manifest, group)
+        todo = _windows_to_do(config, windows, signatures, manifest, group,
+                              log=logger.debug if name else logger.info)
         group.barrier()  # every process has judged the finished windows before any writes one
         manifest.write()
     return SequencePlan(name=name, config=config, frames=frames, windows=windows, todo=todo,
@@ -847,9 +860,11 @@ def _process_group(config: PipelineConfig) -> ProcessGroup:
 
 def _windows_to_do(config: PipelineConfig, windows: Sequence[Window[Frame]],
                    signatures: Sequence[dict[str, Any]], manifest: RunManifest,
-                   group: ProcessGroup) -> list[Window[Frame]]:
+                   group: ProcessGroup, log: Callable[..., None] = logger.info
+                   ) -> list[Window[Frame]]:
     """This process's share of the windows that are not complete yet (process 0 records the
-    complete ones in the manifest). Why a window folder that exists is redone is logged."""
+    complete ones in the manifest). Why a window folder that exists is redone, and the count
+    of windows, go to ``log`` (debug for each of many sequences, summed up by the caller)."""
     out = Path(config.output_dir)
     todo, redone = [], 0
     for window, signature in zip(windows, signatures):
@@ -864,13 +879,13 @@ def _windows_to_do(config: PipelineConfig, windows: Sequence[Window[Frame]],
         todo.append(window)
         if window_dir.exists() and group.is_main:
             redone += 1
-            log = logger.info if redone <= MAX_REDO_LOGS else logger.debug
-            log("redoing window %d: %s", window.index, problem)
+            (log if redone <= MAX_REDO_LOGS else logger.debug)(
+                "redoing window %d: %s", window.index, problem)
     if redone > MAX_REDO_LOGS:
-        logger.info("... %d windows redone in all (-v lists every reason)", redone)
+        log("... %d windows redone in all (-v lists every reason)", redone)
     _report_leftovers(out, windows, group)
     mine = group.take(todo)
-    logger.info("%s -> %s of %d (stride %d): %d to do%s, %d already complete",
+    log("%s -> %s of %d (stride %d): %d to do%s, %d already complete",
                 plural(manifest.data["frames"]["count"], "frame"),
                 plural(len(windows), "window"), config.window_size, config.window_stride,
                 len(todo),

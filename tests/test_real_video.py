@@ -14,9 +14,10 @@ from pipeline.runner import run
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / \
     "7scenes_redkitchen_000_199"
-FRAMES = 60
-"""The first 60 of the 200 frames (14 windows, about 80 s on two cores): the whole sequence takes
-about 4 minutes, too long for CI; BENCHMARKS.md has the figures of all 200."""
+FRAMES = 40
+"""The first 40 of the 200 frames (9 windows, one chunk mapped by the global mapper; about 60 s
+on two cores with the merge and the evaluation): the whole sequence takes about 4 minutes, too
+long for CI; BENCHMARKS.md has the figures of all 200."""
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} is not on this machine")]
@@ -34,7 +35,7 @@ def report(tmp_path_factory):
 def test_nearly_every_window_is_posed(report):
     summary, evaluation = report
     windows = evaluation["windows"]
-    assert len(windows) == 14
+    assert len(windows) == 9
     ok = [w for w in windows if w["status"] == "ok"]
     assert len(ok) >= 0.9 * len(windows), summary.line()
     assert all(w["num_registered"] >= 0.9 * w["num_frames"] for w in ok)
@@ -44,7 +45,7 @@ def test_window_poses_match_the_ground_truth(report):
     _, evaluation = report
     fractions = [w["ate"]["rmse_path_fraction"] for w in evaluation["windows"]
                  if w["status"] == "ok"]
-    assert np.median(fractions) <= 0.12  # measured: 7.1% (all 200 frames: 6.4%; the whole
+    assert np.median(fractions) <= 0.12  # measured: 6.8% (60 frames: 7.1%; all 200: 6.4%; the whole
     # sequence as one COLMAP reconstruction, cut into the same windows: 7.4%)
 
 

@@ -5,6 +5,7 @@ batches shared between sequences."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -108,14 +109,20 @@ SMALL = ("--window-size", "4", "--window-stride", "4", "-q")
 
 
 @pytest.mark.slow
-def test_classical_dataset_run(tmp_path):
+def test_classical_dataset_run(tmp_path, caplog):
     root = tmp_path / "root"
     frames_folder(root / "a", 0, 8)
     frames_folder(root / "b", 8, 8)
     (root / "broken.mp4").write_bytes(b"\0" * 4096)
     out = tmp_path / "out"
-    assert cli("--input-root", str(root), "--output-dir", str(out), *SMALL,
-               "--reconstructor", "colmap") == 1  # a sequence could not be read
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        assert cli("--input-root", str(root), "--output-dir", str(out), *SMALL[:-1],
+                   "--reconstructor", "colmap") == 1  # a sequence could not be read
+    planned = [r.getMessage() for r in caplog.records if r.name == "pipeline.runner"
+               and r.levelno == logging.INFO and "->" in r.getMessage()]
+    # one line for all sequences (each one's own is at debug level)
+    assert planned == ["2 sequences, 1 unreadable (skipped): 16 frames -> 4 windows: 4 to do, "
+                       "0 already complete"]
     lines = index_lines(out)
     assert [(e["sequence"], e["window_index"], e["status"]) for e in lines] == [
         ("a", 0, "ok"), ("a", 1, "ok"), ("b", 0, "ok"), ("b", 1, "ok"),
