@@ -10,9 +10,7 @@ from typing import Any
 
 from .cameras import CAMERA_TYPES
 from .options import option, options_field
-from .reconstructors.colmap import ColmapFlags
-from .reconstructors.da3 import Da3Flags
-from .reconstructors.vggt import VggtFlags
+from .reconstructors import registered_flags
 
 IMAGE_MODES = ("link", "copy", "none")
 """What a window's ``images/`` folder may hold."""
@@ -47,12 +45,14 @@ class MergeOptions:
 
 
 @dataclass(kw_only=True)
-class PipelineConfig(VggtFlags, Da3Flags, ColmapFlags):
+class PipelineConfig(*registered_flags()):
     """Everything one run needs; the command line has one flag per field.
 
-    The pipeline's own options are declared here; each reconstructor declares its options in
-    its module (its :attr:`pipeline.reconstructors.Reconstructor.flags`), and they are fields
-    of this class through its bases, one base per registered reconstructor."""
+    The pipeline's own options are declared here. Each registered reconstructor declares its
+    own in its module (:attr:`pipeline.reconstructors.Reconstructor.flags`, e.g.
+    ``VggtFlags``); they are fields of this class through its bases, one per registered
+    reconstructor (:func:`pipeline.reconstructors.registered_flags`), so that
+    ``PipelineConfig(max_query_pts=1024)`` works as any other option."""
 
     input_dir: Path | None = option(None, group=INPUT, kind="folder", exclusive="source",
                                     required=True)

@@ -31,10 +31,11 @@ _REGISTRY = {
     "da3": "pipeline.reconstructors.da3:Da3Reconstructor",
     "colmap": "pipeline.reconstructors.colmap:ColmapReconstructor",
 }
-"""Reconstructor name -> ``module:class``. Reconstructor modules import their heavy
-dependencies (torch, the models) only where they use them, so that the command line can read
-every reconstructor's flags quickly. :class:`pipeline.config.PipelineConfig` has each one's
-:attr:`Reconstructor.flags` as a base."""
+"""Reconstructor name -> ``module:class``: a new reconstructor is its module and one line here.
+Reconstructor modules import their heavy dependencies (torch, the models) only where they use
+them, so that the command line can read every reconstructor's flags quickly.
+:class:`pipeline.config.PipelineConfig` takes each one's :attr:`Reconstructor.flags` as a base
+(:func:`registered_flags`)."""
 
 
 @dataclass(kw_only=True)
@@ -236,6 +237,31 @@ def reconstructor_class(name: str) -> type[Reconstructor]:
         )
     module_name, class_name = _REGISTRY[name].split(":")
     return getattr(importlib.import_module(module_name), class_name)
+
+
+def registered_flags() -> tuple[type, ...]:
+    """The :attr:`Reconstructor.flags` classes of the registered reconstructors, in registry
+    order, each once: the bases of :class:`pipeline.config.PipelineConfig`.
+
+    Raises:
+        TypeError: two reconstructors declare a flag of the same name in different classes (a
+            flag several read is declared once, in a base class their flags share).
+    """
+    classes: list[type] = []
+    declared: dict[str, type] = {}
+    for name in _REGISTRY:
+        flags = reconstructor_class(name).flags
+        if flags is None or flags in classes:
+            continue
+        classes.append(flags)
+        for owner in flags.__mro__:
+            for field_name in vars(owner).get("__annotations__", {}):
+                if declared.setdefault(field_name, owner) is not owner:
+                    raise TypeError(f"flag {field_name!r} is declared by both "
+                                    f"{declared[field_name].__qualname__} and "
+                                    f"{owner.__qualname__}; declare it once, in a shared base")
+    # a flags class another one extends comes in through it (and must, for a consistent MRO)
+    return tuple(c for c in classes if not any(o is not c and issubclass(o, c) for o in classes))
 
 
 @cache
