@@ -82,6 +82,13 @@ def natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
 
 
+def is_frame_file(path: Path, pattern: str | None = None) -> bool:
+    """Whether ``path`` is an image file (by its extension) whose name matches ``pattern``
+    (a glob such as ``"*.color.jpg"``; ``None``: any name)."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file() and (
+        pattern is None or fnmatch.fnmatch(path.name, pattern))
+
+
 def list_image_files(input_dir: Path, pattern: str | None = None) -> list[Path]:
     """The image files directly inside ``input_dir``, in natural order.
 
@@ -97,8 +104,7 @@ def list_image_files(input_dir: Path, pattern: str | None = None) -> list[Path]:
         raise InputError(f"input folder does not exist: {input_dir}")
     if not input_dir.is_dir():
         raise InputError(f"input path is not a folder: {input_dir}")
-    paths = [p for p in input_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-             and (pattern is None or fnmatch.fnmatch(p.name, pattern))]
+    paths = [p for p in input_dir.iterdir() if is_frame_file(p, pattern)]
     if not paths:
         wanted = pattern or ", ".join(IMAGE_EXTENSIONS)
         raise InputError(f"no images in {input_dir} (looked for {wanted})")

@@ -10,7 +10,6 @@ sequence alone.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
-from .frames import IMAGE_EXTENSIONS
+from .frames import is_frame_file
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +74,7 @@ def unique_names(relatives: Sequence[str]) -> list[str]:
 
 def _holds_frames(folder: Path, pattern: str | None = None) -> bool:
     try:
-        return any(p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-                   and (pattern is None or fnmatch.fnmatch(p.name, pattern))
-                   for p in folder.iterdir())
+        return any(is_frame_file(p, pattern) for p in folder.iterdir())
     except OSError:
         return False
 
