@@ -540,9 +540,9 @@ def _log_plans(plans: Sequence[SequencePlan], sources: int) -> None:
     debug level, ``-v``)."""
     windows = sum(len(p.windows) for p in plans)
     todo = sum(len(p.todo) for p in plans)
-    unreadable = f", {sources - len(plans)} unreadable (skipped)" if sources > len(plans) else ""
+    failed = f", {sources - len(plans)} failed to load (skipped)" if sources > len(plans) else ""
     logger.info("%s%s: %s -> %s: %d to do, %d already complete", plural(len(plans), "sequence"),
-                unreadable, plural(sum(len(p.frames) for p in plans), "frame"),
+                failed, plural(sum(len(p.frames) for p in plans), "frame"),
                 plural(windows, "window"), todo, windows - todo)
 
 
@@ -886,11 +886,10 @@ def _windows_to_do(config: PipelineConfig, windows: Sequence[Window[Frame]],
     _report_leftovers(out, windows, group)
     mine = group.take(todo)
     log("%s -> %s of %d (stride %d): %d to do%s, %d already complete",
-                plural(manifest.data["frames"]["count"], "frame"),
-                plural(len(windows), "window"), config.window_size, config.window_stride,
-                len(todo),
-                f" ({len(mine)} in process {group.rank})" if group.world_size > 1 else "",
-                len(windows) - len(todo))
+        plural(manifest.data["frames"]["count"], "frame"), plural(len(windows), "window"),
+        config.window_size, config.window_stride, len(todo),
+        f" ({len(mine)} in process {group.rank})" if group.world_size > 1 else "",
+        len(windows) - len(todo))
     return mine
 
 

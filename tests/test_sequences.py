@@ -121,7 +121,7 @@ def test_classical_dataset_run(tmp_path, caplog):
     planned = [r.getMessage() for r in caplog.records if r.name == "pipeline.runner"
                and r.levelno == logging.INFO and "->" in r.getMessage()]
     # one line for all sequences (each one's own is at debug level)
-    assert planned == ["2 sequences, 1 unreadable (skipped): 16 frames -> 4 windows: 4 to do, "
+    assert planned == ["2 sequences, 1 failed to load (skipped): 16 frames -> 4 windows: 4 to do, "
                        "0 already complete"]
     lines = index_lines(out)
     assert [(e["sequence"], e["window_index"], e["status"]) for e in lines] == [
