@@ -79,7 +79,9 @@ class WindowDataset(torch.utils.data.Dataset):
 
     Each item is a dict:
 
-    - ``images``: ``[S, H, W, 3]`` uint8 (the original frames, or resized to ``size``);
+    - ``images``: ``[S, H, W, 3]`` uint8 (the original frames, or resized to ``size``; the
+      frames of a colmap window whose frames differ in size are resized to its ``image_size``,
+      the size most of them have);
     - ``intrinsics``: ``[S, 3, 3]`` float32 pinhole ``K`` of those images;
     - ``cam_from_world``: ``[S, 3, 4]`` float32, OpenCV axes, the window's world;
     - ``depth``, ``confidence``: ``[S, H, W]`` float32, when saved (else absent);
@@ -124,14 +126,17 @@ class WindowDataset(torch.utils.data.Dataset):
         names = [n for n in info["frames"] if n in cameras]
         sources = dict(zip(info["frames"], info.get("sources") or info["frames"]))
         images, intrinsics, depth, conf = [], [], [], []
+        size = self.size  # frames of a (colmap) window of mixed sizes: all to its image_size
+        if size is None and len({tuple(s) for s in info.get("image_sizes") or []}) > 1:
+            size = (int(info["image_size"][1]), int(info["image_size"][0]))
         for name in names:
             image = _read_image(entry.folder / "images" / name, sources[name])
             scale = (1.0, 1.0)
-            if self.size is not None and image.shape[:2] != self.size:
+            if size is not None and image.shape[:2] != size:
                 h, w = image.shape[:2]
-                scale = (self.size[1] / w, self.size[0] / h)
+                scale = (size[1] / w, size[0] / h)
                 image = np.asarray(Image.fromarray(image).resize(
-                    (self.size[1], self.size[0]), Image.BILINEAR))
+                    (size[1], size[0]), Image.BILINEAR))
             images.append(image)
             intrinsics.append(scale_intrinsics(cameras[name].K, *scale))
             if self.with_depth:

@@ -72,7 +72,9 @@ class DigestEntry:
         """One line: count, cause, example windows and hint."""
         more = ", ..." if self.count > len(self.windows) else ""
         where = f"window{'s' if self.count > 1 else ''} {', '.join(map(str, self.windows))}{more}"
-        text = f"{plural(self.count, 'window')}: {self.cause} ({where})"
+        text = f"{plural(self.count, 'window')}: {self.cause}"
+        if self.windows:
+            text += f" ({where})"
         if self.hint:
             text += f"; {self.hint}"
         elif self.cause != self.example:
@@ -118,6 +120,17 @@ def failure_digest(records: Iterable[Mapping[str, Any]]) -> list[DigestEntry]:
         if len(entry.windows) < EXAMPLE_WINDOWS:
             entry.windows.append(int(record.get("window_index", -1)))
     return sorted(entries.values(), key=lambda e: -e.count)
+
+
+def calibration_entry(calibration: Mapping[str, Any] | None,
+                      records: Iterable[Mapping[str, Any]]) -> DigestEntry | None:
+    """A digest line for windows of a sequence whose calibration had little support (colmap's
+    ``run.json`` → ``calibration``), ok or not: they may be wrong without failing."""
+    if not calibration or calibration.get("support") != "weak":
+        return None
+    count = sum(1 for _ in records)
+    return DigestEntry(cause="focal length found with little support", count=count,
+                       example=calibration.get("hint") or "", hint=calibration.get("hint"))
 
 
 def digest_json(entries: Iterable[DigestEntry]) -> list[dict[str, Any]]:

@@ -22,7 +22,18 @@ Ground truth formats (detected from the path by :func:`read_ground_truth`):
   (one name a line, same order), otherwise integer timestamps (or, failing that, the row order)
   are frame indices into the naturally sorted list of the run's frame names;
 * 7-Scenes: a folder of ``frame-NNNNNN.pose.txt`` (4 x 4 camera-to-world) beside
-  ``frame-NNNNNN.color.jpg``; the frame name is the colour image's name.
+  ``frame-NNNNNN.color.jpg``; the frame name is the colour image's name;
+* COLMAP: a model folder (``cameras``/``images`` as ``.txt`` or ``.bin``, such as DTU's
+  ``gt_sparse/``), or a folder holding one as ``sparse/``, ``sparse/0`` or ``gt_sparse/``; poses
+  are matched by image name (the file name, so ``images/000001.jpg`` in the model matches frame
+  ``000001.jpg``).
+
+An output folder of a run over many sequences (``dataset.json``) is scored sequence by sequence,
+with a total (:func:`evaluate_dataset`): each sequence's ground truth is ``GT/<sequence name>``
+when ``--gt GT`` is given, else found beside its source (the source folder itself, or its parent:
+DTU's ``scan/images`` beside ``scan/gt_sparse``, the testdata's ``images/`` beside
+``ground_truth.npz``). A single run's ground truth may be found beside its input folder the same
+way when ``--gt`` is left out.
 """
 
 from __future__ import annotations
@@ -102,7 +113,7 @@ class GroundTruth:
     """Ground-truth poses as read from disk."""
 
     kind: str
-    """``"synthetic"``, ``"tum"`` or ``"7scenes"``."""
+    """``"synthetic"``, ``"tum"``, ``"7scenes"`` or ``"colmap"``."""
     cam_from_world: np.ndarray
     """(N, 3, 4) camera-from-world poses."""
     names: list[str] | None
@@ -149,11 +160,15 @@ def read_ground_truth(path: str | Path) -> GroundTruth:
         return read_synthetic_gt(path / GT_NPZ)
     if any(path.glob(_SEVEN_SCENES_POSE)):
         return read_7scenes_gt(path)
+    for model in (path, path / "sparse", path / "sparse" / "0", path / "gt_sparse"):
+        if _is_colmap_model(model):
+            return read_colmap_gt(model)
     for name in TUM_DEFAULT_FILES:
         if (path / name).is_file():
             return read_tum_gt(path / name)
     raise InputError(f"unrecognised ground truth {path}: expected {GT_NPZ} (synthetic), a TUM "
-                     f"trajectory file, or a 7-Scenes folder (frame-NNNNNN.pose.txt)")
+                     f"trajectory file, a 7-Scenes folder (frame-NNNNNN.pose.txt), or a COLMAP "
+                     "model folder (cameras/images .txt or .bin)")
 
 
 def load_ground_truth_poses(path: str | Path, *, frame_names: Sequence[str] | None = None
@@ -285,6 +300,41 @@ def read_7scenes_gt(folder: Path) -> GroundTruth:
     if not poses:
         raise InputError(f"no usable 7-Scenes poses in {folder}")
     return GroundTruth(kind="7scenes", cam_from_world=np.stack(poses), names=names, source=folder)
+
+
+def _is_colmap_model(folder: Path) -> bool:
+    return any((folder / f"images{ext}").is_file() and (folder / f"cameras{ext}").is_file()
+               for ext in (".txt", ".bin"))
+
+
+def read_colmap_gt(folder: Path) -> GroundTruth:
+    """The posed images of a COLMAP model folder (text or binary), named by file name.
+
+    Raises:
+        InputError: the model does not load, holds no posed image, or two images share a
+            file name.
+    """
+    import pycolmap
+
+    try:
+        rec = pycolmap.Reconstruction(str(folder))
+    except Exception as exc:  # noqa: BLE001 - pycolmap raises its own error types
+        raise InputError(f"cannot read the COLMAP model {folder}: {exc}") from exc
+    names, poses = [], []
+    for image_id in sorted(rec.reg_image_ids()):
+        image = rec.images[image_id]
+        pose = np.asarray(image.cam_from_world().matrix(), dtype=float)
+        if not np.isfinite(pose).all():
+            logger.warning("skipping %s: pose is not finite", image.name)
+            continue
+        names.append(Path(image.name).name)
+        poses.append(pose)
+    if not poses:
+        raise InputError(f"the COLMAP model {folder} holds no posed image")
+    if len(set(names)) != len(names):
+        raise InputError(f"the COLMAP model {folder} names one image file twice (in two "
+                         "folders): poses cannot be matched by name")
+    return GroundTruth(kind="colmap", cam_from_world=np.stack(poses), names=names, source=folder)
 
 
 # --------------------------------------------------------------------------------------------
@@ -513,6 +563,104 @@ def evaluate_output(out_dir: str | Path, gt: str | Path | Mapping[str, np.ndarra
     return report
 
 
+def ground_truth_beside(source: str | Path) -> Path | None:
+    """The ground truth found beside an input folder: in it, or in its parent; ``None``."""
+    source = Path(source)
+    for candidate in (source, source.parent):
+        try:
+            read_ground_truth(candidate)
+        except InputError:
+            continue
+        return candidate
+    return None
+
+
+def evaluate_dataset(out_dir: str | Path, gt_root: str | Path | None = None, *,
+                     options: EvaluateOptions | None = None) -> dict[str, Any]:
+    """Score every sequence of a run over many (``OUT/dataset.json``) and total the windows.
+
+    Args:
+        out_dir: The dataset's output folder.
+        gt_root: A folder holding each sequence's ground truth as ``<sequence name>`` (any
+            format of :func:`read_ground_truth`); ``None``: found beside each sequence's source
+            (:func:`ground_truth_beside`).
+        options: Scoring options.
+
+    Returns:
+        ``{"pred", "sequences": [{"name", "gt", "status", "error", "report"}], "summary"}``:
+        ``summary`` is :func:`_summary` over the windows of every scored sequence, plus
+        ``sequences_scored`` and ``sequences_total``.
+
+    Raises:
+        InputError: no ``dataset.json``, or no sequence has ground truth.
+    """
+    from .sequences import DATASET_MANIFEST
+
+    out_dir = Path(out_dir)
+    try:
+        dataset = json.loads((out_dir / DATASET_MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {out_dir / DATASET_MANIFEST}: {exc}") from exc
+    entries, windows = [], []
+    for sequence in dataset.get("sequences", []):
+        name = sequence["name"]
+        entry = {"name": name, "gt": None, "status": "ok", "error": None, "report": None}
+        entries.append(entry)
+        if sequence.get("status") == "failed":
+            entry.update(status="failed", error=sequence.get("error"))
+            continue
+        gt = (Path(gt_root) / name) if gt_root is not None else ground_truth_beside(
+            sequence["source"])
+        if gt is None or not gt.exists():
+            entry.update(status="no ground truth", error=f"none found for {sequence['source']}"
+                         if gt_root is None else f"{gt} not found")
+            continue
+        entry["gt"] = str(gt)
+        try:
+            entry["report"] = evaluate_output(out_dir / name, gt, options=options)
+        except InputError as exc:
+            entry.update(status="error", error=str(exc))
+            continue
+        windows += [dict(w, sequence=name) for w in entry["report"]["windows"]]
+    scored = [e for e in entries if e["report"] is not None]
+    if not scored:
+        raise InputError(f"no sequence of {out_dir} could be scored: "
+                         + "; ".join(f"{e['name']}: {e['error']}" for e in entries)
+                         + (" (give --gt DIR holding <sequence name>/ ground truth)"
+                            if gt_root is None else ""))
+    summary = {**_summary(windows), "sequences_scored": len(scored),
+               "sequences_total": len(entries)}
+    return {"pred": str(out_dir), "gt": None if gt_root is None else str(gt_root),
+            "sequences": entries, "summary": summary}
+
+
+def format_dataset_report(report: dict[str, Any]) -> str:
+    """One line per sequence (windows scored, median and max ATE as % of the window's path,
+    merged segments) and a total."""
+    lines = []
+    for entry in report["sequences"]:
+        if entry["report"] is None:
+            lines.append(f"{entry['name']}: {entry['status']} ({entry['error']})")
+            continue
+        s = entry["report"]["summary"]
+        path = s.get("ate_rmse_path_fraction")
+        merged = [m for m in entry["report"].get("merged") or [] if m.get("ate")]
+        lines.append(
+            f"{entry['name']}: {s['windows_ok']} of {s['windows_total']} windows scored"
+            + (f", median {100 * path['median']:.3g}% (max {100 * path['max']:.3g}%) of the "
+               "window's path" if path else "")
+            + (", merged " + ", ".join(f"{100 * m['ate']['rmse_path_fraction']:.3g}%"
+                                       for m in merged) + " of the path" if merged else "")
+            + f" (ground truth {entry['gt']})")
+    s = report["summary"]
+    path = s.get("ate_rmse_path_fraction")
+    lines.append(f"total: {s['sequences_scored']} of {s['sequences_total']} sequences, "
+                 f"{s['windows_ok']} of {s['windows_total']} windows scored"
+                 + (f", median {100 * path['median']:.3g}% (max {100 * path['max']:.3g}%) of "
+                    "the window's path" if path else ""))
+    return "\n".join(lines)
+
+
 def _evaluate_merged(out_dir: Path, frame_names: list[str], gt: Mapping[str, np.ndarray],
                      options: EvaluateOptions, units: str) -> list[dict[str, Any]] | None:
     """One report entry per merged segment, ``None`` when nothing was merged."""
@@ -655,9 +803,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "trajectory.",
                        epilog="Exit status: 0 evaluated, 2 bad usage or input.")
     p.add_argument("--pred", required=True, type=Path, help="pipeline output folder (OUT)")
-    p.add_argument("--gt", required=True, type=Path,
-                   help="ground truth: ground_truth.npz or its folder, a TUM file, or a "
-                        "7-Scenes sequence folder")
+    p.add_argument("--gt", type=Path, default=None,
+                   help="ground truth: ground_truth.npz or its folder, a TUM file, a "
+                        "7-Scenes sequence folder, or a COLMAP model folder (text or binary); "
+                        "for a run over many sequences a folder holding each sequence's as "
+                        "<sequence name>; default: found beside the input (its folder or "
+                        "the folder above)")
     p.add_argument("--json", type=Path, default=None,
                    help="report path (default: OUT/evaluation.json)")
     p.add_argument("--align", choices=ALIGN_MODES, default="sim3",
@@ -682,16 +833,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = EvaluateOptions(align=args.align, rpe_delta=args.rpe_delta,
                               per_frame=args.per_frame, plot=args.plot)
     try:
-        report = evaluate_output(args.pred, args.gt, options=options)
+        report, text = _evaluate(args.pred, args.gt, options)
         json_path = args.json or args.pred / EVALUATION_JSON
         write_report(report, json_path)
     except (PipelineError, ValueError, OSError) as exc:
         message = " ".join(str(exc).split())
         print(f"error: {message}", file=sys.stderr)
         return 2
-    print(format_report(report))
+    print(text)
     print(f"report: {json_path}")
     return 0
+
+
+def _evaluate(pred: Path, gt: Path | None, options: EvaluateOptions) -> tuple[dict, str]:
+    """The report and its text for an output folder: a dataset root, or one run."""
+    from .sequences import DATASET_MANIFEST
+
+    if (pred / DATASET_MANIFEST).is_file():
+        report = evaluate_dataset(pred, gt, options=options)
+        return report, format_dataset_report(report)
+    if gt is None:
+        gt = _beside_run_input(pred)
+    report = evaluate_output(pred, gt, options=options)
+    return report, format_report(report)
+
+
+def _beside_run_input(out_dir: Path) -> Path:
+    """The ground truth beside the input folder a run recorded in ``run.json``."""
+    from .output import RUN_MANIFEST
+
+    try:
+        source = json.loads((out_dir / RUN_MANIFEST).read_text())["config"]["input_dir"]
+    except (OSError, ValueError, KeyError, TypeError):
+        source = None
+    found = ground_truth_beside(source) if source else None
+    if found is None:
+        raise InputError(f"no ground truth found beside the input of {out_dir} "
+                         f"({source or 'not recorded'}): give --gt")
+    return found
 
 
 if __name__ == "__main__":

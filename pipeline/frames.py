@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from .digest import plural
 from .errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -477,3 +478,31 @@ def _decode_video(video_path: Path, out_dir: Path, fps: float | None, max_frames
     if not files:
         raise InputError(f"no frames decoded from video {video_path}")
     return files, times
+
+
+def one_size(frames: list[Frame], reconstructor: str, *, skip_bad_frames: bool = False
+             ) -> list[Frame]:
+    """The frames, when they share one image size (which ``reconstructor`` needs).
+
+    With ``skip_bad_frames`` the frames of other sizes than the most common one are dropped with
+    a warning naming them.
+
+    Raises:
+        InputError: the frames differ in size (the sizes named, with how many frames each and
+            the first frames of the rarer ones), and ``skip_bad_frames`` is off.
+    """
+    counts = Counter(f.size for f in frames)
+    if len(counts) <= 1:
+        return frames
+    (common, _), *others = counts.most_common()
+    odd = [f for f in frames if f.size != common]
+    sizes = ", ".join(f"{w}x{h} ({plural(n, 'frame')})" for (w, h), n in counts.most_common())
+    named = ", ".join(repr(f.name) for f in odd[:3]) + (", ..." if len(odd) > 3 else "")
+    if not skip_bad_frames:
+        raise InputError(f"frames differ in size: {sizes}; {reconstructor} needs one size per "
+                         f"window: pick frames of one size (--frame-pattern), or drop the "
+                         f"{plural(len(odd), 'frame')} of other sizes ({named}) with "
+                         "--skip-bad-frames")
+    logger.warning("dropping %s of other sizes than %dx%d (%s): %s needs one size per window",
+                   plural(len(odd), "frame"), *common, named, reconstructor)
+    return [f for f in frames if f.size == common]

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .digest import digest_json, failure_digest
+from .digest import calibration_entry, digest_json, failure_digest
 from .errors import InputError, PipelineError
 
 logger = logging.getLogger(__name__)
@@ -572,7 +572,9 @@ class RunManifest:
             "failed": sum(w["status"] == "failed" for w in windows),
             "skipped": sum(w["skipped"] for w in windows),
             "pending": self.data["num_windows"] - len(windows)})
-        self.data["digest"] = digest_json(failure_digest(windows))
+        entries = failure_digest(windows)
+        note = calibration_entry(self.data.get("calibration"), windows)
+        self.data["digest"] = digest_json(entries + ([note] if note else []))
         if "processes" in self.data:
             mine = list(self.records.values())
             self.data["processes"] = [self._process_entry(self.data, mine, self.group.rank)] + [

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .config import IMAGE_MODES, MergeOptions, PipelineConfig
-from .digest import cause_key, failure_digest, plural
+from .digest import DigestEntry, calibration_entry, cause_key, failure_digest, plural
 from .distributed import ProcessGroup, process_group
 from .errors import DiskFullError, InputError, PipelineError
 from .executor import (
@@ -47,6 +48,7 @@ from .frames import (
     check_one_kind,
     extract_video_frames,
     list_image_files,
+    one_size,
     prepare_frames,
     video_frame_times,
 )
@@ -121,6 +123,8 @@ class RunSummary:
     sequences: list[dict[str, Any]] | None = None
     """In a run over many sequences: each sequence's name, source, status and counts (as in
     ``dataset.json``)."""
+    notes: list[DigestEntry] = field(default_factory=list)
+    """Digest lines besides the failures: windows whose calibration had little support."""
 
     @property
     def failed_sequences(self) -> list[dict[str, Any]]:
@@ -146,7 +150,7 @@ class RunSummary:
     def digest(self) -> list[str]:
         """The failed windows grouped by cause, a line each with what to try (also kept in
         ``run.json`` under ``digest``)."""
-        return [entry.line() for entry in failure_digest(self.windows)]
+        return [entry.line() for entry in failure_digest(self.windows) + self.notes]
 
     def line(self) -> str:
         """The one-line summary printed at the end of a run."""
@@ -410,7 +414,7 @@ def _window_record(window: Window[Frame], batch_idx: int, result: WindowResult,
                    args: PipelineConfig, reconstructor: Reconstructor,
                    batch_seconds: float) -> dict[str, Any]:
     """The ``window_info.json`` content of one reconstructed window."""
-    sizes = {f.size for f in window.items}
+    sizes = Counter(f.size for f in window.items)
     return {
         "window_index": window.index,
         "path": str(window.relative_dir),
@@ -422,7 +426,8 @@ def _window_record(window: Window[Frame], batch_idx: int, result: WindowResult,
         "num_frames": len(window),
         "frames": [f.name for f in window.items],
         "sources": [str(f.source) for f in window.items],
-        "image_size": list(next(iter(sizes))) if len(sizes) == 1 else None,
+        "image_size": list(sizes.most_common(1)[0][0]),
+        "image_sizes": [list(f.size) for f in window.items],
         "registered_frames": result.registered_frames,
         "num_registered": len(result.registered_frames),
         "num_points3D": result.num_points3D,
@@ -565,6 +570,23 @@ def _sequence_config(config: PipelineConfig, source: SequenceSource) -> Pipeline
                    output_dir=Path(config.output_dir) / source.name)
 
 
+def _sized_for(frames: list[Frame], reconstructor: Reconstructor | type[Reconstructor],
+              config: PipelineConfig) -> list[Frame]:
+    """The frames, checked to share one size when the reconstructor needs it (see
+    :func:`pipeline.frames.one_size`).
+
+    Raises:
+        InputError: frames of several sizes for a reconstructor that needs one, or too few
+            left of the common size.
+    """
+    if reconstructor.mixed_sizes:
+        return frames
+    kept = one_size(frames, reconstructor.name, skip_bad_frames=config.skip_bad_frames)
+    if len(kept) < 2:
+        raise InputError(f"{plural(len(kept), 'frame')} of one size left: too few")
+    return kept
+
+
 def _load_sequence(config: PipelineConfig, source: SequenceSource) -> list[Frame]:
     """The frames of one sequence of a dataset run, its folder ready (stale staging removed).
 
@@ -605,7 +627,8 @@ def _run_many(config: PipelineConfig, sources: list[SequenceSource], group: Proc
                                disable=None if config.show_progress else True):
                 seq_config = _sequence_config(config, source)
                 try:
-                    frames = _load_sequence(seq_config, source)
+                    frames = _sized_for(_load_sequence(seq_config, source), reconstructor,
+                                        seq_config)
                 except InputError as exc:
                     logger.warning("sequence %s: %s; it is skipped", source.name, exc)
                     _remove_empty_folders(Path(seq_config.output_dir))
@@ -636,10 +659,21 @@ def _run_many(config: PipelineConfig, sources: list[SequenceSource], group: Proc
                                   for w in p.manifest.data["windows"]],
                          profile=profile, throughput=dataset.data.get("throughput"),
                          device=reconstructor.device, sequences=dataset.data["sequences"])
+    summary.notes = [note for plan in plans for note in _notes(plan)]
     if config.merge:
         _merge_sequences(summary, plans, config.merge_options)
     summary.wall_time = time.perf_counter() - start
     return summary
+
+
+def _notes(plan: SequencePlan) -> list[DigestEntry]:
+    """The digest's lines for a sequence besides its failures (named in a run over many)."""
+    note = calibration_entry(plan.manifest.data.get("calibration"), plan.manifest.data["windows"])
+    if note is None:
+        return []
+    if plan.name:
+        note.cause = f"{plan.name}: {note.cause}"
+    return [note]
 
 
 def _remove_empty_folders(folder: Path) -> None:
@@ -751,19 +785,30 @@ def _resolve_reconstructor(config: PipelineConfig, group: ProcessGroup,
                            ray: Any = None) -> tuple[PipelineConfig, Reconstructor, str]:
     """Choose (``auto``) and build the reconstructor; the configuration with the choice.
     Under Ray a network's model is loaded in device actors instead of here."""
+    config, reason = _choose_reconstructor(config, group)
+    return config, _build_reconstructor(config, ray), reason
+
+
+def _choose_reconstructor(config: PipelineConfig, group: ProcessGroup
+                          ) -> tuple[PipelineConfig, str]:
+    """The configuration with the reconstructor chosen (``auto``) and its device, and why."""
     chosen, reason = choose_reconstructor(config)
     logger.info("reconstructor: %s (%s)", chosen, reason)
     unread = unread_problem(config, chosen)
     if unread:  # an explicit choice was refused before any work
         logger.warning("%s, which auto chose (%s): they are ignored", unread, reason)
-    config = replace(config, reconstructor=chosen,
-                     device=group.device if group.device and config.device == "auto"
-                     else config.device)
-    if ray is not None and reconstructor_class(chosen).device_stages:
+    return replace(config, reconstructor=chosen,
+                   device=group.device if group.device and config.device == "auto"
+                   else config.device), reason
+
+
+def _build_reconstructor(config: PipelineConfig, ray: Any = None) -> Reconstructor:
+    """The chosen reconstructor (its model loaded; under Ray in device actors instead)."""
+    if ray is not None and reconstructor_class(config.reconstructor).device_stages:
         from .ray_engine import RayReconstructor
 
-        return config, RayReconstructor(config, ray), reason
-    return config, build_reconstructor(config), reason
+        return RayReconstructor(config, ray)
+    return build_reconstructor(config)
 
 
 @dataclass(kw_only=True)
@@ -815,7 +860,9 @@ def _run(config: PipelineConfig, frames: list[Frame], group: ProcessGroup,
          start: float, ray: Any = None) -> RunSummary:
     """The run once the output folder is held and the frames are ready."""
     out = Path(config.output_dir)
-    config, reconstructor, reason = _resolve_reconstructor(config, group, ray)
+    config, reason = _choose_reconstructor(config, group)
+    frames = _sized_for(frames, reconstructor_class(config.reconstructor), config)
+    reconstructor = _build_reconstructor(config, ray)
     plan = _plan(config, frames, reconstructor, group, reason)
     manifest = plan.manifest
     profile = StageTable()
@@ -845,6 +892,7 @@ def _run(config: PipelineConfig, frames: list[Frame], group: ProcessGroup,
                          device=reconstructor.device + (f", process {group.rank} of "
                                                         f"{group.world_size}"
                                                         if group.world_size > 1 else ""))
+    summary.notes = _notes(plan)
     if config.merge and group.is_main:
         _merge(summary, config.merge_options)
     summary.wall_time = time.perf_counter() - start
@@ -947,6 +995,10 @@ def _process(plans: list[SequencePlan], config: PipelineConfig,
         flights = start_window_batch(batch.windows, batch.index, config, reconstructor, pool,
                                      outs=outs)
         _observe(reconstructor, governor, profile)
+        report = reconstructor.last_report
+        if report is not None and report.records:
+            for name in dict.fromkeys(w.sequence for w in batch.windows):
+                owner[name].manifest.data.update(report.records)
         return flights
 
     def finish(flight: InFlight, result: WindowResult) -> tuple[SequencePlan, dict[str, Any]]:

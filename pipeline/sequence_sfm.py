@@ -10,13 +10,13 @@ sequence:
    needs (each frame with its ``pairing_overlap`` successors, plus successors 16, 32, 64, ...
    frames ahead within the chunk) is matched once, into one COLMAP database per sequence. Frames
    of one image size share one camera.
-2. **One focal length.** :func:`estimate_focal` finds each camera's focal length from the
-   fundamental matrices of all verified pairs, and every chunk keeps it (chunks that calibrate
-   themselves disagree with each other, and then cannot be merged).
-3. **Chunks.** The sequence is cut into overlapping chunks of about ``chunk_frames`` frames
+2. **Chunks.** The sequence is cut into overlapping chunks of about ``chunk_frames`` frames
    (consecutive chunks share at least one window's length, so every window lies inside one). Each
-   chunk is mapped once by COLMAP's incremental mapper, in a worker process; a frame it throws far
-   from its neighbours is registered again (:func:`repair_jumps`).
+   chunk is mapped once (GLOMAP or COLMAP's incremental mapper), in a worker process; a frame it
+   throws far from its neighbours is registered again (:func:`repair_jumps`).
+3. **Checked calibration.** Mapping starts from the best focal length known before it and
+   refines it; the chunks' results are then checked against each other and a chunk that
+   disagrees is mapped again with the agreed value held (:mod:`pipeline.calibration`).
 4. **Windows.** A window is cut out of the chunk in which it lies most centrally: its registered
    frames with their poses and cameras, the points that at least two of them observe (with those
    observations only), its world moved onto its first registered frame. It is still its own
@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 
 SEQUENCE_DIR = "colmap_sequence"
 """Folder of the feature store and chunk models inside the output folder."""
-STORE_VERSION = 1
+STORE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -146,14 +146,13 @@ def build_store(
     with meter.stage("features", stages):
         for size in dict.fromkeys(size for _, _, size in frames):  # one camera per image size
             names = [name for name, _, s in frames if s == size]
-            pycolmap.extract_features(
+            extract_in_order(
                 db,
                 tmp / "images",
-                image_names=names,
+                names,
                 camera_mode=pycolmap.CameraMode.SINGLE,
-                reader_options=reader_options(options),
-                extraction_options=extraction,
-                device=pycolmap.Device.cpu,
+                reader=reader_options(options),
+                extraction=extraction,
             )
     (tmp / "pairs.txt").write_text("".join(f"{a} {b}\n" for a, b in pairs))
     matching = copy_options(options.matching)
@@ -162,7 +161,11 @@ def build_store(
     imported.match_list_path = tmp / "pairs.txt"
     with meter.stage("matching", stages):
         pycolmap.match_image_pairs(
-            db, matching_options=matching, pairing_options=imported, device=pycolmap.Device.cpu
+            db,
+            matching_options=matching,
+            pairing_options=imported,
+            verification_options=options.verification,
+            device=pycolmap.Device.cpu,
         )
     (tmp / "store.json").write_text(
         json.dumps({"version": STORE_VERSION, "frames": [f[0] for f in frames]})
@@ -171,12 +174,51 @@ def build_store(
     return stages
 
 
+def extract_in_order(
+    db: Path,
+    image_dir: Path,
+    names: Sequence[str],
+    *,
+    camera_mode: pycolmap.CameraMode,
+    reader: pycolmap.ImageReaderOptions,
+    extraction: pycolmap.FeatureExtractionOptions,
+) -> None:
+    """SIFT features of the images ``names`` into the database ``db``, the images numbered in
+    the order of ``names``. (COLMAP numbers an image when its features are written, in the
+    order its extraction threads finish; the mappers break ties by image id, so the same frames
+    would give other poses from run to run. The images are imported in order first, then their
+    features extracted.)"""
+    pycolmap.Database.open(str(db)).close()  # created when missing
+    pycolmap.import_images(
+        db, image_dir, camera_mode=camera_mode, image_names=list(names), options=reader
+    )
+    pycolmap.extract_features(
+        db,
+        image_dir,
+        image_names=list(names),
+        camera_mode=camera_mode,
+        reader_options=reader,
+        extraction_options=extraction,
+        device=pycolmap.Device.cpu,
+    )
+
+
 def map_chunk(
-    store: Path, names: list[str], out: Path, options: Any, *, fixed_focal: bool = False
+    store: Path,
+    names: list[str],
+    out: Path,
+    options: Any,
+    *,
+    hold_focal: dict[int, float] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Map the frames ``names`` of the store into models ``out/0``, ``out/1``... (written under a
-    temporary name, then renamed). With ``fixed_focal`` the cameras keep the store's focal
-    lengths. Returns the ``mapping`` stage's time and peak."""
+    temporary name, then renamed), with ``out/chunk.json`` recording the frames, the number of
+    models and what the largest says about its cameras
+    (:func:`pipeline.calibration.model_evidence`). Bundle adjustment refines the focal lengths
+    from the store's values; with ``hold_focal`` (``{camera_id: focal}``) the cameras get those
+    values and keep them (a copy of the database is mapped). Returns the ``mapping`` stage's time
+    and peak."""
+    from .calibration import model_evidence, set_focal_lengths
     from .reconstructors.colmap import global_mapping_options, mapping_options
 
     reset_peak()
@@ -185,28 +227,47 @@ def map_chunk(
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    incremental = mapping_options(options, fixed_focal=fixed_focal)
+    database = store / "database.db"
+    if hold_focal is not None:
+        shutil.copy2(database, tmp / "database.db")
+        database = tmp / "database.db"
+        set_focal_lengths(database, hold_focal)
+    hold = hold_focal is not None
+    incremental = mapping_options(options, hold_focal=hold)
     incremental.image_names = names
     with meter.stage("mapping", stages):  # writes the models to tmp/0, tmp/1, ...
         if options.chunk_mapper == "global" or (
             options.chunk_mapper == "auto" and len(names) >= options.global_min_frames
         ):
-            mapping = global_mapping_options(options, fixed_focal=fixed_focal)
+            mapping = global_mapping_options(options, hold_focal=hold)
             mapping.image_names = names
-            models = pycolmap.global_mapping(
-                store / "database.db", store / "images", tmp, options=mapping
-            )
+            models = pycolmap.global_mapping(database, store / "images", tmp, options=mapping)
         else:
             models = pycolmap.incremental_mapping(
-                store / "database.db", store / "images", tmp, options=incremental
+                database, store / "images", tmp, options=incremental
             )
         for folder in sorted(p for p in tmp.iterdir() if p.name.isdigit()):
-            repair_jumps(folder, store, names, incremental)
-    (tmp / "chunk.json").write_text(json.dumps({"frames": names, "models": len(models)}))
+            repair_jumps(folder, store, names, incremental, database)
+    (tmp / "database.db").unlink(missing_ok=True)
+    record: dict[str, Any] = {"frames": names, "models": len(models), "evidence": None}
+    kept = load_models(tmp)
+    if kept:
+        with pycolmap.Database.open(str(store / "database.db")) as db:
+            camera_of = {image.name: image.camera_id for image in db.read_all_images()}
+        frames_of: dict[int, int] = {}
+        for name in names:
+            frames_of[camera_of[name]] = frames_of.get(camera_of[name], 0) + 1
+        record["evidence"] = model_evidence(largest(kept), frames_of)
+    (tmp / "chunk.json").write_text(json.dumps(record))
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
     return stages
+
+
+def largest(models: Sequence[pycolmap.Reconstruction]) -> pycolmap.Reconstruction:
+    """The model that registers the most frames (then: has the most points)."""
+    return max(models, key=lambda r: (r.num_reg_images(), r.num_points3D()))
 
 
 def jump_outliers(
@@ -239,11 +300,16 @@ def jump_outliers(
 
 
 def repair_jumps(
-    folder: Path, store: Path, names: list[str], mapping: pycolmap.IncrementalPipelineOptions
+    folder: Path,
+    store: Path,
+    names: list[str],
+    mapping: pycolmap.IncrementalPipelineOptions,
+    database: Path | None = None,
 ) -> None:
     """Re-register the :func:`jump_outliers` of the model in ``folder``: they are deregistered
     and the mapper continues from the rest (a few seconds; the frame then lands where it
-    belongs). Frames that jump again are left out of the model."""
+    belongs). Frames that jump again are left out of the model. ``database``: the one mapped
+    (default: the store's)."""
     rec = pycolmap.Reconstruction(str(folder))
     outliers = jump_outliers(rec, names)
     if not outliers:
@@ -260,7 +326,7 @@ def repair_jumps(
     (again / "input").mkdir(parents=True)
     rec.write(again / "input")
     pycolmap.incremental_mapping(
-        store / "database.db",
+        database or store / "database.db",
         store / "images",
         again / "output",
         options=mapping,
@@ -273,87 +339,6 @@ def repair_jumps(
     folder.mkdir()
     repaired.write(folder)
     shutil.rmtree(again, ignore_errors=True)
-
-
-MIN_CALIBRATION_PAIRS = 20
-"""Fundamental matrices a camera needs for :func:`estimate_focal` to trust its estimate."""
-
-
-def estimate_focal(
-    store: Path, *, min_pairs: int = MIN_CALIBRATION_PAIRS, max_cost: float = 0.02
-) -> dict[int, float]:
-    """The focal length of each camera of the store, from all its verified image pairs at once.
-
-    For the right calibration ``K`` the essential matrix ``E = K^T F K`` of every pair has two
-    equal singular values (Mendonça and Cipolla, 1999). With the principal point at the
-    camera's (the image centre unless known), the focal length is the one that minimises the
-    median of ``(s1 - s2) / (s1 + s2)`` over the fundamental matrices COLMAP verified between
-    frames of that camera: a search over 0.3 to 3 times the image size, then refined. Hand-held
-    video defeats COLMAP's own self-calibration about one run in two (542 px, or anything from
-    700 to 12500 px, on subsets of 7-Scenes RedKitchen); this estimate gave 535-583 px on every
-    subset and 279.5 px on the synthetic testdata (true: 277.1).
-
-    Cameras with a focal length prior (EXIF) are left to COLMAP, as are cameras with fewer than
-    ``min_pairs`` fundamental matrices or whose best cost exceeds ``max_cost``.
-
-    Returns:
-        ``{camera_id: focal length in pixels}`` of the cameras it could estimate.
-    """
-    from scipy.optimize import minimize_scalar
-
-    with pycolmap.Database.open(str(store / "database.db")) as db:
-        camera_of = {image.image_id: image.camera_id for image in db.read_all_images()}
-        cameras = {camera.camera_id: camera for camera in db.read_all_cameras()}
-        pair_ids, geometries = db.read_two_view_geometries()
-    matrices: dict[int, list[np.ndarray]] = {}
-    for pair_id, geometry in zip(pair_ids, geometries):
-        a, b = pycolmap.pair_id_to_image_pair(pair_id)
-        if geometry.F is None or camera_of.get(a) != camera_of.get(b):
-            continue
-        matrices.setdefault(camera_of[a], []).append(np.asarray(geometry.F, float))
-    found = {}
-    for camera_id, fs in matrices.items():
-        camera = cameras[camera_id]
-        if camera.has_prior_focal_length or len(fs) < min_pairs:
-            continue
-        stack = np.stack([f / np.linalg.norm(f) for f in fs])
-        centre = camera.principal_point_x, camera.principal_point_y
-
-        def cost(focal: float, centre: tuple = centre, stack: np.ndarray = stack) -> float:
-            k = np.array([[focal, 0.0, centre[0]], [0.0, focal, centre[1]], [0.0, 0.0, 1.0]])
-            s = np.linalg.svd(k.T[None] @ stack @ k[None], compute_uv=False)
-            return float(np.median((s[:, 0] - s[:, 1]) / (s[:, 0] + s[:, 1])))
-
-        size = max(camera.width, camera.height)
-        grid = np.geomspace(0.3 * size, 3.0 * size, 120)
-        k = int(np.argmin([cost(f) for f in grid]))
-        best = minimize_scalar(
-            cost,
-            bounds=(grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]),
-            method="bounded",
-            options={"xatol": 1e-3 * size},
-        )
-        if best.fun <= max_cost:
-            found[camera_id] = float(best.x)
-        else:
-            logger.info(
-                "camera %d: no focal length explains its image pairs (cost %.3f)",
-                camera_id,
-                best.fun,
-            )
-    return found
-
-
-def fix_focal_lengths(store: Path, focal: dict[int, float]) -> None:
-    """Give the store's cameras these focal lengths, as priors that mapping keeps."""
-    with pycolmap.Database.open(str(store / "database.db")) as db:
-        for camera in db.read_all_cameras():
-            if camera.camera_id in focal:
-                params = np.array(camera.params, float)
-                params[list(camera.focal_length_idxs())] = focal[camera.camera_id]
-                camera.params = params
-                camera.has_prior_focal_length = True
-                db.update_camera(camera)
 
 
 # ---- cutting a window out of its chunk --------------------------------------------------------
@@ -518,28 +503,27 @@ def restore_store(cache: Path, store: Path, frames: Sequence[Any]) -> bool:
         return False
 
 
-def read_calibration(cache: Path) -> dict[int, float] | None:
-    """The focal lengths a previous run calibrated (``None``: none kept)."""
-    try:
-        return {
-            int(k): float(v)
-            for k, v in json.loads((cache / "calibration.json").read_text()).items()
-        }
-    except (OSError, ValueError, AttributeError, TypeError):
-        return None
+def read_calibration(cache: Path) -> dict[int, Any] | None:
+    """The fundamental-matrix focal length estimates a previous run kept beside the store
+    (``None``: none kept; see :mod:`pipeline.calibration`)."""
+    from .calibration import read_estimates
+
+    return read_estimates(cache)
 
 
-def save_calibration(cache: Path, cameras: dict[int, float]) -> None:
-    """Keep the calibrated focal lengths beside the kept store (when the store is kept)."""
+def save_calibration(cache: Path, estimates: dict[int, Any]) -> None:
+    """Keep the focal length estimates beside the kept store (when the store is kept)."""
+    from .calibration import ESTIMATES_FILE, estimates_json
+
     if not cache.is_dir():
         return
-    tmp = cache / f".calibration.json.tmp-{os.getpid()}"
+    tmp = cache / f".{ESTIMATES_FILE}.tmp-{os.getpid()}"
     try:
-        tmp.write_text(json.dumps(cameras))
-        os.replace(tmp, cache / "calibration.json")
+        tmp.write_text(json.dumps(estimates_json(estimates)))
+        os.replace(tmp, cache / ESTIMATES_FILE)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        _not_kept(cache / "calibration.json", exc)
+        _not_kept(cache / ESTIMATES_FILE, exc)
 
 
 def _not_kept(path: Path, exc: OSError) -> None:

@@ -190,7 +190,8 @@ def index_entry(sequence: str, record: dict[str, Any], window_dir: Path,
         "status": record.get("status"), "error": record.get("error"),
         "folder": window_dir.relative_to(out).as_posix(), "frames": record.get("frames"),
         "registered_frames": record.get("registered_frames"),
-        "image_size": record.get("image_size"), "intrinsics": intrinsics,
+        "image_size": record.get("image_size"), "image_sizes": record.get("image_sizes"),
+        "intrinsics": intrinsics,
         "has_depth": (window_dir / "depth").is_dir(), "exports": details.get("exports", []),
     }
 
@@ -199,7 +200,8 @@ def sequence_failure_entry(source: SequenceSource, error: str) -> dict[str, Any]
     """The index line of a sequence that could not be read (or is shorter than a window)."""
     return {"sequence": source.name, "window_index": None, "status": "failed", "error": error,
             "folder": source.name, "source": str(source.path), "frames": [],
-            "registered_frames": [], "image_size": None, "intrinsics": {}, "has_depth": False,
+            "registered_frames": [], "image_size": None, "image_sizes": [], "intrinsics": {},
+            "has_depth": False,
             "exports": []}
 
 

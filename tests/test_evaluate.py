@@ -177,6 +177,22 @@ def test_7scenes_reader_on_real_data(tmp_path):
     assert w["ate"]["alignment"]["scale"] == pytest.approx(1 / S_A.scale)
 
 
+@pytest.mark.parametrize("text", [True, False])
+def test_colmap_model_reader_matches_by_file_name(tmp_path, text):
+    import pycolmap
+
+    poses = gt_poses(5)
+    write_model(tmp_path / "model", [f"images/{n}" for n in NAMES[:5]], poses)
+    if text:  # as DTU's gt_sparse/ ships it
+        rec = pycolmap.Reconstruction(tmp_path / "model")
+        (tmp_path / "scan" / "gt_sparse").mkdir(parents=True)
+        rec.write_text(tmp_path / "scan" / "gt_sparse")
+    folder = tmp_path / ("scan" if text else "model")
+    truth = read_ground_truth(folder)
+    assert truth.kind == "colmap" and truth.names == NAMES[:5]
+    np.testing.assert_allclose(truth.cam_from_world, poses, atol=1e-9)
+
+
 def test_unrecognised_gt(tmp_path):
     with pytest.raises(InputError, match="unrecognised ground truth"):
         read_ground_truth(tmp_path)

@@ -473,3 +473,54 @@ def test_bad_value_in_a_subprocess_prints_one_line_only(tmp_path):
     assert done.returncode == 2
     one_error_line(done.stderr)
     assert done.stdout == ""
+
+
+def mixed_sizes(folder: Path, count: int = 8, odd: tuple[int, ...] = (5,)) -> Path:
+    """``count`` testdata frames; those at the positions ``odd`` saved at 256x192 instead."""
+    folder.mkdir(parents=True)
+    for i, path in enumerate(sorted(IMAGES.iterdir())[:count]):
+        with Image.open(path) as img:
+            (img.resize((256, 192)) if i in odd else img).save(folder / path.name)
+    return folder
+
+
+def test_frames_of_several_sizes_are_refused_by_a_network_before_its_model_loads(
+        tmp_path, capsys):
+    folder = mixed_sizes(tmp_path / "mixed")
+    missing = tmp_path / "no-such-checkpoint.safetensors"  # never opened: refused before
+    assert cli("--input-dir", folder, "--output-dir", tmp_path / "out", "--reconstructor",
+               "vggt", "--model", missing) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "frames differ in size: 320x240 (7 frames), 256x192 (1 frame)" in line
+    assert "'frame_005.png'" in line and "--skip-bad-frames" in line
+
+
+def test_skip_bad_frames_drops_the_frames_of_a_rarer_size(tmp_path, tiny_vggt_checkpoint,
+                                                          caplog):
+    folder = mixed_sizes(tmp_path / "mixed")
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        assert cli("--input-dir", folder, "--output-dir", out, "--reconstructor", "vggt",
+                   "--model", tiny_vggt_checkpoint, "--window-size", "4", "--window-stride",
+                   "3", "--max-query-pts", "32", "--min-points", "0",
+                   "--min-frame-observations", "0", "--skip-bad-frames") == 0
+    assert any("dropping 1 frame of other sizes than 320x240" in r.getMessage()
+               for r in caplog.records)
+    frames_used = [f for d in window_dirs(out) for f in window_info(d)["frames"]]
+    assert "frame_005.png" not in frames_used and len(set(frames_used)) == 7
+
+
+def test_colmap_records_each_frame_size_of_a_mixed_window(tmp_path):
+    from pipeline.dataset import WindowDataset
+
+    folder = mixed_sizes(tmp_path / "mixed", odd=(2,))
+    out = tmp_path / "out"
+    assert cli("--input-dir", folder, "--output-dir", out, *SMALL) == 0
+    infos = [window_info(d) for d in window_dirs(out)]
+    assert all(info["image_size"] == [320, 240] for info in infos)  # never null
+    mixed = infos[0]
+    assert mixed["image_sizes"][2] == [256, 192] and mixed["image_sizes"][0] == [320, 240]
+    calibration = manifest(out)["calibration"]
+    assert [(c["width"], c["height"]) for c in calibration["cameras"]] == [(320, 240), (256, 192)]
+    item = WindowDataset(out)[0]  # a mixed window's frames come at its image_size
+    assert item["images"].shape[1:] == (240, 320, 3)

@@ -10,8 +10,10 @@ import pycolmap
 import pytest
 
 from conftest import TESTDATA
+from pipeline import calibration as calib
 from pipeline.config import PipelineConfig
 from pipeline.evaluate import evaluate_output
+from pipeline.output import read_window_poses
 from pipeline.runner import run
 from pipeline.sequence_sfm import chunk_of, cut_window, jump_outliers, plan_chunks, sequential_pairs
 from pipeline.synthetic import load_ground_truth
@@ -90,7 +92,10 @@ def test_cut_window_keeps_its_frames_and_shared_points():
 
 
 @pytest.mark.slow
-def test_a_sequence_in_several_chunks(tmp_path):
+def test_a_sequence_in_several_chunks(tmp_path, monkeypatch):
+    """Several chunks, each mapped with the focal length refined; with the agreement bar set to
+    nothing, every chunk that differs from the consensus at all is mapped again holding it."""
+    monkeypatch.setattr(calib, "AGREEMENT", 1e-12)
     out = tmp_path / "out"
     config = PipelineConfig(input_dir=TESTDATA / "images", output_dir=out, window_size=6,
                             window_stride=3, reconstructor="colmap", chunk_frames=10, merge=True,
@@ -102,14 +107,22 @@ def test_a_sequence_in_several_chunks(tmp_path):
     assert all(i["num_registered"] == 6 for i in infos)
     assert {"features", "matching", "calibration", "mapping"} <= set(summary.profile.rows)
     assert summary.profile.rows["features"]["calls"] == 1
-    store = next((out / "colmap_sequence").iterdir())
-    focal = json.loads((store / "calibration.json").read_text())["1"]
+    [camera] = json.loads((out / "run.json").read_text())["calibration"]["cameras"]
     true_focal = load_ground_truth(TESTDATA).K[0, 0]
-    assert abs(focal - true_focal) <= 0.02 * true_focal  # estimated from the image pairs
-    for info in infos:  # every chunk kept it
+    assert camera["initial"]["source"] == calib.SOURCE_FUNDAMENTAL
+    assert abs(camera["initial"]["focal"] - true_focal) <= 0.02 * true_focal
+    assert len(camera["chunks"]) >= 3 and camera["remap"] and camera["support"] == "weak"
+    assert abs(camera["focal"] - true_focal) <= 0.01 * true_focal  # the chunks' consensus
+    for info in infos:  # a chunk mapped again kept it
         rec = pycolmap.Reconstruction(out / info["path"] / "sparse")
-        for camera in rec.cameras.values():
-            assert camera.params[0] == pytest.approx(focal, rel=1e-9)
+        held = info["details"]["calibration"]["held"]
+        assert held == (f"chunk_{info['details']['chunk'][0]:06d}_"
+                        f"{info['details']['chunk'][1] + 1:06d}" in camera["remap"])
+        for c in rec.cameras.values():
+            if held:
+                assert c.params[0] == pytest.approx(camera["focal"], rel=1e-9)
+            assert abs(c.params[0] - true_focal) <= 0.01 * true_focal
+    assert any("--camera-params" in line for line in summary.digest())
     report = evaluate_output(out, TESTDATA)
     assert max(w["ate"]["rmse_fraction"] for w in report["windows"]) <= 0.01
     [merged] = report["merged"]
@@ -118,3 +131,32 @@ def test_a_sequence_in_several_chunks(tmp_path):
     rerun = run(PipelineConfig(**{**config.__dict__, "min_registered_fraction": 0.75}))
     assert rerun.success and rerun.num_skipped == 0
     assert "features" not in rerun.profile.rows and "mapping" not in rerun.profile.rows
+
+
+@pytest.mark.slow
+def test_a_wrong_starting_focal_length_is_corrected_and_runs_repeat_exactly(tmp_path,
+                                                                           monkeypatch):
+    """The fundamental-matrix estimate is made wrong (0.6 times the truth, claiming strong
+    support): bundle adjustment corrects it, the windows are as accurate as with the truth, the
+    contradiction is reported. Two runs with other worker counts and batch sizes give the same
+    poses."""
+    truth = load_ground_truth(TESTDATA).K[0, 0]
+    wrong = {1: calib.FocalEstimate(focal=0.6 * truth, pairs=100, cost=1e-3, support=5.0)}
+    monkeypatch.setattr(calib, "estimate_focal", lambda database, **kw: wrong)
+    outs = [tmp_path / "one", tmp_path / "two"]
+    for out, workers, batch in zip(outs, (1, 2), (None, 2)):
+        summary = run(PipelineConfig(input_dir=TESTDATA / "images", output_dir=out,
+                                     max_frames=16, reconstructor="colmap", cpu_workers=workers,
+                                     window_batch_size=batch, show_progress=False))
+        assert summary.success, summary.line()
+        [camera] = json.loads((out / "run.json").read_text())["calibration"]["cameras"]
+        assert camera["initial"]["focal"] == pytest.approx(0.6 * truth)
+        assert camera["focal"] == pytest.approx(truth, rel=0.01)
+        assert camera["support"] == "weak" and "suggest" in camera["warnings"][0]
+        report = evaluate_output(out, TESTDATA)
+        assert max(w["ate"]["rmse_path_fraction"] for w in report["windows"]) <= 0.002
+    first, second = ([read_window_poses(d) for d in window_dirs(out)] for out in outs)
+    for a, b in zip(first, second, strict=True):
+        assert a.keys() == b.keys()
+        for name in a:
+            np.testing.assert_allclose(a[name], b[name], rtol=0, atol=1e-6)

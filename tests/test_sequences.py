@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import IMAGES
+from conftest import IMAGES, TESTDATA
 from pipeline.cli import main
 from pipeline.errors import InputError
+from pipeline.evaluate import evaluate_dataset, format_dataset_report
 from pipeline.output import read_window_info, read_window_poses
 from pipeline.sequences import (
     INDEX,
@@ -143,11 +144,25 @@ def test_classical_dataset_run(tmp_path, caplog):
         info = read_window_info(out / "b" / window)
         assert info["path"] == window
         assert info["signature"] == read_window_info(alone / window)["signature"]
-        for name, pose in read_window_poses(alone / window).items():
-            # COLMAP's multi-threaded bundle adjustment is not bit-exact from run to run
+        for name, pose in read_window_poses(alone / window).items():  # the same, exactly
             np.testing.assert_allclose(read_window_poses(out / "b" / window)[name], pose,
-                                       atol=5e-3)
+                                       rtol=0, atol=1e-6)
     assert (out / "b" / "run.json").is_file() and (out / "b" / "plan.json").is_file()
+    # scored per sequence with a total: ground truth given per sequence, or found beside one
+    gt = tmp_path / "gt"
+    for name in ("a", "b"):
+        (gt / name).mkdir(parents=True)
+        shutil.copy(TESTDATA / "ground_truth.npz", gt / name)
+    report = evaluate_dataset(out, gt)
+    assert [(e["name"], e["status"]) for e in report["sequences"]] == [
+        ("a", "ok"), ("b", "ok"), ("broken.mp4", "failed")]
+    assert report["summary"]["windows_ok"] == 4 and report["summary"]["sequences_scored"] == 2
+    assert report["summary"]["ate_rmse_path_fraction"]["max"] < 0.01
+    assert format_dataset_report(report).splitlines()[-1].startswith(
+        "total: 2 of 3 sequences, 4 of 4 windows scored, median")
+    shutil.copy(TESTDATA / "ground_truth.npz", root / "a")
+    beside = evaluate_dataset(out)
+    assert [e["status"] for e in beside["sequences"]] == ["ok", "no ground truth", "failed"]
     # resumed: nothing redone, the index whole again
     (root / "broken.mp4").unlink()
     assert cli("--input-root", str(root), "--output-dir", str(out), *SMALL,

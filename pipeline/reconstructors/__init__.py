@@ -80,6 +80,9 @@ class BatchReport:
     """:class:`pipeline.memory.BatchObservation` of each forward that fitted."""
     out_of_memory_at: int | None = None
     """The smallest number of windows that ran out of memory together, if any did."""
+    records: dict[str, Any] = field(default_factory=dict)
+    """Facts about the batch's sequence for its ``run.json`` (e.g. colmap's ``calibration``),
+    each stored under its key."""
 
 
 class Reconstructor(abc.ABC):
@@ -105,6 +108,11 @@ class Reconstructor(abc.ABC):
     plans_sequences: ClassVar[bool] = False
     """Its windows depend on a per-sequence plan (:meth:`plan_sequence`): in a run over many
     sequences they run sequence after sequence, not in shared batches."""
+
+    mixed_sizes: ClassVar[bool] = False
+    """It reconstructs windows whose frames differ in size (colmap: a camera per size); for one
+    that cannot, a sequence of frames of several sizes is refused before any work (see
+    :func:`pipeline.frames.one_size`)."""
 
     load_stage: dict[str, float] | None = None
     """Time and memory of loading (a :class:`pipeline.memory.PeakSpan` as JSON), if any."""

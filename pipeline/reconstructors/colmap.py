@@ -11,6 +11,7 @@ COLMAP abort costs its windows, never the run.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import multiprocessing
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import pycolmap
 
+from .. import calibration as calib
 from .. import sequence_sfm as seq
 from ..cameras import CAMERA_PARAMS, CAMERA_TYPES
 from ..errors import InputError
@@ -50,6 +52,14 @@ def _default_mapping() -> pycolmap.IncrementalPipelineOptions:
     # 70 s with the same poses (window errors 5.5% of their path either way)
     options.ba_global_frames_ratio = 1.4
     options.ba_global_points_ratio = 1.4
+    return options
+
+
+def _default_verification() -> pycolmap.TwoViewGeometryOptions:
+    options = pycolmap.TwoViewGeometryOptions()
+    # seeded: each pair's RANSAC starts from this seed whichever thread verifies it, so the
+    # same frames give the same matches run after run and for any number of threads
+    options.ransac.random_seed = 0
     return options
 
 
@@ -117,6 +127,9 @@ class ColmapOptions:
     matching: pycolmap.FeatureMatchingOptions = field(
         default_factory=pycolmap.FeatureMatchingOptions)
     """pycolmap's matching options, passed through."""
+    verification: pycolmap.TwoViewGeometryOptions = field(default_factory=_default_verification)
+    """pycolmap's two-view geometry verification of the matches, passed through (its RANSAC
+    seeded with 0 by default, for results that do not change from run to run)."""
     mapping: pycolmap.IncrementalPipelineOptions = field(default_factory=_default_mapping)
     """pycolmap's incremental mapping options, passed through (``min_model_size`` defaults to 3):
     windows alone, ``chunk_mapper="incremental"``, and frames re-registered after a jump."""
@@ -161,6 +174,7 @@ class ColmapReconstructor(Reconstructor):
     name = "colmap"
     flags = ColmapFlags
     plans_sequences = True  # windows are cut out of their sequence's chunks
+    mixed_sizes = True  # one camera per image size
 
     def __init__(self, options: ColmapOptions | None = None) -> None:
         self.options = options or ColmapOptions()
@@ -250,12 +264,14 @@ class ColmapReconstructor(Reconstructor):
 
     def start(self, windows: Sequence[Window[Frame]]) -> None:
         """Start the work the windows to do need, in the workers: the feature store, then the
-        mapping of every chunk they lie in (the first batch waits only for its own chunk)."""
+        mapping of the chunks: every chunk of the sequence when the focal length is calibrated
+        (the chunks are checked against each other before any window is cut), else those the
+        windows lie in (the first batch waits only for its own chunk)."""
         s = self._sequence
         if s is None or not windows:
             return
         needed = {s.chunk_of[w.index].index: s.chunk_of[w.index] for w in windows}
-        s.needed = [needed[i] for i in sorted(needed)]
+        s.needed = list(s.chunks) if s.calibrate else [needed[i] for i in sorted(needed)]
         logger.info("colmap: %d frames in %d chunk(s) of up to %d frames; %d to map",
                     len(s.frames), len(s.chunks), self.options.chunk_frames, len(s.needed))
         self._submit_store()
@@ -282,31 +298,32 @@ class ColmapReconstructor(Reconstructor):
             options)
 
     def _calibrate(self) -> None:
-        """Estimate each camera's focal length once from all the store's image pairs
-        (:func:`pipeline.sequence_sfm.estimate_focal`) and give it to the store's cameras, so
-        that every chunk keeps the same one: chunks that calibrate themselves disagree (542 and
-        762 px on two overlapping chunks of 7-Scenes), which breaks merging."""
+        """Give the store's cameras the focal lengths mapping starts from
+        (:func:`pipeline.calibration.initial_focal`: EXIF, else the estimate from the
+        fundamental matrices of all the store's image pairs when it is supported, else COLMAP's
+        default); bundle adjustment refines them in every chunk, and :meth:`_check_calibration`
+        checks the chunks' results."""
         s = self._sequence
         if s.mapping_key:
             return
-        focal: dict[int, float] = {}
+        initial: dict[int, float] = {}
         if s.calibrate:
-            focal = seq.read_calibration(s.cache) if s.cache is not None else None
-            if focal is None:
+            s.cameras = calib.read_cameras(s.store / "database.db")
+            estimates = seq.read_calibration(s.cache) if s.cache is not None else None
+            if estimates is None:
                 meter, stages = PeakMeter(), {}
                 with meter.stage("calibration", stages):
-                    focal = seq.estimate_focal(s.store)
+                    estimates = calib.estimate_focal(s.store / "database.db")
                 self.last_report.stages += list(stages.items())
-                logger.info("colmap: focal length %s px, from the image pairs of %d frames",
-                            ", ".join(f"{f:.1f}" for f in focal.values()) or "not estimated "
-                            "(too few image pairs): each chunk estimates its own",
-                            len(s.frames))
                 if s.cache is not None:
-                    seq.save_calibration(s.cache, focal)
-            if focal:
-                seq.fix_focal_lengths(s.store, focal)
-        s.fixed_focal = bool(focal)
-        s.mapping_key = _mapping_key(self.options, focal)
+                    seq.save_calibration(s.cache, estimates)
+            s.estimates = estimates
+            initial = {c: calib.initial_focal(camera, estimates.get(c))[0]
+                       for c, camera in s.cameras.items()}
+            calib.set_focal_lengths(s.store / "database.db", initial)
+            logger.info("colmap: mapping starts from focal length %s; bundle adjustment "
+                        "refines it", _initial_text(s))
+        s.mapping_key = _mapping_key(self.options, initial)
 
     def _submit_chunks(self) -> None:
         """Map every needed chunk not mapped yet (once the store is built and calibrated)."""
@@ -317,6 +334,7 @@ class ColmapReconstructor(Reconstructor):
         for chunk in s.needed:
             if chunk.index in s.chunk_jobs:
                 continue
+            hold = s.hold if chunk.name in s.remap else None
             cached = self._chunk_cache(chunk)
             if cached is not None and (cached / "chunk.json").is_file():
                 s.chunk_jobs[chunk.index] = completed(None)
@@ -324,14 +342,83 @@ class ColmapReconstructor(Reconstructor):
             names = [f.name for f in s.frames[chunk.start:chunk.stop]]
             s.chunk_jobs[chunk.index] = self._get_pool(workers).submit(
                 seq.map_chunk, s.store, names, self._chunk_work(chunk), options,
-                fixed_focal=s.fixed_focal)
+                hold_focal=hold)
+
+    def _chunk_key(self, chunk: seq.Chunk) -> str:
+        """The chunk folder's name: the chunk, the mapping options and the focal lengths it
+        started from, or those it held when it was mapped again (:meth:`_check_calibration`)."""
+        s = self._sequence
+        if chunk.name in s.remap:
+            from ..output import digest
+
+            return f"{chunk.name}-{digest([s.mapping_key, sorted(s.hold.items())])[:12]}"
+        return f"{chunk.name}-{s.mapping_key}"
 
     def _chunk_work(self, chunk: seq.Chunk) -> Path:
-        return self._sequence.store / f"{chunk.name}-{self._sequence.mapping_key}"
+        return self._sequence.store / self._chunk_key(chunk)
 
     def _chunk_cache(self, chunk: seq.Chunk) -> Path | None:
         s = self._sequence
-        return None if s.cache is None else s.cache / f"{chunk.name}-{s.mapping_key}"
+        return None if s.cache is None else s.cache / self._chunk_key(chunk)
+
+    def _check_calibration(self) -> None:
+        """Once every chunk is mapped with its focal length refined, judge the calibration
+        (:func:`pipeline.calibration.decide`): chunks that disagree with the others, or whose
+        value no camera has, are mapped again with the chunks' consensus held. The decision
+        goes to the log and to ``run.json`` (``calibration``)."""
+        s = self._sequence
+        if not s.calibrate or s.decisions is not None:
+            return
+        evidence = {}
+        for chunk in s.chunks:
+            if chunk.index not in s.chunk_jobs:  # dropped with a pool that broke
+                self._submit_chunks()
+            try:
+                self._wait(s.chunk_jobs[chunk.index], f"mapping frames {chunk.start}-"
+                           f"{chunk.stop - 1}", self._chunk_key(chunk))
+            except RuntimeError:  # no evidence; its windows fail with the reason
+                continue
+            evidence[chunk.name] = self._chunk_record(chunk).get("evidence") or {}
+        s.decisions = calib.decide(s.cameras, s.estimates, evidence)
+        remap = sorted({name for d in s.decisions for name in d.remap})
+        if remap:
+            for chunk in s.chunks:  # a rerun's decision reads them again
+                if chunk.name in remap:
+                    self._keep_chunk(chunk)
+            s.hold = {d.camera_id: d.focal if d.focal is not None else d.initial["focal"]
+                      for d in s.decisions}
+            s.remap = set(remap)
+            for chunk in s.chunks:
+                if chunk.name in s.remap:
+                    s.chunk_jobs.pop(chunk.index, None)
+                    s.models.pop(chunk.index, None)
+            self._submit_chunks()
+        log = logger.warning if any(d.support == "weak" for d in s.decisions) else logger.info
+        log("colmap: focal length %s", calib.summary_line(s.decisions))
+        for decision in s.decisions:
+            for warning in decision.warnings:
+                logger.warning("colmap: %s", warning)
+        self.last_report.records["calibration"] = self.calibration_record()
+
+    def calibration_record(self) -> dict[str, Any] | None:
+        """The sequence's calibration as ``run.json`` keeps it (``None``: not calibrated)."""
+        s = self._sequence
+        if s is None or s.decisions is None:
+            return None
+        weak = any(d.support == "weak" for d in s.decisions)
+        return {"support": "weak" if weak else "strong",
+                "hint": calib.weak_support_hint(self.options.camera_type) if weak else None,
+                "cameras": [d.to_json() for d in s.decisions]}
+
+    def _chunk_record(self, chunk: seq.Chunk) -> dict[str, Any]:
+        """The chunk's ``chunk.json`` (from the output folder's cache, else the work folder)."""
+        for folder in (self._chunk_work(chunk), self._chunk_cache(chunk)):
+            if folder is not None and (folder / "chunk.json").is_file():
+                try:
+                    return json.loads((folder / "chunk.json").read_text())
+                except (OSError, ValueError):
+                    continue
+        return {}
 
     def _chunk_models(self, chunk: seq.Chunk) -> list[pycolmap.Reconstruction]:
         """The models of ``chunk``, mapping it (and the store) first when needed.
@@ -351,8 +438,9 @@ class ColmapReconstructor(Reconstructor):
             seq.save_store(s.store, s.cache)
         self._calibrate()
         self._submit_chunks()
+        self._check_calibration()
         self._wait(s.chunk_jobs[chunk.index],
-                   f"mapping frames {chunk.start}-{chunk.stop - 1}", chunk.name)
+                   f"mapping frames {chunk.start}-{chunk.stop - 1}", self._chunk_key(chunk))
         while len(s.models) >= 2:  # a chunk's model holds every keypoint: keep two at most
             s.models.pop(next(iter(s.models)))
         s.models[chunk.index] = self._load_chunk(chunk)
@@ -372,11 +460,17 @@ class ColmapReconstructor(Reconstructor):
                 self._sequence.chunk_jobs.pop(chunk.index, None)
                 self._submit_chunks()
                 self._wait(self._sequence.chunk_jobs[chunk.index],
-                           f"mapping frames {chunk.start}-{chunk.stop - 1}", chunk.name)
+                           f"mapping frames {chunk.start}-{chunk.stop - 1}",
+                           self._chunk_key(chunk))
         models = seq.load_models(work)
-        if cached is not None and seq.save_folder(work, cached):
-            shutil.rmtree(work, ignore_errors=True)  # kept in the output folder: free /tmp
+        self._keep_chunk(chunk)
         return models
+
+    def _keep_chunk(self, chunk: seq.Chunk) -> None:
+        """Move a chunk's freshly mapped folder into the output folder's cache, for reruns."""
+        cached, work = self._chunk_cache(chunk), self._chunk_work(chunk)
+        if cached is not None and work.is_dir() and seq.save_folder(work, cached):
+            shutil.rmtree(work, ignore_errors=True)  # kept in the output folder: free /tmp
 
     def _wait(self, job: Future, what: str, key: str) -> None:
         """Wait for ``job``; report its stages once; turn its failure into one RuntimeError."""
@@ -439,6 +533,10 @@ class ColmapReconstructor(Reconstructor):
             else:
                 result = _finish(rec, names, staging / "sparse", options)
         result.details.update(chunk=[chunk.start, chunk.stop - 1], chunk_models=len(models))
+        record = self.calibration_record()
+        if record is not None:
+            result.details["calibration"] = {"support": record["support"],
+                                             "held": chunk.name in self._sequence.remap}
         result.stages = stages
         result.timings = {name: span["seconds"] for name, span in stages.items()}
         result.memory = {"peak_rss_mb": stages["export"]["rss_peak_mb"]}
@@ -584,10 +682,18 @@ class _Sequence:
     work: Path = field(default_factory=seq.temporary_root)
     """Local temporary folder where COLMAP works (removed on close)."""
     mapping_key: str = ""
-    """Digest of the mapping options and the calibrated intrinsics, part of each chunk
-    folder's name (set once the intrinsics are known)."""
-    fixed_focal: bool = False
-    """Chunks keep the calibrated focal length."""
+    """Digest of the mapping options and the focal lengths mapping starts from, part of each
+    chunk folder's name (set once those are known)."""
+    cameras: dict[int, calib.CameraInfo] = field(default_factory=dict)
+    """The store's cameras, as extracted (calibrating only)."""
+    estimates: dict[int, calib.FocalEstimate] = field(default_factory=dict)
+    """The fundamental-matrix focal length estimates (calibrating only)."""
+    decisions: list[calib.CameraCalibration] | None = None
+    """The calibration's judgement, once every chunk is mapped (calibrating only)."""
+    remap: set[str] = field(default_factory=set)
+    """Chunks mapped again with :attr:`hold` held."""
+    hold: dict[int, float] = field(default_factory=dict)
+    """The focal lengths the chunks of :attr:`remap` hold."""
     contexts: dict[int, str] = field(default_factory=dict)
     """Digests of the frames that decide a window (by chunk; -1: the whole sequence)."""
     needed: list[seq.Chunk] = field(default_factory=list)
@@ -612,6 +718,7 @@ def _store_options(options: ColmapOptions) -> dict[str, Any]:
     """The options the feature store depends on."""
     return {"camera_type": options.camera_type, "camera_params": options.camera_params,
             "extraction": options.extraction, "matching": options.matching,
+            "verification": options.verification,
             "pairing_overlap": options.pairing_overlap,
             "quadratic_overlap": options.quadratic_overlap}
 
@@ -620,9 +727,16 @@ def _mapping_key(options: ColmapOptions, focal: dict[int, float]) -> str:
     from ..output import digest, options_signature
 
     return digest([options.chunk_mapper, options.global_min_frames,
-                   options_signature(mapping_options(options, fixed_focal=bool(focal))),
-                   options_signature(global_mapping_options(options, fixed_focal=bool(focal))),
+                   options_signature(mapping_options(options)),
+                   options_signature(global_mapping_options(options)),
                    sorted(focal.items())])[:12]
+
+
+def _initial_text(s: _Sequence) -> str:
+    """Each camera's starting focal length and its source, for the log."""
+    starts = [calib.initial_focal(camera, s.estimates.get(c)) for c, camera in
+              sorted(s.cameras.items())]
+    return ", ".join(f"{focal:.1f} px ({source})" for focal, source in starts)
 
 
 def _succeeded(job: Future) -> bool:
@@ -638,27 +752,28 @@ def reader_options(options: ColmapOptions) -> pycolmap.ImageReaderOptions:
     return reader
 
 
-def global_mapping_options(options: ColmapOptions, *, fixed_focal: bool = False
+def global_mapping_options(options: ColmapOptions, *, hold_focal: bool = False
                            ) -> pycolmap.GlobalPipelineOptions:
     """A copy of the global mapping options with the threads set; known intrinsics held fixed,
-    and with ``fixed_focal`` (calibrated from the sequence) the focal length."""
+    and with ``hold_focal`` (a chunk mapped again with the chunks' consensus) the focal
+    length."""
     mapping = copy_options(options.global_mapping)
     mapping.num_threads = options.num_threads or -1
     adjustment = mapping.mapper.bundle_adjustment
-    if fixed_focal or options.camera_params is not None:
+    if hold_focal or options.camera_params is not None:
         adjustment.refine_focal_length = False
     if options.camera_params is not None:
         adjustment.refine_extra_params = False
     return mapping
 
 
-def mapping_options(options: ColmapOptions, *, fixed_focal: bool = False
+def mapping_options(options: ColmapOptions, *, hold_focal: bool = False
                     ) -> pycolmap.IncrementalPipelineOptions:
     """A copy of the mapping options with the threads set; known intrinsics held fixed, and
-    with ``fixed_focal`` (calibrated from the sequence) the focal length."""
+    with ``hold_focal`` (a chunk mapped again with the chunks' consensus) the focal length."""
     mapping = copy_options(options.mapping)
     mapping.num_threads = options.num_threads or -1
-    if fixed_focal:
+    if hold_focal:
         mapping.ba_refine_focal_length = False
     if options.camera_params is not None:  # known intrinsics stay as given
         mapping.ba_refine_focal_length = False
@@ -739,9 +854,8 @@ def _run_sfm(names: list[str], image_dir: Path, work: Path, options: ColmapOptio
     extraction.num_threads = options.num_threads
     mode = pycolmap.CameraMode.SINGLE if options.shared_camera else pycolmap.CameraMode.PER_IMAGE
     with meter.stage("features", stages):
-        pycolmap.extract_features(db, image_dir, image_names=names, camera_mode=mode,
-                                  reader_options=reader_options(options),
-                                  extraction_options=extraction, device=pycolmap.Device.cpu)
+        seq.extract_in_order(db, image_dir, names, camera_mode=mode,
+                             reader=reader_options(options), extraction=extraction)
     matching = copy_options(options.matching)
     matching.num_threads = options.num_threads
     pairing = pycolmap.SequentialPairingOptions()
@@ -750,6 +864,7 @@ def _run_sfm(names: list[str], image_dir: Path, work: Path, options: ColmapOptio
     pairing.num_threads = options.num_threads
     with meter.stage("matching", stages):
         pycolmap.match_sequential(db, matching_options=matching, pairing_options=pairing,
+                                  verification_options=options.verification,
                                   device=pycolmap.Device.cpu)
     mapping = mapping_options(options)
     with meter.stage("mapping", stages):
