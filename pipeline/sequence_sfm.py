@@ -135,6 +135,7 @@ def build_store(
     reset_peak()
     meter, stages = PeakMeter(), {}
     pycolmap.logging.minloglevel = options.colmap_log_level
+    pycolmap.set_random_seed(0)  # the same start whatever this worker ran before
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "images").mkdir(parents=True)
@@ -224,6 +225,7 @@ def map_chunk(
     reset_peak()
     meter, stages = PeakMeter(), {}
     pycolmap.logging.minloglevel = options.colmap_log_level
+    pycolmap.set_random_seed(0)  # the same start whatever this worker ran before
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

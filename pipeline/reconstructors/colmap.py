@@ -829,6 +829,7 @@ def reconstruct_window(names: list[str], staging_dir: Path, options: ColmapOptio
     work = Path(tempfile.mkdtemp(prefix="window-colmap-"))
     try:
         pycolmap.logging.minloglevel = options.colmap_log_level
+        pycolmap.set_random_seed(0)  # the same start whatever this worker ran before
         rec = _run_sfm(names, staging_dir / "images", work, options, meter, stages)
         with meter.stage("export", stages):
             result = _finish(rec, names, staging_dir / "sparse", options)
