@@ -40,6 +40,12 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
+def one_line(message: object) -> str:
+    """``message`` on one line: control characters (a newline in a file name) written as
+    escapes, so that the ``error:`` line stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
+
+
 class OneLineParser(argparse.ArgumentParser):
     """An argument parser whose errors are one ``error:`` line (usage is in ``--help``)."""
 
@@ -297,10 +303,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with logging_redirect_tqdm(), terminate_as_interrupt():
             summary = run(config)
     except DiskFullError as exc:  # windows were under way: what is written stays
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return EXIT_WINDOWS_FAILED
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as exc:
         print("interrupted; rerun the same command to finish the remaining windows",

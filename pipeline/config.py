@@ -118,7 +118,7 @@ class PipelineConfig(*registered_flags()):
     CPU), cpu, cuda, cuda:1, ..."""
 
     cpu_workers: int | None = option(None, group=MEMORY, kind="count", metavar="N",
-                                     default_text="one per free core")
+                                     bounds=(0, 1024), default_text="one per free core")
     """Worker processes that finish windows while the next batches run (vggt/da3: tracks into
     a COLMAP model, bundle adjustment, export; colmap: all of a window's work), frames decoded
     ahead in a thread. 0: the serial path, each batch finished before the next starts (vggt/da3

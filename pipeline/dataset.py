@@ -63,15 +63,50 @@ def find_windows(output_dir: str | Path) -> list[WindowEntry]:
 
     out = Path(output_dir)
     index = out / INDEX
-    if index.is_file():
-        entries = []
-        for line in index.read_text().splitlines():
+    if not index.is_file():
+        return [WindowEntry("", w.index, out / w.path) for w in iter_windows(out, ok=True)]
+    entries, trusted = [], {}
+    for entry in read_index(index):
+        if entry.get("status") != "ok" or entry.get("window_index") is None:
+            continue
+        sequence = entry["sequence"]
+        if sequence not in trusted:  # whole, made for the sequence's plan, record = model
+            try:
+                trusted[sequence] = {w.path.resolve() for w in iter_windows(out / sequence,
+                                                                            ok=True)}
+            except InputError:
+                trusted[sequence] = set()
+        folder = out / entry["folder"]
+        if folder.resolve() in trusted[sequence]:
+            entries.append(WindowEntry(sequence, int(entry["window_index"]), folder))
+        else:
+            logger.warning("leaving out %s: the index says ok, but the window is not whole or "
+                           "its record does not agree with its model", folder)
+    return entries
+
+
+def read_index(index: Path) -> list[dict[str, Any]]:
+    """The entries of a dataset's ``index.jsonl``.
+
+    Raises:
+        InputError: the file cannot be read, or a line is not a JSON object (file and line
+            named).
+    """
+    try:
+        lines = index.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {index}: {exc}") from exc
+    entries = []
+    for number, line in enumerate(lines, 1):
+        try:
             entry = json.loads(line)
-            if entry.get("status") == "ok" and entry.get("window_index") is not None:
-                entries.append(WindowEntry(entry["sequence"], int(entry["window_index"]),
-                                           out / entry["folder"]))
-        return entries
-    return [WindowEntry("", w.index, out / w.path) for w in iter_windows(out, ok=True)]
+        except ValueError:
+            entry = None
+        if not isinstance(entry, dict):
+            raise InputError(f"{index}:{number}: not a JSON object (the index is damaged; a "
+                             "rerun of the dataset writes it again)")
+        entries.append(entry)
+    return entries
 
 
 class WindowDataset(torch.utils.data.Dataset):

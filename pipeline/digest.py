@@ -29,6 +29,8 @@ class Cause:
 
 
 CAUSES = (
+    Cause("temporary disk full", r"^the temporary folder .* is full",
+          "free space in the temporary folder, or point TMPDIR at a disk with room, then rerun"),
     Cause("too little structure", r"^too little structure",
           "the frames barely move or see little texture: try --frame-step 2-5 or a larger "
           "--window-size (--min-points / --min-frame-observations set the bar)"),
@@ -41,7 +43,7 @@ CAUSES = (
     Cause("out of memory", r"out of memory",
           "try a smaller --process-res or --window-batch-size, --cpu-offload, or "
           "--allow-approximate"),
-    Cause("worker crashed", r"worker process .*crashed",
+    Cause("worker crashed", r"worker process .*(crashed|died)",
           "a COLMAP worker died (often memory): try fewer --cpu-workers; -v shows COLMAP's log"),
     Cause("sequence reconstruction failed", r"(building the feature store|mapping frames .*) "
           r"failed",

@@ -39,6 +39,7 @@ way when ``--gt`` is left out.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -151,7 +152,33 @@ def read_ground_truth(path: str | Path) -> GroundTruth:
     Raises:
         InputError: when ``path`` is missing, unrecognised or malformed.
     """
-    path = Path(path)
+    return _finite_only(_read_any(Path(path)))
+
+
+def _finite_only(truth: GroundTruth) -> GroundTruth:
+    """``truth`` without its poses that are not finite (each skipped with a warning).
+
+    Raises:
+        InputError: none is finite.
+    """
+    finite = np.isfinite(truth.cam_from_world).all(axis=(1, 2))
+    if finite.all():
+        return truth
+    if not finite.any():
+        raise InputError(f"ground truth {truth.source}: none of its {len(finite)} poses is "
+                         "finite")
+    labels = truth.names if truth.names is not None else truth.indices
+    for label in np.asarray(labels, dtype=object)[~finite]:
+        logger.warning("ground truth %s: the pose of %s is not finite; that frame is not "
+                       "scored", truth.source, label)
+    keep = np.flatnonzero(finite).tolist()
+    return dataclasses.replace(
+        truth, cam_from_world=truth.cam_from_world[finite],
+        names=None if truth.names is None else [truth.names[i] for i in keep],
+        indices=None if truth.indices is None else [truth.indices[i] for i in keep])
+
+
+def _read_any(path: Path) -> GroundTruth:
     if not path.exists():
         raise InputError(f"ground truth not found: {path}")
     if path.is_file():
@@ -217,8 +244,12 @@ def read_tum_trajectory(path: Path) -> tuple[np.ndarray, np.ndarray]:
             values = [float(v) for v in text.replace(",", " ").split()]
         except ValueError:
             values = []
-        if len(values) != 8 or not all(map(math.isfinite, values)):
+        if len(values) != 8:
             raise InputError(f"{path}:{number}: expected 'timestamp tx ty tz qx qy qz qw'")
+        if not all(map(math.isfinite, values)):
+            logger.warning("%s:%d: the pose is not finite; that frame is not scored", path,
+                           number)
+            continue
         rows.append(values)
     if not rows:
         raise InputError(f"TUM trajectory {path} holds no poses")
@@ -552,6 +583,12 @@ def evaluate_output(out_dir: str | Path, gt: str | Path | Mapping[str, np.ndarra
     if not isinstance(gt, Mapping):
         truth = read_ground_truth(gt)
         gt_kind, gt_poses = truth.kind, truth.as_dict(frame_names)
+    if frame_names and not match_names(frame_names, list(gt_poses)):
+        example = sorted(gt_poses, key=natural_key)[:2]
+        raise InputError(f"the ground truth {gt if gt_kind != 'mapping' else ''} names none of "
+                         f"the run's {len(frame_names)} frames (they are named like "
+                         f"{frame_names[0]}, it has {', '.join(example) or 'no pose'}): is it "
+                         "the ground truth of this sequence?")
     report = {"pred": str(out_dir), "gt": str(gt) if gt_kind != "mapping" else None,
               "gt_kind": gt_kind, "gt_frames": len(gt_poses),
               "options": {"align": options.align, "rpe_delta": options.rpe_delta},

@@ -39,6 +39,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .tempdirs import explain
+
 logger = logging.getLogger(__name__)
 
 JOBS_PER_WORKER = 2
@@ -309,10 +311,10 @@ def result_of(pending: Pending) -> Any:
     try:
         return pending.future.result()
     except BrokenProcessPool:
-        return WindowResult.failure("the worker process finishing this window died (often: "
-                                    "out of memory)")
+        return WindowResult.failure(explain("the worker process finishing this window died "
+                                            "(often: out of memory)"))
     except Exception as exc:  # noqa: BLE001 - one window never stops the others
-        return WindowResult.failure(f"{type(exc).__name__}: {exc}")
+        return WindowResult.failure(explain(f"{type(exc).__name__}: {exc}"))
 
 
 @dataclass(kw_only=True)

@@ -21,6 +21,7 @@ from typing import Any
 from .errors import DiskFullError
 from .frames import Frame
 from .output import WINDOW_INFO, WindowChecks, list_files, load_model
+from .tempdirs import pid_alive
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def create_staging(final_dir: Path, frames: Sequence[Frame], images: str = "link
         images: ``"link"`` (absolute symlinks) or ``"copy"``; ``"none"`` still links, and the
             links are removed when the window is finalised (reconstructors read the frames there).
     """
-    staging = final_dir.parent / f".{final_dir.name}{_PARTIAL}{os.getpid()}"
+    staging = staging_for(final_dir)
     if staging.exists():
         shutil.rmtree(staging)
     image_dir = staging / "images"
@@ -111,13 +112,28 @@ def finalize_window(staging: Path, final_dir: Path, info: dict[str, Any], *,
                 info.update(status="failed", error=problem)
     info["files"] = list_files(staging)
     write_json(staging / WINDOW_INFO, info)
+    return swap_into_place(staging, final_dir)
+
+
+def staging_for(final_dir: Path) -> Path:
+    """The hidden folder in which ``final_dir`` is built (named after this process)."""
+    return final_dir.parent / f".{final_dir.name}{_PARTIAL}{os.getpid()}"
+
+
+def swap_into_place(staging: Path, final_dir: Path) -> Path:
+    """Rename the finished folder ``staging`` to ``final_dir``. An existing ``final_dir`` (an
+    older version, or an incomplete one) is moved aside first and deleted only after the new
+    folder is in place, so that a crash leaves either the old folder or the new one whole."""
     trash = None
-    if final_dir.exists():
+    if final_dir.exists() or final_dir.is_symlink():
         trash = final_dir.parent / f".{final_dir.name}{_TRASH}{os.getpid()}"
         os.rename(final_dir, trash)
     os.rename(staging, final_dir)
     if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
+        if trash.is_dir() and not trash.is_symlink():
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            trash.unlink(missing_ok=True)
     return final_dir
 
 
@@ -137,12 +153,18 @@ def discard_staging(staging: Path) -> None:
 def remove_stale_staging(output_dir: Path) -> int:
     """Delete staging and trash folders that crashed runs left behind; return how many."""
     removed = 0
-    for batch_dir in Path(output_dir).glob("batch_*"):
+    output_dir = Path(output_dir)
+    for batch_dir in [output_dir, *sorted(output_dir.glob("batch_*"))]:
+        if not batch_dir.is_dir() or batch_dir.is_symlink():
+            continue
         for path in batch_dir.iterdir():
             marker = _PARTIAL if _PARTIAL in path.name else _TRASH if _TRASH in path.name else None
             if path.name.startswith(".") and marker and not _owner_alive(path.name, marker):
                 logger.info("removing %s left by an interrupted run", path)
-                shutil.rmtree(path, ignore_errors=True)
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
                 removed += 1
     return removed
 
@@ -153,12 +175,4 @@ def _owner_alive(name: str, marker: str) -> bool:
         pid = int(name.rsplit(marker, 1)[1])
     except ValueError:
         return False
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid != os.getpid() and pid_alive(pid)

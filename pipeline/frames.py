@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -105,11 +106,32 @@ def list_image_files(input_dir: Path, pattern: str | None = None) -> list[Path]:
         raise InputError(f"input folder does not exist: {input_dir}")
     if not input_dir.is_dir():
         raise InputError(f"input path is not a folder: {input_dir}")
-    paths = [p for p in input_dir.iterdir() if is_frame_file(p, pattern)]
+    try:
+        paths = [p for p in input_dir.iterdir() if is_frame_file(p, pattern)]
+    except OSError as exc:
+        raise InputError(f"cannot read the input folder {input_dir}: "
+                         f"{exc.strerror or exc}") from exc
     if not paths:
         wanted = pattern or ", ".join(IMAGE_EXTENSIONS)
         raise InputError(f"no images in {input_dir} (looked for {wanted})")
     return sorted(paths, key=lambda p: natural_key(p.name))
+
+
+def broken_links(input_dir: Path, pattern: str | None = None) -> list[tuple[Path, str]]:
+    """The entries of ``input_dir`` named like frames (an image extension, ``pattern``) that are
+    links to nothing: ``(path, why)`` for a link to a missing file or a link loop."""
+    found = []
+    for path in sorted(Path(input_dir).iterdir(), key=lambda p: natural_key(p.name)):
+        if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_symlink() or (
+                pattern is not None and not fnmatch.fnmatch(path.name, pattern)):
+            continue
+        try:
+            path.stat()
+        except FileNotFoundError:
+            found.append((path, f"a link to {os.readlink(path)}, which does not exist"))
+        except OSError as exc:
+            found.append((path, f"a link that cannot be followed ({exc.strerror or exc})"))
+    return found
 
 
 _PIXEL_KINDS = {"1": "1-bit", "L": "grey 8-bit", "LA": "grey 8-bit", "I": "single-channel 32-bit",
@@ -328,6 +350,8 @@ def prepare_frames(
     if len(good) < 2:
         raise InputError(f"need at least 2 readable frames, found {len(good)}")
     taken = {p.path.name for p in good}
+    if any(p.conversion for p in good):
+        _refuse_overwriting(Path(cache_dir), [p.path for p in good])
     cache = _ConversionCache(Path(cache_dir))
     frames = []
     for index, probe in enumerate(good):
@@ -340,6 +364,21 @@ def prepare_frames(
                             probe.digest, stamps.get(probe.path)))
     cache.save()
     return frames
+
+
+def _refuse_overwriting(cache_dir: Path, inputs: Sequence[Path]) -> None:
+    """Refuse a frame cache that is the folder of an input frame: the converted copies
+    (``<stem>.png``) would replace the user's own files.
+
+    Raises:
+        InputError: naming the folder.
+    """
+    cache = cache_dir.resolve()
+    for path in inputs:
+        if path.resolve().parent == cache:
+            raise InputError(f"the converted frames would be written into the input folder "
+                             f"{cache} (the output folder's frames/), over the frames "
+                             "themselves: choose an output folder that does not hold the input")
 
 
 class _ConversionCache:
@@ -358,16 +397,23 @@ class _ConversionCache:
         self.changed = False
 
     def convert(self, probe: _Probe, name: str) -> Path:
-        """The 8-bit RGB PNG of ``probe``'s file, written unless an up-to-date one exists."""
+        """The 8-bit RGB PNG of ``probe``'s file, written unless an up-to-date one exists: made
+        from this content of the source, and itself unchanged since (its own content hash is
+        recorded, and checked as a source's is)."""
         target = self.folder / name
-        if self.index.get(name) == probe.digest and target.is_file():
-            return target
+        entry = self.index.get(name)
+        if isinstance(entry, dict) and entry.get("source") == probe.digest and target.is_file():
+            if file_digest(target.read_bytes()) == entry.get("copy"):
+                return target
+            logger.warning("converted frame %s changed since it was made; converting %s again",
+                           target, probe.path)
         logger.debug("converting %s (%s) to %s", probe.path, probe.conversion, target)
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         Image.fromarray(load_image(probe.path)).save(tmp, format="PNG")
+        copy = file_digest(tmp.read_bytes())
         os.replace(tmp, target)
-        self.index[name] = probe.digest
+        self.index[name] = {"source": probe.digest, "copy": copy}
         self.changed = True
         return target
 
@@ -416,18 +462,38 @@ def extract_video_frames(
     if manifest.exists():
         saved = json.loads(manifest.read_text())
         files = [out_dir / name for name in saved.get("frames", [])]
-        if saved.get("settings") == settings and files and all(f.exists() for f in files) \
+        if saved.get("settings") == settings and files \
                 and len(saved.get("times") or []) == len(files):
-            logger.info("reusing %d frames already extracted to %s", len(files), out_dir)
-            return files
+            changed = _changed_files(files, saved.get("digests"))
+            if not changed:
+                logger.info("reusing %d frames already extracted to %s", len(files), out_dir)
+                return files
+            logger.warning("extracting the video again: %s in %s changed since it was "
+                           "extracted (or is missing)", changed, out_dir)
         manifest.unlink()  # the files are about to change: never pair them with old settings
     files, times = _decode_video(video_path, out_dir, fps, max_frames, jpeg_quality,
                                  show_progress)
     tmp = manifest.with_name(f".{manifest.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps({"settings": settings, "frames": [f.name for f in files],
-                               "times": times}, indent=1))
+                               "times": times,
+                               "digests": [file_digest(f.read_bytes()) for f in files]},
+                              indent=1))
     os.replace(tmp, manifest)
     return files
+
+
+def _changed_files(files: Sequence[Path], digests: Any) -> str | None:
+    """The first of ``files`` that is missing or whose content hash is not its recorded one
+    (``digests``, in order); ``None`` when all are as written."""
+    if not isinstance(digests, list) or len(digests) != len(files):
+        return "the record of the extracted frames"
+    for path, expected in zip(files, digests):
+        try:
+            if file_digest(path.read_bytes()) != expected:
+                return path.name
+        except OSError:
+            return path.name
+    return None
 
 
 def video_frame_times(out_dir: Path) -> list[float] | None:

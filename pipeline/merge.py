@@ -37,8 +37,8 @@ from scipy.optimize import least_squares
 from scipy.spatial.transform import Rotation
 
 from .config import MergeOptions
-from .errors import InputError, PipelineError
-from .export import write_json
+from .errors import DiskFullError, InputError, PipelineError
+from .export import NO_SPACE, remove_stale_staging, staging_for, swap_into_place, write_json
 from .geometry import Sim3, camera_centers, robust_sim3, tum_lines
 from .lock import OutputLock
 from .output import planned_windows, read_plan
@@ -536,14 +536,39 @@ def merge_output(output_dir: Path, options: MergeOptions | None = None) -> dict[
     models, failed, leftovers = load_windows(output_dir)
     if not models:
         raise InputError(f"no successful windows to merge in {output_dir}")
-    timestamps = {f.get("name"): f.get("timestamp") for f in read_plan(output_dir)["frames"]
-                  if isinstance(f, dict)}
     pairs = [align_pair(a, b, options) for a, b in overlapping_pairs(models)]
-    by_index = {m.index: m for m in models}
-    scales = {m.index: m.scene_scale for m in models}
     segments = find_segments(models, pairs)
     merged = output_dir / MERGED_DIR
-    shutil.rmtree(merged, ignore_errors=True)
+    remove_stale_staging(output_dir)  # what a killed merge left
+    staging = staging_for(merged)  # built whole, then swapped in: never a partial merged/
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        report = _write_merged(output_dir, staging, models, failed, leftovers, pairs,
+                               segments, options)
+        swap_into_place(staging, merged)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if exc.errno in NO_SPACE and not isinstance(exc, DiskFullError):
+            raise DiskFullError(merged, exc) from exc
+        if isinstance(exc, PipelineError):
+            raise
+        raise InputError(f"cannot write {exc.filename or merged}: {exc.strerror or exc}") \
+            from exc
+    if len(segments) > 1:
+        logger.warning("the windows form %d separate segments (failed windows or weak overlaps); "
+                       "each is written to %s/segment_XXX", len(segments), merged)
+    return report
+
+
+def _write_merged(output_dir: Path, staging: Path, models: list[Any], failed: Any,
+                  leftovers: Any, pairs: list[Any], segments: list[list[int]],
+                  options: MergeOptions) -> dict[str, Any]:
+    """Write every segment and ``merge.json`` into ``staging`` (``merged/`` to be); the report
+    names the folders as they will be once ``staging`` is in place."""
+    timestamps = {f.get("name"): f.get("timestamp") for f in read_plan(output_dir)["frames"]
+                  if isinstance(f, dict)}
+    by_index = {m.index: m for m in models}
+    scales = {m.index: m.scene_scale for m in models}
     report: dict[str, Any] = {"options": asdict(options), "failed_windows": failed,
                               "ignored_folders": leftovers,
                               "pairs": [p.report() for p in pairs], "segments": []}
@@ -552,23 +577,20 @@ def merge_output(output_dir: Path, options: MergeOptions | None = None) -> dict[
         if options.refine:
             transforms = refine_transforms(windows, transforms, pairs, scales)
         segment = build_segment(by_index, transforms, options)
-        folder = merged if len(segments) == 1 else merged / f"segment_{k:03d}"
-        write_segment(segment, folder, timestamps)
+        relative = Path() if len(segments) == 1 else Path(f"segment_{k:03d}")
+        write_segment(segment, staging / relative, timestamps)
         report["segments"].append({
-            "path": str(folder.relative_to(output_dir)), "windows": windows,
+            "path": str(MERGED_DIR / relative), "windows": windows,
             "frames": len(segment.names), "first_frame": segment.names[0],
             "last_frame": segment.names[-1], "points": len(segment.points),
             "voxel_size": segment.voxel_size})
-    if len(segments) > 1:
-        logger.warning("the windows form %d separate segments (failed windows or weak overlaps); "
-                       "each is written to %s/segment_XXX", len(segments), merged)
-    write_json(merged / "merge.json", report)
+    write_json(staging / "merge.json", report)
     return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m pipeline.merge OUT``: merge an existing output folder; exit 0, or 2 on error."""
-    from .cli import OneLineParser, add_flags
+    from .cli import OneLineParser, add_flags, one_line
     from .options import from_flags
 
     parser = OneLineParser(prog="python -m pipeline.merge",
@@ -585,7 +607,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         with OutputLock(args.output_dir):  # never while a run writes windows into it
             report = merge_output(args.output_dir, options)
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the lock of a folder that cannot be written
+        print(f"error: cannot write {one_line(exc.filename or args.output_dir)}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
         return 2
     for seg in report["segments"]:
         print(f"{seg['path']}: windows {seg['windows'][0]}-{seg['windows'][-1]}, "

@@ -15,6 +15,7 @@ import ast
 import dataclasses
 import inspect
 import math
+import os
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -171,28 +172,69 @@ def unread_options(config: Any, reconstructor: str) -> dict[str, tuple[str, ...]
     return unread
 
 
+MAX_COUNT = 1_000_000
+"""The largest whole number an ``int`` or ``count`` option takes unless its bounds say
+otherwise (a window of a million frames or a million workers is a typing slip, and the work it
+would start is never reached)."""
+
+
 def bad_values(options: Any) -> Iterator[str]:
     """A sentence for each field of dataclass ``options`` (nested options included) whose value
-    lies outside its :attr:`Flag.bounds` or is not a finite number (``None``, not given,
-    passes)."""
+    is not of its kind (library use: ``window_size="8"``, ``8.5``, ``merge_options={}``), lies
+    outside its :attr:`Flag.bounds` (whole numbers: at most :data:`MAX_COUNT` by default), or
+    is not a finite number; ``None``, not given, passes."""
     for f in dataclasses.fields(options):
         value = getattr(options, f.name)
         if f.metadata.get("nested"):
-            yield from bad_values(value)
+            if not isinstance(value, f.default_factory):
+                yield (f"{f.name} must be a {f.default_factory.__name__}, got "
+                       f"{type(value).__name__}")
+            else:
+                yield from bad_values(value)
             continue
         flag = flag_of(f)
-        if flag is None or flag.bounds is None or value is None:
+        if flag is None or value is None:
             continue
-        low, high = flag.bounds
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and \
-                math.isfinite(value) and (value > low if flag.low_open else value >= low) and \
+        problem = _kind_problem(flag, value)
+        if problem is not None:
+            yield f"{flag_name(f)} {problem}, got {value!r}"
+            continue
+        if flag.bounds is None and flag.kind not in ("int", "count"):
+            continue
+        low, high = flag.bounds or (1 if flag.kind == "int" else 0, MAX_COUNT)
+        if math.isfinite(value) and (value > low if flag.low_open else value >= low) and \
                 value <= high:
             continue
         if flag.low_open and low == 0 and high == math.inf:
             yield f"{flag_name(f)} must be a positive finite number, got {value!r}"
+        elif flag.kind in ("int", "count"):
+            yield (f"{flag_name(f)} must be a whole number from {low:.0f} to {high:.0f}, got "
+                   f"{value!r}")
         else:
             bound = f"at least {low:g}" if high == math.inf else f"between {low:g} and {high:g}"
             yield f"{flag_name(f)} must be a finite number {bound}, got {value!r}"
+
+
+def _kind_problem(flag: Flag, value: Any) -> str | None:
+    """What is wrong with the type of ``value`` for an option of ``flag.kind`` (``None``: it
+    is of its kind); ranges are checked apart."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if flag.kind in ("int", "count"):
+        return None if isinstance(value, int) and not isinstance(value, bool) else \
+            "must be a whole number"
+    if flag.kind in ("float", "positive_float") or flag.bounds is not None:
+        return None if number else "must be a number"
+    if flag.kind == "bool":
+        return None if isinstance(value, bool) else "must be True or False"
+    if flag.kind == "folder":
+        return None if isinstance(value, (str, os.PathLike)) else "must be a path"
+    if flag.kind == "floats":
+        ok = isinstance(value, (tuple, list)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        return None if ok else "must be a sequence of numbers"
+    if flag.choices is not None:
+        return None if value in flag.choices else f"must be one of {', '.join(flag.choices)}"
+    return None
 
 
 def changed_flags(options: Any) -> list[str]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import fnmatch
 import hashlib
 import json
 import logging
@@ -42,6 +43,16 @@ from .errors import InputError, PipelineError
 logger = logging.getLogger(__name__)
 
 WINDOW_INFO = "window_info.json"
+OWN_FOLDERS = ("frames", "merged", "colmap_sequence", "batch_*")
+"""Folders of an output folder that a run replaces or deletes while it works (never inputs,
+never sequences)."""
+
+
+def is_own_folder(name: str) -> bool:
+    """Whether ``name`` is one of an output folder's :data:`OWN_FOLDERS`."""
+    return any(fnmatch.fnmatch(name, own) for own in OWN_FOLDERS)
+
+
 RUN_MANIFEST = "run.json"
 PLAN = "plan.json"
 SIGNATURE_VERSION = 3
@@ -275,12 +286,33 @@ def files_problem(window_dir: Path, info: Mapping[str, Any]) -> str | None:
             return f"{name} is missing"
         if path.stat().st_size != size:
             return f"{name} has {path.stat().st_size} bytes, not the {size} written"
-    return model_problem(window_dir / "sparse", info["registered_frames"])
+    rec, problem = load_model(window_dir / "sparse", info["registered_frames"])
+    if problem is None and info.get("status") == "ok":
+        problem = ok_record_problem(rec, info)
+    return problem
 
 
-def model_problem(sparse: Path, registered: Sequence[str]) -> str | None:
-    """Why the COLMAP model in ``sparse`` does not load with exactly the ``registered`` frames."""
-    return load_model(sparse, registered)[1]
+def ok_record_problem(rec: Any, info: Mapping[str, Any]) -> str | None:
+    """Why a record that says ``ok`` does not agree with its model ``rec``, or ``None``: it
+    names no error, its checks pass their own thresholds on the model, and the point and
+    observation counts it records are the model's (a record edited by hand to ``ok`` fails
+    here)."""
+    checks = info.get("checks")
+    if info.get("error") is not None:
+        return "its record says ok but names an error"
+    if not isinstance(checks, dict):
+        return "its window_info.json records no checks (made by an older version)"
+    try:
+        bar = WindowChecks(min_points=int(checks["min_points"]),
+                           min_frame_observations=int(checks["min_frame_observations"]))
+    except (KeyError, TypeError, ValueError):
+        return "its window_info.json records checks of another shape"
+    problem = bar.problem(rec)
+    if problem is not None:
+        return f"its record says ok, but its model has {problem}"
+    if bar.record(rec) != checks or info.get("num_points3D") != rec.num_points3D():
+        return "its record's point or observation counts are not its model's"
+    return None
 
 
 def load_model(sparse: Path, registered: Sequence[str]) -> tuple[Any, str | None]:

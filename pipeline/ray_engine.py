@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
@@ -67,12 +68,14 @@ def connect(address: str | None, num_cpus: int | None = None) -> tuple[Any, bool
     ray = import_ray()
     if ray.is_initialized():
         return ray, False
+    host = _check_reachable(address) if address is not None else None
     try:
-        if address is None:
+        if address is None:  # a local cluster: on loopback, so nothing leaves the machine
             ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
-        else:
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
+                     configure_logging=False, _node_ip_address=LOOPBACK)
+        else:  # Ray would rewrite a loopback address to the machine's own IP: keep it
+            extra = {"_node_ip_address": LOOPBACK} if host in LOOPBACK_NAMES else {}
+            ray.init(address=address, log_to_driver=False, configure_logging=False, **extra)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise InputError(f"--ray-address {address}: cannot join the Ray cluster ({exc})") \
             from exc
@@ -80,6 +83,34 @@ def connect(address: str | None, num_cpus: int | None = None) -> tuple[Any, bool
     logger.info("ray: %s with %d CPU(s) and %d GPU(s)", address or "a local cluster",
                 int(resources.get("CPU", 0)), int(resources.get("GPU", 0)))
     return ray, True
+
+
+LOOPBACK = "127.0.0.1"
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> str | None:
+    """The host of ``address`` (``host:port`` or ``ray://host:port``; ``None`` for ``auto``),
+    after checking that something answers there within ``timeout`` seconds (Ray itself retries
+    an unreachable address for minutes).
+
+    Raises:
+        InputError: the address is malformed, or nothing answers at it.
+    """
+    if address == "auto":
+        return None
+    text = address.split("://", 1)[-1]
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InputError(f"--ray-address {address}: expected host:port (or auto)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise InputError(f"--ray-address {address}: nothing answers there "
+                         f"({exc.strerror or exc}); start the cluster with 'ray start --head' "
+                         "and give the address it prints") from exc
+    return host
 
 
 def _run_task(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -14,7 +14,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from .export import (
 )
 from .frames import (
     Frame,
+    broken_links,
     check_one_kind,
     extract_video_frames,
     list_image_files,
@@ -54,12 +55,13 @@ from .frames import (
 )
 from .lock import OutputLock
 from .memory import MemoryGovernor, StageTable, budget_mb
-from .options import bad_values, changed_flags, unread_options
+from .options import bad_values, changed_flags, flag_name, unread_options
 from .output import (
     PLAN,
     RunManifest,
     WindowChecks,
     check_window,
+    is_own_folder,
     now,
     read_window_info,
     refresh_links,
@@ -180,7 +182,9 @@ def load_frames(config: PipelineConfig) -> list[Frame]:
                                      show_progress=config.show_progress)
         stamps: list[float] = video_frame_times(cache) or list(range(len(paths)))
     elif config.input_dir is not None:
+        _refuse_input_inside_output(Path(config.input_dir), Path(config.output_dir))
         paths = list_image_files(config.input_dir, config.frame_pattern)
+        _broken_links(config)
         check_one_kind(paths)
         stamps = list(range(len(paths)))
     else:
@@ -190,6 +194,40 @@ def load_frames(config: PipelineConfig) -> list[Frame]:
         paths, stamps = paths[:config.max_frames], stamps[:config.max_frames]
     return prepare_frames(paths, cache, skip_bad_frames=config.skip_bad_frames,
                           show_progress=config.show_progress, timestamps=stamps)
+
+
+def _broken_links(config: PipelineConfig) -> None:
+    """Name the frames that are links to nothing: an error, or with ``--skip-bad-frames`` a
+    warning each (they are left out, as unreadable frames are).
+
+    Raises:
+        InputError: a broken link among the frames, without ``--skip-bad-frames``.
+    """
+    broken = broken_links(Path(config.input_dir), config.frame_pattern)
+    if broken and not config.skip_bad_frames:
+        path, why = broken[0]
+        more = f" and {len(broken) - 1} more" if len(broken) > 1 else ""
+        raise InputError(f"frame {path} is {why}{more}; fix or remove it, or pass "
+                         "--skip-bad-frames")
+    for path, why in broken:
+        logger.warning("skipping frame %s: %s", path, why)
+
+
+def _refuse_input_inside_output(input_dir: Path, out: Path) -> None:
+    """Refuse an input folder that lies in a folder the run writes (the frame cache, window
+    folders, the merged scene, colmap's store): the run would overwrite or delete its input.
+
+    Raises:
+        InputError: naming both folders.
+    """
+    try:
+        relative = input_dir.resolve().relative_to(out.resolve())
+    except (ValueError, OSError):
+        return
+    if relative.parts and is_own_folder(relative.parts[0]):
+        raise InputError(f"the input folder {input_dir} lies in {out / relative.parts[0]}, "
+                         "which the run writes: choose an output folder that does not hold "
+                         "the input")
 
 
 def choose_reconstructor(config: PipelineConfig) -> tuple[str, str]:
@@ -289,7 +327,10 @@ def process_window_batch(window_batch: Batch[Any] | Sequence[Window[Any]], batch
         DiskFullError: the disk filled up; ``records`` on the exception holds the windows that
             were finalised before.
     """
-    windows = _frame_windows(list(getattr(window_batch, "windows", window_batch)), args)
+    windows = list(getattr(window_batch, "windows", window_batch))
+    if not windows:
+        return []
+    windows = _frame_windows(windows, args)
     if reconstructor is None:
         args = replace(args, reconstructor=choose_reconstructor(args)[0])
         with build_reconstructor(args) as owned:
@@ -441,12 +482,26 @@ def _window_record(window: Window[Frame], batch_idx: int, result: WindowResult,
     }
 
 
+SOURCE_FIELDS = ("input_dir", "input_video", "input_root", "input_list")
+"""The options naming a run's input, of which one is given."""
+
+
 def _check_config(config: PipelineConfig) -> Path:
     """Fail fast, before any work, on options and output paths that cannot work."""
+    for problem in bad_values(config):  # first: the checks below need values of their kind
+        raise InputError(problem)
+    sources = [flag_name(f) for f in fields(config) if f.name in SOURCE_FIELDS
+               and getattr(config, f.name) is not None]
+    if len(sources) > 1:
+        raise InputError(f"{' and '.join(sources)} both given: give one input")
     if not str(config.output_dir).strip():
         raise InputError("--output-dir is empty: name the output folder")
     out = Path(config.output_dir)
-    if out.exists() and not out.is_dir():
+    try:
+        exists, folder = out.exists(), out.is_dir()
+    except OSError as exc:  # a name too long for the file system, a link loop
+        raise InputError(f"cannot use the output folder {out}: {exc.strerror or exc}") from exc
+    if exists and not folder:
         raise InputError(f"output path exists and is not a folder: {out}")
     if config.images not in IMAGE_MODES:
         raise InputError(f"--images must be link, copy or none, got {config.images!r}")
@@ -466,15 +521,9 @@ def _check_config(config: PipelineConfig) -> Path:
                              "a reconstructor that reads it")
     for name in available_reconstructors():
         reconstructor_class(name).check_flags(config)
-    for problem in bad_values(config):
-        raise InputError(problem)
     batch = config.window_batch_size
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
         raise InputError(f"--window-batch-size must be a positive integer or auto, got {batch!r}")
-    for flag, count in (("--min-points", config.min_points),
-                        ("--min-frame-observations", config.min_frame_observations)):
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise InputError(f"{flag} must be 0 or a positive integer, got {count!r}")
     if config.frame_step < 1:
         raise InputError(f"--frame-step must be at least 1, got {config.frame_step}")
     if config.max_frames is not None and config.max_frames < 2:
@@ -554,8 +603,12 @@ def _log_plans(plans: Sequence[SequencePlan], sources: int) -> None:
 def _sequence_sources(config: PipelineConfig) -> list[SequenceSource]:
     """The sequences of ``--input-root`` or ``--input-list``."""
     if config.input_root is not None:
-        return discover(Path(config.input_root), skip=[Path(config.output_dir)],
-                        pattern=config.frame_pattern)
+        root, out = Path(config.input_root), Path(config.output_dir)
+        if root.resolve() == out.resolve():
+            raise InputError(f"--output-dir {out} is the input root: each sequence's output "
+                             "would be written into its own frame folder; choose another "
+                             "(a folder inside the root, such as ROOT/out, is passed by)")
+        return discover(root, skip=[out], pattern=config.frame_pattern)
     return read_list(Path(config.input_list))
 
 

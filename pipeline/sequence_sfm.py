@@ -35,7 +35,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +44,7 @@ import numpy as np
 import pycolmap
 
 from .memory import PeakMeter, reset_peak
+from .tempdirs import make_temp
 from .windows import Window
 
 logger = logging.getLogger(__name__)
@@ -549,6 +549,10 @@ def remove_other_stores(root: Path | None, keep: str) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+TEMP_PREFIX = "colmap-sequence-"
+"""Temporary folders where COLMAP works on a sequence (see :mod:`pipeline.tempdirs`)."""
+
+
 def temporary_root() -> Path:
     """A private local folder where COLMAP works on a sequence."""
-    return Path(tempfile.mkdtemp(prefix="colmap-sequence-"))
+    return make_temp(TEMP_PREFIX)

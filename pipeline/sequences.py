@@ -22,6 +22,7 @@ from typing import Any
 
 from .errors import InputError
 from .frames import is_frame_file
+from .output import is_own_folder
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,11 @@ def unique_names(relatives: Sequence[str]) -> list[str]:
     return names
 
 
+OUTPUT_RECORDS = ("plan.json", "dataset.json", "window_info.json", "index.jsonl")
+"""Files only a pipeline output folder holds: a folder with one is never a sequence, nor is
+anything under it (its frames/, its windows' images/)."""
+
+
 def _holds_frames(folder: Path, pattern: str | None = None) -> bool:
     try:
         return any(is_frame_file(p, pattern) for p in folder.iterdir())
@@ -79,13 +85,21 @@ def _holds_frames(folder: Path, pattern: str | None = None) -> bool:
         return False
 
 
+def is_output_folder(folder: Path) -> bool:
+    """Whether ``folder`` is (or lies in) a pipeline output folder, by its records."""
+    return any((folder / name).is_file() for name in OUTPUT_RECORDS) or \
+        (folder / ".lock").is_file() and (folder / "run.json").is_file()
+
+
 def discover(root: Path, *, skip: Iterable[Path] = (),
              pattern: str | None = None) -> list[SequenceSource]:
     """Every folder under ``root`` (``root`` included) that holds frames, and every video file,
-    in sorted path order; folders in ``skip`` (the output folder) and hidden ones are passed by.
-    With ``pattern`` (``--frame-pattern``), a folder is a sequence only when some of its image
-    names match it (a dataset mixing e.g. 7-Scenes folders of ``*.color.png`` and depth maps
-    with plain photo folders takes the former only).
+    in sorted path order. Passed by: folders in ``skip`` (the output folder), hidden ones,
+    output folders of any run (:func:`is_output_folder`: an older output inside ``root``; when
+    ``root`` itself is one, the folders its run wrote) and links back to a folder already
+    walked (a link loop; with a warning). A folder that cannot be read is kept as a sequence,
+    so that it fails with its reason instead of being dropped unseen. With ``pattern``
+    (``--frame-pattern``), a folder is a sequence only when some of its image names match it.
 
     Raises:
         InputError: ``root`` is not a folder, or holds no sequence.
@@ -95,13 +109,34 @@ def discover(root: Path, *, skip: Iterable[Path] = (),
         raise InputError(f"--input-root is not a folder: {root}")
     skipped = {Path(s).resolve() for s in skip}
     found: list[Path] = []
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        here = Path(folder)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
-                         and (here / d).resolve() not in skipped)
-        if _holds_frames(here, pattern):
+    seen: set[tuple[int, int]] = set()
+    pending = [root]
+    while pending:
+        here = pending.pop()
+        try:
+            stat = here.stat()
+            entries = sorted(here.iterdir(), key=lambda p: p.name)
+        except OSError as exc:
+            logger.warning("cannot read %s (%s): it fails as a sequence", here,
+                           exc.strerror or exc)
             found.append(here)
-        found += [here / f for f in sorted(files) if Path(f).suffix.lower() in VIDEO_EXTENSIONS]
+            continue
+        if (stat.st_dev, stat.st_ino) in seen:
+            logger.warning("skipping %s: a link back to a folder already looked at", here)
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        output = is_output_folder(here)
+        if output and here != root:
+            logger.info("skipping %s: a pipeline output folder, not a sequence", here)
+            continue
+        if any(is_frame_file(p, pattern) for p in entries):
+            found.append(here)
+        found += [p for p in entries if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()]
+        # the root itself may be an earlier run's output over its own frames: its frames are a
+        # sequence, the folders that run wrote are not
+        pending += reversed([p for p in entries if p.is_dir() and not p.name.startswith(".")
+                             and p.resolve() not in skipped
+                             and not (output and is_own_folder(p.name))])
     if not found:
         frames = "frames" if pattern is None else f"frames matching --frame-pattern {pattern!r}"
         raise InputError(f"--input-root {root} holds no folder of {frames} and no video "
@@ -133,6 +168,7 @@ def read_list(list_file: Path) -> list[SequenceSource]:
             paths.append(path if path.is_absolute() else base / path)
     if not paths:
         raise InputError(f"--input-list {list_file} lists no sequence")
+    paths = _once_each(paths, list_file)
     relatives = []
     for path in paths:
         try:
@@ -140,6 +176,20 @@ def read_list(list_file: Path) -> list[SequenceSource]:
         except ValueError:
             relatives.append(path.name)
     return [SequenceSource(name=n, path=p) for n, p in zip(unique_names(relatives), paths)]
+
+
+def _once_each(paths: list[Path], list_file: Path) -> list[Path]:
+    """``paths`` with each folder or video once: entries that resolve to the same place
+    (``dir``, ``dir/``, ``../x/dir``, a link to it) are one sequence, with a warning."""
+    kept: dict[Path, Path] = {}
+    for path in paths:
+        key = path.resolve()
+        if key in kept:
+            logger.warning("--input-list %s names %s twice (as %s and %s): it is one sequence",
+                           list_file, key, kept[key], path)
+            continue
+        kept[key] = path
+    return list(kept.values())
 
 
 class WindowIndex:

@@ -87,21 +87,26 @@ def finish_window(out: Path, window, *, status: str = "ok", error: str | None = 
     """
     import os
 
+    import pycolmap
+
     from pipeline.export import finalize_window
-    from pipeline.output import window_signature
+    from pipeline.output import WindowChecks, window_signature
 
     folder = Path(out) / window.relative_dir
     staging = folder.parent / f".{folder.name}.partial-{os.getpid()}"
     os.rename(folder, staging)
     names = list(window.items)
     info = {"window_index": window.index, "path": window.relative_dir.as_posix(),
-            "status": status, "error": error if status == "ok" else error or "forced",
+            "status": status, "error": None if status == "ok" else error or "forced",
             "start_frame": window.start, "frames": names, "num_frames": len(names),
             "registered_frames": names if registered is None else list(registered),
             "num_registered": len(names if registered is None else registered),
+            "num_points3D": (pycolmap.Reconstruction(staging / "sparse").num_points3D()
+                             if (staging / "sparse").is_dir() else 0),
             "reconstructor": "test",
             "signature": window_signature([fake_frame(n) for n in names], "test", {}, "none")}
-    finalize_window(staging, folder, info, images="none")
+    finalize_window(staging, folder, info, images="none",
+                    checks=WindowChecks(min_points=0, min_frame_observations=0))
     return info
 
 
@@ -115,3 +120,24 @@ def write_test_plan(out: Path, windows) -> str:
     framed = [Window(w.index, w.start, tuple(frames[n] for n in w.items)) for w in windows]
     signatures = [window_signature(w.items, "test", {}, "none") for w in framed]
     return write_plan(Path(out), list(frames.values()), framed, signatures)
+
+
+def write_video(path: Path, images: list[Path], rate: int = 24) -> Path:
+    """An MPEG-4 video (8 Mbit/s) of ``images``, the first one's size, ``rate`` frames a
+    second."""
+    import av
+    import numpy as np
+    from PIL import Image
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=rate)
+        first = np.asarray(Image.open(images[0]).convert("RGB"))
+        stream.width, stream.height, stream.pix_fmt = first.shape[1], first.shape[0], "yuv420p"
+        stream.bit_rate = 8_000_000
+        for image in images:
+            rgb = np.asarray(Image.open(image).convert("RGB"))
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

@@ -7,12 +7,11 @@ import tempfile
 import unittest
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from conftest import IMAGES, ROOT
 from pipeline.cli import build_parser, config_from_args, main
+from tests.helpers import write_video
 
 
 class ParserTest(unittest.TestCase):
@@ -57,28 +56,12 @@ class ParserTest(unittest.TestCase):
         self.assertIn("--window-size", proc.stdout)
 
 
-def _write_video(path: Path, frames: list[Path], fps: int) -> None:
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        first = np.asarray(Image.open(frames[0]).convert("RGB"))
-        stream.width, stream.height, stream.pix_fmt = first.shape[1], first.shape[0], "yuv420p"
-        stream.bit_rate = 8_000_000
-        for frame in frames:
-            arr = np.asarray(Image.open(frame).convert("RGB"))
-            for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
 @pytest.mark.slow
 class VideoInputTest(unittest.TestCase):
     def test_video_end_to_end(self):
         with tempfile.TemporaryDirectory() as tmp:
             video, out = Path(tmp) / "clip.mp4", Path(tmp) / "out"
-            _write_video(video, sorted(IMAGES.iterdir())[:16], fps=8)
+            write_video(video, sorted(IMAGES.iterdir())[:16], rate=8)
             args = ["--input-video", str(video), "--fps", "4", "--output-dir", str(out),
                     "--window-size", "8", "-q"]
             self.assertEqual(main(args), 0)

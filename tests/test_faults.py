@@ -14,14 +14,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import IMAGES, ROOT
 from pipeline.cli import main
 from pipeline.output import check_window, read_window_info
-from tests.helpers import window_dirs, window_info
+from tests.helpers import window_dirs, window_info, write_video
 
 SMALL = ("--window-size", "4", "--window-stride", "2", "--reconstructor", "colmap")
 """8 frames -> 3 overlapping windows of 4 (about a second each)."""
@@ -132,17 +131,8 @@ def test_result_options_count_and_others_do_not(tmp_path, caplog):
 
 @pytest.mark.slow
 def test_other_fps_of_a_video_redoes_the_windows(tmp_path):
-    av = pytest.importorskip("av")
-    video = tmp_path / "clip.mp4"
-    with av.open(str(video), "w") as container:
-        stream = container.add_stream("mpeg4", rate=24)
-        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
-        for path in sorted(IMAGES.iterdir()):
-            rgb = np.asarray(Image.open(path).convert("RGB"))
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    pytest.importorskip("av")
+    video = write_video(tmp_path / "clip.mp4", sorted(IMAGES.iterdir()))
     out = tmp_path / "out"
     assert cli("--input-video", video, "--fps", "12", "--output-dir", out, *SMALL) == 0
     first = window_info(window_dirs(out)[0])["signature"]["frames"]

@@ -262,7 +262,8 @@ def test_structure_thresholds_are_checked_in_the_library_too(tmp_path):
     from pipeline.errors import InputError
     from pipeline.runner import run
 
-    with pytest.raises(InputError, match="--min-points must be 0 or a positive integer, got -1"):
+    with pytest.raises(InputError,
+                       match="--min-points must be a whole number from 0 to 1000000, got -1"):
         run(PipelineConfig(input_dir=IMAGES, output_dir=tmp_path / "o", min_points=-1))
     assert not (tmp_path / "o").exists()
 

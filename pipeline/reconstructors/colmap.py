@@ -17,7 +17,6 @@ import math
 import multiprocessing
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -35,6 +34,7 @@ from ..executor import completed, cores
 from ..frames import Frame
 from ..memory import PeakMeter, memory_record, reset_peak
 from ..options import option
+from ..tempdirs import explain, make_temp, remove_dead_temps
 from ..windows import Window
 from . import STATUS_OK, BatchReport, Reconstructor, WindowResult, colmap_log_level
 
@@ -69,6 +69,10 @@ def _default_global_mapping() -> pycolmap.GlobalPipelineOptions:
     options.random_seed = 0
     return options
 
+
+WINDOW_TEMP_PREFIX = "window-colmap-"
+"""Temporary folders where COLMAP reconstructs a window alone."""
+TEMP_PREFIXES = (WINDOW_TEMP_PREFIX, seq.TEMP_PREFIX)
 
 GROUP = "colmap"
 """The ``--help`` section of colmap's own options."""
@@ -178,6 +182,7 @@ class ColmapReconstructor(Reconstructor):
 
     def __init__(self, options: ColmapOptions | None = None) -> None:
         self.options = options or ColmapOptions()
+        remove_dead_temps(TEMP_PREFIXES)  # what runs that were killed left
         self._pool: ProcessPoolExecutor | None = None
         self._pool_size = 0
         self._shared: CpuPool | None = None
@@ -480,9 +485,9 @@ class ColmapReconstructor(Reconstructor):
             stages = job.result()
         except BrokenProcessPool:
             self._shutdown_pool()  # the next job gets a new pool
-            raise RuntimeError(f"the worker process {what} crashed") from None
+            raise RuntimeError(explain(f"the worker process {what} crashed")) from None
         except Exception as exc:  # noqa: BLE001 - the windows of this chunk fail, not the run
-            raise RuntimeError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+            raise RuntimeError(explain(f"{what} failed: {type(exc).__name__}: {exc}")) from exc
         if stages and key not in self._sequence.reported:
             self._sequence.reported.add(key)
             self.last_report.stages += list(stages.items())
@@ -594,9 +599,10 @@ class ColmapReconstructor(Reconstructor):
         except BrokenProcessPool:
             self._shutdown_pool()  # a worker died (e.g. killed for memory); the next batch
             # gets a new pool
-            return WindowResult.failure("the worker process reconstructing this window crashed")
+            return WindowResult.failure(explain("the worker process reconstructing this window "
+                                                "crashed"))
         except Exception as exc:  # noqa: BLE001 - one window never stops the others
-            return WindowResult.failure(f"{type(exc).__name__}: {exc}")
+            return WindowResult.failure(explain(f"{type(exc).__name__}: {exc}"))
 
     def _get_pool(self, workers: int) -> ProcessPoolExecutor:
         if self._shared is not None:
@@ -627,6 +633,7 @@ class ColmapReconstructor(Reconstructor):
         self._shared = None  # the executor's pool: it closes it
         self._shutdown_pool()
         self._close_sequence()
+        remove_dead_temps(TEMP_PREFIXES)  # what workers killed in this run left
 
     def _close_sequence(self) -> None:
         if self._sequence is not None:
@@ -826,7 +833,7 @@ def reconstruct_window(names: list[str], staging_dir: Path, options: ColmapOptio
     meter = PeakMeter()
     # COLMAP's SQLite database lives in local temporary space: SQLite is unsafe on network
     # filesystems, and a full output disk makes COLMAP abort inside SQLite
-    work = Path(tempfile.mkdtemp(prefix="window-colmap-"))
+    work = make_temp(WINDOW_TEMP_PREFIX)
     try:
         pycolmap.logging.minloglevel = options.colmap_log_level
         pycolmap.set_random_seed(0)  # the same start whatever this worker ran before
@@ -835,7 +842,7 @@ def reconstruct_window(names: list[str], staging_dir: Path, options: ColmapOptio
             result = _finish(rec, names, staging_dir / "sparse", options)
     except Exception as exc:  # noqa: BLE001 - recorded in the window's result
         logger.debug("window in %s failed", staging_dir, exc_info=True)
-        result = WindowResult.failure(f"{type(exc).__name__}: {exc}")
+        result = WindowResult.failure(explain(f"{type(exc).__name__}: {exc}"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result.stages = stages
