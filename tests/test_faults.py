@@ -503,7 +503,7 @@ def test_skip_bad_frames_drops_the_frames_of_a_rarer_size(tmp_path, tiny_vggt_ch
 def test_colmap_records_each_frame_size_of_a_mixed_window(tmp_path):
     from pipeline.dataset import WindowDataset
 
-    folder = mixed_sizes(tmp_path / "mixed", odd=(2,))
+    folder = mixed_sizes(tmp_path / "mixed", count=6, odd=(2,))
     out = tmp_path / "out"
     assert cli("--input-dir", folder, "--output-dir", out, *SMALL) == 0
     infos = [window_info(d) for d in window_dirs(out)]

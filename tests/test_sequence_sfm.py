@@ -146,7 +146,7 @@ def test_a_wrong_starting_focal_length_is_corrected_and_runs_repeat_exactly(tmp_
     outs = [tmp_path / "one", tmp_path / "two"]
     for out, workers, batch in zip(outs, (1, 2), (None, 2)):
         summary = run(PipelineConfig(input_dir=TESTDATA / "images", output_dir=out,
-                                     max_frames=16, reconstructor="colmap", cpu_workers=workers,
+                                     max_frames=12, reconstructor="colmap", cpu_workers=workers,
                                      window_batch_size=batch, show_progress=False))
         assert summary.success, summary.line()
         [camera] = json.loads((out / "run.json").read_text())["calibration"]["cameras"]
