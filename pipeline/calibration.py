@@ -275,6 +275,7 @@ def focal_std(rec: pycolmap.Reconstruction) -> dict[int, float | None]:
     options.refine_focal_length = True
     options.refine_principal_point = False
     options.refine_extra_params = False
+    options.ceres.solver_options.num_threads = 1  # the same numbers every run
     config = pycolmap.BundleAdjustmentConfig()
     for image_id in rec.reg_image_ids():
         config.add_image(image_id)

@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import InputError
 from .executor import Pending
 from .reconstructors import Reconstructor, WindowResult, reconstructor_class
+from .tempdirs import make_temp, remove_dead_temps
 
 logger = logging.getLogger(__name__)
 
@@ -54,35 +57,62 @@ def import_ray() -> Any:
     return ray
 
 
-def connect(address: str | None, num_cpus: int | None = None) -> tuple[Any, bool]:
-    """Join the cluster at ``address`` (``auto``: the one ``ray start`` made on this machine),
-    or start a local one with ``num_cpus`` CPUs when ``address`` is None. A process that has
-    called ``ray.init`` already (a Ray program using the pipeline as a library) keeps its own.
+@dataclass
+class RayConnection:
+    """This process joined to a Ray cluster (see :func:`connect`)."""
 
-    Returns:
-        The ``ray`` module, and whether this call started Ray (then the caller shuts it down).
+    ray: Any
+    """The ``ray`` module."""
+    started: bool
+    """This call started Ray (a local cluster): :meth:`close` shuts it down."""
+    temp_dir: Path | None = None
+    """The local cluster's session folder (logs, sockets), removed by :meth:`close`."""
+
+    def close(self) -> None:
+        if self.started:
+            self.ray.shutdown()
+        if self.temp_dir is not None:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+RAY_TEMP_PREFIX = "wr-ray-"
+"""The session folders of local clusters a run starts (``$TMPDIR/wr-ray-<pid>-*``; short:
+Ray's socket paths must fit 107 characters)."""
+
+
+def connect(address: str | None, num_cpus: int | None = None) -> RayConnection:
+    """Join the cluster at ``address`` (``auto``: the one ``ray start`` made on this machine),
+    or start a local one with ``num_cpus`` CPUs when ``address`` is None, bound to loopback,
+    its session folder in ``$TMPDIR`` (removed at the end; those of runs that died are removed
+    here). A process that has called ``ray.init`` already (a Ray program using the pipeline as
+    a library) keeps its own.
 
     Raises:
         InputError: Ray is missing, or the cluster cannot be reached.
     """
     ray = import_ray()
     if ray.is_initialized():
-        return ray, False
+        return RayConnection(ray, False)
     host = _check_reachable(address) if address is not None else None
+    temp = None
     try:
         if address is None:  # a local cluster: on loopback, so nothing leaves the machine
+            remove_dead_temps((RAY_TEMP_PREFIX,))
+            temp = make_temp(RAY_TEMP_PREFIX)
             ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False, _node_ip_address=LOOPBACK)
+                     configure_logging=False, _node_ip_address=LOOPBACK, _temp_dir=str(temp))
         else:  # Ray would rewrite a loopback address to the machine's own IP: keep it
             extra = {"_node_ip_address": LOOPBACK} if host in LOOPBACK_NAMES else {}
             ray.init(address=address, log_to_driver=False, configure_logging=False, **extra)
     except (ConnectionError, RuntimeError, ValueError) as exc:
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
         raise InputError(f"--ray-address {address}: cannot join the Ray cluster ({exc})") \
             from exc
     resources = ray.cluster_resources()
     logger.info("ray: %s with %d CPU(s) and %d GPU(s)", address or "a local cluster",
                 int(resources.get("CPU", 0)), int(resources.get("GPU", 0)))
-    return ray, True
+    return RayConnection(ray, True, temp)
 
 
 LOOPBACK = "127.0.0.1"

@@ -581,12 +581,11 @@ def _engine(config: PipelineConfig) -> Iterator[Any]:
         return
     from .ray_engine import connect
 
-    ray, started = connect(config.ray_address, num_cpus=config.cpu_workers or None)
+    connection = connect(config.ray_address, num_cpus=config.cpu_workers or None)
     try:
-        yield ray
+        yield connection.ray
     finally:
-        if started:
-            ray.shutdown()
+        connection.close()
 
 
 def _log_plans(plans: Sequence[SequencePlan], sources: int) -> None:

@@ -127,6 +127,8 @@ def _default_ba_options() -> pycolmap.BundleAdjustmentOptions:
     options = pycolmap.BundleAdjustmentOptions()
     options.print_summary = False
     options.refine_principal_point = False
+    # one thread: Ceres on several sums in the order its threads finish (results would vary)
+    options.ceres.solver_options.num_threads = 1
     return options
 
 

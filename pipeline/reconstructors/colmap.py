@@ -114,7 +114,9 @@ class ColmapOptions:
     worker processes, so that COLMAP aborting (it does on some internal errors) costs one
     window, not the run."""
     num_threads: int | None = field(default=None, metadata={"result": False})
-    """Threads of each worker; default: the cores divided among the workers."""
+    """Threads of each worker's SIFT extraction and matching; default: the cores divided
+    among the workers. Mapping and bundle adjustment always run on one thread
+    (:data:`MAPPING_THREADS`): results repeat exactly."""
     chunk_frames: int = ColmapFlags.chunk_frames
     """Frames reconstructed together: windows are cut out of overlapping chunks of about this
     many frames of the sequence (see :mod:`pipeline.sequence_sfm`); 0 reconstructs each window
@@ -750,6 +752,16 @@ def _succeeded(job: Future) -> bool:
     return job.done() and not job.cancelled() and job.exception() is None
 
 
+MAPPING_THREADS = 1
+"""Threads of mapping and bundle adjustment, whatever ``num_threads`` says. Ceres sums the
+Schur complement in the order its threads finish when it has several (ceres-solver issues
+#577, #664), so a chunk mapped on two threads lands a few tenths of a pixel of focal length
+away from the same chunk on one, now and then, and incremental mapping carries that on; one
+thread gives the same model every run and for every worker count. SIFT extraction and
+matching use ``num_threads`` (they are deterministic on any number); the mapping of several
+chunks or windows runs in parallel workers."""
+
+
 def reader_options(options: ColmapOptions) -> pycolmap.ImageReaderOptions:
     """The image reader of the extraction: camera model, and known intrinsics when given."""
     reader = pycolmap.ImageReaderOptions()
@@ -761,11 +773,11 @@ def reader_options(options: ColmapOptions) -> pycolmap.ImageReaderOptions:
 
 def global_mapping_options(options: ColmapOptions, *, hold_focal: bool = False
                            ) -> pycolmap.GlobalPipelineOptions:
-    """A copy of the global mapping options with the threads set; known intrinsics held fixed,
-    and with ``hold_focal`` (a chunk mapped again with the chunks' consensus) the focal
-    length."""
+    """A copy of the global mapping options on :data:`MAPPING_THREADS` threads; known
+    intrinsics held fixed, and with ``hold_focal`` (a chunk mapped again with the chunks'
+    consensus) the focal length."""
     mapping = copy_options(options.global_mapping)
-    mapping.num_threads = options.num_threads or -1
+    mapping.num_threads = MAPPING_THREADS
     adjustment = mapping.mapper.bundle_adjustment
     if hold_focal or options.camera_params is not None:
         adjustment.refine_focal_length = False
@@ -776,10 +788,11 @@ def global_mapping_options(options: ColmapOptions, *, hold_focal: bool = False
 
 def mapping_options(options: ColmapOptions, *, hold_focal: bool = False
                     ) -> pycolmap.IncrementalPipelineOptions:
-    """A copy of the mapping options with the threads set; known intrinsics held fixed, and
-    with ``hold_focal`` (a chunk mapped again with the chunks' consensus) the focal length."""
+    """A copy of the mapping options on :data:`MAPPING_THREADS` threads; known intrinsics held
+    fixed, and with ``hold_focal`` (a chunk mapped again with the chunks' consensus) the focal
+    length."""
     mapping = copy_options(options.mapping)
-    mapping.num_threads = options.num_threads or -1
+    mapping.num_threads = MAPPING_THREADS
     if hold_focal:
         mapping.ba_refine_focal_length = False
     if options.camera_params is not None:  # known intrinsics stay as given
