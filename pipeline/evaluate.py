@@ -39,6 +39,7 @@ way when ``--gt`` is left out.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -720,8 +721,12 @@ def _evaluate_segment(segment_dir: Path, out_dir: Path, frame_names: list[str],
         logger.warning("merged trajectory: %s", exc)
         return entry
     if options.plot:
-        entry["plot"] = str(plot_against_ground_truth(aligned, options, units,
-                                                      Path(segment_dir) / GT_PLOT))
+        png = Path(segment_dir) / GT_PLOT
+        try:
+            entry["plot"] = str(plot_against_ground_truth(aligned, options, units, png))
+        except OSError as exc:  # a read-only output is still scored
+            logger.warning("cannot draw %s: %s", png, exc.strerror or exc)
+            entry["plot"] = None
     return entry
 
 
@@ -821,8 +826,13 @@ def write_report(report: dict[str, Any], path: str | Path) -> None:
     """Write the report as JSON (atomically: a temporary file renamed over ``path``)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(_jsonable(report), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(_jsonable(report), indent=2, allow_nan=False) + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):  # a read-only folder refuses even that
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -869,17 +879,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     options = EvaluateOptions(align=args.align, rpe_delta=args.rpe_delta,
                               per_frame=args.per_frame, plot=args.plot)
+    json_path = args.json or args.pred / EVALUATION_JSON
     try:
         report, text = _evaluate(args.pred, args.gt, options)
-        json_path = args.json or args.pred / EVALUATION_JSON
-        write_report(report, json_path)
     except (PipelineError, ValueError, OSError) as exc:
-        message = " ".join(str(exc).split())
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     print(text)
+    try:
+        write_report(report, json_path)
+    except OSError as exc:
+        reason = exc.strerror or _one_line(exc)
+        if args.json is not None:  # the report asked for by name
+            print(f"error: cannot write {json_path}: {reason}", file=sys.stderr)
+            return 2
+        print(f"warning: cannot write {json_path}: {reason} (the scores above are complete; "
+              "--json PATH keeps the report elsewhere)", file=sys.stderr)
+        return 0
     print(f"report: {json_path}")
     return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 def _evaluate(pred: Path, gt: Path | None, options: EvaluateOptions) -> tuple[dict, str]:

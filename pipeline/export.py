@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DiskFullError
+from .files import remove_tree
 from .frames import Frame
 from .output import WINDOW_INFO, WindowChecks, list_files, load_model
 from .tempdirs import pid_alive
@@ -130,10 +131,7 @@ def swap_into_place(staging: Path, final_dir: Path) -> Path:
         os.rename(final_dir, trash)
     os.rename(staging, final_dir)
     if trash is not None:
-        if trash.is_dir() and not trash.is_symlink():
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            trash.unlink(missing_ok=True)
+        remove_tree(trash)
     return final_dir
 
 
@@ -147,7 +145,7 @@ def disk_nearly_full(path: Path, margin: int = 1 << 20) -> bool:
 
 def discard_staging(staging: Path) -> None:
     """Remove a staging folder that will not be finalised."""
-    shutil.rmtree(staging, ignore_errors=True)
+    remove_tree(staging)
 
 
 def remove_stale_staging(output_dir: Path) -> int:
@@ -160,12 +158,11 @@ def remove_stale_staging(output_dir: Path) -> int:
         for path in batch_dir.iterdir():
             marker = _PARTIAL if _PARTIAL in path.name else _TRASH if _TRASH in path.name else None
             if path.name.startswith(".") and marker and not _owner_alive(path.name, marker):
-                logger.info("removing %s left by an interrupted run", path)
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path, ignore_errors=True)
+                if remove_tree(path):
+                    logger.info("removed %s left by an interrupted run", path)
+                    removed += 1
                 else:
-                    path.unlink(missing_ok=True)
-                removed += 1
+                    logger.warning("cannot remove %s left by an interrupted run", path)
     return removed
 
 

@@ -24,7 +24,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,7 +37,14 @@ from scipy.spatial.transform import Rotation
 
 from .config import MergeOptions
 from .errors import DiskFullError, InputError, PipelineError
-from .export import NO_SPACE, remove_stale_staging, staging_for, swap_into_place, write_json
+from .export import (
+    NO_SPACE,
+    discard_staging,
+    remove_stale_staging,
+    staging_for,
+    swap_into_place,
+    write_json,
+)
 from .geometry import Sim3, camera_centers, robust_sim3, tum_lines
 from .lock import OutputLock
 from .output import planned_windows, read_plan
@@ -541,13 +547,13 @@ def merge_output(output_dir: Path, options: MergeOptions | None = None) -> dict[
     merged = output_dir / MERGED_DIR
     remove_stale_staging(output_dir)  # what a killed merge left
     staging = staging_for(merged)  # built whole, then swapped in: never a partial merged/
-    shutil.rmtree(staging, ignore_errors=True)
+    discard_staging(staging)
     try:
         report = _write_merged(output_dir, staging, models, failed, leftovers, pairs,
                                segments, options)
         swap_into_place(staging, merged)
     except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
+        discard_staging(staging)
         if exc.errno in NO_SPACE and not isinstance(exc, DiskFullError):
             raise DiskFullError(merged, exc) from exc
         if isinstance(exc, PipelineError):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import socket
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -30,6 +29,7 @@ from typing import Any
 
 from .errors import InputError
 from .executor import Pending
+from .files import remove_tree
 from .reconstructors import Reconstructor, WindowResult, reconstructor_class
 from .tempdirs import make_temp, remove_dead_temps
 
@@ -72,7 +72,7 @@ class RayConnection:
         if self.started:
             self.ray.shutdown()
         if self.temp_dir is not None:
-            shutil.rmtree(self.temp_dir, ignore_errors=True)
+            remove_tree(self.temp_dir)
 
 
 RAY_TEMP_PREFIX = "wr-ray-"
@@ -106,7 +106,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> RayConnection:
             ray.init(address=address, log_to_driver=False, configure_logging=False, **extra)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         if temp is not None:
-            shutil.rmtree(temp, ignore_errors=True)
+            remove_tree(temp)
         raise InputError(f"--ray-address {address}: cannot join the Ray cluster ({exc})") \
             from exc
     resources = ray.cluster_resources()

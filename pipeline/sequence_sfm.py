@@ -476,6 +476,35 @@ def save_folder(source: Path, target: Path, names: Sequence[str] | None = None) 
         return False
 
 
+def readable_file(path: Path) -> bool:
+    """``path`` is a file this process can read; False (not an exception) when a folder on the
+    way cannot be entered (``chmod 000``): kept work that cannot be read is made again."""
+    try:
+        return path.is_file() and os.access(path, os.R_OK)
+    except OSError:
+        return False
+
+
+def usable_root(root: Path | None) -> Path | None:
+    """``root`` (where the store and chunk models are kept for reruns) when this process can
+    list, enter and write it and the stores in it, or when it does not exist yet; else None,
+    with a warning: the run then works without keeping anything (a rerun maps again)."""
+    if root is None:
+        return None
+    try:
+        if root.exists():
+            for folder in [root, *root.iterdir()]:
+                if folder.is_dir() and not os.access(folder, os.R_OK | os.W_OK | os.X_OK):
+                    raise PermissionError(13, "Permission denied", str(folder))
+                if folder.is_dir():
+                    next(folder.iterdir(), None)
+    except OSError as exc:
+        logger.warning("cannot use the COLMAP work kept in %s (%s: %s); running without it",
+                       root, exc.strerror or exc, exc.filename or root)
+        return None
+    return root
+
+
 def save_store(store: Path, cache: Path) -> bool:
     """Keep the store's database (features, matches) in ``cache`` for reruns."""
     return save_folder(store, cache, ("database.db", "pairs.txt", "store.json"))
@@ -484,7 +513,7 @@ def save_store(store: Path, cache: Path) -> bool:
 def restore_store(cache: Path, store: Path, frames: Sequence[Any]) -> bool:
     """Bring a kept store back into the work folder ``store``; False when there is none (or it
     cannot be read), and the store must be built."""
-    if not (cache / "store.json").is_file():
+    if not readable_file(cache / "store.json"):
         return False
     try:
         (store / "images").mkdir(parents=True, exist_ok=True)
@@ -517,7 +546,10 @@ def save_calibration(cache: Path, estimates: dict[int, Any]) -> None:
     """Keep the focal length estimates beside the kept store (when the store is kept)."""
     from .calibration import ESTIMATES_FILE, estimates_json
 
-    if not cache.is_dir():
+    try:
+        if not cache.is_dir():
+            return
+    except OSError:
         return
     tmp = cache / f".{ESTIMATES_FILE}.tmp-{os.getpid()}"
     try:
@@ -539,9 +571,11 @@ def _not_kept(path: Path, exc: OSError) -> None:
 
 def remove_other_stores(root: Path | None, keep: str) -> None:
     """Delete kept stores of other frames or options (a rerun over changed input)."""
-    if root is None or not root.is_dir():
+    try:
+        paths = sorted(root.iterdir()) if root is not None and root.is_dir() else []
+    except OSError:  # usable_root warned
         return
-    for path in root.iterdir():
+    for path in paths:
         if path.name != keep and (
             path.name.startswith("store-") or path.name.startswith(".store-")
         ):

@@ -14,6 +14,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from .files import remove_tree
+
 logger = logging.getLogger(__name__)
 
 MIN_FREE = 64 << 20
@@ -52,9 +54,9 @@ def remove_dead_temps(prefixes: Iterable[str]) -> int:
         pid = path.name[len(prefix):].split("-", 1)[0]
         if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
             continue
-        logger.info("removing %s, left by a run that ended without cleaning up", path)
-        shutil.rmtree(path, ignore_errors=True)
-        removed += 1
+        if remove_tree(path):
+            logger.info("removed %s, left by a run that ended without cleaning up", path)
+            removed += 1
     return removed
 
 

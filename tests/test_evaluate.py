@@ -310,6 +310,31 @@ def test_main_writes_json_and_table(output, tmp_path, capsys):
     assert json.loads(custom.read_text())["options"]["align"] == "se3"
 
 
+def test_a_read_only_output_is_still_scored(output, tmp_path, capsys, monkeypatch):
+    """A folder that refuses writes (a read-only mount) gets its table and a warning; a
+    report asked for by ``--json`` that cannot be written is an error."""
+    import pipeline.evaluate as evaluate
+    import pipeline.plots as plots
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(plots, "plot_trajectory", refuse)
+    monkeypatch.setattr(evaluate.os, "replace", refuse)
+    gt_dir = write_synthetic_gt(tmp_path / "gt")
+    assert main(["--pred", str(output), "--gt", str(gt_dir)]) == 0
+    captured = capsys.readouterr()
+    assert "ATE rmse (gt units)" in captured.out
+    assert captured.err.splitlines() == [
+        f"warning: cannot write {output / 'evaluation.json'}: Permission denied (the scores "
+        "above are complete; --json PATH keeps the report elsewhere)"]
+    assert not list(output.glob(".evaluation.json.tmp-*"))
+    assert main(["--pred", str(output), "--gt", str(gt_dir), "--json",
+                 str(tmp_path / "report.json")]) == 2
+    assert capsys.readouterr().err == (f"error: cannot write {tmp_path / 'report.json'}: "
+                                       "Permission denied\n")
+
+
 @pytest.mark.parametrize("argv_kind", ["missing_pred", "bad_gt", "empty_out", "bad_align",
                                        "no_args", "bad_delta"])
 def test_main_bad_input_exit_2_one_line(argv_kind, output, tmp_path, capsys):

@@ -392,7 +392,11 @@ def test_windows_on_a_full_temporary_disk_say_so(tmp_path, small_disk):  # noqa:
 # ---- 14, 15: damaged window folders and extracted frames are redone, nothing left behind ------
 
 @pytest.mark.slow
-def test_a_window_folder_replaced_by_a_file_or_a_dangling_link_is_redone(tmp_path):
+def test_a_window_folder_replaced_by_a_file_or_a_dangling_link_is_redone(
+        tmp_path, monkeypatch, caplog):
+    """... and a kept feature store this user cannot enter (``chmod 000``; the tests run as
+    root, whom no mode stops, so access is denied the way the kernel would answer a user) is
+    done without: the store is built again in the temporary folder, no traceback."""
     source = frames(tmp_path / "in", 6)
     out = tmp_path / "out"
     assert cli("--input-dir", source, "--output-dir", out, *SMALL) == 0
@@ -401,7 +405,13 @@ def test_a_window_folder_replaced_by_a_file_or_a_dangling_link_is_redone(tmp_pat
     first.write_text("not a folder")
     shutil.rmtree(second)
     second.symlink_to(tmp_path / "nowhere")
-    assert cli("--input-dir", source, "--output-dir", out, *SMALL) == 0
+    (store,) = out.rglob("store-*")
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: (
+        Path(path) != store and access(path, mode, **kw)))
+    with caplog.at_level(logging.WARNING):
+        assert cli("--input-dir", source, "--output-dir", out, *SMALL) == 0
+    assert f"cannot use the COLMAP work kept in {store.parent}" in caplog.text
     assert first.is_dir() and second.is_dir() and not second.is_symlink()
     assert manifest(out)["summary"] == {"ok": 2, "failed": 0, "skipped": 0, "pending": 0}
     assert not [p for p in out.rglob("*") if ".trash-" in p.name or ".partial-" in p.name]

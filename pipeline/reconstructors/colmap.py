@@ -247,7 +247,7 @@ class ColmapReconstructor(Reconstructor):
         pairs = set().union(*(seq.sequential_pairs(range(c.start, c.stop), o.pairing_overlap,
                                                    o.quadratic_overlap) for c in chunks))
         key = seq.store_key(frames, sorted(pairs), options_signature(_store_options(o)))
-        root = None if work_dir is None else Path(work_dir) / seq.SEQUENCE_DIR
+        root = seq.usable_root(None if work_dir is None else Path(work_dir) / seq.SEQUENCE_DIR)
         self._close_sequence()
         self._sequence = _Sequence(
             frames=list(frames), chunks=chunks, calibrate=o.camera_params is None,
@@ -343,7 +343,7 @@ class ColmapReconstructor(Reconstructor):
                 continue
             hold = s.hold if chunk.name in s.remap else None
             cached = self._chunk_cache(chunk)
-            if cached is not None and (cached / "chunk.json").is_file():
+            if cached is not None and seq.readable_file(cached / "chunk.json"):
                 s.chunk_jobs[chunk.index] = completed(None)
                 continue
             names = [f.name for f in s.frames[chunk.start:chunk.stop]]
@@ -420,7 +420,7 @@ class ColmapReconstructor(Reconstructor):
     def _chunk_record(self, chunk: seq.Chunk) -> dict[str, Any]:
         """The chunk's ``chunk.json`` (from the output folder's cache, else the work folder)."""
         for folder in (self._chunk_work(chunk), self._chunk_cache(chunk)):
-            if folder is not None and (folder / "chunk.json").is_file():
+            if folder is not None and seq.readable_file(folder / "chunk.json"):
                 try:
                     return json.loads((folder / "chunk.json").read_text())
                 except (OSError, ValueError):
@@ -457,7 +457,8 @@ class ColmapReconstructor(Reconstructor):
         """Load a chunk's models: from the output folder's cache when it has them, else from
         the work folder (then keep them in the cache)."""
         cached, work = self._chunk_cache(chunk), self._chunk_work(chunk)
-        if cached is not None and (cached / "chunk.json").is_file() and not work.is_dir():
+        if (cached is not None and seq.readable_file(cached / "chunk.json")
+                and not work.is_dir()):
             try:
                 return seq.load_models(cached)
             except Exception as exc:  # noqa: BLE001 - a damaged cache is mapped again
