@@ -835,16 +835,11 @@ def write_report(report: dict[str, Any], path: str | Path) -> None:
         raise
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """Argument parser whose usage errors are a single line on stderr (exit status 2)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line's argument parser."""
-    p = _OneLineParser(prog="python -m pipeline.evaluate",
+    from .parsers import OneLineParser
+
+    p = OneLineParser(prog="python -m pipeline.evaluate",
                        description="Score a pipeline output folder against ground-truth poses "
                                    "(ATE after alignment, RPE) per window and for the merged "
                                    "trajectory.",
@@ -901,7 +896,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
+    from .parsers import one_line
+
+    return one_line(" ".join(str(exc).split()))
 
 
 def _evaluate(pred: Path, gt: Path | None, options: EvaluateOptions) -> tuple[dict, str]:

@@ -39,6 +39,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .processes import exit_with_parent, stop_workers
+from .results import WindowResult
 from .tempdirs import explain
 
 logger = logging.getLogger(__name__)
@@ -83,7 +85,6 @@ def default_cpu_workers(device_in_main: bool, processes: int = 1) -> int:
 def _worker_setup(parent_pid: int, colmap_log_level: int) -> None:
     """Worker initializer: exit with the parent, leave Ctrl-C to the parent (which stops the
     workers itself), and keep COLMAP as quiet as the run asks."""
-    from .reconstructors.colmap import exit_with_parent
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     exit_with_parent(parent_pid)
@@ -157,7 +158,6 @@ class CpuPool:
     def stop(self) -> None:
         """Kill the workers now (their jobs are abandoned)."""
         if self._pool is not None:
-            from .reconstructors.colmap import stop_workers
 
             stop_workers(self._pool)
             self._pool = None
@@ -306,8 +306,6 @@ def completed_pending(result: Any) -> Pending:
 def result_of(pending: Pending) -> Any:
     """The window's result; a job that raised, or a worker that died, fails the window alone
     (waits for it when it is still running)."""
-    from .reconstructors import WindowResult
-
     try:
         return pending.future.result()
     except BrokenProcessPool:

@@ -9,8 +9,6 @@ half-written folder that looks complete (see :mod:`pipeline.output` for the read
 
 from __future__ import annotations
 
-import errno
-import json
 import logging
 import os
 import shutil
@@ -19,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DiskFullError
-from .files import remove_tree
+from .files import remove_tree, write_json
 from .frames import Frame
 from .output import WINDOW_INFO, WindowChecks, list_files, load_model
 from .tempdirs import pid_alive
@@ -28,37 +26,6 @@ logger = logging.getLogger(__name__)
 
 _PARTIAL = ".partial-"
 _TRASH = ".trash-"
-NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
-"""``errno`` values of a full disk or an exhausted quota."""
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (a temporary file renamed over ``path``; on failure the temporary
-    file is removed and ``path`` keeps its old content).
-
-    Raises:
-        DiskFullError: the disk is full (or the quota is spent).
-        OSError: any other failure to write.
-    """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if exc.errno in NO_SPACE:
-            raise DiskFullError(path, exc) from exc
-        raise
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
-
-
 def create_staging(final_dir: Path, frames: Sequence[Frame], images: str = "link") -> Path:
     """Make the staging folder of a window, with ``images/`` holding its frames.
 

@@ -1,4 +1,5 @@
-"""Folders the pipeline owns (staging, trash, temporary work), removed whole.
+"""Files and folders the pipeline writes: JSON records written atomically, and folders it
+owns (staging, trash, temporary work) removed whole.
 
 A user (or a careless ``chmod -R 000``) may take the permissions away from a folder the
 pipeline made; ``shutil.rmtree(..., ignore_errors=True)`` then leaves it behind without a word,
@@ -7,15 +8,50 @@ and every later run finds it again. :func:`remove_tree` gives the owner's permis
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import os
 import shutil
 import stat
 from pathlib import Path
+from typing import Any
+
+from .errors import DiskFullError
 
 logger = logging.getLogger(__name__)
 
 _OWNER = stat.S_IRWXU
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+"""``errno`` values of a full disk or an exhausted quota."""
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (a temporary file renamed over ``path``; on failure the temporary
+    file is removed and ``path`` keeps its old content).
+
+    Raises:
+        DiskFullError: the disk is full (or the quota is spent).
+        OSError: any other failure to write.
+    """
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in NO_SPACE:
+            raise DiskFullError(path, exc) from exc
+        raise
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
 def remove_tree(path: Path) -> bool:

@@ -37,14 +37,8 @@ from scipy.spatial.transform import Rotation
 
 from .config import MergeOptions
 from .errors import DiskFullError, InputError, PipelineError
-from .export import (
-    NO_SPACE,
-    discard_staging,
-    remove_stale_staging,
-    staging_for,
-    swap_into_place,
-    write_json,
-)
+from .export import discard_staging, remove_stale_staging, staging_for, swap_into_place
+from .files import NO_SPACE, write_json
 from .geometry import Sim3, camera_centers, robust_sim3, tum_lines
 from .lock import OutputLock
 from .output import planned_windows, read_plan
@@ -596,8 +590,8 @@ def _write_merged(output_dir: Path, staging: Path, models: list[Any], failed: An
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m pipeline.merge OUT``: merge an existing output folder; exit 0, or 2 on error."""
-    from .cli import OneLineParser, add_flags, one_line
     from .options import from_flags
+    from .parsers import OneLineParser, add_flags, one_line
 
     parser = OneLineParser(prog="python -m pipeline.merge",
                             description="Join the windows of a pipeline output folder into one "

@@ -39,6 +39,7 @@ import numpy as np
 from . import __version__
 from .digest import calibration_entry, digest_json, failure_digest
 from .errors import InputError, PipelineError
+from .files import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -448,7 +449,6 @@ class PlannedWindow:
 def write_plan(output_dir: Path, frames: Sequence[Any], windows: Sequence[Any],
                signatures: Sequence[Mapping[str, Any]]) -> str:
     """Write ``plan.json`` (frames and windows of this run); return its digest."""
-    from .export import write_json
 
     plan = {"version": 1,
             "frames": [{"name": f.name, "source": str(f.source), "digest": f.digest,
@@ -614,7 +614,6 @@ class RunManifest:
                 for rank, part in enumerate(parts, start=1)]
         if status != "running":
             self.data.update(finished_at=now(), wall_time=wall_time)
-        from .export import write_json  # deferred: export reads records through this module
 
         write_json(self.path, self.data)
 

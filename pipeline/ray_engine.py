@@ -207,7 +207,7 @@ class DeviceWorker:
     """Body of a device actor: one reconstructor (one model load) and its batches."""
 
     def __init__(self, config: Any) -> None:
-        from .runner import build_reconstructor
+        from .reconstructors import build_reconstructor
 
         ray = import_ray()
         self.reconstructor = build_reconstructor(config)

@@ -36,13 +36,13 @@ from .executor import (
     result_of,
 )
 from .export import (
-    NO_SPACE,
     create_staging,
     discard_staging,
     disk_nearly_full,
     finalize_window,
     remove_stale_staging,
 )
+from .files import NO_SPACE
 from .frames import (
     Frame,
     broken_links,
@@ -74,10 +74,11 @@ from .reconstructors import (
     Reconstructor,
     WindowResult,
     available_reconstructors,
+    build_reconstructor,
     colmap_log_level,
-    create_reconstructor,
     reconstructor_class,
 )
+from .reconstructors import reconstructor_options as reconstructor_options  # documented here
 from .sequences import (
     DatasetManifest,
     SequenceSource,
@@ -250,45 +251,6 @@ def choose_reconstructor(config: PipelineConfig) -> tuple[str, str]:
         return "vggt", f"weights of {config.model} downloaded"
     except (WeightsNotFoundError, OSError) as exc:
         return "colmap", f"weights of {config.model} unavailable ({type(exc).__name__})"
-
-
-def build_reconstructor(config: PipelineConfig) -> Reconstructor:
-    """The reconstructor the configuration asks for (``auto`` must be resolved first).
-
-    Raises:
-        InputError: its options are invalid, or its checkpoint cannot be found or used (the
-            message says how to get one).
-    """
-    from .models import CheckpointError, WeightsNotFoundError
-
-    options = reconstructor_options(config)
-    try:
-        return create_reconstructor(config.reconstructor, options=options)
-    except (WeightsNotFoundError, CheckpointError) as exc:
-        raise InputError(f"--reconstructor {config.reconstructor}: {exc}") from exc
-    except ValueError as exc:
-        if config.reconstructor == "da3":  # a checkpoint that predicts no cameras
-            raise InputError(f"--reconstructor da3: {exc}") from exc
-        raise
-
-
-def reconstructor_options(config: PipelineConfig) -> Any:
-    """The options object of ``config.reconstructor``, filled from the configuration by the
-    reconstructor's own :meth:`~pipeline.reconstructors.Reconstructor.options_from_config`.
-
-    Raises:
-        InputError: an unknown reconstructor, or options that cannot work together.
-    """
-    try:
-        cls = reconstructor_class(config.reconstructor)
-    except ValueError as exc:
-        raise InputError(f"{exc} (or auto)") from None
-    try:
-        return cls.options_from_config(config)
-    except ValueError as exc:
-        if isinstance(exc, InputError):
-            raise
-        raise InputError(f"--reconstructor {config.reconstructor}: {exc}") from exc
 
 
 def unread_problem(config: PipelineConfig, reconstructor: str) -> str | None:

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import pycolmap
 
+from .colmap_options import copy_options, global_mapping_options, mapping_options, reader_options
 from .memory import PeakMeter, reset_peak
 from .tempdirs import make_temp
 from .windows import Window
@@ -130,7 +131,6 @@ def build_store(
     Returns:
         The time and peak memory of the ``features`` and ``matching`` stages.
     """
-    from .reconstructors.colmap import copy_options, reader_options
 
     reset_peak()
     meter, stages = PeakMeter(), {}
@@ -220,7 +220,6 @@ def map_chunk(
     values and keep them (a copy of the database is mapped). Returns the ``mapping`` stage's time
     and peak."""
     from .calibration import model_evidence, set_focal_lengths
-    from .reconstructors.colmap import global_mapping_options, mapping_options
 
     reset_peak()
     meter, stages = PeakMeter(), {}
@@ -563,7 +562,7 @@ def save_calibration(cache: Path, estimates: dict[int, Any]) -> None:
 def _not_kept(path: Path, exc: OSError) -> None:
     """Log that ``path`` could not be kept for reruns: a warning, except on a full disk, which
     the run itself reports when it next writes a window (with one error line)."""
-    from .export import NO_SPACE
+    from .files import NO_SPACE
 
     log = logger.info if exc.errno in NO_SPACE else logger.warning
     log("cannot keep %s for reruns (%s)", path, exc.strerror or exc)

@@ -12,19 +12,21 @@ from __future__ import annotations
 import abc
 import importlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..errors import InputError
 from ..frames import Frame
+from ..results import STATUS_FAILED as STATUS_FAILED  # re-exported: the plug-ins' values
+from ..results import STATUS_OK as STATUS_OK
+from ..results import BatchReport as BatchReport
+from ..results import WindowResult as WindowResult
 from ..windows import Window
 
 if TYPE_CHECKING:
     from ..executor import CpuPool, Pending
-
-STATUS_OK = "ok"
-STATUS_FAILED = "failed"
 
 _REGISTRY = {
     "vggt": "pipeline.reconstructors.vggt:VggtReconstructor",
@@ -36,53 +38,6 @@ Reconstructor modules import their heavy dependencies (torch, the models) only w
 them, so that the command line can read every reconstructor's flags quickly.
 :class:`pipeline.config.PipelineConfig` takes each one's :attr:`Reconstructor.flags` as a base
 (:func:`registered_flags`)."""
-
-
-@dataclass(kw_only=True)
-class WindowResult:
-    """What reconstructing one window produced."""
-
-    status: str
-    """``"ok"``, or ``"failed"`` with ``error`` saying why."""
-    error: str | None = None
-    """One-line reason of a failure."""
-    registered_frames: list[str] = field(default_factory=list)
-    """Names of the frames that have a pose in the model."""
-    num_points3D: int = 0
-    """3D points in the model."""
-    mean_reprojection_error: float | None = None
-    """Mean reprojection error of the model's observations, in pixels."""
-    timings: dict[str, float] = field(default_factory=dict)
-    """Seconds spent per stage (e.g. ``features``, ``matching``, ``mapping``, ``write``)."""
-    memory: dict[str, float] = field(default_factory=dict)
-    """Memory peaks in MiB while its batch ran: ``peak_rss_mb`` of the process that
-    reconstructed it and, on a GPU, ``cuda_peak_mb`` (``torch.cuda.max_memory_allocated``)."""
-    details: dict[str, Any] = field(default_factory=dict)
-    """Reconstructor-specific facts worth keeping in ``window_info.json``."""
-    stages: dict[str, dict[str, float]] = field(default_factory=dict)
-    """Per stage of this window's own work (e.g. ``tracking``, ``bundle_adjustment``,
-    ``export``): ``seconds``, ``held_mb``, ``peak_mb`` and ``rss_peak_mb`` (see
-    :class:`pipeline.memory.PeakSpan`)."""
-
-    @classmethod
-    def failure(cls, error: str, **kwargs: Any) -> WindowResult:
-        """A failed result with a one-line ``error``."""
-        return cls(status=STATUS_FAILED, error=" ".join(str(error).split()), **kwargs)
-
-
-@dataclass(kw_only=True)
-class BatchReport:
-    """What a reconstructor measured while reconstructing one batch (read by the runner)."""
-
-    stages: list[tuple[str, dict[str, float]]] = field(default_factory=list)
-    """Batch-wide stages (``preprocess``, ``forward``), one entry per attempt that finished."""
-    observations: list[Any] = field(default_factory=list)
-    """:class:`pipeline.memory.BatchObservation` of each forward that fitted."""
-    out_of_memory_at: int | None = None
-    """The smallest number of windows that ran out of memory together, if any did."""
-    records: dict[str, Any] = field(default_factory=dict)
-    """Facts about the batch's sequence for its ``run.json`` (e.g. colmap's ``calibration``),
-    each stored under its key."""
 
 
 class Reconstructor(abc.ABC):
@@ -305,3 +260,42 @@ def colmap_log_level(config: Any) -> int:
     """COLMAP's (glog) minimum level for a run: its warnings with ``verbose``, else nothing
     below FATAL (a window's failure reaches ``window_info.json`` and the digest in words)."""
     return 1 if config.verbose else 3
+
+
+def build_reconstructor(config: Any) -> Reconstructor:
+    """The reconstructor the configuration asks for (``auto`` must be resolved first).
+
+    Raises:
+        InputError: its options are invalid, or its checkpoint cannot be found or used (the
+            message says how to get one).
+    """
+    from ..models import CheckpointError, WeightsNotFoundError
+
+    options = reconstructor_options(config)
+    try:
+        return create_reconstructor(config.reconstructor, options=options)
+    except (WeightsNotFoundError, CheckpointError) as exc:
+        raise InputError(f"--reconstructor {config.reconstructor}: {exc}") from exc
+    except ValueError as exc:
+        if config.reconstructor == "da3":  # a checkpoint that predicts no cameras
+            raise InputError(f"--reconstructor da3: {exc}") from exc
+        raise
+
+
+def reconstructor_options(config: Any) -> Any:
+    """The options object of ``config.reconstructor``, filled from the configuration by the
+    reconstructor's own :meth:`~pipeline.reconstructors.Reconstructor.options_from_config`.
+
+    Raises:
+        InputError: an unknown reconstructor, or options that cannot work together.
+    """
+    try:
+        cls = reconstructor_class(config.reconstructor)
+    except ValueError as exc:
+        raise InputError(f"{exc} (or auto)") from None
+    try:
+        return cls.options_from_config(config)
+    except ValueError as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"--reconstructor {config.reconstructor}: {exc}") from exc

@@ -29,11 +29,18 @@ import pycolmap
 from .. import calibration as calib
 from .. import sequence_sfm as seq
 from ..cameras import CAMERA_PARAMS, CAMERA_TYPES
+from ..colmap_options import (
+    copy_options,
+    global_mapping_options,
+    mapping_options,
+    reader_options,
+)
 from ..errors import InputError
 from ..executor import completed, cores
 from ..frames import Frame
 from ..memory import PeakMeter, memory_record, reset_peak
 from ..options import option
+from ..processes import exit_with_parent, stop_workers
 from ..tempdirs import explain, make_temp, remove_dead_temps
 from ..windows import Window
 from . import STATUS_OK, BatchReport, Reconstructor, WindowResult, colmap_log_level
@@ -753,79 +760,6 @@ def _succeeded(job: Future) -> bool:
     return job.done() and not job.cancelled() and job.exception() is None
 
 
-MAPPING_THREADS = 1
-"""Threads of mapping and bundle adjustment, whatever ``num_threads`` says. Ceres sums the
-Schur complement in the order its threads finish when it has several (ceres-solver issues
-#577, #664), so a chunk mapped on two threads lands a few tenths of a pixel of focal length
-away from the same chunk on one, now and then, and incremental mapping carries that on; one
-thread gives the same model every run and for every worker count. SIFT extraction and
-matching use ``num_threads`` (they are deterministic on any number); the mapping of several
-chunks or windows runs in parallel workers."""
-
-
-def reader_options(options: ColmapOptions) -> pycolmap.ImageReaderOptions:
-    """The image reader of the extraction: camera model, and known intrinsics when given."""
-    reader = pycolmap.ImageReaderOptions()
-    reader.camera_model = options.camera_type
-    if options.camera_params is not None:
-        reader.camera_params = ",".join(repr(float(v)) for v in options.camera_params)
-    return reader
-
-
-def global_mapping_options(options: ColmapOptions, *, hold_focal: bool = False
-                           ) -> pycolmap.GlobalPipelineOptions:
-    """A copy of the global mapping options on :data:`MAPPING_THREADS` threads; known
-    intrinsics held fixed, and with ``hold_focal`` (a chunk mapped again with the chunks'
-    consensus) the focal length."""
-    mapping = copy_options(options.global_mapping)
-    mapping.num_threads = MAPPING_THREADS
-    adjustment = mapping.mapper.bundle_adjustment
-    if hold_focal or options.camera_params is not None:
-        adjustment.refine_focal_length = False
-    if options.camera_params is not None:
-        adjustment.refine_extra_params = False
-    return mapping
-
-
-def mapping_options(options: ColmapOptions, *, hold_focal: bool = False
-                    ) -> pycolmap.IncrementalPipelineOptions:
-    """A copy of the mapping options on :data:`MAPPING_THREADS` threads; known intrinsics held
-    fixed, and with ``hold_focal`` (a chunk mapped again with the chunks' consensus) the focal
-    length."""
-    mapping = copy_options(options.mapping)
-    mapping.num_threads = MAPPING_THREADS
-    if hold_focal:
-        mapping.ba_refine_focal_length = False
-    if options.camera_params is not None:  # known intrinsics stay as given
-        mapping.ba_refine_focal_length = False
-        mapping.ba_refine_extra_params = False
-    return mapping
-
-
-def exit_with_parent(parent_pid: int, interval: float = 0.5) -> None:
-    """Worker initializer: end this process as soon as ``parent_pid`` is gone (a parent killed
-    with ``kill -9`` never tells its workers; they would wait on their queue forever). A daemon
-    thread polls the parent every ``interval`` seconds (pycolmap releases the GIL while it
-    works, so the thread runs during long COLMAP calls too)."""
-    import threading
-    import time
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(interval)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
-
-
-def stop_workers(pool: ProcessPoolExecutor) -> None:
-    """Kill a pool's worker processes at once (their windows are abandoned; SIGKILL, because
-    COLMAP's failure handler answers SIGTERM with a stack dump) and let the pool go."""
-    for process in list(getattr(pool, "_processes", {}).values()):
-        process.kill()
-    pool.shutdown(wait=False, cancel_futures=True)
-
-
 def _window_options(window: Window[Frame], options: ColmapOptions) -> ColmapOptions:
     """The options for one window: a shared camera needs frames of one size, so a window whose
     frames differ in size gets one camera per frame (said in the log and in its details)."""
@@ -927,10 +861,3 @@ def anchor_to_first_frame(rec: pycolmap.Reconstruction, name: str) -> None:
     """
     pose = rec.find_image_with_name(name).cam_from_world()
     rec.transform(pycolmap.Sim3d(1.0, pose.rotation, pose.translation))
-
-
-def copy_options(options: Any) -> Any:
-    """An independent copy of a pycolmap option object."""
-    clone = type(options)()
-    clone.mergedict(options.todict())
-    return clone
