@@ -181,18 +181,31 @@ class BatchingTest(VggtTestCase):
             joined = torch.cat([s[key] for s in single])
             torch.testing.assert_close(batched[key], joined, rtol=1e-4, atol=1e-5)
 
-    def test_batch_size_does_not_change_the_windows(self):
+    def test_batch_size_does_not_change_the_predictions(self):
+        """Batched or one at a time, each window gets the same network output (its saved
+        depth and confidence, float16) and the same fate. Its poses are not compared: the
+        tiny model's random weights predict cameras that disagree with its tracks by about
+        16 px, at the 8 px inlier threshold, so the last-bit differences of a batched matrix
+        product (oneDNN blocks by batch shape: 1e-6) decide which tracks survive on some CPUs;
+        real checkpoints are compared through test_batched_forward_equals_one_at_a_time."""
         one, many = self.tmp / "one", self.tmp / "many"
-        self.assertEqual(self.run_cli(one, "--max-frames", "12", "--window-batch-size", "1"), 0)
-        self.assertEqual(self.run_cli(many, "--max-frames", "12", "--window-batch-size", "3"), 0)
+        for out, size in ((one, "1"), (many, "3")):
+            self.assertEqual(self.run_cli(out, "--max-frames", "12", "--window-batch-size",
+                                          size, "--save-depth"), 0)
         manifest = json.loads((many / "run.json").read_text())
         self.assertEqual((manifest["num_windows"], manifest["memory"]), (3, None))
+        self.assertEqual(len(windows(one)), 3)
         for w1, w2 in zip(windows(one), windows(many)):
-            r1, r2 = (pycolmap.Reconstruction(w / "sparse") for w in (w1, w2))
+            self.assertEqual((info(w1)["status"], info(w1)["registered_frames"]),
+                             (info(w2)["status"], info(w2)["registered_frames"]))
             for name in info(w1)["frames"]:
-                np.testing.assert_allclose(
-                    r1.find_image_with_name(name).cam_from_world().matrix(),
-                    r2.find_image_with_name(name).cam_from_world().matrix(), atol=1e-3)
+                stem = Path(name).stem
+                with np.load(w1 / "depth" / f"{stem}.npz") as a, \
+                        np.load(w2 / "depth" / f"{stem}.npz") as b:
+                    for key in ("depth", "confidence"):
+                        np.testing.assert_allclose(a[key].astype(np.float32),
+                                                   b[key].astype(np.float32),
+                                                   rtol=2e-3, atol=1e-3)
 
     def test_cpu_offload_under_accelerate_gives_the_same_window(self):
         plain, offload = self.tmp / "plain", self.tmp / "offload"
