@@ -7,17 +7,20 @@
     from torch.utils.data import DataLoader
     from pipeline.dataset import WindowDataset
 
-    data = WindowDataset("out", size=(224, 224))
-    loader = DataLoader(data, batch_size=4, num_workers=4)  # windows of equal frame count
+    data = WindowDataset("out", size=(224, 224), num_frames=4)  # every item 4 frames
+    loader = DataLoader(data, batch_size=4, shuffle=True, num_workers=4)
     for batch in loader:
-        images = batch["images"]            # [B, S, 224, 224, 3] uint8
+        images = batch["images"]            # [B, 4, 224, 224, 3] uint8
         K, pose = batch["intrinsics"], batch["cam_from_world"]
+
+Whole windows (``num_frames=None``) have as many frames as each window registered; batch them
+with :class:`FrameCountBatchSampler`, which puts windows of one frame count together.
 
 Conventions: ``intrinsics`` are pinhole ``K`` in pixels of the returned images, COLMAP's pixel
 convention (the top-left pixel's centre is ``(0.5, 0.5)``, so resizing scales ``K`` exactly);
 ``cam_from_world`` maps the window's world to OpenCV camera axes (x right, y down, z forward);
-the window's world is its first registered frame's camera for vggt/da3, COLMAP's for colmap,
-with the scale of its model. Depth (z, world units) and confidence come from ``depth/`` when
+the window's world is its first registered frame's camera (for every reconstructor), with the
+scale of its model. Depth (z, world units) and confidence come from ``depth/`` when
 the run saved them (``--save-depth``), resized with nearest neighbours; 0 where unknown.
 """
 
@@ -122,32 +125,54 @@ class WindowDataset(torch.utils.data.Dataset):
     - ``depth``, ``confidence``: ``[S, H, W]`` float32, when saved (else absent);
     - ``frames``: the ``S`` frame names; ``sequence``, ``window_index``.
 
-    ``S`` is the number of registered frames of the window. Items are read when asked for, so
-    the dataset pickles cheaply and works with ``DataLoader(num_workers > 0)``; batching windows
-    needs equal ``S`` (and ``size``).
+    ``S`` is ``num_frames`` when given: the window's registered frames spread evenly from its
+    first to its last (``round(linspace(0, R - 1, S))`` of its ``R`` frames, in order, so that
+    the first is the window's world and the baseline is the window's whole), and windows with
+    fewer than ``S`` registered frames are left out (counted in one log line). Without it, ``S``
+    is each window's number of registered frames: batch those with
+    :class:`FrameCountBatchSampler`. Items are read when asked for, so the dataset pickles
+    cheaply and works with ``DataLoader(num_workers > 0)``.
     """
 
     def __init__(self, output_dir: str | Path, *, size: tuple[int, int] | None = None,
-                 with_depth: bool = True,
+                 num_frames: int | None = None, with_depth: bool = True,
                  transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         """
         Args:
             output_dir: A run's output folder.
             size: ``(height, width)`` to resize every frame to (bilinear; intrinsics scaled to
                 match); ``None``: original sizes.
+            num_frames: Frames of every item (see the class docstring); ``None``: each
+                window's registered frames.
             with_depth: Return depth and confidence when the window has them.
             transform: Applied to each item last.
 
         Raises:
-            InputError: the folder holds no run, or ``size`` is not two positive integers.
+            InputError: the folder holds no run, ``size`` is not two positive integers, or
+                ``num_frames`` not a positive integer.
         """
         if size is not None and (len(size) != 2 or min(size) < 1):
             raise InputError(f"size must be (height, width) in pixels, got {size!r}")
+        if num_frames is not None and (isinstance(num_frames, bool)
+                                       or not isinstance(num_frames, int) or num_frames < 1):
+            raise InputError(f"num_frames must be a positive integer, got {num_frames!r}")
         self.output_dir = Path(output_dir)
         self.size = None if size is None else (int(size[0]), int(size[1]))
+        self.num_frames = num_frames
         self.with_depth = with_depth
         self.transform = transform
         self.windows = find_windows(self.output_dir)
+        self.frame_counts = [_registered_count(w.folder) for w in self.windows]
+        """Registered frames of each window, in :attr:`windows` order (before ``num_frames``
+        picks from them)."""
+        if num_frames is not None:
+            kept = [i for i, n in enumerate(self.frame_counts) if n >= num_frames]
+            if len(kept) < len(self.windows):
+                logger.info("WindowDataset: left out %d of %d windows with fewer than %d "
+                            "registered frames", len(self.windows) - len(kept),
+                            len(self.windows), num_frames)
+            self.windows = [self.windows[i] for i in kept]
+            self.frame_counts = [self.frame_counts[i] for i in kept]
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -158,7 +183,7 @@ class WindowDataset(torch.utils.data.Dataset):
         entry = self.windows[i]
         info = read_window_info(entry.folder)
         cameras = read_window_cameras(entry.folder)
-        names = [n for n in info["frames"] if n in cameras]
+        names = pick_frames([n for n in info["frames"] if n in cameras], self.num_frames)
         sources = dict(zip(info["frames"], info.get("sources") or info["frames"]))
         images, intrinsics, depth, conf = [], [], [], []
         size = self.size  # frames of a (colmap) window of mixed sizes: all to its image_size
@@ -191,6 +216,79 @@ class WindowDataset(torch.utils.data.Dataset):
             item["depth"] = torch.from_numpy(np.stack(depth))
             item["confidence"] = torch.from_numpy(np.stack(conf))
         return self.transform(item) if self.transform is not None else item
+
+
+def pick_frames(names: list[str], num_frames: int | None) -> list[str]:
+    """``num_frames`` of ``names`` spread evenly from the first to the last, in order (all of
+    them when ``num_frames`` is None).
+
+    Raises:
+        InputError: fewer names than ``num_frames`` (the window changed since the dataset was
+            made).
+    """
+    if num_frames is None:
+        return names
+    if len(names) < num_frames:
+        raise InputError(f"a window has {len(names)} registered frames now, fewer than "
+                         f"num_frames={num_frames}; make the dataset again")
+    return [names[int(i)] for i in np.round(np.linspace(0, len(names) - 1, num_frames))]
+
+
+class FrameCountBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Batches of windows with the same number of frames, for whole windows
+    (``WindowDataset(num_frames=None)``) that the default collate can stack::
+
+        loader = DataLoader(data, batch_sampler=FrameCountBatchSampler(data, batch_size=4))
+
+    Windows are grouped by their frame count; each group is cut into batches of
+    ``batch_size`` (its last batch smaller, or dropped with ``drop_last``). With ``shuffle``,
+    the windows of each group and the order of the batches are shuffled from ``seed`` and the
+    epoch (:meth:`set_epoch`), so every epoch differs and every run repeats.
+    """
+
+    def __init__(self, dataset: WindowDataset, batch_size: int, *, shuffle: bool = False,
+                 drop_last: bool = False, seed: int = 0) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.counts = list(dataset.frame_counts if dataset.num_frames is None
+                           else [dataset.num_frames] * len(dataset))
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the next iteration shuffles for."""
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        batches = []
+        for count in sorted(set(self.counts)):
+            group = [i for i, n in enumerate(self.counts) if n == count]
+            if self.shuffle:
+                group = [group[j] for j in rng.permutation(len(group))]
+            for start in range(0, len(group), self.batch_size):
+                batch = group[start:start + self.batch_size]
+                if len(batch) == self.batch_size or not self.drop_last:
+                    batches.append(batch)
+        if self.shuffle:
+            batches = [batches[j] for j in rng.permutation(len(batches))]
+        return batches
+
+    def __iter__(self):
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+
+def _registered_count(folder: Path) -> int:
+    """How many frames the window registered (its record, which the dataset trusts only
+    when it agrees with the model: :func:`find_windows`)."""
+    from .output import read_window_info
+
+    info = read_window_info(folder)
+    registered = info.get("registered_frames")
+    return len(registered) if registered is not None else int(info.get("num_registered") or 0)
 
 
 def scale_intrinsics(K: np.ndarray, sx: float, sy: float) -> np.ndarray:

@@ -3,13 +3,18 @@ the intrinsics consistent, and a multi-process DataLoader."""
 
 from __future__ import annotations
 
+import logging
+import shutil
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import IMAGES
 from pipeline.config import PipelineConfig
-from pipeline.dataset import WindowDataset, scale_intrinsics
+from pipeline.dataset import FrameCountBatchSampler, WindowDataset, pick_frames, scale_intrinsics
 from pipeline.errors import InputError
 from pipeline.output import read_window_poses
 from pipeline.runner import run
@@ -79,3 +84,90 @@ def test_bad_sizes_and_empty_folders_are_refused(output, tmp_path):
         WindowDataset(output, size=(0, 10))
     with pytest.raises(InputError):
         WindowDataset(tmp_path)
+
+
+# ---- items of a fixed size, and whole windows batched by frame count -----------------------
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory):
+    """A run over two sequences of one window of 8 frames each; two frames of ``b`` are flat
+    grey (nothing to match), so its window registers 6."""
+    base = tmp_path_factory.mktemp("many")
+    names = sorted(IMAGES.iterdir())
+    for sequence, first in (("a", 0), ("b", 8)):
+        (base / "root" / sequence).mkdir(parents=True)
+        for path in names[first:first + 8]:
+            shutil.copy(path, base / "root" / sequence / path.name)
+    for path in sorted((base / "root" / "b").iterdir())[3:5]:
+        with Image.open(path) as image:
+            Image.new("RGB", image.size, (110, 110, 110)).save(path)
+    out = base / "out"
+    summary = run(PipelineConfig(input_root=base / "root", output_dir=out, window_size=8,
+                                 window_stride=4, reconstructor="colmap", show_progress=False))
+    assert summary.success
+    assert sorted(WindowDataset(out).frame_counts) == [6, 8]
+    return out
+
+
+def test_the_readme_loader_runs_on_windows_of_several_frame_counts(many):
+    """``DataLoader(WindowDataset(out, num_frames=S), batch_size=4, shuffle=True)`` as the
+    README has it: the default collate stacks every batch."""
+    torch.manual_seed(0)
+    data = WindowDataset(many, size=(60, 80), num_frames=6)
+    loader = torch.utils.data.DataLoader(data, batch_size=4, shuffle=True, num_workers=2)
+    [batch] = list(loader)
+    assert batch["images"].shape == (2, 6, 60, 80, 3)
+    assert batch["cam_from_world"].shape == (2, 6, 3, 4)
+    whole = {item["sequence"]: item for item in WindowDataset(many, size=(60, 80))}
+    picked = {item["sequence"]: item for item in data}
+    assert picked["b"]["frames"] == whole["b"]["frames"]  # all 6
+    # of a's 8: the first (the window's world), the last, and evenly between
+    assert picked["a"]["frames"] == [whole["a"]["frames"][i] for i in (0, 1, 3, 4, 6, 7)]
+    np.testing.assert_array_equal(picked["a"]["cam_from_world"],
+                                  whole["a"]["cam_from_world"][[0, 1, 3, 4, 6, 7]])
+
+
+def test_windows_with_too_few_frames_are_left_out_and_counted(many, caplog):
+    with caplog.at_level(logging.INFO, logger="pipeline.dataset"):
+        data = WindowDataset(many, num_frames=7)
+    assert [w.sequence for w in data.windows] == ["a"] and len(data[0]["frames"]) == 7
+    assert "left out 1 of 2 windows with fewer than 7 registered frames" in caplog.text
+    for bad in (0, -1, 2.5, "4", True):
+        with pytest.raises(InputError, match="num_frames"):
+            WindowDataset(many, num_frames=bad)
+
+
+def test_whole_windows_batch_by_frame_count(many):
+    data = WindowDataset(many, size=(60, 80))
+    sampler = FrameCountBatchSampler(data, batch_size=4)
+    loader = torch.utils.data.DataLoader(data, batch_sampler=sampler)
+    shapes = sorted(batch["images"].shape[:2] for batch in loader)
+    assert shapes == [(1, 6), (1, 8)]  # never stacked together
+
+
+def test_the_sampler_groups_shuffles_by_epoch_and_repeats():
+    data = SimpleNamespace(frame_counts=[4, 6, 4, 4, 6, 4, 4], num_frames=None)
+    plain = list(FrameCountBatchSampler(data, batch_size=2))
+    assert plain == [[0, 2], [3, 5], [6], [1, 4]]
+    assert list(FrameCountBatchSampler(data, batch_size=2, drop_last=True)) == [[0, 2], [3, 5],
+                                                                               [1, 4]]
+    sampler = FrameCountBatchSampler(data, batch_size=2, shuffle=True, seed=3)
+    first = list(sampler)
+    assert first == list(FrameCountBatchSampler(data, batch_size=2, shuffle=True, seed=3))
+    for batch in first:
+        assert len({data.frame_counts[i] for i in batch}) == 1
+    assert sorted(i for batch in first for i in batch) == list(range(7))
+    sampler.set_epoch(1)
+    assert list(sampler) != first and len(sampler) == 4
+    with pytest.raises(InputError, match="batch_size"):
+        FrameCountBatchSampler(data, batch_size=0)
+
+
+def test_pick_frames_spreads_evenly_and_refuses_too_few():
+    names = [f"f{i}" for i in range(8)]
+    assert pick_frames(names, None) == names
+    assert pick_frames(names, 8) == names
+    assert pick_frames(names, 2) == ["f0", "f7"]
+    assert pick_frames(names, 1) == ["f0"]
+    with pytest.raises(InputError, match="fewer than num_frames=9"):
+        pick_frames(names, 9)
