@@ -62,9 +62,11 @@ class DigestEntry:
     cause: str
     """The cause's label, or the reason itself when no known cause matches."""
     count: int = 0
-    """Windows that failed for it."""
-    windows: list[int] = field(default_factory=list)
-    """Indices of the first :data:`EXAMPLE_WINDOWS` of them."""
+    """Windows that failed for it (0: a line about a sequence, not its windows: one that could
+    not be reconstructed, a merge that split or failed)."""
+    windows: list[int | str] = field(default_factory=list)
+    """The first :data:`EXAMPLE_WINDOWS` of them: window indices, or in a run over many
+    sequences ``"<sequence>/<index>"`` (:func:`window_label`)."""
     example: str = ""
     """The full reason of the first of them."""
     hint: str | None = None
@@ -74,7 +76,7 @@ class DigestEntry:
         """One line: count, cause, example windows and hint."""
         more = ", ..." if self.count > len(self.windows) else ""
         where = f"window{'s' if self.count > 1 else ''} {', '.join(map(str, self.windows))}{more}"
-        text = f"{plural(self.count, 'window')}: {self.cause}"
+        text = f"{plural(self.count, 'window')}: {self.cause}" if self.count else self.cause
         if self.windows:
             text += f" ({where})"
         if self.hint:
@@ -107,8 +109,8 @@ def _key(error: str | None, cause: Cause | None) -> str:
 
 
 def failure_digest(records: Iterable[Mapping[str, Any]]) -> list[DigestEntry]:
-    """The failed windows of ``records`` (window records as in ``run.json``), grouped by cause,
-    the most frequent first."""
+    """The failed windows of ``records`` (window records as in ``run.json``; with their
+    ``sequence`` in a run over many), grouped by cause, the most frequent first."""
     entries: dict[str, DigestEntry] = {}
     for record in records:
         if record.get("status") == "ok":
@@ -120,8 +122,16 @@ def failure_digest(records: Iterable[Mapping[str, Any]]) -> list[DigestEntry]:
             cause=key, example=error, hint=cause.hint if cause else None))
         entry.count += 1
         if len(entry.windows) < EXAMPLE_WINDOWS:
-            entry.windows.append(int(record.get("window_index", -1)))
+            entry.windows.append(window_label(record))
     return sorted(entries.values(), key=lambda e: -e.count)
+
+
+def window_label(record: Mapping[str, Any]) -> int | str:
+    """How a failure names its window: its index, or ``"<sequence>/<index>"`` when the record
+    belongs to a sequence of a run over many."""
+    index = int(record.get("window_index", -1))
+    sequence = record.get("sequence")
+    return f"{sequence}/{index}" if sequence else index
 
 
 def calibration_entry(calibration: Mapping[str, Any] | None,

@@ -22,7 +22,15 @@ from tqdm import tqdm
 
 from . import __version__
 from .config import IMAGE_MODES, MergeOptions, PipelineConfig
-from .digest import DigestEntry, calibration_entry, cause_key, failure_digest, plural
+from .digest import (
+    DigestEntry,
+    calibration_entry,
+    cause_key,
+    digest_json,
+    failure_digest,
+    plural,
+    window_label,
+)
 from .distributed import ProcessGroup, process_group
 from .errors import DiskFullError, InputError, PipelineError
 from .executor import (
@@ -674,8 +682,12 @@ def _run_many(config: PipelineConfig, sources: list[SequenceSource], group: Proc
                          profile=profile, throughput=dataset.data.get("throughput"),
                          device=reconstructor.device, sequences=dataset.data["sequences"])
     summary.notes = [note for plan in plans for note in _notes(plan)]
+    summary.notes += [DigestEntry(cause=f"{s['name']}: not reconstructed",
+                                  example=s.get("error") or "", hint=s.get("error"))
+                      for s in summary.failed_sequences]
     if config.merge:
         _merge_sequences(summary, plans, config.merge_options)
+    dataset.keep_digest(digest_json(failure_digest(summary.windows) + summary.notes))
     summary.wall_time = time.perf_counter() - start
     return summary
 
@@ -756,10 +768,19 @@ def _merge_sequences(summary: RunSummary, plans: list[SequencePlan],
     errors = []
     for plan in plans:
         try:
-            merge_output(Path(plan.config.output_dir), options)
+            report = merge_output(Path(plan.config.output_dir), options)
         except Exception as exc:  # noqa: BLE001 - the windows are written; report and go on
             logger.error("merging %s failed: %s", plan.name, exc)
             errors.append(f"{plan.name}: {type(exc).__name__}: {exc}")
+            summary.notes.append(DigestEntry(cause=f"{plan.name}: merge failed",
+                                             example=str(exc)))
+            continue
+        segments = len(report["segments"])
+        if segments > 1:
+            summary.notes.append(DigestEntry(
+                cause=f"{plan.name}: merged in {segments} separate segments",
+                hint=f"failed windows or weak overlaps break the path; {plan.name}/merged/"
+                     "merge.json says where"))
     summary.merge_error = "; ".join(errors) or None
 
 
@@ -1024,7 +1045,7 @@ def _process(plans: list[SequencePlan], config: PipelineConfig,
         for stage, span in (record.get("stages") or {}).items():
             profile.add(stage, span)
         plan.manifest.add(record)
-        _log_failure(record, causes_seen)
+        _log_failure(dict(record, sequence=plan.name), causes_seen)
         if governor is not None:
             plan.manifest.data["memory"] = governor.to_json()
         plan.manifest.write()
@@ -1073,13 +1094,13 @@ def _log_failure(record: dict[str, Any], causes_seen: set[str]) -> None:
     (and to the debug log)."""
     if record["status"] == STATUS_OK:
         return
-    key = cause_key(record["error"])
+    key, window = cause_key(record["error"]), window_label(record)
     if key in causes_seen:
-        logger.debug("window %d failed: %s", record["window_index"], record["error"])
+        logger.debug("window %s failed: %s", window, record["error"])
         return
     causes_seen.add(key)
-    logger.warning("window %d failed: %s (windows failing alike are counted at the end)",
-                   record["window_index"], record["error"])
+    logger.warning("window %s failed: %s (windows failing alike are counted at the end)",
+                   window, record["error"])
 
 
 def _observe(reconstructor: Reconstructor, governor: MemoryGovernor | None,

@@ -307,7 +307,16 @@ class DatasetManifest:
         except OSError as exc:
             logger.error("cannot write %s: %s", self.path, exc)
 
+    def keep_digest(self, digest: list[dict[str, Any]]) -> None:
+        """The run's digest (failed windows by cause, named ``sequence/window``; sequences not
+        reconstructed; merges that split or failed), as the command prints it at the end."""
+        self.data["digest"] = digest
+        try:
+            self._write()
+        except OSError as exc:
+            logger.error("cannot write %s: %s", self.path, exc)
+
     def _write(self) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.data, indent=2))
-        os.replace(tmp, self.path)
+        from .files import write_json
+
+        write_json(self.path, self.data)

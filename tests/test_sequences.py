@@ -110,6 +110,34 @@ SMALL = ("--window-size", "4", "--window-stride", "4", "-q")
 
 
 @pytest.mark.slow
+def test_a_run_over_many_names_the_sequence_of_every_failure(tmp_path, caplog, capsys):
+    """Failure lines, the digest (printed and kept in ``dataset.json``) and the end lines name
+    the sequence: ``b/1`` failed, ``b``'s merge split in two, ``broken.mp4`` was not read."""
+    from tests.helpers import frames_with_blank_window
+
+    root = tmp_path / "root"
+    frames_folder(root / "a", 0, 8)
+    frames_with_blank_window(IMAGES, root / "b", count=12, blank=range(4, 8))
+    (root / "broken.mp4").write_bytes(b"\0" * 4096)
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        assert main(["--input-root", str(root), "--output-dir", str(out), "--window-size",
+                     "4", "--window-stride", "4", "--reconstructor", "colmap", "--merge"]) == 1
+    assert "window b/1 failed:" in caplog.text
+    printed = [line.strip() for line in capsys.readouterr().out.splitlines()
+               if line.startswith("  ")]
+    assert any("(window b/1)" in line for line in printed), printed
+    assert any(line.startswith("b: merged in 2 separate segments; ") for line in printed)
+    assert any(line.startswith("broken.mp4: not reconstructed; ") for line in printed)
+    digest = json.loads((out / "dataset.json").read_text())["digest"]
+    assert [d["windows"] for d in digest if d["count"]] == [["b/1"]]
+    assert {d["cause"] for d in digest if not d["count"]} == {  # a's windows do not overlap
+        "a: merged in 2 separate segments", "b: merged in 2 separate segments",
+        "broken.mp4: not reconstructed"}
+    # each sequence's own run.json names its windows by index, as a run over it alone does
+    assert json.loads((out / "b" / "run.json").read_text())["digest"][0]["windows"] == [1]
+
+
 def test_classical_dataset_run(tmp_path, caplog):
     root = tmp_path / "root"
     frames_folder(root / "a", 0, 8)
