@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -1135,8 +1136,29 @@ def _merge(summary: RunSummary, options: MergeOptions) -> None:
         summary.merge_error = f"{type(exc).__name__}: {exc}"
 
 
-def _progress(config: PipelineConfig, total: int) -> tqdm:
+@contextlib.contextmanager
+def _progress(config: PipelineConfig, total: int) -> Iterator[tqdm]:
     """The windows bar (off with ``-q`` or when stderr is not a terminal); its postfix shows
-    the stage under way inside a batch."""
-    return tqdm(total=total, desc="windows", unit="window",
-                disable=None if config.show_progress else True)
+    the stage under way inside a batch, and its clock keeps moving through long stages (the
+    feature store of a long sequence takes minutes before the first window): a thread
+    redraws it every second."""
+    with tqdm(total=total, desc="windows", unit="window",
+              disable=None if config.show_progress else True) as bar:
+        stop = threading.Event()
+        clock = threading.Thread(target=keep_redrawing, args=(bar, stop), daemon=True,
+                                 name="progress-clock")
+        if not bar.disable:
+            clock.start()
+        try:
+            yield bar
+        finally:
+            stop.set()
+            if clock.is_alive():
+                clock.join()
+
+
+def keep_redrawing(bar: Any, stop: threading.Event, interval: float = 1.0) -> None:
+    """Redraw ``bar`` every ``interval`` seconds until ``stop`` is set (tqdm redraws only
+    when it is updated, so its elapsed time would stand still between windows)."""
+    while not stop.wait(interval):
+        bar.refresh()

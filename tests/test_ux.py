@@ -278,3 +278,26 @@ def test_throughput_of_a_cpu_run_is_recorded_and_printed(tmp_path, capsys):
     assert busy["cpu_workers"] >= 1 and "main_busy_s" in busy and "finish_busy_s" in busy
     printed = capsys.readouterr().out
     assert "3 windows in " in printed and "main process busy" in printed
+
+
+def test_the_progress_clock_moves_between_windows():
+    """Long stages (a sequence's feature store) pass no window: the bar is redrawn anyway,
+    so its elapsed time moves, and the redrawing stops with the bar."""
+    import io
+    import threading
+
+    from tqdm import tqdm
+
+    from pipeline.runner import keep_redrawing
+
+    bar = tqdm(total=3, file=io.StringIO(), disable=False)
+    redraws = []
+    bar.refresh = lambda *args, **kwargs: redraws.append(bar.n)
+    stop = threading.Event()
+    clock = threading.Thread(target=keep_redrawing, args=(bar, stop, 0.02))
+    clock.start()
+    time.sleep(0.3)  # no update at all meanwhile
+    stop.set()
+    clock.join(timeout=5)
+    assert not clock.is_alive() and len(redraws) >= 2 and set(redraws) == {0}
+    bar.close()
