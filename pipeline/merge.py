@@ -14,8 +14,9 @@
    frame, the camera of its first frame, becomes the segment's) and then refined jointly, a
    Sim(3) pose graph solved with ``scipy.optimize.least_squares``.
 4. Output per segment: ``sparse/`` (one COLMAP model, every frame once, pose averaged over the
-   windows that hold it, points voxel-downsampled), ``trajectory.txt`` (TUM), ``points.ply`` and
-   ``trajectory.png``. One segment goes straight into ``OUT/merged/``; several go into
+   windows that hold it, points voxel-downsampled with the observations of the points they
+   join), ``images/`` (as the windows have theirs), ``trajectory.txt`` (TUM), ``points.ply``
+   and ``trajectory.png``. One segment goes straight into ``OUT/merged/``; several go into
    ``OUT/merged/segment_XXX/``. ``OUT/merged/merge.json`` reports segments and pairs.
 
 ``python -m pipeline.merge OUT`` merges an existing output folder.
@@ -24,6 +25,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -71,6 +73,12 @@ class WindowModel:
     depth_dir: Path | None = None
     """``depth/`` folder of per-frame depth maps (``<stem>.npz``: ``depth``, ``confidence`` on
     the original pixel grid), when the reconstructor wrote one."""
+    tracks: list[list[tuple[str, np.ndarray]]] = field(default_factory=list)
+    """The observations of each of :attr:`points`: ``(frame name, pixel (2,))``, in the order
+    of its COLMAP track."""
+    images: dict[str, Path] = field(default_factory=dict)
+    """The file of each registered frame in the window's ``images/`` (absent with
+    ``--images none``)."""
     observations: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(
         default_factory=dict)
     """Per registered frame: ``(point2D indices (K,), their pixels (K, 2), their 3D points
@@ -121,6 +129,9 @@ def load_window_model(window_dir: Path, info: dict[str, Any]) -> WindowModel:
     point_ids = sorted(rec.point3D_ids())
     points = np.array([rec.points3D[p].xyz for p in point_ids]).reshape(-1, 3)
     colors = np.array([rec.points3D[p].color for p in point_ids], dtype=np.uint8).reshape(-1, 3)
+    tracks = [[(rec.images[e.image_id].name, np.array(rec.images[e.image_id].points2D[
+        e.point2D_idx].xy, dtype=float)) for e in rec.points3D[p].track.elements]
+        for p in point_ids]
     poses, cameras, observations = {}, {}, {}
     for image_id in rec.reg_image_ids():
         image = rec.images[image_id]
@@ -134,11 +145,13 @@ def load_window_model(window_dir: Path, info: dict[str, Any]) -> WindowModel:
     else:  # no points: the camera path's extent stands in for the scene depth
         scale = float(np.linalg.norm(np.ptp(centres, axis=0)))
     depth_dir = Path(window_dir) / "depth"
+    images = {n: Path(window_dir) / "images" / n for n in frames
+              if (Path(window_dir) / "images" / n).is_file()}
     return WindowModel(index=info["window_index"], frames=frames,
                        depth_dir=depth_dir if depth_dir.is_dir() else None,
                        frame_index={n: order[n] for n in frames}, poses=poses, cameras=cameras,
-                       points=points, colors=colors, observations=observations,
-                       scene_scale=scale or 1.0)
+                       points=points, colors=colors, tracks=tracks, images=images,
+                       observations=observations, scene_scale=scale or 1.0)
 
 
 def _observations(rec: pycolmap.Reconstruction,
@@ -416,15 +429,16 @@ def average_poses(poses: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate([rotation, (-rotation @ centre)[:, None]], axis=1)
 
 
-def voxel_downsample(points: np.ndarray, colors: np.ndarray,
-                     fraction: float) -> tuple[np.ndarray, np.ndarray, float]:
-    """One point per occupied voxel (mean position and colour); returns points, colours, size."""
+def voxel_downsample(points: np.ndarray, colors: np.ndarray, fraction: float
+                     ) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+    """One point per occupied voxel (mean position and colour); returns points, colours, the
+    voxel size and, for each input point, the output point it went into ``(M,)``."""
     if len(points) == 0:
-        return points, colors, 0.0
+        return points, colors, 0.0, np.zeros(0, int)
     lo, hi = np.percentile(points, [1, 99], axis=0)
     size = float(np.linalg.norm(hi - lo)) * fraction
     if size <= 0:
-        return points, colors, 0.0
+        return points, colors, 0.0, np.arange(len(points))
     keys = np.floor((points - lo) / size).astype(np.int64)
     _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
     inverse = inverse.ravel()
@@ -432,7 +446,20 @@ def voxel_downsample(points: np.ndarray, colors: np.ndarray,
     np.add.at(sums, inverse, points)
     csum = np.zeros((len(counts), 3))
     np.add.at(csum, inverse, colors.astype(np.float64))
-    return sums / counts[:, None], np.round(csum / counts[:, None]).astype(np.uint8), size
+    return (sums / counts[:, None], np.round(csum / counts[:, None]).astype(np.uint8), size,
+            inverse)
+
+
+def merge_tracks(tracks: Sequence[list[tuple[str, np.ndarray]]], groups: np.ndarray,
+                 count: int) -> list[list[tuple[str, np.ndarray]]]:
+    """The observations of each of ``count`` merged points: those of the points that went
+    into it (``groups``), one per frame (the first met: windows in order), so that no track
+    sees a frame twice."""
+    merged: list[dict[str, np.ndarray]] = [{} for _ in range(count)]
+    for track, group in zip(tracks, groups):
+        for name, xy in track:
+            merged[group].setdefault(name, xy)
+    return [list(m.items()) for m in merged]
 
 
 @dataclass(kw_only=True)
@@ -453,6 +480,10 @@ class Segment:
     """(M, 3) voxel-downsampled points."""
     colors: np.ndarray
     """(M, 3) uint8 colours."""
+    tracks: list[list[tuple[str, np.ndarray]]] = field(default_factory=list)
+    """The observations of each point: ``(frame name, pixel)``, each frame once."""
+    images: dict[str, Path] = field(default_factory=dict)
+    """A window's file of each frame (see :attr:`WindowModel.images`)."""
     voxel_size: float = 0.0
     """Voxel edge used for downsampling (segment units)."""
 
@@ -469,33 +500,69 @@ def build_segment(models: dict[int, WindowModel], transforms: dict[int, Sim3],
             camera.setdefault(name, model.cameras[name])
             index[name] = model.frame_index[name]
     names = sorted(per_frame, key=index.__getitem__)
-    points = np.concatenate([transforms[w].apply(models[w].points) for w in sorted(transforms)])
-    colors = np.concatenate([models[w].colors for w in sorted(transforms)])
-    points, colors, voxel = voxel_downsample(points, colors, options.voxel_fraction)
-    return Segment(windows=sorted(transforms), names=names, frame_index=[index[n] for n in names],
+    windows = sorted(transforms)
+    points = np.concatenate([transforms[w].apply(models[w].points) for w in windows])
+    colors = np.concatenate([models[w].colors for w in windows])
+    tracks = [track for w in windows for track in models[w].tracks]
+    images: dict[str, Path] = {}
+    for w in windows:
+        for name, path in models[w].images.items():
+            images.setdefault(name, path)
+    points, colors, voxel, groups = voxel_downsample(points, colors, options.voxel_fraction)
+    return Segment(windows=windows, names=names, frame_index=[index[n] for n in names],
                    poses=np.array([average_poses(per_frame[n]) for n in names]),
                    cameras=[camera[n] for n in names], points=points, colors=colors,
-                   voxel_size=voxel)
+                   tracks=merge_tracks(tracks, groups, len(points)) if len(tracks) == len(groups)
+                   else [[] for _ in points], images=images, voxel_size=voxel)
 
 
 def segment_reconstruction(segment: Segment) -> pycolmap.Reconstruction:
-    """A COLMAP model of the segment: one camera and image per frame, points without tracks."""
+    """A COLMAP model of the segment: one camera and image per frame, and points whose tracks
+    keep the observations of the window points they merge (each image's keypoints are those
+    observations, in point order)."""
+    image_id = {name: i + 1 for i, name in enumerate(segment.names)}
+    keypoints: dict[str, list[np.ndarray]] = {name: [] for name in segment.names}
+    elements = []
+    for track in segment.tracks or [[] for _ in segment.points]:
+        elements.append([])
+        for name, xy in track:
+            if name in keypoints:
+                elements[-1].append((image_id[name], len(keypoints[name])))
+                keypoints[name].append(xy)
     rec = pycolmap.Reconstruction()
     for i, (name, pose, cam) in enumerate(zip(segment.names, segment.poses, segment.cameras)):
         camera = pycolmap.Camera(model=cam.model_name, width=cam.width, height=cam.height,
                                  params=cam.params, camera_id=i + 1)
         rec.add_camera_with_trivial_rig(camera)
-        image = pycolmap.Image(name=name, keypoints=np.zeros((0, 2)), camera_id=i + 1,
-                               image_id=i + 1)
+        xy = np.array(keypoints[name], dtype=float).reshape(-1, 2)
+        image = pycolmap.Image(name=name, keypoints=xy, camera_id=i + 1, image_id=i + 1)
         rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(pose))
-    for xyz, rgb in zip(segment.points, segment.colors):
-        rec.add_point3D(xyz, pycolmap.Track(), rgb)
+    for xyz, rgb, observed in zip(segment.points, segment.colors, elements):
+        track = pycolmap.Track()
+        for element in observed:
+            track.add_element(*element)
+        rec.add_point3D(xyz, track, rgb)
+    rec.update_point_3d_errors()
     return rec
+
+
+def write_images(images: dict[str, Path], folder: Path) -> None:
+    """``images/`` of a merged scene as the windows have theirs: a link to the same frame
+    where the window links (``--images link``), a copy where it copied; nothing for frames
+    the windows keep no file of (``--images none``)."""
+    for name, path in sorted(images.items()):
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink():
+            target.symlink_to(path.resolve())
+        else:
+            shutil.copy2(path, target)
 
 
 def write_segment(segment: Segment, out_dir: Path,
                   timestamps: dict[str, float] | None = None) -> None:
-    """``sparse/``, ``points.ply``, ``trajectory.txt`` (+ names) and ``trajectory.png``.
+    """``sparse/``, ``images/``, ``points.ply``, ``trajectory.txt`` (+ names) and
+    ``trajectory.png``.
 
     ``timestamps`` (frame name -> index in the input folder, or video time in seconds, from the
     run plan) stamp the trajectory; without them, the position in the run's sequence does."""
@@ -505,6 +572,7 @@ def write_segment(segment: Segment, out_dir: Path,
     rec = segment_reconstruction(segment)
     (out_dir / "sparse").mkdir(exist_ok=True)
     rec.write(out_dir / "sparse")
+    write_images(segment.images, out_dir / "images")
     rec.export_PLY(out_dir / "points.ply")
     stamps: list[float] = list(segment.frame_index)
     meaning = "position in the run's sequence"

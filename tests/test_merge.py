@@ -192,6 +192,46 @@ class MergeTest(unittest.TestCase):
         self.assertEqual(main([str(self.out / "missing")]), 2)
 
 
+def test_a_merged_scene_opens_as_a_scene(tmp_path):
+    """``merged/`` has ``images/`` beside ``sparse/`` as the windows do (links to the same
+    frames), and its points keep their observations: every image's keypoints are what its
+    points are seen at, within a pixel of where the merged poses put them."""
+    from conftest import IMAGES
+    from pipeline.config import PipelineConfig
+    from pipeline.runner import run
+
+    out = tmp_path / "out"
+    summary = run(PipelineConfig(input_dir=IMAGES, output_dir=out, max_frames=16, window_size=8,
+                                 window_stride=4, reconstructor="colmap", merge=True,
+                                 show_progress=False))
+    assert summary.success and len(summary.merge["segments"]) == 1
+    rec = pycolmap.Reconstruction(out / "merged" / "sparse")
+    assert rec.num_reg_images() == 16
+    for image in rec.images.values():
+        link = out / "merged" / "images" / image.name
+        assert link.is_symlink() and link.resolve() == (IMAGES / image.name).resolve()
+        assert image.num_points3D == len(image.points2D) > 100
+    lengths = [p.track.length() for p in rec.points3D.values()]
+    assert min(lengths) >= 2 and rec.compute_num_observations() == sum(lengths)
+    errors = [p.error for p in rec.points3D.values()]
+    assert np.median(errors) < 0.5 and np.percentile(errors, 90) < 1.5
+
+
+def test_merged_images_are_copies_where_the_windows_copied(tmp_path):
+    from pipeline.merge import write_images
+
+    (tmp_path / "window" / "images").mkdir(parents=True)
+    copied = tmp_path / "window" / "images" / "a.png"
+    copied.write_bytes(b"png")
+    (tmp_path / "source.png").write_bytes(b"src")
+    linked = tmp_path / "window" / "images" / "b.png"
+    linked.symlink_to(tmp_path / "source.png")
+    write_images({"a.png": copied, "b.png": linked}, tmp_path / "merged" / "images")
+    a, b = tmp_path / "merged" / "images" / "a.png", tmp_path / "merged" / "images" / "b.png"
+    assert not a.is_symlink() and a.read_bytes() == b"png"
+    assert b.is_symlink() and b.resolve() == (tmp_path / "source.png").resolve()
+
+
 @pytest.mark.slow
 class LongSequenceTest(unittest.TestCase):
     """The real pipeline on a rendered 64-frame loop (two chunks of 32, mapped incrementally),
