@@ -35,7 +35,7 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +111,38 @@ def sequential_pairs(indices: Sequence[int], overlap: int, quadratic: bool) -> s
 # ---- work done in worker processes ------------------------------------------------------------
 
 
+EXTRACT_SLICE = 16
+"""Frames whose features are extracted in one pycolmap call (the progress counts after each)."""
+MATCH_SLICE = 256
+"""Image pairs matched in one pycolmap call (each pair's verification is seeded by itself, so
+the slices give the same matches as one call)."""
+
+
+def progress_path(store: Path) -> Path:
+    """Where :func:`build_store` says how far it is (read by the process that waits for it)."""
+    return store.with_name(f".{store.name}.progress.json")
+
+
+def read_progress(store: Path) -> str | None:
+    """``"features 32/200"``, ``"matching 512/1300 pairs"``: how far the store's build is, or
+    None when it has not said yet."""
+    try:
+        data = json.loads(progress_path(store).read_text())
+        return f"{data['stage']} {data['done']}/{data['total']}{data.get('unit', '')}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _say_progress(store: Path, stage: str, done: int, total: int, unit: str = "") -> None:
+    path = progress_path(store)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps({"stage": stage, "done": done, "total": total, "unit": unit}))
+        os.replace(tmp, path)
+    except OSError:  # progress only
+        pass
+
+
 def build_store(
     folder: Path,
     frames: list[tuple[str, str, tuple[int, int]]],
@@ -145,6 +177,7 @@ def build_store(
     extraction = copy_options(options.extraction)
     extraction.num_threads = options.num_threads
     with meter.stage("features", stages):
+        done = 0
         for size in dict.fromkeys(size for _, _, size in frames):  # one camera per image size
             names = [name for name, _, s in frames if s == size]
             extract_in_order(
@@ -154,24 +187,34 @@ def build_store(
                 camera_mode=pycolmap.CameraMode.SINGLE,
                 reader=reader_options(options),
                 extraction=extraction,
+                on_slice=lambda n, base=done: _say_progress(folder, "features", base + n,
+                                                            len(frames)),
             )
+            done += len(names)
     (tmp / "pairs.txt").write_text("".join(f"{a} {b}\n" for a, b in pairs))
     matching = copy_options(options.matching)
     matching.num_threads = options.num_threads
-    imported = pycolmap.ImportedPairingOptions()
-    imported.match_list_path = tmp / "pairs.txt"
     with meter.stage("matching", stages):
-        pycolmap.match_image_pairs(
-            db,
-            matching_options=matching,
-            pairing_options=imported,
-            verification_options=options.verification,
-            device=pycolmap.Device.cpu,
-        )
+        for start in range(0, len(pairs), MATCH_SLICE):
+            part = tmp / "pairs-part.txt"
+            part.write_text("".join(f"{a} {b}\n" for a, b in pairs[start:start + MATCH_SLICE]))
+            imported = pycolmap.ImportedPairingOptions()
+            imported.match_list_path = part
+            pycolmap.match_image_pairs(
+                db,
+                matching_options=matching,
+                pairing_options=imported,
+                verification_options=options.verification,
+                device=pycolmap.Device.cpu,
+            )
+            _say_progress(folder, "matching", min(start + MATCH_SLICE, len(pairs)), len(pairs),
+                          " pairs")
+        (tmp / "pairs-part.txt").unlink(missing_ok=True)
     (tmp / "store.json").write_text(
         json.dumps({"version": STORE_VERSION, "frames": [f[0] for f in frames]})
     )
     os.replace(tmp, folder)
+    progress_path(folder).unlink(missing_ok=True)
     return stages
 
 
@@ -183,25 +226,31 @@ def extract_in_order(
     camera_mode: pycolmap.CameraMode,
     reader: pycolmap.ImageReaderOptions,
     extraction: pycolmap.FeatureExtractionOptions,
+    on_slice: Callable[[int], None] | None = None,
 ) -> None:
     """SIFT features of the images ``names`` into the database ``db``, the images numbered in
     the order of ``names``. (COLMAP numbers an image when its features are written, in the
     order its extraction threads finish; the mappers break ties by image id, so the same frames
-    would give other poses from run to run. The images are imported in order first, then their
-    features extracted.)"""
+    would give other poses from run to run. The images are imported in order first (one call:
+    with ``SINGLE`` they share one camera), then their features extracted,
+    :data:`EXTRACT_SLICE` at a time; ``on_slice`` is told how many are done after each.)"""
     pycolmap.Database.open(str(db)).close()  # created when missing
     pycolmap.import_images(
         db, image_dir, camera_mode=camera_mode, image_names=list(names), options=reader
     )
-    pycolmap.extract_features(
-        db,
-        image_dir,
-        image_names=list(names),
-        camera_mode=camera_mode,
-        reader_options=reader,
-        extraction_options=extraction,
-        device=pycolmap.Device.cpu,
-    )
+    for start in range(0, len(names), EXTRACT_SLICE):
+        part = list(names[start:start + EXTRACT_SLICE])
+        pycolmap.extract_features(
+            db,
+            image_dir,
+            image_names=part,
+            camera_mode=camera_mode,
+            reader_options=reader,
+            extraction_options=extraction,
+            device=pycolmap.Device.cpu,
+        )
+        if on_slice is not None:
+            on_slice(start + len(part))
 
 
 def map_chunk(

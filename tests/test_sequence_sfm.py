@@ -160,3 +160,69 @@ def test_a_wrong_starting_focal_length_is_corrected_and_runs_repeat_exactly(tmp_
         assert a.keys() == b.keys()
         for name in a:
             np.testing.assert_allclose(a[name], b[name], rtol=0, atol=1e-6)
+
+
+def test_the_feature_store_says_how_far_it_is_and_slices_change_nothing(tmp_path, monkeypatch):
+    """``build_store`` reports features i/N and pairs matched after each slice; the store of
+    small slices equals that of one call (the same keypoints and verified matches)."""
+    import sqlite3
+    from dataclasses import replace
+
+    from PIL import Image
+
+    import pipeline.sequence_sfm as seq
+    from pipeline.reconstructors.colmap import ColmapOptions
+
+    images = sorted((TESTDATA / "images").iterdir())[:12]
+    frames = [(p.name, str(p), Image.open(p).size) for p in images]
+    pairs = [(a[0], b[0]) for i, a in enumerate(frames) for b in frames[i + 1:i + 4]]
+    options = replace(ColmapOptions(), num_threads=1)
+    said = []
+    monkeypatch.setattr(seq, "_say_progress", lambda store, *args: said.append(args))
+    seq.build_store(tmp_path / "whole", frames, pairs, options)
+    monkeypatch.setattr(seq, "EXTRACT_SLICE", 5)
+    monkeypatch.setattr(seq, "MATCH_SLICE", 10)
+    said.clear()
+    seq.build_store(tmp_path / "sliced", frames, pairs, options)
+    assert said == [("features", 5, 12), ("features", 10, 12), ("features", 12, 12),
+                    ("matching", 10, 30, " pairs"), ("matching", 20, 30, " pairs"),
+                    ("matching", 30, 30, " pairs")]
+
+    def contents(store):
+        with sqlite3.connect(store / "database.db") as db:
+            return [db.execute(f"select * from {t} order by 1").fetchall()
+                    for t in ("cameras", "images", "keypoints", "two_view_geometries")]
+
+    assert contents(tmp_path / "whole") == contents(tmp_path / "sliced")
+    monkeypatch.undo()
+    seq._say_progress(tmp_path / "sliced", "features", 5, 12)
+    assert seq.read_progress(tmp_path / "sliced") == "features 5/12"
+    assert seq.read_progress(tmp_path / "whole") is None
+
+
+def test_a_long_job_is_shown_with_how_far_it_is(monkeypatch):
+    import threading
+    from concurrent.futures import Future
+
+    import pipeline.reconstructors.colmap as colmap
+
+    monkeypatch.setattr(colmap, "PROGRESS_POLL_S", 0.01)
+    reconstructor = colmap.ColmapReconstructor()
+    shown = []
+    reconstructor.progress = shown.append
+    reconstructor._sequence = colmap._Sequence(frames=[], chunks=[], calibrate=False, pairs=[],
+                                               key="k", root=None, chunk_of={})
+    job, steps = Future(), iter(["features 4/9", "features 9/9", "matching 3/3 pairs"])
+    state = {"text": None}
+
+    def work():
+        for text in steps:
+            state["text"] = text
+            threading.Event().wait(0.3)
+        job.set_result({})
+
+    threading.Thread(target=work).start()
+    reconstructor._wait(job, "building the feature store", "store", lambda: state["text"])
+    assert shown[0] == "building the feature store"
+    assert "building the feature store: features 4/9" in shown
+    assert shown[-1] == "building the feature store: matching 3/3 pairs"

@@ -11,14 +11,16 @@ COLMAP abort costs its windows, never the run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import multiprocessing
 import os
 import shutil
-from collections.abc import Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -76,6 +78,9 @@ def _default_global_mapping() -> pycolmap.GlobalPipelineOptions:
     options.random_seed = 0
     return options
 
+
+PROGRESS_POLL_S = 0.5
+"""How often a long COLMAP job is asked how far it is."""
 
 WINDOW_TEMP_PREFIX = "window-colmap-"
 """Temporary folders where COLMAP reconstructs a window alone."""
@@ -307,6 +312,7 @@ class ColmapReconstructor(Reconstructor):
         options = replace(self.options, num_threads=self.options.num_threads or cores())
         logger.info("colmap: features of %d frames, %d pairs to match", len(frames),
                     len(s.pairs))
+        seq.progress_path(s.store).unlink(missing_ok=True)  # a killed build's
         s.store_job = self._get_pool(self._workers(len(s.needed))).submit(
             seq.build_store, s.store, frames, [(names[i], names[j]) for i, j in s.pairs],
             options)
@@ -446,7 +452,8 @@ class ColmapReconstructor(Reconstructor):
         if chunk not in s.needed:
             s.needed.append(chunk)
         self._submit_store()
-        self._wait(s.store_job, "building the feature store", "store")
+        self._wait(s.store_job, "building the feature store", "store",
+                   progress=lambda: seq.read_progress(s.store))
         if s.cache is not None and "store" not in s.cached:
             s.cached.add("store")
             seq.save_store(s.store, s.cache)
@@ -487,10 +494,20 @@ class ColmapReconstructor(Reconstructor):
         if cached is not None and work.is_dir() and seq.save_folder(work, cached):
             shutil.rmtree(work, ignore_errors=True)  # kept in the output folder: free /tmp
 
-    def _wait(self, job: Future, what: str, key: str) -> None:
-        """Wait for ``job``; report its stages once; turn its failure into one RuntimeError."""
+    def _wait(self, job: Future, what: str, key: str,
+               progress: Callable[[], str | None] | None = None) -> None:
+        """Wait for ``job`` (``progress`` says how far it is: polled, shown after ``what``);
+        report its stages once; turn its failure into one RuntimeError."""
         if not job.done():
             self.report_progress(what)
+            shown = None
+            while progress is not None and not job.done():
+                with contextlib.suppress(FutureTimeout, CancelledError):
+                    job.exception(timeout=PROGRESS_POLL_S)
+                text = progress()
+                if text and text != shown and not job.done():
+                    shown = text
+                    self.report_progress(f"{what}: {text}")
         try:
             stages = job.result()
         except BrokenProcessPool:
