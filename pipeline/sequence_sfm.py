@@ -112,10 +112,18 @@ def sequential_pairs(indices: Sequence[int], overlap: int, quadratic: bool) -> s
 
 
 EXTRACT_SLICE = 16
-"""Frames whose features are extracted in one pycolmap call (the progress counts after each)."""
+"""The fewest frames whose features are extracted in one pycolmap call (the progress counts
+after each call)."""
 MATCH_SLICE = 256
-"""Image pairs matched in one pycolmap call (each pair's verification is seeded by itself, so
-the slices give the same matches as one call)."""
+"""The fewest image pairs matched in one pycolmap call (each pair's verification is seeded by
+itself, so the slices give the same matches as one call)."""
+PROGRESS_STEPS = 4
+"""Calls per stage at the most, so the progress moves in quarters: each call costs its
+start-up (on 200 frames of 7-Scenes, 10 calls per stage cost 9% more time than one)."""
+
+
+def _slice(total: int, smallest: int) -> int:
+    return max(smallest, -(-total // PROGRESS_STEPS))
 
 
 def progress_path(store: Path) -> Path:
@@ -195,9 +203,10 @@ def build_store(
     matching = copy_options(options.matching)
     matching.num_threads = options.num_threads
     with meter.stage("matching", stages):
-        for start in range(0, len(pairs), MATCH_SLICE):
+        step = _slice(len(pairs), MATCH_SLICE)
+        for start in range(0, len(pairs), step):
             part = tmp / "pairs-part.txt"
-            part.write_text("".join(f"{a} {b}\n" for a, b in pairs[start:start + MATCH_SLICE]))
+            part.write_text("".join(f"{a} {b}\n" for a, b in pairs[start:start + step]))
             imported = pycolmap.ImportedPairingOptions()
             imported.match_list_path = part
             pycolmap.match_image_pairs(
@@ -207,7 +216,7 @@ def build_store(
                 verification_options=options.verification,
                 device=pycolmap.Device.cpu,
             )
-            _say_progress(folder, "matching", min(start + MATCH_SLICE, len(pairs)), len(pairs),
+            _say_progress(folder, "matching", min(start + step, len(pairs)), len(pairs),
                           " pairs")
         (tmp / "pairs-part.txt").unlink(missing_ok=True)
     (tmp / "store.json").write_text(
@@ -232,14 +241,15 @@ def extract_in_order(
     the order of ``names``. (COLMAP numbers an image when its features are written, in the
     order its extraction threads finish; the mappers break ties by image id, so the same frames
     would give other poses from run to run. The images are imported in order first (one call:
-    with ``SINGLE`` they share one camera), then their features extracted,
-    :data:`EXTRACT_SLICE` at a time; ``on_slice`` is told how many are done after each.)"""
+    with ``SINGLE`` they share one camera), then their features extracted in up to
+    :data:`PROGRESS_STEPS` calls; ``on_slice`` is told how many are done after each.)"""
     pycolmap.Database.open(str(db)).close()  # created when missing
     pycolmap.import_images(
         db, image_dir, camera_mode=camera_mode, image_names=list(names), options=reader
     )
-    for start in range(0, len(names), EXTRACT_SLICE):
-        part = list(names[start:start + EXTRACT_SLICE])
+    step = _slice(len(names), EXTRACT_SLICE)
+    for start in range(0, len(names), step):
+        part = list(names[start:start + step])
         pycolmap.extract_features(
             db,
             image_dir,
