@@ -30,6 +30,7 @@ processes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -44,6 +45,7 @@ import numpy as np
 import pycolmap
 
 from .colmap_options import copy_options, global_mapping_options, mapping_options, reader_options
+from .files import NO_SPACE, write_json
 from .memory import PeakMeter, reset_peak
 from .tempdirs import make_temp
 from .windows import Window
@@ -142,13 +144,9 @@ def read_progress(store: Path) -> str | None:
 
 
 def _say_progress(store: Path, stage: str, done: int, total: int, unit: str = "") -> None:
-    path = progress_path(store)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps({"stage": stage, "done": done, "total": total, "unit": unit}))
-        os.replace(tmp, path)
-    except OSError:  # progress only
-        pass
+    with contextlib.suppress(OSError):  # progress only
+        write_json(progress_path(store),
+                   {"stage": stage, "done": done, "total": total, "unit": unit})
 
 
 def build_store(
@@ -621,8 +619,6 @@ def save_calibration(cache: Path, estimates: dict[int, Any]) -> None:
 def _not_kept(path: Path, exc: OSError) -> None:
     """Log that ``path`` could not be kept for reruns: a warning, except on a full disk, which
     the run itself reports when it next writes a window (with one error line)."""
-    from .files import NO_SPACE
-
     log = logger.info if exc.errno in NO_SPACE else logger.warning
     log("cannot keep %s for reruns (%s)", path, exc.strerror or exc)
 

@@ -128,7 +128,7 @@ class ColmapOptions:
     num_threads: int | None = field(default=None, metadata={"result": False})
     """Threads of each worker's SIFT extraction and matching; default: the cores divided
     among the workers. Mapping and bundle adjustment always run on one thread
-    (:data:`MAPPING_THREADS`): results repeat exactly."""
+    (:data:`pipeline.colmap_options.MAPPING_THREADS`): results repeat exactly."""
     chunk_frames: int = ColmapFlags.chunk_frames
     """Frames reconstructed together: windows are cut out of overlapping chunks of about this
     many frames of the sequence (see :mod:`pipeline.sequence_sfm`); 0 reconstructs each window
