@@ -37,8 +37,8 @@ def images() -> Path:
 @pytest.fixture(scope="session")
 def tiny_vggt_checkpoint(tmp_path_factory) -> Path:
     """A folder with a tiny VGGT of generated weights (model.safetensors + config.json)."""
-    from pipeline.models import VGGTConfig
-    from pipeline.models.generated_checkpoint import write_generated_checkpoint
+    from pipeline.algo.models import VGGTConfig
+    from pipeline.algo.models.generated_checkpoint import write_generated_checkpoint
 
     folder = tmp_path_factory.mktemp("tiny_vggt")
     write_generated_checkpoint(folder, VGGTConfig.tiny())
@@ -48,8 +48,8 @@ def tiny_vggt_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_da3_checkpoint(tmp_path_factory) -> Path:
     """A folder with a tiny main-series Depth Anything 3 of generated weights."""
-    from pipeline.models import DA3Config
-    from pipeline.models.generated_checkpoint import write_generated_da3_checkpoint
+    from pipeline.algo.models import DA3Config
+    from pipeline.algo.models.generated_checkpoint import write_generated_da3_checkpoint
 
     folder = tmp_path_factory.mktemp("tiny_da3")
     write_generated_da3_checkpoint(folder, DA3Config.tiny())

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import PipelineConfig
-from pipeline.errors import PipelineError
-from pipeline.geometry import ate, camera_centers
-from pipeline.hub import VGGT_1B
-from pipeline.output import read_window_poses
-from pipeline.runner import RunSummary, run
+from pipeline.core.errors import PipelineError
+from pipeline.core.geometry import ate, camera_centers
+from pipeline.infra.hub import VGGT_1B
+from pipeline.io.output import read_window_poses
+from pipeline.run.config import PipelineConfig
+from pipeline.run.runner import RunSummary, run
 
 ROOT = Path(__file__).resolve().parent
 AGREEMENT_TOLERANCE = 0.01
@@ -61,8 +61,8 @@ def vggt_model(args: argparse.Namespace, scratch: Path) -> str:
     """The checkpoint to use: the user's, or a generated one written to ``scratch`` (said so;
     a generated network predicts no real structure, so the runs then skip the structure checks
     that decide a window's status)."""
-    from pipeline.models import VGGTConfig, weights_available
-    from pipeline.models.generated_checkpoint import write_generated_checkpoint
+    from pipeline.algo.models import VGGTConfig, weights_available
+    from pipeline.algo.models.generated_checkpoint import write_generated_checkpoint
 
     if weights_available(args.model):
         return args.model

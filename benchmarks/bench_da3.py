@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 
 def _build(variant: str, device: str):
-    from pipeline.models import DA3Config, build_da3, load_rule_weights_, resolve_dtype
+    from pipeline.algo.models import DA3Config, build_da3, load_rule_weights_, resolve_dtype
 
     model = load_rule_weights_(build_da3(DA3Config.variant(variant), device="meta"), device)
     model.compute_dtype = resolve_dtype("auto", device)
@@ -37,7 +37,7 @@ def _build(variant: str, device: str):
 
 
 def _forward(model, images, frame_batch: int):
-    from pipeline.models import DA3ForwardOptions
+    from pipeline.algo.models import DA3ForwardOptions
 
     return model(images, options=DA3ForwardOptions(frame_batch_size=frame_batch or None))
 

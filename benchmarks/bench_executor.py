@@ -42,8 +42,8 @@ CONFIGS = {
 
 def make_inputs(scratch: Path, frames: int) -> tuple[Path, Path]:
     """The sequence and a tiny generated VGGT checkpoint, made once in ``scratch``."""
-    from pipeline.models import VGGTConfig
-    from pipeline.models.generated_checkpoint import write_generated_checkpoint
+    from pipeline.algo.models import VGGTConfig
+    from pipeline.algo.models.generated_checkpoint import write_generated_checkpoint
 
     data = scratch / f"loop{frames}"
     if not (data / "images").is_dir():
@@ -70,7 +70,7 @@ def run_once(images: Path, out: Path, args: list[str], workers: int | None) -> d
 
 def compare(a: Path, b: Path) -> dict:
     """Windows whose status or registered frames differ, and the largest pose difference."""
-    from pipeline.output import iter_windows, read_window_info, read_window_poses
+    from pipeline.io.output import iter_windows, read_window_info, read_window_poses
 
     differ, worst = 0, 0.0
     for window in iter_windows(a):

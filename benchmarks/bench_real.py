@@ -36,13 +36,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import PipelineConfig  # noqa: E402
-from pipeline.evaluate import EvaluateOptions, evaluate_output, read_ground_truth  # noqa: E402
-from pipeline.frames import list_image_files  # noqa: E402
-from pipeline.geometry import ate, camera_centers  # noqa: E402
-from pipeline.output import read_window_poses  # noqa: E402
-from pipeline.runner import run  # noqa: E402
-from pipeline.windows import create_windows  # noqa: E402
+from pipeline.core.geometry import ate, camera_centers  # noqa: E402
+from pipeline.core.windows import create_windows  # noqa: E402
+from pipeline.io.frames import list_image_files  # noqa: E402
+from pipeline.io.output import read_window_poses  # noqa: E402
+from pipeline.post.evaluate import EvaluateOptions, evaluate_output, read_ground_truth  # noqa: E402
+from pipeline.run.config import PipelineConfig  # noqa: E402
+from pipeline.run.runner import run  # noqa: E402
 
 REAL = ROOT.parent / "shared" / "data" / "real"
 

@@ -38,7 +38,7 @@ RECONSTRUCTORS = {
 
 def make_dataset(folder: Path, count: int) -> Path:
     """``count`` sequences of 12-24 frames under ``folder/root`` (made once)."""
-    from pipeline.synthetic import RenderOptions, SceneOptions, render_sequence, write_sequence
+    from pipeline.io.synthetic import RenderOptions, SceneOptions, render_sequence, write_sequence
 
     root = folder / f"root{count}"
     for k in range(count):
@@ -98,8 +98,8 @@ def main() -> None:
     root = make_dataset(args.scratch, args.sequences)
     model = args.scratch / "tiny_vggt"
     if "vggt" in args.reconstructors and not (model / "config.json").is_file():
-        from pipeline.models import VGGTConfig
-        from pipeline.models.generated_checkpoint import write_generated_checkpoint
+        from pipeline.algo.models import VGGTConfig
+        from pipeline.algo.models.generated_checkpoint import write_generated_checkpoint
 
         write_generated_checkpoint(model, VGGTConfig.tiny())
     results: dict[str, dict] = {}

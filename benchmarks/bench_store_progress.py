@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import Image  # noqa: E402
 
-import pipeline.sequence_sfm as seq  # noqa: E402
+import pipeline.algo.classical_sfm as seq  # noqa: E402
 from pipeline.reconstructors.colmap import ColmapOptions  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "real" / "7scenes_redkitchen_000_199"

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 def _build(device: str):
     import torch
 
-    from pipeline.models import VGGTConfig, build_model, load_rule_weights_, resolve_dtype
+    from pipeline.algo.models import VGGTConfig, build_model, load_rule_weights_, resolve_dtype
 
     if device == "cpu":
         model = load_rule_weights_(build_model(VGGTConfig.vggt_1b(), device="meta"))

@@ -2,7 +2,7 @@
 
 The model is the one the memory governor measures during a run (``run.json`` -> ``memory``:
 ``held_mb``, ``per_window_mb`` at ``process_res``) or numbers given on the command line. For
-each memory size the table applies the governor's own rules (:mod:`pipeline.memory`): the
+each memory size the table applies the governor's own rules (:mod:`pipeline.infra.memory`): the
 highest resolution of out-of-memory recovery's steps (``lower_resolutions``) at which one window
 fits within the headroom, then
 as many windows as fit. A window's cost is scaled with its number of image patches (the
@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.memory import BatchObservation, MemoryGovernor, lower_resolutions  # noqa: E402
-from pipeline.preprocess import PreprocessOptions, _resized_size  # noqa: E402
+from pipeline.algo.preprocess import PreprocessOptions, _resized_size  # noqa: E402
+from pipeline.infra.memory import BatchObservation, MemoryGovernor, lower_resolutions  # noqa: E402
 
 MEMORY_SIZES_GB = (6, 8, 12, 16, 24, 40, 48, 80)
 

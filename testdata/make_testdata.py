@@ -20,7 +20,7 @@ DEFAULT_OUT = REPO_ROOT / "testdata" / "synthetic"
 
 
 def _import_synthetic():
-    """Import ``pipeline.synthetic``, from this checkout if the package is not installed."""
+    """Import ``pipeline.io.synthetic``, from this checkout if the package is not installed."""
     try:
         from pipeline import synthetic
     except ImportError:

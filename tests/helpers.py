@@ -34,8 +34,8 @@ def write_model(sparse_dir: Path, names, poses=None, size=(64, 48), points: int 
 
 def window_dirs(out: Path) -> list[Path]:
     """The window folders of an output folder's run plan that exist, in window order (read
-    through :func:`pipeline.output.iter_windows`, as merge and evaluate read them)."""
-    from pipeline.output import iter_windows
+    through :func:`pipeline.io.output.iter_windows`, as merge and evaluate read them)."""
+    from pipeline.io.output import iter_windows
 
     out = Path(out)
     return [out / w.path for w in iter_windows(out) if (out / w.path).is_dir()]
@@ -66,11 +66,11 @@ def frames_with_blank_window(images: Path, out: Path, count: int = 12,
 
 
 def fake_frame(name: str, index: int = 0, size=(64, 48)):
-    """A :class:`pipeline.frames.Frame` for a frame known only by name (content hash of the
+    """A :class:`pipeline.io.frames.Frame` for a frame known only by name (content hash of the
     name), for outputs the tests write by hand."""
     import hashlib
 
-    from pipeline.frames import Frame
+    from pipeline.io.frames import Frame
 
     return Frame(index, name, Path(name), Path(name), size[0], size[1],
                  hashlib.blake2b(name.encode(), digest_size=16).hexdigest())
@@ -89,8 +89,8 @@ def finish_window(out: Path, window, *, status: str = "ok", error: str | None = 
 
     import pycolmap
 
-    from pipeline.export import finalize_window
-    from pipeline.output import WindowChecks, window_signature
+    from pipeline.io.output import WindowChecks, window_signature
+    from pipeline.io.window_folders import finalize_window
 
     folder = Path(out) / window.relative_dir
     staging = folder.parent / f".{folder.name}.partial-{os.getpid()}"
@@ -112,8 +112,8 @@ def finish_window(out: Path, window, *, status: str = "ok", error: str | None = 
 
 def write_test_plan(out: Path, windows) -> str:
     """``plan.json`` for ``windows`` (over frame names) as :func:`finish_window` records them."""
-    from pipeline.output import window_signature, write_plan
-    from pipeline.windows import Window
+    from pipeline.core.windows import Window
+    from pipeline.io.output import window_signature, write_plan
 
     names = list(dict.fromkeys(n for w in windows for n in w.items))
     frames = {n: fake_frame(n, i) for i, n in enumerate(names)}

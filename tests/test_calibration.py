@@ -1,13 +1,13 @@
 """The classical reconstructor's calibration: the fundamental-matrix estimate and its support,
-and the judgement of the chunks' bundle-adjusted focal lengths (pipeline.calibration)."""
+and the judgement of the chunks' bundle-adjusted focal lengths (pipeline.algo.calibration)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline import calibration as calib
-from pipeline.synthetic import look_at
+from pipeline.algo import calibration as calib
+from pipeline.io.synthetic import look_at
 
 
 def _skew(t: np.ndarray) -> np.ndarray:

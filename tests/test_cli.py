@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import IMAGES, ROOT
-from pipeline.cli import build_parser, config_from_args, main
+from pipeline.cli.main import build_parser, config_from_args, main
 from tests.helpers import write_video
 
 
@@ -24,8 +24,8 @@ class ParserTest(unittest.TestCase):
         self.assertFalse(config.shared_camera or config.overwrite or config.skip_bad_frames)
 
     def test_every_flag_reaches_the_configuration(self):
-        from pipeline.config import PipelineConfig
-        from pipeline.options import flagged_fields
+        from pipeline.infra.options import flagged_fields
+        from pipeline.run.config import PipelineConfig
 
         names = {dest for dest, _, _ in flagged_fields(PipelineConfig)}  # "merge_options.refine"
         dests = {a.dest for a in build_parser()._actions} - {"help", "quiet"}

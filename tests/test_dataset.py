@@ -1,4 +1,4 @@
-"""``pipeline.dataset.WindowDataset``: items that match the COLMAP models, resizing that keeps
+"""``pipeline.io.dataset.WindowDataset``: items that match the COLMAP models, resizing that keeps
 the intrinsics consistent, and a multi-process DataLoader."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 
 from conftest import IMAGES
-from pipeline.config import PipelineConfig
-from pipeline.dataset import FrameCountBatchSampler, WindowDataset, pick_frames, scale_intrinsics
-from pipeline.errors import InputError
-from pipeline.output import read_window_poses
-from pipeline.runner import run
+from pipeline.core.errors import InputError
+from pipeline.io.dataset import FrameCountBatchSampler, WindowDataset, pick_frames, scale_intrinsics
+from pipeline.io.output import read_window_poses
+from pipeline.run.config import PipelineConfig
+from pipeline.run.runner import run
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_the_readme_loader_runs_on_windows_of_several_frame_counts(many):
 
 
 def test_windows_with_too_few_frames_are_left_out_and_counted(many, caplog):
-    with caplog.at_level(logging.INFO, logger="pipeline.dataset"):
+    with caplog.at_level(logging.INFO, logger="pipeline.io.dataset"):
         data = WindowDataset(many, num_frames=7)
     assert [w.sequence for w in data.windows] == ["a"] and len(data[0]["frames"]) == 7
     assert "left out 1 of 2 windows with fewer than 7 registered frames" in caplog.text

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import IMAGES, ROOT
-from pipeline.distributed import ProcessGroup, launched_by_accelerate, process_group
+from pipeline.exec.distributed import ProcessGroup, launched_by_accelerate, process_group
 from tests.helpers import window_dirs
 
 

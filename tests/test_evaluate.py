@@ -1,4 +1,4 @@
-"""Tests of pipeline.evaluate: ground-truth readers, window/merged readers, report, CLI."""
+"""Tests of pipeline.post.evaluate: ground-truth readers, window/merged readers, report, CLI."""
 
 import json
 import subprocess
@@ -10,19 +10,19 @@ import pytest
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
-from pipeline.errors import InputError
-from pipeline.evaluate import (
+from pipeline.cli.evaluate import main
+from pipeline.core.errors import InputError
+from pipeline.core.geometry import Sim3, camera_centers, invert_pose, rotmat_to_quat_xyzw
+from pipeline.core.windows import Window
+from pipeline.post.evaluate import (
     EvaluateOptions,
     evaluate_output,
     format_report,
     load_ground_truth_poses,
     load_window_poses,
-    main,
     match_names,
     read_ground_truth,
 )
-from pipeline.geometry import Sim3, camera_centers, invert_pose, rotmat_to_quat_xyzw
-from pipeline.windows import Window
 from tests.helpers import finish_window, write_model, write_test_plan
 
 REPO = Path(__file__).resolve().parents[1]
@@ -313,8 +313,8 @@ def test_main_writes_json_and_table(output, tmp_path, capsys):
 def test_a_read_only_output_is_still_scored(output, tmp_path, capsys, monkeypatch):
     """A folder that refuses writes (a read-only mount) gets its table and a warning; a
     report asked for by ``--json`` that cannot be written is an error."""
-    import pipeline.evaluate as evaluate
-    import pipeline.plots as plots
+    import pipeline.io.plots as plots
+    import pipeline.post.evaluate as evaluate
 
     def refuse(path, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))

@@ -1,4 +1,5 @@
-"""The pipelined executor (:mod:`pipeline.executor`): the loader, the worker pool, retries after
+"""The pipelined executor (:mod:`pipeline.exec.executor`): the loader, the worker pool, retries
+after
 a worker dies, interrupts, the memory the queue holds, and that pipelined runs write exactly
 what serial runs write."""
 
@@ -14,24 +15,23 @@ import numpy as np
 import pytest
 
 from conftest import IMAGES
-from pipeline.config import PipelineConfig
-from pipeline.executor import (
+from pipeline.core.windows import Window
+from pipeline.exec.executor import (
     CpuPool,
     FrameLoader,
     InFlight,
     WindowExecutor,
-    array_bytes,
     completed_pending,
     default_cpu_workers,
     group_by_shape,
     result_of,
     submit_job,
 )
-from pipeline.memory import BatchObservation, MemoryGovernor
-from pipeline.output import iter_windows, read_window_info, read_window_poses
+from pipeline.infra.memory import BatchObservation, MemoryGovernor, array_bytes
+from pipeline.io.output import iter_windows, read_window_info, read_window_poses
 from pipeline.reconstructors import WindowResult
-from pipeline.runner import run
-from pipeline.windows import Window
+from pipeline.run.config import PipelineConfig
+from pipeline.run.runner import run
 
 # ---- jobs run by real worker processes (module level, so that they pickle) --------------------
 

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from conftest import IMAGES
-from pipeline.frames import file_digest
+from pipeline.io.frames import file_digest
 from tests.helpers import frames_with_blank_window, window_dirs, window_info, write_video
 from tests.test_faults import (
     SMALL,
@@ -54,8 +54,8 @@ def test_an_output_folder_that_would_overwrite_the_input_is_refused(tmp_path, ca
     assert cli("--input-dir", source, "--output-dir", shots, *SMALL) == 2
     assert "which the run writes" in one_error_line(capsys.readouterr().err)
     assert digests(source) == before
-    from pipeline.errors import InputError
-    from pipeline.frames import prepare_frames
+    from pipeline.core.errors import InputError
+    from pipeline.io.frames import prepare_frames
 
     with pytest.raises(InputError, match="would be written into the input folder"):
         prepare_frames(sorted(source.iterdir()), source, show_progress=False)  # library use
@@ -83,7 +83,7 @@ def test_a_converted_frame_replaced_after_the_run_is_converted_again(tmp_path, c
 # ---- 2, 3, 7, 9: sequences found once each, output folders never, unreadable ones named ----
 
 def test_output_folders_and_link_loops_are_never_sequences(tmp_path, caplog):
-    from pipeline.sequences import discover
+    from pipeline.io.sequences import discover
 
     root = tmp_path / "root"
     frames(root / "a", 4)
@@ -94,7 +94,7 @@ def test_output_folders_and_link_loops_are_never_sequences(tmp_path, caplog):
     frames(old / "batch_000" / "window_000" / "images", 4)
     frames(old / "frames", 4)
     (old / "plan.json").write_text("{}")
-    with caplog.at_level(logging.INFO, logger="pipeline.sequences"):
+    with caplog.at_level(logging.INFO, logger="pipeline.io.sequences"):
         found = discover(root)
     assert [s.name for s in found] == ["a", "b"]
     assert "a link back to a folder already looked at" in caplog.text
@@ -124,7 +124,7 @@ def test_a_dataset_written_inside_its_root_is_not_found_again(tmp_path):
 
 
 def test_an_unreadable_sequence_fails_named(tmp_path, monkeypatch, caplog):
-    from pipeline.sequences import discover
+    from pipeline.io.sequences import discover
 
     root = tmp_path / "root"
     frames(root / "a", 4)
@@ -137,19 +137,19 @@ def test_an_unreadable_sequence_fails_named(tmp_path, monkeypatch, caplog):
         return real(self)
 
     monkeypatch.setattr(Path, "iterdir", iterdir)
-    with caplog.at_level(logging.WARNING, logger="pipeline.sequences"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.io.sequences"):
         found = discover(root)
     assert [s.name for s in found] == ["a", "locked"]
     assert "cannot read" in caplog.text and "Permission denied" in caplog.text
 
 
 def test_a_list_naming_one_folder_twice_makes_one_sequence(tmp_path, caplog):
-    from pipeline.sequences import read_list
+    from pipeline.io.sequences import read_list
 
     frames(tmp_path / "x" / "dir", 4)
     listing = tmp_path / "x" / "list.txt"
     listing.write_text("dir\ndir/\n../x/dir\n")
-    with caplog.at_level(logging.WARNING, logger="pipeline.sequences"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.io.sequences"):
         found = read_list(listing)
     assert len(found) == 1 and caplog.text.count("twice") == 2
 
@@ -158,7 +158,7 @@ def test_a_list_naming_one_folder_twice_makes_one_sequence(tmp_path, caplog):
 
 @pytest.mark.slow
 def test_a_record_edited_to_ok_is_not_trusted(tmp_path):
-    from pipeline.dataset import WindowDataset
+    from pipeline.io.dataset import WindowDataset
 
     source = frames_with_blank_window(IMAGES, tmp_path / "in", count=12, blank=range(4, 8))
     out = tmp_path / "out"
@@ -181,7 +181,7 @@ def test_a_record_edited_to_ok_is_not_trusted(tmp_path):
 
 
 def test_an_ok_record_must_agree_with_its_model(tmp_path):
-    from pipeline.output import WindowChecks, ok_record_problem
+    from pipeline.io.output import WindowChecks, ok_record_problem
     from tests.helpers import write_model
 
     write_model(tmp_path / "sparse", ["a.png", "b.png"], points=30)
@@ -204,7 +204,7 @@ def test_an_ok_record_must_agree_with_its_model(tmp_path):
 def test_a_merge_that_fails_keeps_the_good_merged_scene(tmp_path, monkeypatch, capsys):
     import errno
 
-    from pipeline import merge
+    from pipeline.post import merge
 
     out = tmp_path / "out"
     assert cli("--input-dir", frames(tmp_path / "in", 8), "--output-dir", out, *SMALL,
@@ -244,8 +244,8 @@ def test_a_frame_that_is_a_link_to_nothing_is_named(tmp_path, capsys, caplog):
     assert cli("--input-dir", source, "--output-dir", out, *SMALL) == 2
     line = one_error_line(capsys.readouterr().err)
     assert "frame_100.png is a link to" in line and "does not exist" in line and "1 more" in line
-    from pipeline.config import PipelineConfig
-    from pipeline.runner import load_frames
+    from pipeline.run.config import PipelineConfig
+    from pipeline.run.runner import load_frames
 
     with caplog.at_level(logging.WARNING, logger="pipeline"):
         kept = load_frames(PipelineConfig(input_dir=source, output_dir=out,
@@ -255,8 +255,8 @@ def test_a_frame_that_is_a_link_to_nothing_is_named(tmp_path, capsys, caplog):
 
 
 def test_an_unreadable_input_folder_is_not_called_unwritable(tmp_path, monkeypatch):
-    from pipeline.errors import InputError
-    from pipeline.frames import list_image_files
+    from pipeline.core.errors import InputError
+    from pipeline.io.frames import list_image_files
 
     source = frames(tmp_path / "in", 4)
     real = Path.iterdir
@@ -316,9 +316,9 @@ def test_huge_values_exit_2_before_any_work(tmp_path, capsys, args, message):
     ({"input_root": IMAGES}, "--input-dir and --input-root both given"),
 ])
 def test_library_misuse_names_the_field(tmp_path, fields, message):
-    from pipeline.config import PipelineConfig
-    from pipeline.errors import InputError
-    from pipeline.runner import run
+    from pipeline.core.errors import InputError
+    from pipeline.run.config import PipelineConfig
+    from pipeline.run.runner import run
 
     with pytest.raises(InputError, match=message.replace(".", r"\.").replace("(", r"\(")):
         run(PipelineConfig(input_dir=IMAGES, output_dir=tmp_path / "out", **fields))
@@ -326,10 +326,10 @@ def test_library_misuse_names_the_field(tmp_path, fields, message):
 
 
 def test_an_empty_batch_and_a_broken_index_line(tmp_path):
-    from pipeline.config import PipelineConfig
-    from pipeline.dataset import WindowDataset
-    from pipeline.errors import InputError
-    from pipeline.runner import process_window_batch
+    from pipeline.core.errors import InputError
+    from pipeline.io.dataset import WindowDataset
+    from pipeline.run.config import PipelineConfig
+    from pipeline.run.runner import process_window_batch
 
     assert process_window_batch([], 0, PipelineConfig(input_dir=IMAGES,
                                                       output_dir=tmp_path / "o")) == []
@@ -358,8 +358,8 @@ def test_temporary_folders_of_dead_runs_are_removed(tmp_path, monkeypatch):
 def test_a_full_temporary_disk_is_named(monkeypatch):
     from collections import namedtuple
 
-    from pipeline import tempdirs
-    from pipeline.digest import cause_of
+    from pipeline.core.failures import cause_of
+    from pipeline.infra import tempdirs
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(tempdirs.shutil, "disk_usage", lambda path: usage(1 << 30, 1 << 30, 4096))
@@ -440,7 +440,8 @@ def test_a_truncated_extracted_video_frame_is_extracted_again(tmp_path, caplog):
 # ---- 16: evaluation against ground truth that does not fit -------------------------------------
 
 def test_ground_truth_that_names_no_frame_or_has_no_finite_pose(tmp_path, capsys):
-    from pipeline.evaluate import main, read_ground_truth
+    from pipeline.cli.evaluate import main
+    from pipeline.post.evaluate import read_ground_truth
     from tests.test_evaluate import NAMES, gt_poses, write_synthetic_gt, write_window
 
     out = tmp_path / "out"

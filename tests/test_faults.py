@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 from conftest import IMAGES, ROOT
-from pipeline.cli import main
-from pipeline.output import check_window, read_window_info
+from pipeline.cli.main import main
+from pipeline.io.output import check_window, read_window_info
 from tests.helpers import window_dirs, window_info, write_video
 
 SMALL = ("--window-size", "4", "--window-stride", "2", "--reconstructor", "colmap")
@@ -160,7 +160,7 @@ def test_shrunk_input_leaves_folders_that_merge_ignores(tmp_path):
 
 @pytest.mark.slow
 def test_damaged_windows_are_redone_and_never_merged(tmp_path, caplog, capsys):
-    from pipeline.merge import main as merge_main
+    from pipeline.cli.merge import main as merge_main
 
     out = tmp_path / "out"
     source = frames(tmp_path / "a")
@@ -222,7 +222,7 @@ def test_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (out / ".lock").write_text(json.dumps({"pid": dead.pid, "host": "h", "started_at": "t"}))
-    with caplog.at_level(logging.WARNING, logger="pipeline.lock"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.infra.lock"):
         assert cli("--input-dir", frames(tmp_path / "a", count=4), "--output-dir", out,
                    "--window-size", "4", "--reconstructor", "colmap") == 0
     assert f"left by pid {dead.pid} on h" in caplog.text
@@ -268,7 +268,7 @@ def test_sigterm_behaves_like_ctrl_c(tmp_path):
 
 HANGING_STOP = """
 import sys, time
-from pipeline.cli import terminate_as_interrupt
+from pipeline.cli.main import terminate_as_interrupt
 with terminate_as_interrupt(grace={grace}):
     try:
         print("ready", flush=True)
@@ -335,7 +335,7 @@ def checkpoints(tmp_path_factory):
     import torch
     from safetensors.torch import save_file
 
-    from pipeline.models import (
+    from pipeline.algo.models import (
         VGGTConfig,
         build_model,
         load_rule_weights_,
@@ -501,7 +501,7 @@ def test_skip_bad_frames_drops_the_frames_of_a_rarer_size(tmp_path, tiny_vggt_ch
 
 
 def test_colmap_records_each_frame_size_of_a_mixed_window(tmp_path):
-    from pipeline.dataset import WindowDataset
+    from pipeline.io.dataset import WindowDataset
 
     folder = mixed_sizes(tmp_path / "mixed", count=6, odd=(2,))
     out = tmp_path / "out"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.files import remove_tree
+from pipeline.infra.files import remove_tree
 
 NOBODY = 65534
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.errors import InputError
-from pipeline.frames import (
+from pipeline.core.errors import InputError
+from pipeline.io.frames import (
     extract_video_frames,
     list_image_files,
     load_image,
@@ -152,7 +152,7 @@ class BadFramesTest(FrameTestCase):
             prepare_frames(self._make(), self.dir / "cache", show_progress=False)
 
     def test_skip_bad_frames(self):
-        with self.assertLogs("pipeline.frames", "WARNING") as logs:
+        with self.assertLogs("pipeline.io.frames", "WARNING") as logs:
             frames = prepare_frames(self._make(), self.dir / "cache", skip_bad_frames=True,
                                     show_progress=False)
         self.assertEqual([f.name for f in frames], ["f0.jpg", "f1.jpg"])

@@ -1,10 +1,10 @@
-"""Tests of pipeline.geometry: Sim(3) fits, pose transforms, quaternions, ATE and RPE."""
+"""Tests of pipeline.core.geometry: Sim(3) fits, pose transforms, quaternions, ATE and RPE."""
 
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from pipeline.geometry import (
+from pipeline.core.geometry import (
     Sim3,
     ate,
     camera_centers,

@@ -1,5 +1,12 @@
-"""The package's imports form no cycle: every ``import`` is read, module level and inside
-functions alike (an import deferred into a function still closes a cycle)."""
+"""The package's layers: every ``import`` is read, module level and inside functions alike (an
+import deferred into a function still closes a cycle), and none may point to a higher layer or
+close a cycle.
+
+The layers, lowest first, are the subpackages of :data:`LAYERS`; the package's root
+(``pipeline/__init__.py``, its version) imports nothing and may be imported from anywhere; the
+modules directly under ``pipeline/`` (``pipeline.config``, ``pipeline.runner``, ...) keep the
+documented imports working by re-exporting, above every layer, so nothing in the package imports
+them."""
 
 from __future__ import annotations
 
@@ -66,12 +73,45 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+LAYERS = ("core", "infra", "io", "algo", "post", "exec", "reconstructors", "run", "cli")
+"""The subpackages of ``pipeline``, lowest first: a module imports only from its own layer or
+lower ones."""
+
+
+def layer(module: str) -> int:
+    """The rank of ``module`` in :data:`LAYERS`: -1 for the package root, ``len(LAYERS)`` for
+    the re-exporting modules directly under ``pipeline/``."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return -1
+    return LAYERS.index(parts[1]) if parts[1] in LAYERS else len(LAYERS)
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """``"a imports b"`` for every import of a higher layer."""
+    return [f"{a} ({LAYERS[layer(a)] if 0 <= layer(a) < len(LAYERS) else 'top'}) imports {b}"
+            for a in sorted(graph) for b in sorted(graph[a]) if layer(b) > layer(a)]
+
+
 def test_the_finder_finds_a_cycle_and_reads_relative_imports(tmp_path):
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
     graph = import_graph()
-    assert "pipeline.files" in graph["pipeline.export"]  # module level, relative
-    assert "pipeline.reconstructors" in graph["pipeline.ray_engine"]  # inside a function
+    assert "pipeline.infra.files" in graph["pipeline.io.window_folders"]  # module level, relative
+    assert "pipeline.reconstructors" in graph["pipeline.run.ray_engine"]  # inside a function
+
+
+def test_every_module_lives_in_a_layer_and_imports_only_downward():
+    graph = import_graph()
+    assert {m.split(".")[1] for m in graph if m.count(".") >= 1 and m.split(".")[1] in LAYERS} \
+        == set(LAYERS)
+    top = [m for m in graph if layer(m) == len(LAYERS)]
+    assert top, "the documented re-exporting modules are counted"
+    assert graph["pipeline"] == set(), "the package root imports nothing"
+    assert upward_imports({"pipeline.core.a": {"pipeline.run.b"}}) == [
+        "pipeline.core.a (core) imports pipeline.run.b"]
+    upward = upward_imports(graph)
+    assert not upward, "imports of a higher layer:\n" + "\n".join(upward)
 
 
 def test_the_package_has_no_import_cycle():

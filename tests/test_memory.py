@@ -6,7 +6,7 @@ import unittest
 
 import numpy as np
 
-from pipeline.memory import (
+from pipeline.infra.memory import (
     BatchObservation,
     MemoryGovernor,
     PeakMeter,

@@ -12,11 +12,12 @@ import pycolmap
 import pytest
 from scipy.spatial.transform import Rotation
 
-from pipeline.evaluate import evaluate_output
-from pipeline.geometry import Sim3, ate, camera_centers
-from pipeline.merge import MergeOptions, main, merge_output
-from pipeline.synthetic import RenderOptions, camera_path, intrinsics
-from pipeline.windows import create_windows
+from pipeline.cli.merge import main
+from pipeline.core.geometry import Sim3, ate, camera_centers
+from pipeline.core.windows import create_windows
+from pipeline.io.synthetic import RenderOptions, camera_path, intrinsics
+from pipeline.post.evaluate import evaluate_output
+from pipeline.post.merge import MergeOptions, merge_output
 from tests.helpers import finish_window, write_test_plan
 
 N_FRAMES = 60
@@ -197,8 +198,8 @@ def test_a_merged_scene_opens_as_a_scene(tmp_path):
     frames), and its points keep their observations: every image's keypoints are what its
     points are seen at, within a pixel of where the merged poses put them."""
     from conftest import IMAGES
-    from pipeline.config import PipelineConfig
-    from pipeline.runner import run
+    from pipeline.run.config import PipelineConfig
+    from pipeline.run.runner import run
 
     out = tmp_path / "out"
     summary = run(PipelineConfig(input_dir=IMAGES, output_dir=out, max_frames=16, window_size=8,
@@ -218,7 +219,7 @@ def test_a_merged_scene_opens_as_a_scene(tmp_path):
 
 
 def test_merged_images_are_copies_where_the_windows_copied(tmp_path):
-    from pipeline.merge import write_images
+    from pipeline.post.merge import write_images
 
     (tmp_path / "window" / "images").mkdir(parents=True)
     copied = tmp_path / "window" / "images" / "a.png"
@@ -238,9 +239,9 @@ class LongSequenceTest(unittest.TestCase):
     merged, against ground truth (measured: 64 frames matched, RMSE 0.11% of the scene)."""
 
     def test_merge_long_loop(self):
-        from pipeline.config import PipelineConfig
-        from pipeline.runner import run
-        from pipeline.synthetic import render_sequence, write_sequence
+        from pipeline.io.synthetic import render_sequence, write_sequence
+        from pipeline.run.config import PipelineConfig
+        from pipeline.run.runner import run
 
         with tempfile.TemporaryDirectory() as tmp:
             data = write_sequence(render_sequence(RenderOptions(num_frames=64, path="loop")),
@@ -261,7 +262,7 @@ if __name__ == "__main__":
 
 
 def test_track_correspondences_need_the_same_keypoint():
-    from pipeline.merge import WindowModel, track_correspondences
+    from pipeline.post.merge import WindowModel, track_correspondences
 
     def model(index, idx, xy, xyz):
         return WindowModel(index=index, frames=["f.png"], frame_index={"f.png": 0}, poses={},

@@ -11,16 +11,17 @@ from pathlib import Path
 import pytest
 
 from conftest import IMAGES, ROOT
-from pipeline.cli import build_parser, main
-from pipeline.config import MergeOptions, PipelineConfig
-from pipeline.options import (
+from pipeline.cli.main import build_parser, main
+from pipeline.infra.options import (
     default_text,
     field_docs,
     flag_name,
     flag_of,
     flagged_fields,
-    unread_options,
 )
+from pipeline.post.merge import MergeOptions
+from pipeline.reconstructors import unread_options
+from pipeline.run.config import PipelineConfig
 
 
 def readme_flags() -> dict[str, str]:
@@ -58,7 +59,7 @@ def test_every_field_is_a_flag_with_help_and_the_readme_agrees():
 
 
 def test_parser_defaults_are_the_configuration_defaults():
-    from pipeline.cli import config_from_args
+    from pipeline.cli.main import config_from_args
 
     args = build_parser().parse_args(["--input-dir", "x", "--output-dir", "o"])
     config = config_from_args(args)
@@ -69,7 +70,7 @@ def test_parser_defaults_are_the_configuration_defaults():
 
 
 def test_merge_flags_reach_the_merge_from_both_commands(tmp_path, capsys):
-    from pipeline.cli import config_from_args
+    from pipeline.cli.main import config_from_args
 
     args = build_parser().parse_args(["--input-dir", "x", "--output-dir", "o", "--merge",
                                       "--min-shared-frames", "4", "--no-refine"])
@@ -136,7 +137,7 @@ def test_default_flags_build_the_reconstructors_default_options(name):
     """The flags' defaults and the options classes' defaults agree (one would drift otherwise):
     a configuration left at its defaults builds the same result-deciding options as the options
     class does by itself, apart from the lowest automatic resolution (set only from flags)."""
-    from pipeline.output import options_signature
+    from pipeline.io.output import options_signature
     from pipeline.reconstructors import reconstructor_class
     from pipeline.reconstructors.colmap import ColmapOptions
     from pipeline.reconstructors.da3 import Da3Options
@@ -158,7 +159,8 @@ def test_the_command_line_reads_every_flag_without_torch():
     import subprocess
     import sys
 
-    code = ("import sys; from pipeline.cli import build_parser, main; build_parser().format_help()"
+    code = ("import sys; from pipeline.cli.main import build_parser, main; "
+            "build_parser().format_help()"
             "; import pipeline.reconstructors.vggt, pipeline.reconstructors.da3; "
             "assert main(['--input-dir', 'x', '--output-dir', 'o', '--vis-thresh', '2']) == 2; "
             "print('torch' in sys.modules)")
@@ -178,8 +180,8 @@ def test_the_command_line_reads_every_flag_without_torch():
      "--camera-params: the principal point cx must not be negative"),
 ])
 def test_library_values_are_checked_as_declared(tmp_path, kwargs, message):
-    from pipeline.errors import InputError
-    from pipeline.runner import run
+    from pipeline.core.errors import InputError
+    from pipeline.run.runner import run
 
     config = PipelineConfig(input_dir=IMAGES, output_dir=tmp_path / "o", **kwargs)
     with pytest.raises(InputError, match=re.escape(message)):

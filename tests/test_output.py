@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import MergeOptions, PipelineConfig
-from pipeline.lock import OutputBusyError, OutputLock
-from pipeline.output import (
+from pipeline.core.windows import Window
+from pipeline.infra.lock import OutputBusyError, OutputLock
+from pipeline.io.output import (
     check_window,
     digest,
     options_signature,
@@ -23,8 +23,8 @@ from pipeline.output import (
     signature_difference,
     window_signature,
 )
-from pipeline.runner import reconstructor_options
-from pipeline.windows import Window
+from pipeline.run.config import MergeOptions, PipelineConfig
+from pipeline.run.runner import reconstructor_options
 from tests.helpers import fake_frame, finish_window, write_model, write_test_plan
 
 ALTERNATIVES = {
@@ -153,7 +153,7 @@ def test_every_option_is_in_a_signature_or_declared_not_to_change_results():
 
 
 def test_structure_checks_are_part_of_the_window_signature():
-    from pipeline.runner import window_checks
+    from pipeline.run.runner import window_checks
 
     frames = [fake_frame("a.png"), fake_frame("b.png")]
     default = PipelineConfig(output_dir=Path("o"))
@@ -300,7 +300,7 @@ def test_lock_is_exclusive_and_names_its_holder(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, time; from pipeline.lock import OutputLock; "
+            "import sys, time; from pipeline.infra.lock import OutputLock; "
             f"lock = OutputLock(__import__('pathlib').Path({str(tmp_path)!r})); lock.acquire(); "
             "print('locked', flush=True); time.sleep(60)",
         ],
@@ -324,7 +324,7 @@ def test_lock_left_by_a_dead_process_is_taken_over_with_a_warning(tmp_path, capl
     (tmp_path / ".lock").write_text(
         json.dumps({"pid": 2**22 + 7, "host": "elsewhere", "started_at": "yesterday"})
     )
-    with caplog.at_level(logging.WARNING, logger="pipeline.lock"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.infra.lock"):
         with OutputLock(tmp_path):
             held = json.loads((tmp_path / ".lock").read_text())
     assert held["pid"] == os.getpid()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.preprocess import FrameTransform, PreprocessOptions, preprocess_frames
+from pipeline.algo.preprocess import FrameTransform, PreprocessOptions, preprocess_frames
 
 
 def _frame(h, w, seed=0):

@@ -15,9 +15,9 @@ import numpy as np
 import pycolmap
 import pytest
 
-from pipeline.config import PipelineConfig
-from pipeline.evaluate import evaluate_output
-from pipeline.runner import run
+from pipeline.post.evaluate import evaluate_output
+from pipeline.run.config import PipelineConfig
+from pipeline.run.runner import run
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "dtu_scan65"
 FRAMES = 24

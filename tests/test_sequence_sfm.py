@@ -10,14 +10,20 @@ import pycolmap
 import pytest
 
 from conftest import TESTDATA
-from pipeline import calibration as calib
-from pipeline.config import PipelineConfig
-from pipeline.evaluate import evaluate_output
-from pipeline.output import read_window_poses
-from pipeline.runner import run
-from pipeline.sequence_sfm import chunk_of, cut_window, jump_outliers, plan_chunks, sequential_pairs
-from pipeline.synthetic import load_ground_truth
-from pipeline.windows import create_windows
+from pipeline.algo import calibration as calib
+from pipeline.algo.classical_sfm import (
+    chunk_of,
+    cut_window,
+    jump_outliers,
+    plan_chunks,
+    sequential_pairs,
+)
+from pipeline.core.windows import create_windows
+from pipeline.io.output import read_window_poses
+from pipeline.io.synthetic import load_ground_truth
+from pipeline.post.evaluate import evaluate_output
+from pipeline.run.config import PipelineConfig
+from pipeline.run.runner import run
 from tests.helpers import window_dirs, window_info
 
 
@@ -170,7 +176,7 @@ def test_the_feature_store_says_how_far_it_is_and_slices_change_nothing(tmp_path
 
     from PIL import Image
 
-    import pipeline.sequence_sfm as seq
+    import pipeline.algo.classical_sfm as seq
     from pipeline.reconstructors.colmap import ColmapOptions
 
     images = sorted((TESTDATA / "images").iterdir())[:12]

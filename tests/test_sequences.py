@@ -1,4 +1,4 @@
-"""Many sequences in one run (:mod:`pipeline.sequences`, ``--input-root``/``--input-list``):
+"""Many sequences in one run (:mod:`pipeline.io.sequences`, ``--input-root``/``--input-list``):
 finding and naming them, the index, failure of one sequence alone, resume, one model load and
 batches shared between sequences."""
 
@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 
 from conftest import IMAGES, TESTDATA
-from pipeline.cli import main
-from pipeline.errors import InputError
-from pipeline.evaluate import evaluate_dataset, format_dataset_report
-from pipeline.output import read_window_info, read_window_poses
-from pipeline.sequences import (
+from pipeline.cli.main import main
+from pipeline.core.errors import InputError
+from pipeline.io.output import read_window_info, read_window_poses
+from pipeline.io.sequences import (
     INDEX,
     WindowIndex,
     discover,
@@ -25,6 +24,7 @@ from pipeline.sequences import (
     safe_name,
     unique_names,
 )
+from pipeline.post.evaluate import evaluate_dataset, format_dataset_report
 
 
 def frames_folder(folder: Path, first: int, count: int) -> Path:
@@ -224,7 +224,7 @@ def test_network_dataset_run_loads_once_and_shares_batches(tmp_path, tiny_vggt_c
     assert all(e["has_depth"] for e in lines[1:])
     assert (out / "x" / "merged" / "merge.json").is_file()  # --merge per sequence
 
-    from pipeline.dataset import WindowDataset
+    from pipeline.io.dataset import WindowDataset
 
     data = WindowDataset(out)
     assert len(data) == 4 and {data[i]["sequence"] for i in range(4)} == {"x", "y"}

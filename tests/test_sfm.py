@@ -19,15 +19,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from conftest import TESTDATA
-from pipeline.geometry import (
-    ate,
-    camera_centers,
-    compose_poses,
-    invert_pose,
-    relative_pose,
-    rotation_angle_deg,
-)
-from pipeline.sfm import (
+from pipeline.algo.network_sfm import (
     SfmOptions,
     Tracks,
     WindowPredictions,
@@ -37,7 +29,15 @@ from pipeline.sfm import (
     run_sfm,
     write_sfm_result,
 )
-from pipeline.synthetic import load_ground_truth, load_images
+from pipeline.core.geometry import (
+    ate,
+    camera_centers,
+    compose_poses,
+    invert_pose,
+    relative_pose,
+    rotation_angle_deg,
+)
+from pipeline.io.synthetic import load_ground_truth, load_images
 
 NUM_FRAMES = 8
 CAMERA_CASES = [(t, s) for t in ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL")
@@ -155,7 +155,7 @@ def model_poses(rec: pycolmap.Reconstruction, s: int) -> np.ndarray:
 
 def observation_mask(rec: pycolmap.Reconstruction, candidate: np.ndarray) -> np.ndarray:
     """(S, N) bool: observations attached to a point (keypoints are the candidates in track
-    order, as pipeline.sfm lays them out)."""
+    order, as pipeline.algo.network_sfm lays them out)."""
     mask = np.zeros(candidate.shape, bool)
     for i in range(len(candidate)):
         tracks_of_kp = np.flatnonzero(candidate[i])

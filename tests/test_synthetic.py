@@ -1,4 +1,4 @@
-"""Tests of the synthetic renderer (pipeline.synthetic) and of the bundled data in
+"""Tests of the synthetic renderer (pipeline.io.synthetic) and of the bundled data in
 testdata/synthetic."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from conftest import TESTDATA as DATA
-from pipeline import synthetic
-from pipeline.geometry import camera_centers
-from pipeline.synthetic import (
+from pipeline.core.geometry import camera_centers
+from pipeline.io import synthetic
+from pipeline.io.synthetic import (
     RenderOptions,
     SceneOptions,
     camera_path,

@@ -76,25 +76,25 @@ def test_mixed_folder_is_refused_before_any_work(tmp_path, capsys):
 
 
 def test_a_grey_frame_named_like_the_others_is_only_a_warning(tmp_path, caplog):
-    from pipeline.frames import check_one_kind
+    from pipeline.io.frames import check_one_kind
 
     folder = frames(tmp_path / "in", count=4)
     dark = sorted(folder.iterdir())[2]
     with Image.open(dark) as img:
         img.convert("L").save(dark)  # some encoders write a dark frame in grey
-    with caplog.at_level(logging.WARNING, logger="pipeline.frames"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.io.frames"):
         check_one_kind(sorted(folder.iterdir()))
     assert f"3 colour (e.g. {sorted(folder.iterdir())[0].name}), 1 grey 8-bit" in caplog.text
 
 
 def test_one_kind_under_two_name_patterns_is_only_a_warning(tmp_path, caplog):
-    from pipeline.frames import check_one_kind
+    from pipeline.io.frames import check_one_kind
 
     folder = tmp_path / "two_cameras"
     folder.mkdir()
     for i, path in enumerate(sorted(IMAGES.iterdir())[:8]):
         shutil.copy(path, folder / f"{'left' if i % 2 else 'right'}_{i:04d}.png")
-    with caplog.at_level(logging.WARNING, logger="pipeline.frames"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.io.frames"):
         check_one_kind(sorted(folder.iterdir()))
     assert "2 name patterns (4 like left_#.png, 4 like right_#.png)" in caplog.text
 
@@ -104,7 +104,7 @@ def test_one_kind_under_two_name_patterns_is_only_a_warning(tmp_path, caplog):
 def test_structure_checks_decide_ok(tmp_path):
     import pycolmap
 
-    from pipeline.output import WindowChecks
+    from pipeline.io.output import WindowChecks
 
     write_model(tmp_path / "few", ["a.png", "b.png"], points=10)
     write_model(tmp_path / "enough", ["a.png", "b.png"], points=64)
@@ -137,7 +137,7 @@ def test_windows_without_real_structure_fail_and_are_digested(tmp_path, capsys):
 
 
 def test_digest_groups_by_cause_and_names_the_first_windows():
-    from pipeline.digest import failure_digest
+    from pipeline.core.failures import failure_digest
 
     records = [{"window_index": i, "status": "failed",
                 "error": f"only {i % 3} of 8 frames registered (need 4)"} for i in range(7)]
@@ -157,7 +157,7 @@ def test_digest_groups_by_cause_and_names_the_first_windows():
 
 
 def test_one_window_is_one_window():
-    from pipeline.runner import RunSummary
+    from pipeline.run.runner import RunSummary
 
     summary = RunSummary(output_dir=Path("o"), num_frames=1,
                          windows=[{"status": "ok", "skipped": False}])
@@ -168,7 +168,7 @@ def test_one_window_is_one_window():
 # ---- logs and --help ---------------------------------------------------------------------------
 
 def test_verbose_shows_the_pipelines_debug_log_not_other_libraries():
-    from pipeline.cli import _configure_logging
+    from pipeline.cli.main import _configure_logging
 
     root, saved = logging.getLogger(), logging.getLogger().handlers[:]
     levels = {name: logging.getLogger(name).level for name in ("pipeline", "PIL")}
@@ -200,7 +200,7 @@ def test_colmap_errors_stay_out_of_the_log_without_verbose(tmp_path):
 def test_help_imports_no_heavy_module():
     """Every reconstructor's flags are read from its module, which imports torch, OpenCV and
     the models only where it uses them (pycolmap and scipy, 0.4 s, are imported)."""
-    code = ("import sys; from pipeline.cli import build_parser; build_parser().format_help(); "
+    code = ("import sys; from pipeline.cli.main import build_parser; build_parser().format_help(); "
             "print(sorted(m for m in ('torch', 'cv2', 'matplotlib', 'safetensors') "
             "if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -209,7 +209,7 @@ def test_help_imports_no_heavy_module():
 
 
 def test_help_groups_the_input_flags():
-    from pipeline.cli import build_parser
+    from pipeline.cli.main import build_parser
 
     groups = {g.title: [a.option_strings[0] for a in g._group_actions]
               for g in build_parser()._action_groups}
@@ -224,10 +224,10 @@ def test_help_groups_the_input_flags():
 # ---- progress inside a batch -------------------------------------------------------------------
 
 def test_progress_names_the_stage_and_window(tmp_path):
-    from pipeline.config import PipelineConfig
-    from pipeline.frames import list_image_files, prepare_frames
-    from pipeline.runner import build_reconstructor, process_window_batch
-    from pipeline.windows import create_windows
+    from pipeline.core.windows import create_windows
+    from pipeline.io.frames import list_image_files, prepare_frames
+    from pipeline.run.config import PipelineConfig
+    from pipeline.run.runner import build_reconstructor, process_window_batch
 
     config = PipelineConfig(output_dir=tmp_path / "out", input_dir=IMAGES,
                             reconstructor="colmap", window_size=4, window_stride=4)
@@ -262,9 +262,9 @@ def test_trajectory_timestamps_are_input_indices(tmp_path):
 
 
 def test_structure_thresholds_are_checked_in_the_library_too(tmp_path):
-    from pipeline.config import PipelineConfig
-    from pipeline.errors import InputError
-    from pipeline.runner import run
+    from pipeline.core.errors import InputError
+    from pipeline.run.config import PipelineConfig
+    from pipeline.run.runner import run
 
     with pytest.raises(InputError,
                        match="--min-points must be a whole number from 0 to 1000000, got -1"):
@@ -292,7 +292,7 @@ def test_the_progress_clock_moves_between_windows():
 
     from tqdm import tqdm
 
-    from pipeline.runner import keep_redrawing
+    from pipeline.run.runner import keep_redrawing
 
     bar = tqdm(total=3, file=io.StringIO(), disable=False)
     redraws = []

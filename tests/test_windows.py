@@ -3,7 +3,7 @@
 import unittest
 from pathlib import Path
 
-from pipeline.windows import (
+from pipeline.core.windows import (
     WINDOWS_PER_BATCH_DIR,
     Window,
     create_windows,

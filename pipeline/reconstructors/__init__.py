@@ -10,6 +10,7 @@ result; it never stops the other windows.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import fields
@@ -17,16 +18,17 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..errors import InputError
-from ..frames import Frame
-from ..results import STATUS_FAILED as STATUS_FAILED  # re-exported: the plug-ins' values
-from ..results import STATUS_OK as STATUS_OK
-from ..results import BatchReport as BatchReport
-from ..results import WindowResult as WindowResult
-from ..windows import Window
+from ..core.errors import InputError
+from ..core.results import STATUS_FAILED as STATUS_FAILED  # re-exported: the plug-ins' values
+from ..core.results import STATUS_OK as STATUS_OK
+from ..core.results import BatchReport as BatchReport
+from ..core.results import WindowResult as WindowResult
+from ..core.windows import Window
+from ..infra.options import flag_name, flag_of
+from ..io.frames import Frame
 
 if TYPE_CHECKING:
-    from ..executor import CpuPool, Pending
+    from ..exec.executor import CpuPool, Pending
 
 _REGISTRY = {
     "vggt": "pipeline.reconstructors.vggt:VggtReconstructor",
@@ -36,7 +38,7 @@ _REGISTRY = {
 """Reconstructor name -> ``module:class``: a new reconstructor is its module and one line here.
 Reconstructor modules import their heavy dependencies (torch, the models) only where they use
 them, so that the command line can read every reconstructor's flags quickly.
-:class:`pipeline.config.PipelineConfig` takes each one's :attr:`Reconstructor.flags` as a base
+:class:`pipeline.run.config.PipelineConfig` takes each one's :attr:`Reconstructor.flags` as a base
 (:func:`registered_flags`)."""
 
 
@@ -48,10 +50,10 @@ class Reconstructor(abc.ABC):
 
     flags: ClassVar[type | None] = None
     """Its command-line options: a keyword-only dataclass whose fields are declared with
-    :func:`pipeline.options.option` (default, ``--help`` section and text); a base of
-    :class:`pipeline.config.PipelineConfig`. A flag several reconstructors declare (through a
+    :func:`pipeline.infra.options.option` (default, ``--help`` section and text); a base of
+    :class:`pipeline.run.config.PipelineConfig`. A flag several reconstructors declare (through a
     shared base class) is one option read by each; a flag the chosen reconstructor does not
-    declare is refused (:func:`pipeline.options.unread_options`)."""
+    declare is refused (:func:`unread_options`)."""
 
     device: str = "cpu"
     """Where the work runs, for the run manifest."""
@@ -67,10 +69,10 @@ class Reconstructor(abc.ABC):
     mixed_sizes: ClassVar[bool] = False
     """It reconstructs windows whose frames differ in size (colmap: a camera per size); for one
     that cannot, a sequence of frames of several sizes is refused before any work (see
-    :func:`pipeline.frames.one_size`)."""
+    :func:`pipeline.io.frames.one_size`)."""
 
     load_stage: dict[str, float] | None = None
-    """Time and memory of loading (a :class:`pipeline.memory.PeakSpan` as JSON), if any."""
+    """Time and memory of loading (a :class:`pipeline.infra.memory.PeakSpan` as JSON), if any."""
 
     last_report: BatchReport | None = None
     """Measurements of the latest :meth:`reconstruct_batch` (None: it measures nothing)."""
@@ -108,9 +110,9 @@ class Reconstructor(abc.ABC):
                     pool: CpuPool) -> list[Pending]:
         """Start reconstructing a batch (the pipelined executor's entry): what must run in
         this process runs now; each window's CPU part may go to ``pool`` and finish while the
-        next batches run. Returns one :class:`pipeline.executor.Pending` per window, in order.
+        next batches run. Returns one :class:`pipeline.exec.executor.Pending` per window, in order.
         Here: :meth:`reconstruct_batch`, all of it now."""
-        from ..executor import completed_pending
+        from ..exec.executor import completed_pending
 
         return [completed_pending(r) for r in self.reconstruct_batch(windows, staging_dirs)]
 
@@ -121,8 +123,8 @@ class Reconstructor(abc.ABC):
     @classmethod
     def options_from_config(cls, config: Any) -> Any:
         """This reconstructor's options object, filled from a
-        :class:`pipeline.config.PipelineConfig` (the run's options; those this reconstructor
-        does not read are refused before, see :func:`pipeline.options.unread_options`). Every
+        :class:`pipeline.run.config.PipelineConfig` (the run's options; those this reconstructor
+        does not read are refused before, see :func:`unread_options`). Every
         registered reconstructor has one; one passed to the runner ready-made needs none.
 
         Raises:
@@ -133,7 +135,7 @@ class Reconstructor(abc.ABC):
     @classmethod
     def check_flags(cls, config: Any) -> None:
         """Refuse, before any work, values of its :attr:`flags` in ``config`` (a
-        :class:`pipeline.config.PipelineConfig`) that cannot work, beyond the ranges their
+        :class:`pipeline.run.config.PipelineConfig`) that cannot work, beyond the ranges their
         declarations give. Called for every registered reconstructor, whichever is chosen.
         Here: nothing.
 
@@ -157,7 +159,7 @@ class Reconstructor(abc.ABC):
         more of the sequence than their own frames. Does no work yet."""
 
     def window_context(self, window: Window[Frame]) -> str | None:
-        """:func:`pipeline.output.frames_digest` of the frames besides the window's own whose
+        """:func:`pipeline.io.output.frames_digest` of the frames besides the window's own whose
         content decides its result (it joins the resume signature); ``None``: only its own."""
         return None
 
@@ -167,9 +169,9 @@ class Reconstructor(abc.ABC):
 
     def signature_options(self) -> Any:
         """Every option that decides this reconstructor's results, as JSON: the resume
-        signature's ``options`` (see :func:`pipeline.output.options_signature`). Derived from
+        signature's ``options`` (see :func:`pipeline.io.output.options_signature`). Derived from
         the ``options`` attribute, so that a new option is part of it without further code."""
-        from ..output import options_signature
+        from ..io.output import options_signature
 
         return options_signature(getattr(self, "options", None))
 
@@ -204,7 +206,7 @@ def reconstructor_class(name: str) -> type[Reconstructor]:
 
 def registered_flags() -> tuple[type, ...]:
     """The :attr:`Reconstructor.flags` classes of the registered reconstructors, in registry
-    order, each once: the bases of :class:`pipeline.config.PipelineConfig`.
+    order, each once: the bases of :class:`pipeline.run.config.PipelineConfig`.
 
     Raises:
         TypeError: two reconstructors declare a flag of the same name in different classes (a
@@ -247,6 +249,22 @@ def flag_rank(field_name: str) -> int:
     return 0 if readers is None else list(_REGISTRY).index(readers[0]) + 1
 
 
+def unread_options(config: Any, reconstructor: str) -> dict[str, tuple[str, ...]]:
+    """``{flag: the reconstructors that read it}`` of the options ``config`` sets away from
+    their defaults that ``reconstructor`` does not read (options that would silently do
+    nothing), in ``--help`` order. The readers of a flag are the registered reconstructors whose
+    :attr:`pipeline.reconstructors.Reconstructor.flags` declare it; the pipeline's own options
+    are read whatever the reconstructor."""
+    readers = flag_readers()
+    unread = {}
+    for f in sorted(dataclasses.fields(config), key=lambda f: flag_rank(f.name)):
+        if flag_of(f) is None or f.name not in readers or reconstructor in readers[f.name]:
+            continue
+        if f.default is not dataclasses.MISSING and getattr(config, f.name) != f.default:
+            unread[flag_name(f)] = readers[f.name]
+    return unread
+
+
 def create_reconstructor(name: str, **options: Any) -> Reconstructor:
     """Build the reconstructor called ``name`` with its keyword options.
 
@@ -269,7 +287,7 @@ def build_reconstructor(config: Any) -> Reconstructor:
         InputError: its options are invalid, or its checkpoint cannot be found or used (the
             message says how to get one).
     """
-    from ..models import CheckpointError, WeightsNotFoundError
+    from ..algo.models import CheckpointError, WeightsNotFoundError
 
     options = reconstructor_options(config)
     try:

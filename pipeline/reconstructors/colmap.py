@@ -1,7 +1,7 @@
 """Classical reconstruction with pycolmap: SIFT, matching, incremental mapping; no weights, CPU.
 
 By default the sequence is reconstructed in overlapping chunks and each window is cut out of its
-chunk (:mod:`pipeline.sequence_sfm`): every frame's features are extracted once, every pair
+chunk (:mod:`pipeline.algo.classical_sfm`): every frame's features are extracted once, every pair
 matched once, and short windows of hand-held video get poses that they could not get alone. With
 ``chunk_frames=0`` each window is reconstructed on its own, from its frames only. Either way the
 COLMAP work runs in worker processes (the executor's pool, see :meth:`attach_pool`; its own
@@ -28,27 +28,27 @@ from typing import TYPE_CHECKING, Any
 
 import pycolmap
 
-from .. import calibration as calib
-from .. import sequence_sfm as seq
-from ..cameras import CAMERA_PARAMS, CAMERA_TYPES
-from ..colmap_options import (
+from ..algo import calibration as calib
+from ..algo import classical_sfm as seq
+from ..algo.colmap_options import (
     copy_options,
     global_mapping_options,
     mapping_options,
     reader_options,
 )
-from ..errors import InputError
-from ..executor import completed, cores
-from ..frames import Frame
-from ..memory import PeakMeter, memory_record, reset_peak
-from ..options import option
-from ..processes import exit_with_parent, stop_workers
-from ..tempdirs import explain, make_temp, remove_dead_temps
-from ..windows import Window
+from ..core.cameras import CAMERA_PARAMS, CAMERA_TYPES
+from ..core.errors import InputError
+from ..core.windows import Window
+from ..exec.executor import completed, cores
+from ..infra.memory import PeakMeter, memory_record, reset_peak
+from ..infra.options import option
+from ..infra.processes import exit_with_parent, stop_workers
+from ..infra.tempdirs import explain, make_temp, remove_dead_temps
+from ..io.frames import Frame
 from . import STATUS_OK, BatchReport, Reconstructor, WindowResult, colmap_log_level
 
 if TYPE_CHECKING:
-    from ..executor import CpuPool, Pending
+    from ..exec.executor import CpuPool, Pending
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ GROUP = "colmap"
 @dataclass(kw_only=True)
 class ColmapFlags:
     """Command-line options of the colmap reconstructor; fields of
-    :class:`pipeline.config.PipelineConfig`."""
+    :class:`pipeline.run.config.PipelineConfig`."""
 
     camera_params: tuple[float, ...] | None = option(None, group=GROUP, kind="floats",
                                                      metavar="P1,P2,...",
@@ -128,10 +128,10 @@ class ColmapOptions:
     num_threads: int | None = field(default=None, metadata={"result": False})
     """Threads of each worker's SIFT extraction and matching; default: the cores divided
     among the workers. Mapping and bundle adjustment always run on one thread
-    (:data:`pipeline.colmap_options.MAPPING_THREADS`): results repeat exactly."""
+    (:data:`pipeline.algo.colmap_options.MAPPING_THREADS`): results repeat exactly."""
     chunk_frames: int = ColmapFlags.chunk_frames
     """Frames reconstructed together: windows are cut out of overlapping chunks of about this
-    many frames of the sequence (see :mod:`pipeline.sequence_sfm`); 0 reconstructs each window
+    many frames of the sequence (see :mod:`pipeline.algo.classical_sfm`); 0 reconstructs each window
     from its own frames only."""
     pairing_overlap: int = 10
     """Each frame is matched with this many following frames (of its chunk, or its window)."""
@@ -252,7 +252,7 @@ class ColmapReconstructor(Reconstructor):
         ``work_dir/colmap_sequence`` (not kept when ``work_dir`` is ``None``)."""
         if not self.options.chunk_frames:
             return
-        from ..output import options_signature
+        from ..io.output import options_signature
 
         o = self.options
         chunks = seq.plan_chunks(len(frames), max(len(w) for w in windows), o.chunk_frames)
@@ -269,7 +269,7 @@ class ColmapReconstructor(Reconstructor):
     def window_context(self, window: Window[Frame]) -> str | None:
         """The frames whose content decides the window's poses: every frame of the sequence
         when the focal length is estimated from all of them, else those of its chunk."""
-        from ..output import frames_digest
+        from ..io.output import frames_digest
 
         s = self._sequence
         if s is None or window.index not in s.chunk_of:
@@ -319,7 +319,7 @@ class ColmapReconstructor(Reconstructor):
 
     def _calibrate(self) -> None:
         """Give the store's cameras the focal lengths mapping starts from
-        (:func:`pipeline.calibration.initial_focal`: EXIF, else the estimate from the
+        (:func:`pipeline.algo.calibration.initial_focal`: EXIF, else the estimate from the
         fundamental matrices of all the store's image pairs when it is supported, else COLMAP's
         default); bundle adjustment refines them in every chunk, and :meth:`_check_calibration`
         checks the chunks' results."""
@@ -369,7 +369,7 @@ class ColmapReconstructor(Reconstructor):
         started from, or those it held when it was mapped again (:meth:`_check_calibration`)."""
         s = self._sequence
         if chunk.name in s.remap:
-            from ..output import digest
+            from ..io.output import digest
 
             return f"{chunk.name}-{digest([s.mapping_key, sorted(s.hold.items())])[:12]}"
         return f"{chunk.name}-{s.mapping_key}"
@@ -383,7 +383,7 @@ class ColmapReconstructor(Reconstructor):
 
     def _check_calibration(self) -> None:
         """Once every chunk is mapped with its focal length refined, judge the calibration
-        (:func:`pipeline.calibration.decide`): chunks that disagree with the others, or whose
+        (:func:`pipeline.algo.calibration.decide`): chunks that disagree with the others, or whose
         value no camera has, are mapped again with the chunks' consensus held. The decision
         goes to the log and to ``run.json`` (``calibration``)."""
         s = self._sequence
@@ -604,7 +604,7 @@ class ColmapReconstructor(Reconstructor):
         :meth:`reconstruct_batch` does."""
         if pool.inline or self.options.chunk_frames:
             return super().start_batch(windows, staging_dirs, pool)
-        from ..executor import submit_job
+        from ..exec.executor import submit_job
 
         self.last_report = BatchReport()
         threads = self.options.num_threads or max(1, cores() // pool.workers)
@@ -698,7 +698,8 @@ def _count(windows: Sequence[Window[Frame]]) -> str:
 
 @dataclass(kw_only=True)
 class _Sequence:
-    """The classical reconstructor's state for one sequence (see :mod:`pipeline.sequence_sfm`)."""
+    """The classical reconstructor's state for one sequence (see
+    :mod:`pipeline.algo.classical_sfm`)."""
 
     frames: list[Frame]
     chunks: list[seq.Chunk]
@@ -758,7 +759,7 @@ def _store_options(options: ColmapOptions) -> dict[str, Any]:
 
 
 def _mapping_key(options: ColmapOptions, focal: dict[int, float]) -> str:
-    from ..output import digest, options_signature
+    from ..io.output import digest, options_signature
 
     return digest([options.chunk_mapper, options.global_min_frames,
                    options_signature(mapping_options(options)),

@@ -2,15 +2,16 @@
 classical matching, then the shared SfM stage.
 
 For each batch: the windows' frames are resized by one of DA3's methods
-(:data:`pipeline.preprocess.DA3_METHODS`, ``process_res`` px) and stacked into one
+(:data:`pipeline.algo.preprocess.DA3_METHODS`, ``process_res`` px) and stacked into one
 ``[B, S, 3, H, W]`` tensor; one forward predicts depth, confidence and cameras (world-to-camera
 extrinsics, intrinsics in network pixels) for all of them. Per window: cameras and maps are
 mapped back to the original frames (the world moved exactly onto frame 0's camera); SIFT
 features of every frame (pycolmap, CPU) are matched between all pairs of frames (mutual nearest
-neighbours passing Lowe's ratio test) and joined into tracks; :func:`pipeline.sfm.run_sfm`
+neighbours passing Lowe's ratio test) and joined into tracks;
+:func:`pipeline.algo.network_sfm.run_sfm`
 starts each track's point from the depth at its first frame, triangulates, filters and
 bundle-adjusts; the model goes to ``sparse/`` and the asked-for exports to ``exports/``
-(:mod:`pipeline.export_formats`).
+(:mod:`pipeline.algo.exports`).
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..export_formats import ExportOptions
-from ..finishing import Da3Job, match_descriptors, matched_tracks
-from ..frames import Frame
-from ..options import option
-from ..preprocess import DA3_METHODS, PreprocessOptions
-from ..windows import Window
+from ..algo.exports import ExportOptions
+from ..algo.finishing import Da3Job, match_descriptors, matched_tracks
+from ..algo.preprocess import DA3_METHODS, PreprocessOptions
+from ..core.windows import Window
+from ..infra.options import option
+from ..io.frames import Frame
 from .network import (
     NetworkBatch,
     NetworkFlags,
@@ -62,7 +63,7 @@ GROUP = "da3"
 @dataclass(kw_only=True)
 class Da3Flags(NetworkFlags):
     """Command-line options of the da3 reconstructor (besides every network's); fields of
-    :class:`pipeline.config.PipelineConfig`."""
+    :class:`pipeline.run.config.PipelineConfig`."""
 
     process_res_method: str = option("upper_bound_resize", group=GROUP, choices=DA3_METHODS)
     """da3: upper_bound_* bound the longer side, lower_bound_* the shorter; *_resize rounds
@@ -87,7 +88,7 @@ class Da3Options(NetworkOptions):
     preprocess: PreprocessOptions = field(default_factory=_default_preprocess)
     """How frames reach the network grid (a DA3 method, ``process_res`` px)."""
     forward: Any = None
-    """:class:`pipeline.models.DA3ForwardOptions`; default options."""
+    """:class:`pipeline.algo.models.DA3ForwardOptions`; default options."""
     features: Any = field(default_factory=_default_features)
     """pycolmap.FeatureExtractionOptions of the SIFT features that are matched."""
     ratio_test: float = 0.8
@@ -112,8 +113,8 @@ class Da3Reconstructor(NetworkReconstructor):
         Raises:
             InputError: no checkpoint given; a bad export format.
         """
-        from ..errors import InputError
-        from ..export_formats import parse_export_format
+        from ..algo.exports import parse_export_format
+        from ..core.errors import InputError
         from .vggt import DEFAULT_MODEL
 
         if config.model == DEFAULT_MODEL:
@@ -136,7 +137,7 @@ class Da3Reconstructor(NetworkReconstructor):
         )
 
     def __init__(self, options: Da3Options) -> None:
-        from ..models import DA3ForwardOptions
+        from ..algo.models import DA3ForwardOptions
 
         self._setup(options, DA3ForwardOptions())
         if not self.model.predicts_cameras:

@@ -2,7 +2,7 @@
 and mapping network-grid predictions back to the original frames.
 
 A :class:`NetworkReconstructor` decodes each batch's frames once (ahead of time, when the
-executor runs a :class:`pipeline.executor.FrameLoader`), stacks the windows on the network grid
+executor runs a :class:`pipeline.exec.executor.FrameLoader`), stacks the windows on the network grid
 as ``[B, S, 3, H, W]`` RGB in [0, 1], runs one forward for the batch, does what else of each
 window needs the device, and hands each window's CPU part over as an :class:`SfmJob` (run in a
 worker process, or inline); a window's failure never stops the others. Subclasses say how to run
@@ -10,7 +10,7 @@ the forward (:meth:`~NetworkReconstructor._forward`), what a window's job is
 (:meth:`~NetworkReconstructor._window_job`) and which smaller settings to retry with when a
 single window runs out of memory (:meth:`~NetworkReconstructor._fallbacks`).
 
-Pixel conventions are those of :mod:`pipeline.preprocess` ("colmap": the centre of the top-left
+Pixel conventions are those of :mod:`pipeline.algo.preprocess` ("colmap": the centre of the top-left
 pixel is ``(0.5, 0.5)``).
 """
 
@@ -26,11 +26,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import InputError
-from ..finishing import SfmJob, save_depth_maps, sift_features, sift_keypoints
-from ..frames import Frame, load_image
-from ..hub import VGGT_1B
-from ..memory import (
+from ..algo.finishing import SfmJob, save_depth_maps, sift_features, sift_keypoints
+from ..algo.network_sfm import (
+    SfmOptions,
+    Tracks,
+    WindowPredictions,
+    anchor_predictions,
+)
+from ..algo.preprocess import VGGT_MODES, FrameTransform, PreprocessOptions, preprocess_frames
+from ..core.errors import InputError
+from ..core.windows import Window
+from ..infra.hub import VGGT_1B
+from ..infra.memory import (
     MIN_AUTO_RES,
     BatchObservation,
     PeakMeter,
@@ -38,15 +45,8 @@ from ..memory import (
     lower_resolutions,
     settle,
 )
-from ..options import option
-from ..preprocess import VGGT_MODES, FrameTransform, PreprocessOptions, preprocess_frames
-from ..sfm import (
-    SfmOptions,
-    Tracks,
-    WindowPredictions,
-    anchor_predictions,
-)
-from ..windows import Window
+from ..infra.options import option
+from ..io.frames import Frame, load_image
 from . import BatchReport, Reconstructor, WindowResult, colmap_log_level
 
 __all__ = ["NetworkBatch", "NetworkFlags", "NetworkOptions", "NetworkReconstructor",
@@ -56,7 +56,7 @@ __all__ = ["NetworkBatch", "NetworkFlags", "NetworkOptions", "NetworkReconstruct
 if TYPE_CHECKING:
     import torch
 
-    from ..executor import CpuPool, FrameLoader, Pending
+    from ..exec.executor import CpuPool, FrameLoader, Pending
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ SIZE_GROUP = "vggt and da3: input size and memory"
 @dataclass(kw_only=True)
 class NetworkFlags:
     """Command-line options every network reconstructor reads (vggt's and da3's flags extend
-    these); fields of :class:`pipeline.config.PipelineConfig`."""
+    these); fields of :class:`pipeline.run.config.PipelineConfig`."""
 
     model: str = option(VGGT_1B, group=NETWORKS_GROUP)
     """vggt/da3 checkpoint: a .safetensors/.pt file, a folder holding one, or a hub id
@@ -174,7 +174,7 @@ class NetworkOptions:
     run keeps the lowered resolution)."""
     cpu_offload: bool = field(default=False, metadata={"result": False})
     """Keep the transformer blocks' weights in CPU memory; each moves to the device only while
-    it runs (see :mod:`pipeline.models.offload`)."""
+    it runs (see :mod:`pipeline.algo.models.offload`)."""
     colmap_log_level: int = field(default=2, metadata={"result": False})
     """glog level of pycolmap's own messages: 0 info, 1 warnings, 2 errors."""
 
@@ -257,7 +257,7 @@ class NetworkReconstructor(Reconstructor):
         ``dtype``; with ``cpu_offload`` the transformer blocks' weights stay in CPU memory."""
         import pycolmap
 
-        from ..models import load_model, resolve_dtype
+        from ..algo.models import load_model, resolve_dtype
 
         pycolmap.logging.minloglevel = colmap_log_level
         self.torch_device = resolve_device(device)
@@ -266,7 +266,7 @@ class NetworkReconstructor(Reconstructor):
         self.meter = PeakMeter(self.torch_device)
         with self.meter.measure() as span:
             if cpu_offload:
-                from ..models.offload import enable_cpu_offload
+                from ..algo.models.offload import enable_cpu_offload
 
                 self.model = load_model(model, device="cpu", dtype=self.dtype)
                 self.offload = enable_cpu_offload(self.model, self.torch_device)  # logs its sizes
@@ -284,8 +284,8 @@ class NetworkReconstructor(Reconstructor):
 
     def signature_options(self) -> dict[str, Any]:
         """The options' signature with the compute dtype as resolved on this device and the
-        checkpoint named by its file (see :func:`pipeline.models.checkpoint_fingerprint`)."""
-        from ..models import checkpoint_fingerprint
+        checkpoint named by its file (see :func:`pipeline.algo.models.checkpoint_fingerprint`)."""
+        from ..algo.models import checkpoint_fingerprint
 
         options = super().signature_options()
         options["dtype"] = str(self.dtype).replace("torch.", "")
@@ -336,7 +336,7 @@ class NetworkReconstructor(Reconstructor):
     def reconstruct_batch(self, windows: Sequence[Window[Frame]],
                           staging_dirs: Sequence[Path]) -> list[WindowResult]:
         """Reconstruct the batch in this process (:meth:`start_batch` with no workers)."""
-        from ..executor import CpuPool, result_of
+        from ..exec.executor import CpuPool, result_of
 
         return [result_of(p) for p in self.start_batch(windows, staging_dirs, CpuPool(0))]
 
@@ -350,7 +350,7 @@ class NetworkReconstructor(Reconstructor):
         the reason. No job leaves before the whole batch has been through the device. What was
         measured is left in :attr:`last_report`.
         """
-        from ..executor import completed_pending, submit_job
+        from ..exec.executor import completed_pending, submit_job
 
         self.last_report = BatchReport()
         self._prepared = {}
@@ -539,7 +539,7 @@ class PreparedWindow:
     """The grid it was prepared for."""
 
     def nbytes(self) -> int:
-        from ..executor import array_bytes
+        from ..infra.memory import array_bytes
 
         return array_bytes(self.images, self.originals)
 

@@ -4,7 +4,8 @@ For each batch: the windows' frames are brought to the network grid and stacked 
 ``[B, S, 3, H, W]`` tensor; one forward pass predicts cameras, depth and confidence for all of
 them. Per window, SIFT keypoints on a few query frames (kept where the predicted depth is
 confident) are tracked through the window by the network's track head, and
-:mod:`pipeline.sfm` turns cameras + tracks into a bundle-adjusted COLMAP model, mapped back to
+:mod:`pipeline.algo.network_sfm` turns cameras + tracks into a bundle-adjusted COLMAP model, mapped
+back to
 the original image size.
 """
 
@@ -17,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..frames import Frame
-from ..hub import VGGT_1B
-from ..options import option
-from ..preprocess import VGGT_MODES, FrameTransform, PreprocessOptions
-from ..sfm import Tracks, WindowPredictions
-from ..windows import Window
+from ..algo.network_sfm import Tracks, WindowPredictions
+from ..algo.preprocess import VGGT_MODES, FrameTransform, PreprocessOptions
+from ..core.windows import Window
+from ..infra.hub import VGGT_1B
+from ..infra.options import option
+from ..io.frames import Frame
 from .network import (
     NetworkBatch,
     NetworkFlags,
@@ -59,7 +60,7 @@ GROUP = "vggt"
 @dataclass(kw_only=True)
 class VggtFlags(NetworkFlags):
     """Command-line options of the vggt reconstructor (besides every network's); fields of
-    :class:`pipeline.config.PipelineConfig`."""
+    :class:`pipeline.run.config.PipelineConfig`."""
 
     preprocess_mode: str = option("crop", group=GROUP, choices=VGGT_MODES)
     """vggt input grid: crop is --process-res px wide, centre-cropped to at most as many rows;
@@ -84,7 +85,8 @@ class VggtOptions(NetworkOptions):
     preprocess: PreprocessOptions = field(default_factory=PreprocessOptions)
     """How frames are resized to the network grid (crop or pad, 518 px)."""
     forward: Any = None
-    """:class:`pipeline.models.ForwardOptions` (chunk sizes, frame batching); default options."""
+    """:class:`pipeline.algo.models.ForwardOptions` (chunk sizes, frame batching); default
+    options."""
     query_frame_num: int = VggtFlags.query_frame_num
     """Frames, spread over the window, whose keypoints are tracked."""
     max_query_pts: int = VggtFlags.max_query_pts
@@ -110,7 +112,7 @@ class VggtReconstructor(NetworkReconstructor):
     res_multiple = 14
 
     def __init__(self, options: VggtOptions | None = None) -> None:
-        from ..models import ForwardOptions
+        from ..algo.models import ForwardOptions
 
         self._setup(options or VggtOptions(), ForwardOptions())
 
@@ -152,7 +154,7 @@ class VggtReconstructor(NetworkReconstructor):
         under ``track_fmaps``."""
         import torch
 
-        from ..models.precision import autocast_context
+        from ..algo.models.precision import autocast_context
 
         model = self.model
         with torch.inference_mode():
@@ -184,7 +186,7 @@ class VggtReconstructor(NetworkReconstructor):
                      transforms: list[FrameTransform], out: dict[str, Any]) -> WindowPredictions:
         """Window ``b``'s cameras (world moved exactly onto frame 0's camera) and depth, mapped
         back to the original frames."""
-        from ..models import pose_encoding_to_extri_intri
+        from ..algo.models import pose_encoding_to_extri_intri
 
         hw = tuple(out["depth"].shape[2:4])
         extrinsics, k_net = pose_encoding_to_extri_intri(out["pose_enc"][b].float(), hw)
@@ -243,7 +245,7 @@ class VggtReconstructor(NetworkReconstructor):
         """
         import torch
 
-        from ..models.precision import autocast_context
+        from ..algo.models.precision import autocast_context
 
         order = list(range(fmaps.shape[1]))
         order[0], order[q] = q, 0

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipeline.models import VGGTConfig, build_model, load_rule_weights_
+from pipeline.algo.models import VGGTConfig, build_model, load_rule_weights_
 
 
 @pytest.fixture(scope="session")

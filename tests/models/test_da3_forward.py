@@ -4,9 +4,9 @@ outputs."""
 import pytest
 import torch
 
-from pipeline.models.da3 import DA3Config, build_da3, pose_encoding_to_cameras
-from pipeline.models.da3_backbone import reference_first_order, select_reference_view
-from pipeline.models.generated_weights import load_rule_weights_
+from pipeline.algo.models.da3 import DA3Config, build_da3, pose_encoding_to_cameras
+from pipeline.algo.models.da3_backbone import reference_first_order, select_reference_view
+from pipeline.algo.models.generated_weights import load_rule_weights_
 
 KEYS = ("depth", "depth_conf", "ray", "ray_conf", "pose_enc")
 

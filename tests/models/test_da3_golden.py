@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.models.da3 import DA3Config, build_da3, normalize_images
-from pipeline.models.generated_weights import load_rule_weights_
+from pipeline.algo.models.da3 import DA3Config, build_da3, normalize_images
+from pipeline.algo.models.generated_weights import load_rule_weights_
 
 GOLDEN_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "golden"
 TOLERANCES = {

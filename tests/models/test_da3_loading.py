@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file, save_model
 
-from pipeline.models import (
+from pipeline.algo.models import (
     DA3Config,
     DepthAnything3,
     build_da3,

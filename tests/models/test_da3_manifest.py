@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.models.da3 import DA3Config, build_da3
+from pipeline.algo.models.da3 import DA3Config, build_da3
 
 GOLDEN_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "golden"
 VARIANTS = {  # manifest file stem -> (model_name, key count)

@@ -6,16 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.models import load_model
-from pipeline.models.da3 import DA3Config, DA3ForwardOptions, normalize_images
-from pipeline.models.da3_metric import (
+from pipeline.algo.models import load_model
+from pipeline.algo.models.da3 import DA3Config, DA3ForwardOptions, normalize_images
+from pipeline.algo.models.da3_metric import (
     METRIC_FOCAL,
     SKY_DEPTH_CAP,
     align_to_metric,
     fill_sky,
     quantile,
 )
-from pipeline.models.generated_checkpoint import write_generated_da3_checkpoint
+from pipeline.algo.models.generated_checkpoint import write_generated_da3_checkpoint
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 1000])

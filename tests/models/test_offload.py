@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.models import offload as offload_mod
-from pipeline.models.da3 import DA3Config, build_da3
-from pipeline.models.generated_weights import load_rule_weights_
-from pipeline.models.offload import enable_cpu_offload, offload_blocks
-from pipeline.models.vggt import VGGTConfig, build_model
+from pipeline.algo.models import offload as offload_mod
+from pipeline.algo.models.da3 import DA3Config, build_da3
+from pipeline.algo.models.generated_weights import load_rule_weights_
+from pipeline.algo.models.offload import enable_cpu_offload, offload_blocks
+from pipeline.algo.models.vggt import VGGTConfig, build_model
 
 VGGT_CONTAINERS = (
     "aggregator.patch_embed.blocks",

@@ -6,12 +6,12 @@ import math
 import numpy as np
 import torch
 
-from pipeline.models import (
+from pipeline.algo.models import (
     depth_to_world_points,
     extri_intri_to_pose_encoding,
     pose_encoding_to_extri_intri,
 )
-from pipeline.models.camera import matrix_to_quaternion, quaternion_to_matrix
+from pipeline.algo.models.camera import matrix_to_quaternion, quaternion_to_matrix
 
 
 def _rotation(axis, angle):

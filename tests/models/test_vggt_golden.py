@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.models import VGGTConfig, build_model, load_rule_weights_
+from pipeline.algo.models import VGGTConfig, build_model, load_rule_weights_
 
 GOLDEN = Path(__file__).resolve().parents[2].parent / "shared" / "golden" / "vggt_1b_golden.npz"
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from pipeline.models import (
+from pipeline.algo.models import (
     VGGT,
     CheckpointError,
     VGGTConfig,

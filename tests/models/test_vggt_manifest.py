@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.models import VGGTConfig, build_model
+from pipeline.algo.models import VGGTConfig, build_model
 
 MANIFEST = Path(__file__).resolve().parents[2].parent / "shared" / "golden" / "vggt_1b_keys.tsv"
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipeline.models.aggregator import global_groups
+from pipeline.algo.models.aggregator import global_groups
 
 KEYS = ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf", "vis", "conf")
 # The tracker amplifies float rounding (different matmul blocking) 20-35x per iteration, as the

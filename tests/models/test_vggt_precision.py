@@ -4,7 +4,7 @@ autocast."""
 import pytest
 import torch
 
-from pipeline.models import choose_dtype, resolve_dtype
+from pipeline.algo.models import choose_dtype, resolve_dtype
 
 
 def test_auto_is_float32_on_cpu():

@@ -14,10 +14,10 @@ import pytest
 import trimesh
 
 from conftest import IMAGES
-from pipeline.cli import main
-from pipeline.export_formats import parse_export_format
-from pipeline.models.generated_checkpoint import write_generated_da3_checkpoint
-from pipeline.preprocess import DA3_METHODS, PreprocessOptions, preprocess_frames
+from pipeline.algo.exports import parse_export_format
+from pipeline.algo.models.generated_checkpoint import write_generated_da3_checkpoint
+from pipeline.algo.preprocess import DA3_METHODS, PreprocessOptions, preprocess_frames
+from pipeline.cli.main import main
 from tests.helpers import frames_with_blank_window
 from tests.helpers import window_dirs as windows
 from tests.helpers import window_info as info
@@ -100,7 +100,7 @@ class EndToEndTest(Da3TestCase):
         self.assertIn("keypoint", info(windows(out)[1])["error"])
 
     def test_nested_checkpoint_gives_metric_windows(self):
-        from pipeline.models.da3 import DA3Config
+        from pipeline.algo.models.da3 import DA3Config
 
         nested = self.tmp / "tiny-nested"
         write_generated_da3_checkpoint(nested, DA3Config.tiny_nested())
@@ -126,10 +126,10 @@ class OutOfMemoryTest(Da3TestCase):
     def test_halves_the_batch_then_smaller_head_chunks_then_lower_resolution(self):
         import torch
 
-        from pipeline.config import PipelineConfig
-        from pipeline.frames import list_image_files, prepare_frames
-        from pipeline.runner import build_reconstructor, process_window_batch
-        from pipeline.windows import create_windows
+        from pipeline.core.windows import create_windows
+        from pipeline.io.frames import list_image_files, prepare_frames
+        from pipeline.run.config import PipelineConfig
+        from pipeline.run.runner import build_reconstructor, process_window_batch
 
         out = self.tmp / "oom"
         config = PipelineConfig(output_dir=out, input_dir=IMAGES, reconstructor="da3",

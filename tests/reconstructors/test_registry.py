@@ -15,14 +15,14 @@ import pytest
 
 from conftest import IMAGES, ROOT
 from pipeline import reconstructors
-from pipeline.options import option
+from pipeline.infra.options import option
 from pipeline.reconstructors.colmap import ColmapReconstructor
 
 TOY = textwrap.dedent('''
     """colmap with each window alone, and a flag of its own."""
     from dataclasses import dataclass, replace
 
-    from pipeline.options import option
+    from pipeline.infra.options import option
     from pipeline.reconstructors.colmap import ColmapFlags, ColmapReconstructor
 
 
@@ -47,7 +47,7 @@ TOY = textwrap.dedent('''
 
 REGISTER = ("import sys; import pipeline.reconstructors as r; "
             "r._REGISTRY['toy'] = 'toy_reconstructor:ToyReconstructor'; "
-            "from pipeline.cli import main; sys.exit(main(sys.argv[1:]))")
+            "from pipeline.cli.main import main; sys.exit(main(sys.argv[1:]))")
 
 
 def toy_cli(tmp_path, *args):

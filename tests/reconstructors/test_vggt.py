@@ -22,12 +22,12 @@ import torch
 from PIL import Image
 
 from conftest import IMAGES
-from pipeline.cli import main
-from pipeline.config import PipelineConfig
-from pipeline.models import load_model
-from pipeline.preprocess import PreprocessOptions, preprocess_frames
+from pipeline.algo.models import load_model
+from pipeline.algo.preprocess import PreprocessOptions, preprocess_frames
+from pipeline.cli.main import main
 from pipeline.reconstructors.vggt import to_original_grid
-from pipeline.runner import choose_reconstructor
+from pipeline.run.config import PipelineConfig
+from pipeline.run.runner import choose_reconstructor
 from tests.helpers import frames_with_blank_window
 from tests.helpers import window_dirs as windows
 from tests.helpers import window_info as info
@@ -147,9 +147,9 @@ class EndToEndTest(VggtTestCase):
 
 class ProgressTest(VggtTestCase):
     def test_progress_names_each_stage_and_window(self):
-        from pipeline.frames import list_image_files, prepare_frames
-        from pipeline.runner import build_reconstructor, process_window_batch
-        from pipeline.windows import create_windows
+        from pipeline.core.windows import create_windows
+        from pipeline.io.frames import list_image_files, prepare_frames
+        from pipeline.run.runner import build_reconstructor, process_window_batch
 
         out = self.tmp / "progress"
         config = PipelineConfig(output_dir=out, input_dir=IMAGES, reconstructor="vggt",
@@ -228,15 +228,15 @@ class OutOfMemoryTest(VggtTestCase):
     def run_batch(self, fail, pool=None, events=None, **options):
         """The batch of windows 0-1 with ``fail(batch, options, width)`` deciding which forwards
         run out of memory; with ``pool``, through the pipelined path."""
-        from pipeline.executor import result_of
-        from pipeline.frames import list_image_files, prepare_frames
-        from pipeline.runner import (
+        from pipeline.core.windows import create_windows
+        from pipeline.exec.executor import result_of
+        from pipeline.io.frames import list_image_files, prepare_frames
+        from pipeline.run.runner import (
             build_reconstructor,
             finish_window,
             process_window_batch,
             start_window_batch,
         )
-        from pipeline.windows import create_windows
 
         out = self.tmp / f"oom{len(list(self.tmp.iterdir()))}"
         config = PipelineConfig(output_dir=out, input_dir=IMAGES, reconstructor="vggt",
@@ -266,7 +266,7 @@ class OutOfMemoryTest(VggtTestCase):
         return records, calls
 
     def test_windows_reach_the_workers_only_once_their_batch_fits(self):
-        from pipeline.executor import CpuPool
+        from pipeline.exec.executor import CpuPool
 
         events = []
 

@@ -1,0 +1,97 @@
+"""Files and folders the pipeline writes: JSON records written atomically, and folders it
+owns (staging, trash, temporary work) removed whole.
+
+A user (or a careless ``chmod -R 000``) may take the permissions away from a folder the
+pipeline made; ``shutil.rmtree(..., ignore_errors=True)`` then leaves it behind without a word,
+and every later run finds it again. :func:`remove_tree` gives the owner's permissions back first.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import shutil
+import stat
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import DiskFullError
+
+logger = logging.getLogger(__name__)
+
+_OWNER = stat.S_IRWXU
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+"""``errno`` values of a full disk or an exhausted quota."""
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (a temporary file renamed over ``path``; on failure the temporary
+    file is removed and ``path`` keeps its old content).
+
+    Raises:
+        DiskFullError: the disk is full (or the quota is spent).
+        OSError: any other failure to write.
+    """
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in NO_SPACE:
+            raise DiskFullError(path, exc) from exc
+        raise
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def remove_tree(path: Path) -> bool:
+    """Delete ``path`` (a folder, a file or a link; a link is removed, never followed) even
+    when folders in it have lost their permissions; returns whether it is gone. What still
+    cannot be removed (another user's files, a read-only mount) stays, logged at debug level:
+    callers treat it as left for a later run."""
+    path = Path(path)
+    try:
+        if path.is_symlink() or not path.is_dir():
+            path.unlink(missing_ok=True)
+            return True
+        shutil.rmtree(path)
+        return True
+    except OSError:
+        pass
+    _give_back_permissions(path)
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        logger.debug("cannot remove %s: %s", path, exc)
+        return False
+    return True
+
+
+def _give_back_permissions(path: Path) -> None:
+    """``u+rwx`` on ``path`` and every folder below it (top-down, so that each can be listed
+    before it is entered); links are skipped, so nothing outside ``path`` is touched."""
+    try:
+        os.chmod(path, os.stat(path).st_mode | _OWNER)
+    except OSError:
+        return
+    for root, folders, _ in os.walk(path):
+        for name in folders:
+            folder = os.path.join(root, name)
+            if os.path.islink(folder):
+                continue
+            try:
+                os.chmod(folder, os.stat(folder).st_mode | _OWNER)
+            except OSError:
+                continue

@@ -1,0 +1,659 @@
+"""The output folder as readers see it: window records, what makes a window reusable, the run plan.
+
+A window folder is *trusted* (reused by a rerun, read by merge and evaluate) only when
+
+* its ``window_info.json`` is a record of the expected shape whose status is ``ok``,
+* its *signature* equals the one the current run expects: the content hash of each of its
+  frames, the reconstructor and every option that changes its result (derived from the
+  reconstructor's options object by :func:`options_signature`, so a new option cannot be left
+  out), and the ``images`` mode;
+* every file the record lists is there with its recorded size, and its COLMAP model loads with
+  the registered frames the record names.
+
+The run's *plan* (``plan.json``, written by every run before any window) lists the frames (name,
+source, content hash, size) and the windows (index, folder, signature digest) of that run. Merge
+and evaluate read the windows of the plan only; a window folder the plan does not name (left by an
+earlier run over other input) is reported, never used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import fnmatch
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..core.errors import InputError, PipelineError
+from ..core.failures import calibration_entry, digest_json, failure_digest
+from ..infra.files import write_json
+
+logger = logging.getLogger(__name__)
+
+WINDOW_INFO = "window_info.json"
+OWN_FOLDERS = ("frames", "merged", "colmap_sequence", "batch_*")
+"""Folders of an output folder that a run replaces or deletes while it works (never inputs,
+never sequences)."""
+
+
+def is_own_folder(name: str) -> bool:
+    """Whether ``name`` is one of an output folder's :data:`OWN_FOLDERS`."""
+    return any(fnmatch.fnmatch(name, own) for own in OWN_FOLDERS)
+
+
+RUN_MANIFEST = "run.json"
+PLAN = "plan.json"
+SIGNATURE_VERSION = 3
+"""Bumped when the signature's shape or meaning changes: older windows are then redone."""
+
+NOT_RESULT_KEYS = frozenset({"num_threads", "gpu_index", "print_summary", "logging_type",
+                             "minimizer_progress_to_stdout", "snapshot_path",
+                             "snapshot_frequency", "image_path"})
+"""Keys of pycolmap option objects that change how fast or how loudly work runs, not its result."""
+
+RECORD_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "window_index": int, "path": str, "status": str, "frames": list, "registered_frames": list,
+    "num_registered": int, "signature": dict}
+"""Fields every ``window_info.json`` holds, with their JSON types."""
+
+
+def options_signature(value: Any) -> Any:
+    """The JSON form of options that decide a result, for the resume signature.
+
+    Dataclasses give every field except those declared with ``metadata={"result": False}``
+    (worker counts, log levels, devices: how the work runs, not what it makes); pycolmap option
+    objects give ``todict()`` without :data:`NOT_RESULT_KEYS`; enums their name, paths and sets
+    plain strings and sorted lists.
+
+    Raises:
+        TypeError: a value of a kind the signature cannot represent (so that an option of a new
+            kind fails loudly instead of silently dropping out of the signature).
+    """
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: options_signature(getattr(value, f.name))
+                for f in dataclasses.fields(value) if f.metadata.get("result", True)}
+    if hasattr(value, "todict") and type(value).__module__.startswith("pycolmap"):
+        return _strip(options_signature(value.todict()))
+    if isinstance(value, Mapping):
+        return {str(k): options_signature(v) for k, v in value.items()}
+    if isinstance(value, (set, frozenset)):
+        return sorted(options_signature(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        return [options_signature(v) for v in value]
+    if isinstance(value, enum.Enum) or type(value).__module__.startswith("pycolmap"):
+        return str(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if type(value).__module__ == "torch":  # torch.dtype / torch.device
+        return str(value)
+    if type(value).__module__ == "numpy":  # arrays and scalars in pycolmap's option objects
+        return options_signature(value.tolist())
+    raise TypeError(f"cannot put a {type(value).__name__} into a resume signature")
+
+
+def _strip(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: _strip(v) if isinstance(v, dict) else v for k, v in options.items()
+            if k not in NOT_RESULT_KEYS}
+
+
+@dataclass(kw_only=True)
+class WindowChecks:
+    """What a window's COLMAP model must hold to be marked ok: real structure, not a model
+    with a handful of points and a reprojection error of zero. The values and what the model
+    had are recorded in ``window_info.json`` under ``checks``."""
+
+    min_points: int = 50
+    """3D points the model needs."""
+    min_frame_observations: int = 20
+    """Observations (points seen) every registered frame needs."""
+
+    def problem(self, rec: Any) -> str | None:
+        """Why the ``pycolmap.Reconstruction`` ``rec`` fails these checks, or ``None``."""
+        if rec.num_points3D() < self.min_points:
+            return (f"too little structure: {rec.num_points3D()} 3D points (need "
+                    f"{self.min_points}, --min-points)")
+        counts = observation_counts(rec)
+        weakest = min(counts, key=counts.get, default=None)
+        if weakest is not None and counts[weakest] < self.min_frame_observations:
+            return (f"too little structure: frame {weakest} sees {counts[weakest]} 3D points "
+                    f"(need {self.min_frame_observations}, --min-frame-observations)")
+        return None
+
+    def record(self, rec: Any) -> dict[str, Any]:
+        """The checks and what ``rec`` has, for ``window_info.json``."""
+        counts = observation_counts(rec)
+        return {"min_points": self.min_points,
+                "min_frame_observations": self.min_frame_observations,
+                "num_points3D": rec.num_points3D(),
+                "fewest_frame_observations": min(counts.values(), default=0)}
+
+
+def observation_counts(rec: Any) -> dict[str, int]:
+    """``{frame name: 3D points it observes}`` of the registered frames of ``rec``."""
+    return {rec.images[i].name: rec.images[i].num_points3D for i in rec.reg_image_ids()}
+
+
+def window_signature(frames: Iterable[Any], reconstructor: str, options: Any, images: str,
+                     context: str | None = None, checks: Any = None) -> dict[str, Any]:
+    """What a finished window must match to be reused.
+
+    Args:
+        frames: The window's :class:`pipeline.io.frames.Frame` objects (name and content hash).
+        reconstructor: The reconstructor's name.
+        options: The reconstructor's :func:`options_signature`.
+        images: What the window's ``images/`` holds (``link``, ``copy``, ``none``).
+        context: :func:`frames_digest` of other frames whose content decides the window's
+            result (e.g. the chunk of the sequence it was cut from).
+        checks: The :class:`WindowChecks` its status was decided with, if any.
+    """
+    signature = {"version": SIGNATURE_VERSION, "reconstructor": reconstructor,
+                 "options": options, "images": images,
+                 "frames": [[f.name, f.digest] for f in frames]}
+    if checks is not None:
+        signature["checks"] = options_signature(checks)
+    if context is not None:
+        signature["context"] = context
+    return signature
+
+
+def frames_digest(frames: Iterable[Any]) -> str:
+    """One digest of frames' names and content hashes (a window's context)."""
+    return digest([[f.name, f.digest] for f in frames])
+
+
+def digest(data: Any) -> str:
+    """A short stable hash of JSON-ready ``data`` (32 hex digits)."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def signature_difference(old: Any, new: Mapping[str, Any]) -> str | None:
+    """What differs between a window's recorded signature and the expected one, in words;
+    ``None`` when they are equal."""
+    if old == new:
+        return None
+    if not isinstance(old, Mapping) or old.get("version") != new.get("version"):
+        return "it was made by another version of the pipeline"
+    if old.get("reconstructor") != new.get("reconstructor"):
+        return f"it was made by {old.get('reconstructor')}, not {new.get('reconstructor')}"
+    old_frames, new_frames = old.get("frames") or [], new["frames"]
+    if [f[0] for f in old_frames if isinstance(f, list)] != [f[0] for f in new_frames]:
+        return "its frames are other frames"
+    for (name, new_hash), old_frame in zip(new_frames, old_frames):
+        if old_frame[1:2] != [new_hash]:
+            return f"frame {name} has other content now"
+    if old.get("images") != new.get("images"):
+        return f"its images/ was made with --images {old.get('images')}"
+    if old.get("context") != new.get("context"):
+        return "frames around it that decide its result (its chunk, the sequence) changed"
+    if old.get("checks") != new.get("checks"):
+        return f"option {_first_difference(old.get('checks'), new.get('checks'))} changed"
+    return f"option {_first_difference(old.get('options'), new.get('options'))} changed"
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> str:
+    """The first difference between two unequal JSON values: ``"dotted.path (old -> new)"``."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+    return f"{path or 'settings'} ({_short(a)} -> {_short(b)})"
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def read_window_info(window_dir: Path) -> dict[str, Any] | None:
+    """The window's ``window_info.json`` when it holds a JSON object, else ``None``."""
+    try:
+        data = json.loads((Path(window_dir) / WINDOW_INFO).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def record_problem(info: Any) -> str | None:
+    """Why ``info`` is not a window record of the expected shape, or ``None``."""
+    if not isinstance(info, dict):
+        return "its window_info.json is missing, unreadable or not a JSON object"
+    for key, kind in RECORD_FIELDS.items():
+        value = info.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+            return f"its window_info.json has no valid {key!r}"
+    return None
+
+
+def list_files(folder: Path) -> dict[str, int]:
+    """``{relative path: size}`` of the regular files under ``folder`` (symlinks left out)."""
+    folder = Path(folder)
+    files = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = Path(root) / name
+            if not path.is_symlink():
+                files[path.relative_to(folder).as_posix()] = path.stat().st_size
+    return dict(sorted(files.items()))
+
+
+def check_window(window_dir: Path, signature: Mapping[str, Any] | None = None) -> str | None:
+    """Why the window in ``window_dir`` cannot be trusted, or ``None`` when it can.
+
+    Args:
+        window_dir: The window folder.
+        signature: The signature the window must have been made with (see
+            :func:`window_signature`); ``None`` skips that comparison.
+    """
+    info = read_window_info(window_dir)
+    problem = record_problem(info)
+    if problem:
+        return problem
+    if info["status"] != "ok":
+        return f"its status is {info['status']!r}"
+    if signature is not None:
+        difference = signature_difference(info["signature"], signature)
+        if difference:
+            return difference
+    return files_problem(Path(window_dir), info)
+
+
+def files_problem(window_dir: Path, info: Mapping[str, Any]) -> str | None:
+    """Why the files of a finished window are not whole, or ``None``: every file the record
+    lists must have its recorded size, and ``sparse/`` must load with the registered frames."""
+    files = info.get("files")
+    if not isinstance(files, dict):
+        return "its window_info.json lists no files (made by an older version)"
+    for name, size in files.items():
+        path = window_dir / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, not the {size} written"
+    rec, problem = load_model(window_dir / "sparse", info["registered_frames"])
+    if problem is None and info.get("status") == "ok":
+        problem = ok_record_problem(rec, info)
+    return problem
+
+
+def ok_record_problem(rec: Any, info: Mapping[str, Any]) -> str | None:
+    """Why a record that says ``ok`` does not agree with its model ``rec``, or ``None``: it
+    names no error, its checks pass their own thresholds on the model, and the point and
+    observation counts it records are the model's (a record edited by hand to ``ok`` fails
+    here)."""
+    checks = info.get("checks")
+    if info.get("error") is not None:
+        return "its record says ok but names an error"
+    if not isinstance(checks, dict):
+        return "its window_info.json records no checks (made by an older version)"
+    try:
+        bar = WindowChecks(min_points=int(checks["min_points"]),
+                           min_frame_observations=int(checks["min_frame_observations"]))
+    except (KeyError, TypeError, ValueError):
+        return "its window_info.json records checks of another shape"
+    problem = bar.problem(rec)
+    if problem is not None:
+        return f"its record says ok, but its model has {problem}"
+    if bar.record(rec) != checks or info.get("num_points3D") != rec.num_points3D():
+        return "its record's point or observation counts are not its model's"
+    return None
+
+
+def load_model(sparse: Path, registered: Sequence[str]) -> tuple[Any, str | None]:
+    """``(pycolmap.Reconstruction, None)``, or ``(None, why)`` when the model in ``sparse`` does
+    not load with exactly the ``registered`` frames."""
+    import pycolmap  # deferred: reading records needs it only here
+
+    try:
+        rec = pycolmap.Reconstruction(str(sparse))
+    except Exception as exc:  # noqa: BLE001 - pycolmap raises C++ errors of several kinds
+        return None, f"its COLMAP model does not load ({' '.join(str(exc).split())[:200]})"
+    names = {rec.images[i].name for i in rec.reg_image_ids()}
+    if names != set(registered):
+        return None, "its COLMAP model does not hold the registered frames its record names"
+    return rec, None
+
+
+def _window_model(window_dir: str | Path) -> Any:
+    """The ``pycolmap.Reconstruction`` of ``window_dir/sparse`` (or ``sparse/0``).
+
+    Raises:
+        InputError: when no COLMAP model can be read.
+    """
+    import pycolmap  # deferred: a heavy import that only the readers need
+
+    sparse = Path(window_dir) / "sparse"
+    if not any(sparse.glob("images.*")) and (sparse / "0").is_dir():
+        sparse = sparse / "0"
+    try:
+        return pycolmap.Reconstruction(str(sparse))
+    except Exception as exc:  # pycolmap raises ValueError/RuntimeError with C++ messages
+        raise InputError(f"cannot read COLMAP model {sparse}: {exc}") from exc
+
+
+def read_window_poses(window_dir: str | Path) -> dict[str, np.ndarray]:
+    """``{image name: (3, 4) camera-from-world}`` of the posed images of ``window_dir/sparse``.
+
+    A model in ``sparse/0`` is used when ``sparse`` itself holds none.
+
+    Raises:
+        InputError: when no COLMAP model can be read.
+    """
+    rec = _window_model(window_dir)
+    return {image.name: np.asarray(image.cam_from_world().matrix(), dtype=float)
+            for _, image in rec.images.items() if image.has_pose}
+
+
+@dataclass(frozen=True)
+class WindowCamera:
+    """One posed frame of a window's COLMAP model."""
+
+    cam_from_world: np.ndarray
+    """``(3, 4)`` world-to-camera pose (OpenCV axes, the window's world)."""
+    K: np.ndarray
+    """``(3, 3)`` pinhole intrinsics in pixels, COLMAP convention (the top-left pixel's centre
+    is ``(0.5, 0.5)``); distortion, if the model has any, is in ``params``."""
+    model: str
+    """COLMAP camera model name."""
+    params: tuple[float, ...]
+    """COLMAP camera parameters, in the model's order."""
+    size: tuple[int, int]
+    """``(width, height)`` in pixels."""
+
+
+def read_window_cameras(window_dir: str | Path) -> dict[str, WindowCamera]:
+    """``{image name: WindowCamera}`` of the posed images of ``window_dir/sparse``, in name
+    order.
+
+    Raises:
+        InputError: when no COLMAP model can be read.
+    """
+    rec = _window_model(window_dir)
+    out = {}
+    for _, image in sorted(rec.images.items(), key=lambda kv: kv[1].name):
+        if not image.has_pose:
+            continue
+        camera = rec.cameras[image.camera_id]
+        out[image.name] = WindowCamera(
+            cam_from_world=np.asarray(image.cam_from_world().matrix(), dtype=float),
+            K=np.asarray(camera.calibration_matrix(), dtype=float),
+            model=camera.model.name, params=tuple(float(v) for v in camera.params),
+            size=(int(camera.width), int(camera.height)))
+    return out
+
+
+def read_window_intrinsics(window_dir: str | Path) -> dict[str, list[float]]:
+    """``{image name: [fx, fy, cx, cy]}`` of the posed images of ``window_dir/sparse``
+    (pixels, COLMAP convention)."""
+    return {name: [round(float(c.K[0, 0]), 4), round(float(c.K[1, 1]), 4),
+                   round(float(c.K[0, 2]), 4), round(float(c.K[1, 2]), 4)]
+            for name, c in read_window_cameras(window_dir).items()}
+
+
+def refresh_links(window_dir: Path, frames: Sequence[Any]) -> int:
+    """Point the window's ``images/`` links at the frames' current files (an input folder that
+    moved); return how many were replaced. Copies and windows without ``images/`` are left."""
+    image_dir = Path(window_dir) / "images"
+    replaced = 0
+    for frame in frames:
+        link = image_dir / frame.name
+        target = Path(frame.path).resolve()
+        if not link.is_symlink() or Path(os.readlink(link)) == target:
+            continue
+        tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(target)
+        os.replace(tmp, link)
+        replaced += 1
+    return replaced
+
+
+@dataclass(kw_only=True)
+class PlannedWindow:
+    """One window of a run's plan, with what its folder holds now."""
+
+    index: int
+    """Global window index."""
+    path: Path
+    """The window folder."""
+    digest: str
+    """Digest of the signature the plan expects."""
+    info: dict[str, Any] | None
+    """The folder's ``window_info.json`` (``None`` when missing or not a record)."""
+    problem: str | None
+    """Why the folder cannot be used (``None``: a whole, successful window of this plan)."""
+
+    @property
+    def usable(self) -> bool:
+        """A whole, successful window of this plan (its poses can be read)."""
+        return self.problem is None and self.info is not None and self.info.get("status") == "ok"
+
+
+def write_plan(output_dir: Path, frames: Sequence[Any], windows: Sequence[Any],
+               signatures: Sequence[Mapping[str, Any]]) -> str:
+    """Write ``plan.json`` (frames and windows of this run); return its digest."""
+
+    plan = {"version": 1,
+            "frames": [{"name": f.name, "source": str(f.source), "digest": f.digest,
+                        "size": list(f.size), "timestamp": getattr(f, "timestamp", None)}
+                       for f in frames],
+            "windows": [{"index": w.index, "path": w.relative_dir.as_posix(), "start": w.start,
+                         "num_frames": len(w), "digest": digest(s)}
+                        for w, s in zip(windows, signatures)]}
+    plan["digest"] = digest(plan)
+    write_json(Path(output_dir) / PLAN, plan)
+    return plan["digest"]
+
+
+def read_plan(output_dir: Path) -> dict[str, Any]:
+    """The run plan of ``output_dir``.
+
+    Raises:
+        InputError: there is no readable plan (no run wrote this folder, or an older version did).
+    """
+    path = Path(output_dir) / PLAN
+    try:
+        plan = json.loads(path.read_text())
+    except FileNotFoundError:
+        if (Path(output_dir) / "index.jsonl").is_file():
+            raise InputError(f"{output_dir} holds a run over many sequences: name one of its "
+                             "sequence folders (OUT/<sequence>)") from None
+        raise InputError(f"{output_dir} holds no {PLAN}: it is not a pipeline output folder, or "
+                         "an older version wrote it (rerun the pipeline into it)") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(plan, dict) or not isinstance(plan.get("windows"), list):
+        raise InputError(f"{path} is not a run plan")
+    return plan
+
+
+def iter_windows(output_dir: Path, *, ok: bool = False) -> Iterator[PlannedWindow]:
+    """The windows of the run plan of ``output_dir``, in window order (with ``ok``: only those
+    whose record says ok and whose folder is whole and made for this plan).
+
+    Raises:
+        InputError: the folder holds no readable run plan.
+    """
+    for window in planned_windows(output_dir)[0]:
+        if not ok or window.usable:
+            yield window
+
+
+def planned_windows(output_dir: Path) -> tuple[list[PlannedWindow], list[Path]]:
+    """The windows of the current run's plan, and the window folders it does not name.
+
+    Each planned window says whether its folder is a whole window made for this plan (its
+    signature digest is the planned one, its files are whole). Leftover folders are logged.
+
+    Raises:
+        InputError: see :func:`read_plan`.
+    """
+    output_dir = Path(output_dir)
+    plan = read_plan(output_dir)
+    windows = []
+    for entry in plan["windows"]:
+        folder = output_dir / entry["path"]
+        info = read_window_info(folder)
+        problem = record_problem(info)
+        if problem is None:
+            if info["status"] != "ok":
+                problem = f"failed: {info.get('error')}"
+            elif digest(info["signature"]) != entry["digest"]:
+                problem = "it was not made for this run's frames and options"
+            else:
+                problem = files_problem(folder, info)
+        windows.append(PlannedWindow(index=entry["index"], path=folder, digest=entry["digest"],
+                                     info=info, problem=problem))
+    planned = {w.path.resolve() for w in windows}
+    leftovers = [p for p in sorted(output_dir.glob("batch_*/window_*"))
+                 if p.is_dir() and p.resolve() not in planned]
+    for path in leftovers:
+        logger.warning("ignoring %s: not a window of the current run's plan (left by an earlier "
+                       "run over other frames or options)", path)
+    return windows, leftovers
+
+
+# ---- the run manifest (run.json) ---------------------------------------------------------
+
+def now() -> str:
+    """The time now (UTC, ISO 8601, seconds)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+_MANIFEST_KEYS = ("window_index", "path", "status", "error", "start_frame", "num_frames",
+                  "num_registered", "num_points3D", "mean_reprojection_error", "timings", "memory")
+
+
+class RunManifest:
+    """``run.json``: configuration, versions, device and each window's status, kept current.
+
+    In a multi-process run, process 0 writes ``run.json`` (folding in what the others have
+    recorded so far) and each other process its own ``.run.rank<N>.json``, merged at the end.
+    """
+
+    def __init__(self, config: Any, frames: Sequence[Any], windows: Sequence[Any],
+                 reconstructor: Any, group: Any) -> None:
+        """Start the record of a run of ``config`` (a :class:`pipeline.run.config.PipelineConfig`)
+        over ``frames`` and ``windows`` by ``reconstructor``, in process ``group`` (see
+        :class:`pipeline.exec.distributed.ProcessGroup`)."""
+        out = Path(config.output_dir)
+        self.group = group
+        self.out = out
+        self.path = out / RUN_MANIFEST if group.is_main else self._part(group.rank)
+        self.records: dict[int, dict[str, Any]] = {}
+        self.data: dict[str, Any] = {
+            "pipeline_version": __version__, "status": "running", "started_at": now(),
+            "finished_at": None, "wall_time": None, "config": config.to_json(),
+            "reconstructor": reconstructor.describe(), "versions": package_versions(),
+            "device": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                       "reconstructor": reconstructor.device},
+            "process": {"pid": os.getpid(), "host": platform.node()},
+            "frames": {"count": len(frames), "first": frames[0].name, "last": frames[-1].name},
+            "plan": None, "num_windows": len(windows), "summary": {}, "error": None,
+            "memory": None, "profile": None, "windows": [],
+        }
+        if group.world_size > 1:
+            self.data["processes"] = []
+
+    def add(self, record: dict[str, Any], *, skipped: bool = False) -> None:
+        entry = {k: record.get(k) for k in _MANIFEST_KEYS}
+        entry["skipped"] = skipped
+        self.records[record["window_index"]] = entry
+
+    def _part(self, rank: int) -> Path:
+        """Where process ``rank`` (not 0) keeps its records during a multi-process run."""
+        return self.out / f".run.rank{rank}.json"
+
+    def _parts(self) -> list[dict[str, Any]]:
+        """The other processes' records so far (process 0 of a multi-process run only)."""
+        if not self.group.is_main or self.group.world_size == 1:
+            return []
+        parts = []
+        for rank in range(1, self.group.world_size):
+            try:
+                parts.append(json.loads(self._part(rank).read_text()))
+            except (OSError, ValueError):
+                continue
+        return parts
+
+    def write(self, status: str = "running", wall_time: float | None = None) -> None:
+        records = dict(self.records)
+        parts = self._parts()
+        for part in parts:
+            records.update({w["window_index"]: w for w in part["windows"]})
+        windows = [records[i] for i in sorted(records)]
+        self.data.update(status=status, windows=windows, summary={
+            "ok": sum(w["status"] == "ok" for w in windows),
+            "failed": sum(w["status"] == "failed" for w in windows),
+            "skipped": sum(w["skipped"] for w in windows),
+            "pending": self.data["num_windows"] - len(windows)})
+        entries = failure_digest(windows)
+        note = calibration_entry(self.data.get("calibration"), windows)
+        self.data["digest"] = digest_json(entries + ([note] if note else []))
+        if "processes" in self.data:
+            mine = list(self.records.values())
+            self.data["processes"] = [self._process_entry(self.data, mine, self.group.rank)] + [
+                self._process_entry(part, part["windows"], rank)
+                for rank, part in enumerate(parts, start=1)]
+        if status != "running":
+            self.data.update(finished_at=now(), wall_time=wall_time)
+
+        write_json(self.path, self.data)
+
+    @staticmethod
+    def _process_entry(data: dict[str, Any], windows: list[dict[str, Any]],
+                       rank: int) -> dict[str, Any]:
+        return {"rank": rank, "status": data["status"], "device": data["device"]["reconstructor"],
+                "memory": data["memory"], "profile": data["profile"],
+                "windows": sorted(w["window_index"] for w in windows if not w["skipped"])}
+
+    def finish(self, status: str, wall_time: float, error: str | None = None) -> None:
+        """Write the final state; process 0 waits for the others and merges their records.
+        A manifest that cannot be written (a full disk) is logged, never raised: the run's own
+        outcome is what the caller reports."""
+        self.data["error"] = error
+        try:
+            self._finish(status, wall_time)
+        except (PipelineError, OSError) as exc:
+            logger.error("cannot record the end of the run in %s: %s", self.path, exc)
+
+    def _finish(self, status: str, wall_time: float) -> None:
+        self.write(status, wall_time)
+        if self.group.world_size == 1 or status != "finished":
+            return  # an interrupted process does not wait for the others
+        self.group.barrier()
+        if self.group.is_main:
+            parts = self._parts()
+            if any(p["status"] != "finished" for p in parts):
+                status = "interrupted"
+            self.write(status, wall_time)
+            for rank in range(1, self.group.world_size):
+                self._part(rank).unlink(missing_ok=True)
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions of Python and of the packages that shape the results (without importing them)."""
+    versions: dict[str, str | None] = {"python": platform.python_version(), "pipeline": __version__}
+    for name in ("numpy", "pycolmap", "torch", "pillow", "av", "tqdm"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
