@@ -29,8 +29,8 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.geometry import ate, camera_centers
 from pipeline.infra.hub import VGGT_1B
 from pipeline.io.output import read_window_poses
-from pipeline.run.config import PipelineConfig
-from pipeline.run.runner import RunSummary, run
+from pipeline.runner import RunSummary, run
+from pipeline.runner.config import PipelineConfig
 
 ROOT = Path(__file__).resolve().parent
 AGREEMENT_TOLERANCE = 0.01

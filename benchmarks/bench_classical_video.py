@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.core.geometry import ate, camera_centers  # noqa: E402
 from pipeline.post.evaluate import EvaluateOptions, evaluate_output, read_7scenes_gt  # noqa: E402
-from pipeline.run.config import PipelineConfig  # noqa: E402
-from pipeline.run.runner import run  # noqa: E402
+from pipeline.runner import run  # noqa: E402
+from pipeline.runner.config import PipelineConfig  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "real" / "7scenes_redkitchen_000_199"
 PATTERN = "*.color.jpg"

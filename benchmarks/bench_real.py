@@ -41,8 +41,8 @@ from pipeline.core.windows import create_windows  # noqa: E402
 from pipeline.io.frames import list_image_files  # noqa: E402
 from pipeline.io.output import read_window_poses  # noqa: E402
 from pipeline.post.evaluate import EvaluateOptions, evaluate_output, read_ground_truth  # noqa: E402
-from pipeline.run.config import PipelineConfig  # noqa: E402
-from pipeline.run.runner import run  # noqa: E402
+from pipeline.runner import run  # noqa: E402
+from pipeline.runner.config import PipelineConfig  # noqa: E402
 
 REAL = ROOT.parent / "shared" / "data" / "real"
 

@@ -1,4 +1,4 @@
 """Kept for ``from pipeline.config import PipelineConfig``: the configuration lives in
-:mod:`pipeline.run.config`."""
+:mod:`pipeline.runner.config`."""
 
-from .run.config import *  # noqa: F401,F403
+from .runner.config import *  # noqa: F401,F403

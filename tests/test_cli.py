@@ -25,7 +25,7 @@ class ParserTest(unittest.TestCase):
 
     def test_every_flag_reaches_the_configuration(self):
         from pipeline.infra.options import flagged_fields
-        from pipeline.run.config import PipelineConfig
+        from pipeline.runner.config import PipelineConfig
 
         names = {dest for dest, _, _ in flagged_fields(PipelineConfig)}  # "merge_options.refine"
         dests = {a.dest for a in build_parser()._actions} - {"help", "quiet"}

@@ -13,8 +13,8 @@ import pycolmap
 import pytest
 
 from conftest import IMAGES
-from pipeline.run.config import PipelineConfig
-from pipeline.run.runner import run
+from pipeline.runner import run
+from pipeline.runner.config import PipelineConfig
 
 PARAMS = {0: 3, 1: 4, 2: 4, 3: 5, 4: 8, 5: 8, 6: 12, 7: 5, 8: 4, 9: 5, 10: 12}
 """COLMAP camera model id -> number of parameters (SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL,

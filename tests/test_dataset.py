@@ -16,8 +16,8 @@ from conftest import IMAGES
 from pipeline.core.errors import InputError
 from pipeline.io.dataset import FrameCountBatchSampler, WindowDataset, pick_frames, scale_intrinsics
 from pipeline.io.output import read_window_poses
-from pipeline.run.config import PipelineConfig
-from pipeline.run.runner import run
+from pipeline.runner import run
+from pipeline.runner.config import PipelineConfig
 
 
 @pytest.fixture(scope="module")

@@ -30,8 +30,8 @@ from pipeline.exec.executor import (
 from pipeline.infra.memory import BatchObservation, MemoryGovernor, array_bytes
 from pipeline.io.output import iter_windows, read_window_info, read_window_poses
 from pipeline.reconstructors import WindowResult
-from pipeline.run.config import PipelineConfig
-from pipeline.run.runner import run
+from pipeline.runner import run
+from pipeline.runner.config import PipelineConfig
 
 # ---- jobs run by real worker processes (module level, so that they pickle) --------------------
 

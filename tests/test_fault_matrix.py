@@ -204,6 +204,7 @@ def test_an_ok_record_must_agree_with_its_model(tmp_path):
 def test_a_merge_that_fails_keeps_the_good_merged_scene(tmp_path, monkeypatch, capsys):
     import errno
 
+    from pipeline.cli.merge import main as merge_main
     from pipeline.post import merge
 
     out = tmp_path / "out"
@@ -220,7 +221,7 @@ def test_a_merge_that_fails_keeps_the_good_merged_scene(tmp_path, monkeypatch, c
 
     monkeypatch.setattr(merge, "write_segment", full_disk)
     capsys.readouterr()  # what the run printed
-    assert merge.main([str(out)]) == 2
+    assert merge_main([str(out)]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert "No space left on device" in line
     assert {p.relative_to(out): p.read_bytes() for p in (out / "merged").rglob("*")
@@ -229,7 +230,7 @@ def test_a_merge_that_fails_keeps_the_good_merged_scene(tmp_path, monkeypatch, c
     monkeypatch.setattr(merge, "write_segment", real)
     read_only = OSError(errno.EROFS, "Read-only file system", str(out / "merged"))
     monkeypatch.setattr(merge, "swap_into_place", lambda *a: (_ for _ in ()).throw(read_only))
-    assert merge.main([str(out)]) == 2
+    assert merge_main([str(out)]) == 2
     assert "Read-only file system" in one_error_line(capsys.readouterr().err)
     assert (out / "merged" / "merge.json").is_file()
 
@@ -244,8 +245,8 @@ def test_a_frame_that_is_a_link_to_nothing_is_named(tmp_path, capsys, caplog):
     assert cli("--input-dir", source, "--output-dir", out, *SMALL) == 2
     line = one_error_line(capsys.readouterr().err)
     assert "frame_100.png is a link to" in line and "does not exist" in line and "1 more" in line
-    from pipeline.run.config import PipelineConfig
-    from pipeline.run.runner import load_frames
+    from pipeline.runner import load_frames
+    from pipeline.runner.config import PipelineConfig
 
     with caplog.at_level(logging.WARNING, logger="pipeline"):
         kept = load_frames(PipelineConfig(input_dir=source, output_dir=out,
@@ -317,8 +318,8 @@ def test_huge_values_exit_2_before_any_work(tmp_path, capsys, args, message):
 ])
 def test_library_misuse_names_the_field(tmp_path, fields, message):
     from pipeline.core.errors import InputError
-    from pipeline.run.config import PipelineConfig
-    from pipeline.run.runner import run
+    from pipeline.runner import run
+    from pipeline.runner.config import PipelineConfig
 
     with pytest.raises(InputError, match=message.replace(".", r"\.").replace("(", r"\(")):
         run(PipelineConfig(input_dir=IMAGES, output_dir=tmp_path / "out", **fields))
@@ -328,8 +329,8 @@ def test_library_misuse_names_the_field(tmp_path, fields, message):
 def test_an_empty_batch_and_a_broken_index_line(tmp_path):
     from pipeline.core.errors import InputError
     from pipeline.io.dataset import WindowDataset
-    from pipeline.run.config import PipelineConfig
-    from pipeline.run.runner import process_window_batch
+    from pipeline.runner import process_window_batch
+    from pipeline.runner.config import PipelineConfig
 
     assert process_window_batch([], 0, PipelineConfig(input_dir=IMAGES,
                                                       output_dir=tmp_path / "o")) == []

@@ -73,7 +73,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-LAYERS = ("core", "infra", "io", "algo", "post", "exec", "reconstructors", "run", "cli")
+LAYERS = ("core", "infra", "io", "algo", "post", "exec", "reconstructors", "runner", "cli")
 """The subpackages of ``pipeline``, lowest first: a module imports only from its own layer or
 lower ones."""
 
@@ -98,7 +98,7 @@ def test_the_finder_finds_a_cycle_and_reads_relative_imports(tmp_path):
     assert find_cycle({"a": {"b"}, "b": set()}) is None
     graph = import_graph()
     assert "pipeline.infra.files" in graph["pipeline.io.window_folders"]  # module level, relative
-    assert "pipeline.reconstructors" in graph["pipeline.run.ray_engine"]  # inside a function
+    assert "pipeline.reconstructors" in graph["pipeline.runner.ray_engine"]  # inside a function
 
 
 def test_every_module_lives_in_a_layer_and_imports_only_downward():
@@ -108,8 +108,8 @@ def test_every_module_lives_in_a_layer_and_imports_only_downward():
     top = [m for m in graph if layer(m) == len(LAYERS)]
     assert top, "the documented re-exporting modules are counted"
     assert graph["pipeline"] == set(), "the package root imports nothing"
-    assert upward_imports({"pipeline.core.a": {"pipeline.run.b"}}) == [
-        "pipeline.core.a (core) imports pipeline.run.b"]
+    assert upward_imports({"pipeline.core.a": {"pipeline.runner.b"}}) == [
+        "pipeline.core.a (core) imports pipeline.runner.b"]
     upward = upward_imports(graph)
     assert not upward, "imports of a higher layer:\n" + "\n".join(upward)
 

@@ -198,8 +198,8 @@ def test_a_merged_scene_opens_as_a_scene(tmp_path):
     frames), and its points keep their observations: every image's keypoints are what its
     points are seen at, within a pixel of where the merged poses put them."""
     from conftest import IMAGES
-    from pipeline.run.config import PipelineConfig
-    from pipeline.run.runner import run
+    from pipeline.runner import run
+    from pipeline.runner.config import PipelineConfig
 
     out = tmp_path / "out"
     summary = run(PipelineConfig(input_dir=IMAGES, output_dir=out, max_frames=16, window_size=8,
@@ -240,8 +240,8 @@ class LongSequenceTest(unittest.TestCase):
 
     def test_merge_long_loop(self):
         from pipeline.io.synthetic import render_sequence, write_sequence
-        from pipeline.run.config import PipelineConfig
-        from pipeline.run.runner import run
+        from pipeline.runner import run
+        from pipeline.runner.config import PipelineConfig
 
         with tempfile.TemporaryDirectory() as tmp:
             data = write_sequence(render_sequence(RenderOptions(num_frames=64, path="loop")),

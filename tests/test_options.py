@@ -21,7 +21,7 @@ from pipeline.infra.options import (
 )
 from pipeline.post.merge import MergeOptions
 from pipeline.reconstructors import unread_options
-from pipeline.run.config import PipelineConfig
+from pipeline.runner.config import PipelineConfig
 
 
 def readme_flags() -> dict[str, str]:
@@ -181,7 +181,7 @@ def test_the_command_line_reads_every_flag_without_torch():
 ])
 def test_library_values_are_checked_as_declared(tmp_path, kwargs, message):
     from pipeline.core.errors import InputError
-    from pipeline.run.runner import run
+    from pipeline.runner import run
 
     config = PipelineConfig(input_dir=IMAGES, output_dir=tmp_path / "o", **kwargs)
     with pytest.raises(InputError, match=re.escape(message)):

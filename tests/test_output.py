@@ -17,14 +17,14 @@ from pipeline.core.windows import Window
 from pipeline.infra.lock import OutputBusyError, OutputLock
 from pipeline.io.output import (
     check_window,
-    digest,
     options_signature,
     planned_windows,
     signature_difference,
+    stable_hash,
     window_signature,
 )
-from pipeline.run.config import MergeOptions, PipelineConfig
-from pipeline.run.runner import reconstructor_options
+from pipeline.runner import reconstructor_options
+from pipeline.runner.config import MergeOptions, PipelineConfig
 from tests.helpers import fake_frame, finish_window, write_model, write_test_plan
 
 ALTERNATIVES = {
@@ -153,7 +153,7 @@ def test_every_option_is_in_a_signature_or_declared_not_to_change_results():
 
 
 def test_structure_checks_are_part_of_the_window_signature():
-    from pipeline.run.runner import window_checks
+    from pipeline.runner import window_checks
 
     frames = [fake_frame("a.png"), fake_frame("b.png")]
     default = PipelineConfig(output_dir=Path("o"))
@@ -287,9 +287,9 @@ def test_planned_windows_use_the_plan_only(tmp_path):
     assert planned[0].problem == "it was not made for this run's frames and options"
 
 
-def test_plan_digest_is_stable():
-    assert digest({"b": 1, "a": [1, 2]}) == digest({"a": [1, 2], "b": 1})
-    assert len(digest({})) == 32
+def test_the_stable_hash_is_stable():
+    assert stable_hash({"b": 1, "a": [1, 2]}) == stable_hash({"a": [1, 2], "b": 1})
+    assert len(stable_hash({})) == 32
 
 
 # ---- the lock ---------------------------------------------------------------------------------

@@ -14,8 +14,8 @@ import pytest
 from conftest import IMAGES
 from pipeline.core.errors import InputError
 from pipeline.io.output import iter_windows, read_window_info, read_window_poses
-from pipeline.run.config import PipelineConfig
-from pipeline.run.runner import run
+from pipeline.runner import run
+from pipeline.runner.config import PipelineConfig
 
 
 def both_engines(tmp_path, **options):
@@ -49,7 +49,7 @@ def test_ray_classical_run_survives_a_killed_worker(tmp_path, monkeypatch, chunk
     """The first Ray task kills its worker: a window's task (windows alone), or the feature
     store's (chunks, whose windows are cut in the driver)."""
     pytest.importorskip("ray")
-    from pipeline.run.ray_engine import KILL_HOOK
+    from pipeline.runner.ray_engine import KILL_HOOK
 
     marker = tmp_path / "killed-once"
     monkeypatch.setenv(KILL_HOOK, str(marker))

@@ -16,8 +16,8 @@ import pycolmap
 import pytest
 
 from pipeline.post.evaluate import evaluate_output
-from pipeline.run.config import PipelineConfig
-from pipeline.run.runner import run
+from pipeline.runner import run
+from pipeline.runner.config import PipelineConfig
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "dtu_scan65"
 FRAMES = 24

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from pipeline.post.evaluate import EvaluateOptions, evaluate_output
-from pipeline.run.config import PipelineConfig
-from pipeline.run.runner import run
+from pipeline.runner import run
+from pipeline.runner.config import PipelineConfig
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / \
     "7scenes_redkitchen_000_199"

@@ -22,8 +22,8 @@ from pipeline.core.windows import create_windows
 from pipeline.io.output import read_window_poses
 from pipeline.io.synthetic import load_ground_truth
 from pipeline.post.evaluate import evaluate_output
-from pipeline.run.config import PipelineConfig
-from pipeline.run.runner import run
+from pipeline.runner import run
+from pipeline.runner.config import PipelineConfig
 from tests.helpers import window_dirs, window_info
 
 

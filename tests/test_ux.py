@@ -157,7 +157,7 @@ def test_digest_groups_by_cause_and_names_the_first_windows():
 
 
 def test_one_window_is_one_window():
-    from pipeline.run.runner import RunSummary
+    from pipeline.runner import RunSummary
 
     summary = RunSummary(output_dir=Path("o"), num_frames=1,
                          windows=[{"status": "ok", "skipped": False}])
@@ -226,8 +226,8 @@ def test_help_groups_the_input_flags():
 def test_progress_names_the_stage_and_window(tmp_path):
     from pipeline.core.windows import create_windows
     from pipeline.io.frames import list_image_files, prepare_frames
-    from pipeline.run.config import PipelineConfig
-    from pipeline.run.runner import build_reconstructor, process_window_batch
+    from pipeline.runner import build_reconstructor, process_window_batch
+    from pipeline.runner.config import PipelineConfig
 
     config = PipelineConfig(output_dir=tmp_path / "out", input_dir=IMAGES,
                             reconstructor="colmap", window_size=4, window_stride=4)
@@ -263,8 +263,8 @@ def test_trajectory_timestamps_are_input_indices(tmp_path):
 
 def test_structure_thresholds_are_checked_in_the_library_too(tmp_path):
     from pipeline.core.errors import InputError
-    from pipeline.run.config import PipelineConfig
-    from pipeline.run.runner import run
+    from pipeline.runner import run
+    from pipeline.runner.config import PipelineConfig
 
     with pytest.raises(InputError,
                        match="--min-points must be a whole number from 0 to 1000000, got -1"):
@@ -292,7 +292,7 @@ def test_the_progress_clock_moves_between_windows():
 
     from tqdm import tqdm
 
-    from pipeline.run.runner import keep_redrawing
+    from pipeline.runner import keep_redrawing
 
     bar = tqdm(total=3, file=io.StringIO(), disable=False)
     redraws = []

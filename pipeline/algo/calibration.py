@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 import pycolmap
 
+from ..core.cameras import CAMERA_PARAMS
+
 logger = logging.getLogger(__name__)
 
 MIN_CALIBRATION_PAIRS = 20
@@ -506,8 +508,6 @@ def summary_line(decisions: Iterable[CameraCalibration]) -> str:
 
 def weak_support_hint(camera_type: str) -> str:
     """What the digest suggests when a calibration had little support."""
-    from ..core.cameras import CAMERA_PARAMS
-
     return (
         "run.json -> calibration says why; if the intrinsics are known, give them: "
         f"--camera-params {','.join(CAMERA_PARAMS.get(camera_type, ('f', 'cx', 'cy')))}"

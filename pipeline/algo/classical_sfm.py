@@ -489,9 +489,9 @@ def store_key(
 ) -> str:
     """What the feature store depends on: every frame (name, content hash, size), the pairs
     matched, and the extraction, camera and matching options."""
-    from ..io.output import digest
+    from ..io.output import stable_hash
 
-    return digest(
+    return stable_hash(
         {
             "version": STORE_VERSION,
             "frames": [[f.name, f.digest, list(f.size)] for f in frames],
@@ -607,12 +607,9 @@ def save_calibration(cache: Path, estimates: dict[int, Any]) -> None:
             return
     except OSError:
         return
-    tmp = cache / f".{ESTIMATES_FILE}.tmp-{os.getpid()}"
     try:
-        tmp.write_text(json.dumps(estimates_json(estimates)))
-        os.replace(tmp, cache / ESTIMATES_FILE)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        write_json(cache / ESTIMATES_FILE, estimates_json(estimates), indent=None)
+    except OSError as exc:  # a full disk too: the estimates are made again next time
         _not_kept(cache / ESTIMATES_FILE, exc)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..core.results import WindowResult
-from ..infra.memory import PeakMeter
+from ..infra.memory import PeakMeter, array_bytes
 from .exports import ExportOptions, write_exports
 from .network_sfm import SfmOptions, Tracks, WindowPredictions, run_sfm, write_sfm_result
 
@@ -55,8 +55,6 @@ class SfmJob:
 
     def nbytes(self) -> int:
         """Host memory of its arrays, bytes."""
-        from ..infra.memory import array_bytes
-
         return array_bytes(self.preds, self.tracks)
 
     def _progress(self, stage: str) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..core.errors import DiskFullError, PipelineError
 from ..infra.options import from_flags
-from ..run.config import PipelineConfig
+from ..runner.config import PipelineConfig
 from .parsers import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(verbose=args.verbose, quiet=args.quiet)
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from ..run.runner import run
+    from ..runner import run
 
     config = config_from_args(args)
     import pycolmap  # noqa: F401 - before our SIGTERM handler: importing pycolmap installs

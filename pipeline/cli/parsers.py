@@ -53,7 +53,7 @@ def _non_negative_int(text: str) -> int:
             from None
 
 
-def _batch_size(text: str) -> int | None:
+def _batch_size_text(text: str) -> int | None:
     if text == "auto":
         return None
     try:
@@ -109,7 +109,7 @@ def _export_format(text: str) -> str:
 
 _TYPES = {"str": str, "int": _positive_int, "count": _non_negative_int, "float": _number,
           "positive_float": _positive_float, "floats": _float_list, "folder": _folder,
-          "batch_size": _batch_size, "export_format": _export_format}
+          "batch_size": _batch_size_text, "export_format": _export_format}
 """How each :data:`pipeline.infra.options.KINDS` value is read (``bool`` is a switch)."""
 
 

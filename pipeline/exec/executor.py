@@ -38,8 +38,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..core.results import WindowResult
+from ..core.windows import take_batch
 from ..infra.processes import exit_with_parent, stop_workers
 from ..infra.tempdirs import explain
+from ..io.window_folders import discard_staging
 
 logger = logging.getLogger(__name__)
 
@@ -375,12 +377,10 @@ class WindowExecutor:
         """Reconstruct ``todo`` (windows of :class:`pipeline.io.frames.Frame`); windows of one
         shape are batched together in their order. The reconstructor gets the pool, then
         :meth:`~pipeline.reconstructors.Reconstructor.start` with the windows."""
-        from ..core.windows import take_batch
-
         order = group_by_shape(todo, size_of)
         self.reconstructor.attach_pool(self.pool)  # before it starts any work of its own
         self.reconstructor.start(order)
-        if not self.pool.inline and hasattr(self.reconstructor, "prepare_window"):
+        if not self.pool.inline and self.reconstructor.prepares_ahead:
             self.loader = FrameLoader(self.reconstructor.prepare_window, order,
                                       size_of=lambda p: p.nbytes())
             self.reconstructor.loader = self.loader
@@ -434,7 +434,7 @@ class WindowExecutor:
         if not self.in_flight:
             return
         if block and not any(f.pending.future.done() for f in self.in_flight):
-            progress = getattr(self.reconstructor, "progress", None)
+            progress = self.reconstructor.progress
             if progress is not None:
                 progress(f"finishing {len(self.in_flight)} window"
                          f"{'' if len(self.in_flight) == 1 else 's'} in CPU workers")
@@ -473,8 +473,6 @@ class WindowExecutor:
 
     def _abandon(self) -> None:
         """Interrupted or failed: stop the workers and remove every unfinished staging."""
-        from ..io.window_folders import discard_staging
-
         if self.loader is not None:
             self.loader.stop()
         self.pool.stop()

@@ -27,23 +27,42 @@ NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 """``errno`` values of a full disk or an exhausted quota."""
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (a temporary file renamed over ``path``; on failure the temporary
-    file is removed and ``path`` keeps its old content).
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` atomically (a temporary file beside ``path`` renamed over it; on failure
+    the temporary file is removed and ``path`` keeps its old content). The one way the package
+    writes a record file.
 
     Raises:
         DiskFullError: the disk is full (or the quota is spent).
         OSError: any other failure to write.
     """
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+        tmp.write_text(text)
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # a folder that refuses even that
+            pass
         if exc.errno in NO_SPACE:
             raise DiskFullError(path, exc) from exc
         raise
+
+
+def write_json(path: Path, data: Any, *, indent: int | None = 2, sort_keys: bool = False,
+               allow_nan: bool = True) -> None:
+    """Write ``data`` as JSON atomically (see :func:`write_text`); paths become strings and
+    numpy scalars numbers. ``allow_nan=False`` refuses NaN and infinities (strict JSON) with a
+    ``ValueError`` before anything is written.
+
+    Raises:
+        DiskFullError: the disk is full (or the quota is spent).
+        OSError: any other failure to write.
+    """
+    write_text(path, json.dumps(data, indent=indent, sort_keys=sort_keys, allow_nan=allow_nan,
+                                default=_json_default) + "\n")
 
 
 def _json_default(value: Any) -> Any:

@@ -1,13 +1,13 @@
 """Options declared once: a dataclass field's default, its docstring (the help text) and how the
 command line reads it.
 
-:class:`pipeline.run.config.PipelineConfig` declares every run option with :func:`option`; the
+:class:`pipeline.runner.config.PipelineConfig` declares every run option with :func:`option`; the
 command line (:mod:`pipeline.cli.main`) is generated from those declarations, the README's flag
 table
 is checked against it by the tests, and
 :func:`pipeline.reconstructors.unread_options` finds the options set for a reconstructor that
 does not read them. Adding an option is one field, in one place: the
-pipeline's own in :class:`~pipeline.run.config.PipelineConfig`, a reconstructor's in its module
+pipeline's own in :class:`~pipeline.runner.config.PipelineConfig`, a reconstructor's in its module
 (:attr:`pipeline.reconstructors.Reconstructor.flags`).
 """
 

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from ..core.errors import InputError
 from ..core.failures import plural
+from ..infra.files import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -419,9 +420,7 @@ class _ConversionCache:
 
     def save(self) -> None:
         if self.changed:
-            tmp = self.index_path.with_name(f".{CONVERTED_INDEX}.tmp-{os.getpid()}")
-            tmp.write_text(json.dumps(self.index, indent=1, sort_keys=True) + "\n")
-            os.replace(tmp, self.index_path)
+            write_json(self.index_path, self.index, indent=1, sort_keys=True)
 
 
 def extract_video_frames(
@@ -473,12 +472,9 @@ def extract_video_frames(
         manifest.unlink()  # the files are about to change: never pair them with old settings
     files, times = _decode_video(video_path, out_dir, fps, max_frames, jpeg_quality,
                                  show_progress)
-    tmp = manifest.with_name(f".{manifest.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"settings": settings, "frames": [f.name for f in files],
-                               "times": times,
-                               "digests": [file_digest(f.read_bytes()) for f in files]},
-                              indent=1))
-    os.replace(tmp, manifest)
+    write_json(manifest, {"settings": settings, "frames": [f.name for f in files],
+                          "times": times, "digests": [file_digest(f.read_bytes()) for f in files]},
+               indent=1)
     return files
 
 

@@ -159,7 +159,7 @@ def window_signature(frames: Iterable[Any], reconstructor: str, options: Any, im
         reconstructor: The reconstructor's name.
         options: The reconstructor's :func:`options_signature`.
         images: What the window's ``images/`` holds (``link``, ``copy``, ``none``).
-        context: :func:`frames_digest` of other frames whose content decides the window's
+        context: :func:`frames_hash` of other frames whose content decides the window's
             result (e.g. the chunk of the sequence it was cut from).
         checks: The :class:`WindowChecks` its status was decided with, if any.
     """
@@ -173,12 +173,12 @@ def window_signature(frames: Iterable[Any], reconstructor: str, options: Any, im
     return signature
 
 
-def frames_digest(frames: Iterable[Any]) -> str:
+def frames_hash(frames: Iterable[Any]) -> str:
     """One digest of frames' names and content hashes (a window's context)."""
-    return digest([[f.name, f.digest] for f in frames])
+    return stable_hash([[f.name, f.digest] for f in frames])
 
 
-def digest(data: Any) -> str:
+def stable_hash(data: Any) -> str:
     """A short stable hash of JSON-ready ``data`` (32 hex digits)."""
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
@@ -287,7 +287,7 @@ def files_problem(window_dir: Path, info: Mapping[str, Any]) -> str | None:
             return f"{name} is missing"
         if path.stat().st_size != size:
             return f"{name} has {path.stat().st_size} bytes, not the {size} written"
-    rec, problem = load_model(window_dir / "sparse", info["registered_frames"])
+    rec, problem = load_registered_model(window_dir / "sparse", info["registered_frames"])
     if problem is None and info.get("status") == "ok":
         problem = ok_record_problem(rec, info)
     return problem
@@ -316,36 +316,50 @@ def ok_record_problem(rec: Any, info: Mapping[str, Any]) -> str | None:
     return None
 
 
-def load_model(sparse: Path, registered: Sequence[str]) -> tuple[Any, str | None]:
-    """``(pycolmap.Reconstruction, None)``, or ``(None, why)`` when the model in ``sparse`` does
-    not load with exactly the ``registered`` frames."""
-    import pycolmap  # deferred: reading records needs it only here
+def read_model(sparse: str | Path) -> Any:
+    """The ``pycolmap.Reconstruction`` in the folder ``sparse`` (binary or text): the one place
+    the package opens a window's model.
+
+    Raises:
+        InputError: when no COLMAP model can be read there (pycolmap's reason in one line).
+    """
+    import pycolmap  # deferred: a heavy import that only the readers need
 
     try:
-        rec = pycolmap.Reconstruction(str(sparse))
+        return pycolmap.Reconstruction(str(sparse))
     except Exception as exc:  # noqa: BLE001 - pycolmap raises C++ errors of several kinds
-        return None, f"its COLMAP model does not load ({' '.join(str(exc).split())[:200]})"
+        raise InputError(f"cannot read the COLMAP model {sparse} ({_reason(exc)})") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    """pycolmap's (multi-line, C++) message, on one line of at most 200 characters."""
+    return " ".join(str(exc).split())[:200]
+
+
+def load_registered_model(sparse: Path, registered: Sequence[str]) -> tuple[Any, str | None]:
+    """``(pycolmap.Reconstruction, None)``, or ``(None, why)`` when the model in ``sparse`` does
+    not load with exactly the ``registered`` frames."""
+    try:
+        rec = read_model(sparse)
+    except InputError as exc:
+        return None, f"its COLMAP model does not load ({_reason(exc.__cause__ or exc)})"
     names = {rec.images[i].name for i in rec.reg_image_ids()}
     if names != set(registered):
         return None, "its COLMAP model does not hold the registered frames its record names"
     return rec, None
 
 
-def _window_model(window_dir: str | Path) -> Any:
-    """The ``pycolmap.Reconstruction`` of ``window_dir/sparse`` (or ``sparse/0``).
+def open_window_model(window_dir: str | Path) -> Any:
+    """The ``pycolmap.Reconstruction`` of a window folder: ``window_dir/sparse``, or
+    ``sparse/0`` when ``sparse`` itself holds none (as COLMAP's mapper lays it out).
 
     Raises:
         InputError: when no COLMAP model can be read.
     """
-    import pycolmap  # deferred: a heavy import that only the readers need
-
     sparse = Path(window_dir) / "sparse"
     if not any(sparse.glob("images.*")) and (sparse / "0").is_dir():
         sparse = sparse / "0"
-    try:
-        return pycolmap.Reconstruction(str(sparse))
-    except Exception as exc:  # pycolmap raises ValueError/RuntimeError with C++ messages
-        raise InputError(f"cannot read COLMAP model {sparse}: {exc}") from exc
+    return read_model(sparse)
 
 
 def read_window_poses(window_dir: str | Path) -> dict[str, np.ndarray]:
@@ -356,7 +370,7 @@ def read_window_poses(window_dir: str | Path) -> dict[str, np.ndarray]:
     Raises:
         InputError: when no COLMAP model can be read.
     """
-    rec = _window_model(window_dir)
+    rec = open_window_model(window_dir)
     return {image.name: np.asarray(image.cam_from_world().matrix(), dtype=float)
             for _, image in rec.images.items() if image.has_pose}
 
@@ -385,7 +399,7 @@ def read_window_cameras(window_dir: str | Path) -> dict[str, WindowCamera]:
     Raises:
         InputError: when no COLMAP model can be read.
     """
-    rec = _window_model(window_dir)
+    rec = open_window_model(window_dir)
     out = {}
     for _, image in sorted(rec.images.items(), key=lambda kv: kv[1].name):
         if not image.has_pose:
@@ -455,9 +469,9 @@ def write_plan(output_dir: Path, frames: Sequence[Any], windows: Sequence[Any],
                         "size": list(f.size), "timestamp": getattr(f, "timestamp", None)}
                        for f in frames],
             "windows": [{"index": w.index, "path": w.relative_dir.as_posix(), "start": w.start,
-                         "num_frames": len(w), "digest": digest(s)}
+                         "num_frames": len(w), "digest": stable_hash(s)}
                         for w, s in zip(windows, signatures)]}
-    plan["digest"] = digest(plan)
+    plan["digest"] = stable_hash(plan)
     write_json(Path(output_dir) / PLAN, plan)
     return plan["digest"]
 
@@ -515,7 +529,7 @@ def planned_windows(output_dir: Path) -> tuple[list[PlannedWindow], list[Path]]:
         if problem is None:
             if info["status"] != "ok":
                 problem = f"failed: {info.get('error')}"
-            elif digest(info["signature"]) != entry["digest"]:
+            elif stable_hash(info["signature"]) != entry["digest"]:
                 problem = "it was not made for this run's frames and options"
             else:
                 problem = files_problem(folder, info)
@@ -550,7 +564,8 @@ class RunManifest:
 
     def __init__(self, config: Any, frames: Sequence[Any], windows: Sequence[Any],
                  reconstructor: Any, group: Any) -> None:
-        """Start the record of a run of ``config`` (a :class:`pipeline.run.config.PipelineConfig`)
+        """Start the record of a run of ``config`` (a
+        :class:`pipeline.runner.config.PipelineConfig`)
         over ``frames`` and ``windows`` by ``reconstructor``, in process ``group`` (see
         :class:`pipeline.exec.distributed.ProcessGroup`)."""
         out = Path(config.output_dir)

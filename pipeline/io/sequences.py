@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import InputError
+from ..infra.files import write_json, write_text
 from .frames import is_frame_file
 from .output import is_own_folder
 
@@ -216,9 +216,7 @@ class WindowIndex:
             return
         text = "".join(json.dumps(self.lines[k], sort_keys=True) + "\n"
                        for k in sorted(self.lines))
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, self.path)
+        write_text(self.path, text)
         self._written = time.monotonic()
 
 
@@ -283,7 +281,7 @@ class DatasetManifest:
         self._entry(source.name).update(status="failed", error=error)
 
     def planned(self, plans: Sequence[Any]) -> None:
-        """The readable sequences are planned (:class:`pipeline.run.runner.SequencePlan`)."""
+        """The readable sequences are planned (:class:`pipeline.runner.SequencePlan`)."""
         for plan in plans:
             self._entry(plan.name).update(status="planned", frames=len(plan.frames),
                                           windows=len(plan.windows), to_do=len(plan.todo))
@@ -317,6 +315,4 @@ class DatasetManifest:
             logger.error("cannot write %s: %s", self.path, exc)
 
     def _write(self) -> None:
-        from ..infra.files import write_json
-
         write_json(self.path, self.data)

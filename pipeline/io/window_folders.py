@@ -20,7 +20,7 @@ from ..core.errors import DiskFullError
 from ..infra.files import remove_tree, write_json
 from ..infra.tempdirs import pid_alive
 from .frames import Frame
-from .output import WINDOW_INFO, WindowChecks, list_files, load_model
+from .output import WINDOW_INFO, WindowChecks, list_files, load_registered_model
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def finalize_window(staging: Path, final_dir: Path, info: dict[str, Any], *,
     if images == "none":
         shutil.rmtree(staging / "images", ignore_errors=True)
     if info["status"] == "ok":
-        rec, problem = load_model(staging / "sparse", info["registered_frames"])
+        rec, problem = load_registered_model(staging / "sparse", info["registered_frames"])
         if problem:
             if disk_nearly_full(staging):
                 raise DiskFullError(staging / "sparse", None)

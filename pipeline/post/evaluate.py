@@ -38,12 +38,10 @@ way when ``--gt`` is left out.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +60,7 @@ from ..core.geometry import (
     quat_xyzw_to_rotmat,
     rpe,
 )
+from ..infra.files import write_json
 from ..io.frames import natural_key
 from ..io.output import PLAN, PlannedWindow, planned_windows, read_window_poses
 
@@ -821,16 +820,9 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_report(report: dict[str, Any], path: str | Path) -> None:
-    """Write the report as JSON (atomically: a temporary file renamed over ``path``)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(_jsonable(report), indent=2, allow_nan=False) + "\n")
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):  # a read-only folder refuses even that
-            tmp.unlink(missing_ok=True)
-        raise
+    """Write the report as strict JSON (no NaN: missing values are null), atomically (see
+    :func:`pipeline.infra.files.write_json`)."""
+    write_json(Path(path), _jsonable(report), allow_nan=False)
 
 
 def evaluate_path(pred: Path, gt: Path | None, options: EvaluateOptions) -> tuple[dict, str]:

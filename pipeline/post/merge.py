@@ -40,7 +40,7 @@ from ..core.errors import DiskFullError, InputError, PipelineError
 from ..core.geometry import Sim3, camera_centers, robust_sim3, tum_lines
 from ..infra.files import NO_SPACE, write_json
 from ..infra.options import option
-from ..io.output import planned_windows, read_plan
+from ..io.output import open_window_model, planned_windows, read_plan
 from ..io.window_folders import discard_staging, remove_stale_staging, staging_for, swap_into_place
 
 logger = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ class PairAlignment:
 
 def load_window_model(window_dir: Path, info: dict[str, Any]) -> WindowModel:
     """Read a finished window's COLMAP model into a :class:`WindowModel`."""
-    rec = pycolmap.Reconstruction(Path(window_dir) / "sparse")
+    rec = open_window_model(window_dir)
     order = {name: info["start_frame"] + i for i, name in enumerate(info["frames"])}
     point_ids = sorted(rec.point3D_ids())
     points = np.array([rec.points3D[p].xyz for p in point_ids]).reshape(-1, 3)

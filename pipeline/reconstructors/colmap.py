@@ -38,6 +38,7 @@ from ..algo.colmap_options import (
 )
 from ..core.cameras import CAMERA_PARAMS, CAMERA_TYPES
 from ..core.errors import InputError
+from ..core.results import STATUS_OK, BatchReport, WindowResult
 from ..core.windows import Window
 from ..exec.executor import completed, cores
 from ..infra.memory import PeakMeter, memory_record, reset_peak
@@ -45,7 +46,8 @@ from ..infra.options import option
 from ..infra.processes import exit_with_parent, stop_workers
 from ..infra.tempdirs import explain, make_temp, remove_dead_temps
 from ..io.frames import Frame
-from . import STATUS_OK, BatchReport, Reconstructor, WindowResult, colmap_log_level
+from ..io.output import frames_hash, options_signature, stable_hash
+from .base import Reconstructor, colmap_log_level
 
 if TYPE_CHECKING:
     from ..exec.executor import CpuPool, Pending
@@ -93,7 +95,7 @@ GROUP = "colmap"
 @dataclass(kw_only=True)
 class ColmapFlags:
     """Command-line options of the colmap reconstructor; fields of
-    :class:`pipeline.run.config.PipelineConfig`."""
+    :class:`pipeline.runner.config.PipelineConfig`."""
 
     camera_params: tuple[float, ...] | None = option(None, group=GROUP, kind="floats",
                                                      metavar="P1,P2,...",
@@ -252,8 +254,6 @@ class ColmapReconstructor(Reconstructor):
         ``work_dir/colmap_sequence`` (not kept when ``work_dir`` is ``None``)."""
         if not self.options.chunk_frames:
             return
-        from ..io.output import options_signature
-
         o = self.options
         chunks = seq.plan_chunks(len(frames), max(len(w) for w in windows), o.chunk_frames)
         pairs = set().union(*(seq.sequential_pairs(range(c.start, c.stop), o.pairing_overlap,
@@ -269,15 +269,13 @@ class ColmapReconstructor(Reconstructor):
     def window_context(self, window: Window[Frame]) -> str | None:
         """The frames whose content decides the window's poses: every frame of the sequence
         when the focal length is estimated from all of them, else those of its chunk."""
-        from ..io.output import frames_digest
-
         s = self._sequence
         if s is None or window.index not in s.chunk_of:
             return None
         chunk = s.chunk_of[window.index]
         key = -1 if s.calibrate else chunk.index
         if key not in s.contexts:
-            s.contexts[key] = frames_digest(s.frames if s.calibrate
+            s.contexts[key] = frames_hash(s.frames if s.calibrate
                                             else s.frames[chunk.start:chunk.stop])
         return s.contexts[key]
 
@@ -369,9 +367,7 @@ class ColmapReconstructor(Reconstructor):
         started from, or those it held when it was mapped again (:meth:`_check_calibration`)."""
         s = self._sequence
         if chunk.name in s.remap:
-            from ..io.output import digest
-
-            return f"{chunk.name}-{digest([s.mapping_key, sorted(s.hold.items())])[:12]}"
+            return f"{chunk.name}-{stable_hash([s.mapping_key, sorted(s.hold.items())])[:12]}"
         return f"{chunk.name}-{s.mapping_key}"
 
     def _chunk_work(self, chunk: seq.Chunk) -> Path:
@@ -759,9 +755,9 @@ def _store_options(options: ColmapOptions) -> dict[str, Any]:
 
 
 def _mapping_key(options: ColmapOptions, focal: dict[int, float]) -> str:
-    from ..io.output import digest, options_signature
+    from ..io.output import options_signature, stable_hash
 
-    return digest([options.chunk_mapper, options.global_min_frames,
+    return stable_hash([options.chunk_mapper, options.global_min_frames,
                    options_signature(mapping_options(options)),
                    options_signature(global_mapping_options(options)),
                    sorted(focal.items())])[:12]

@@ -26,6 +26,7 @@ import numpy as np
 from ..algo.exports import ExportOptions
 from ..algo.finishing import Da3Job, match_descriptors, matched_tracks
 from ..algo.preprocess import DA3_METHODS, PreprocessOptions
+from ..core.errors import InputError
 from ..core.windows import Window
 from ..infra.options import option
 from ..io.frames import Frame
@@ -63,7 +64,7 @@ GROUP = "da3"
 @dataclass(kw_only=True)
 class Da3Flags(NetworkFlags):
     """Command-line options of the da3 reconstructor (besides every network's); fields of
-    :class:`pipeline.run.config.PipelineConfig`."""
+    :class:`pipeline.runner.config.PipelineConfig`."""
 
     process_res_method: str = option("upper_bound_resize", group=GROUP, choices=DA3_METHODS)
     """da3: upper_bound_* bound the longer side, lower_bound_* the shorter; *_resize rounds
@@ -114,7 +115,6 @@ class Da3Reconstructor(NetworkReconstructor):
             InputError: no checkpoint given; a bad export format.
         """
         from ..algo.exports import parse_export_format
-        from ..core.errors import InputError
         from .vggt import DEFAULT_MODEL
 
         if config.model == DEFAULT_MODEL:

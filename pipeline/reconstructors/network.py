@@ -35,19 +35,21 @@ from ..algo.network_sfm import (
 )
 from ..algo.preprocess import VGGT_MODES, FrameTransform, PreprocessOptions, preprocess_frames
 from ..core.errors import InputError
+from ..core.results import BatchReport, WindowResult
 from ..core.windows import Window
 from ..infra.hub import VGGT_1B
 from ..infra.memory import (
     MIN_AUTO_RES,
     BatchObservation,
     PeakMeter,
+    array_bytes,
     current_mb,
     lower_resolutions,
     settle,
 )
 from ..infra.options import option
 from ..io.frames import Frame, load_image
-from . import BatchReport, Reconstructor, WindowResult, colmap_log_level
+from .base import Reconstructor, colmap_log_level
 
 __all__ = ["NetworkBatch", "NetworkFlags", "NetworkOptions", "NetworkReconstructor",
            "PreparedWindow", "SfmJob", "resolve_device", "save_depth_maps", "sift_features",
@@ -56,7 +58,7 @@ __all__ = ["NetworkBatch", "NetworkFlags", "NetworkOptions", "NetworkReconstruct
 if TYPE_CHECKING:
     import torch
 
-    from ..exec.executor import CpuPool, FrameLoader, Pending
+    from ..exec.executor import CpuPool, Pending
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +112,7 @@ SIZE_GROUP = "vggt and da3: input size and memory"
 @dataclass(kw_only=True)
 class NetworkFlags:
     """Command-line options every network reconstructor reads (vggt's and da3's flags extend
-    these); fields of :class:`pipeline.run.config.PipelineConfig`."""
+    these); fields of :class:`pipeline.runner.config.PipelineConfig`."""
 
     model: str = option(VGGT_1B, group=NETWORKS_GROUP)
     """vggt/da3 checkpoint: a .safetensors/.pt file, a folder holding one, or a hub id
@@ -238,8 +240,7 @@ class NetworkReconstructor(Reconstructor):
     ``forward``)."""
     preprocess_options: PreprocessOptions
     """The network grid now (its resolution may be lowered during a run)."""
-    loader: FrameLoader | None = None
-    """Set by the executor: prepares the next windows ahead (see :meth:`prepare_window`)."""
+    prepares_ahead = True
 
     def _setup(self, options: Any, default_forward: Any) -> None:
         """Keep ``options``, take its grid and forward options (``default_forward`` when it
@@ -539,8 +540,6 @@ class PreparedWindow:
     """The grid it was prepared for."""
 
     def nbytes(self) -> int:
-        from ..infra.memory import array_bytes
-
         return array_bytes(self.images, self.originals)
 
 

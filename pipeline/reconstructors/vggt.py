@@ -60,7 +60,7 @@ GROUP = "vggt"
 @dataclass(kw_only=True)
 class VggtFlags(NetworkFlags):
     """Command-line options of the vggt reconstructor (besides every network's); fields of
-    :class:`pipeline.run.config.PipelineConfig`."""
+    :class:`pipeline.runner.config.PipelineConfig`."""
 
     preprocess_mode: str = option("crop", group=GROUP, choices=VGGT_MODES)
     """vggt input grid: crop is --process-res px wide, centre-cropped to at most as many rows;

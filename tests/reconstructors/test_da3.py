@@ -128,8 +128,8 @@ class OutOfMemoryTest(Da3TestCase):
 
         from pipeline.core.windows import create_windows
         from pipeline.io.frames import list_image_files, prepare_frames
-        from pipeline.run.config import PipelineConfig
-        from pipeline.run.runner import build_reconstructor, process_window_batch
+        from pipeline.runner import build_reconstructor, process_window_batch
+        from pipeline.runner.config import PipelineConfig
 
         out = self.tmp / "oom"
         config = PipelineConfig(output_dir=out, input_dir=IMAGES, reconstructor="da3",

@@ -1,6 +1,6 @@
-"""A fourth reconstructor is its module and one registry line: its flags join the command line
-and ``PipelineConfig``, and the runner, the resume signature and the option checks take it
-without further code."""
+"""A fourth reconstructor comes from another installed package, through the entry-point group
+``pipeline.reconstructors``: its flags join the command line and ``PipelineConfig``, and the
+runner, the resume signature and the option checks take it without further code or patching."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ import subprocess
 import sys
 import textwrap
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from conftest import IMAGES, ROOT
 from pipeline import reconstructors
 from pipeline.infra.options import option
+from pipeline.reconstructors import registry
 from pipeline.reconstructors.colmap import ColmapReconstructor
 
 TOY = textwrap.dedent('''
@@ -45,21 +47,35 @@ TOY = textwrap.dedent('''
                            pairing_overlap=config.toy_pairing)
 ''')
 
-REGISTER = ("import sys; import pipeline.reconstructors as r; "
-            "r._REGISTRY['toy'] = 'toy_reconstructor:ToyReconstructor'; "
-            "from pipeline.cli.main import main; sys.exit(main(sys.argv[1:]))")
+COMMAND = "import sys; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
+"""The pipeline's command line, as the console script runs it."""
+
+
+def install_toy(site: Path) -> None:
+    """An installed distribution ``toy-reconstructor`` in ``site`` (a folder on the path): its
+    module and its metadata, declaring ``toy`` in the entry-point group as its
+    ``pyproject.toml`` would."""
+    site.mkdir(exist_ok=True)
+    (site / "toy_reconstructor.py").write_text(TOY)
+    meta = site / "toy_reconstructor-0.1.dist-info"
+    meta.mkdir()
+    (meta / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-reconstructor\n"
+                                   "Version: 0.1\n")
+    (meta / "entry_points.txt").write_text(
+        f"[{reconstructors.ENTRY_POINT_GROUP}]\ntoy = toy_reconstructor:ToyReconstructor\n")
 
 
 def toy_cli(tmp_path, *args):
-    (tmp_path / "toy_reconstructor.py").write_text(TOY)
-    env_path = f"{tmp_path}:{ROOT}"
-    return subprocess.run([sys.executable, "-c", REGISTER, *map(str, args)], cwd=ROOT,
+    site = tmp_path / "site"
+    if not site.exists():
+        install_toy(site)
+    return subprocess.run([sys.executable, "-c", COMMAND, *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": env_path})
+                          env={**os.environ, "PYTHONPATH": f"{site}:{ROOT}"})
 
 
 @pytest.mark.slow
-def test_a_reconstructor_with_flags_of_its_own_is_one_module_and_one_line(tmp_path):
+def test_a_reconstructor_of_another_package_joins_through_its_entry_point(tmp_path):
     out = tmp_path / "out"
     args = ["--input-dir", IMAGES, "--output-dir", out, "--max-frames", "8", "--window-size",
             "4", "--window-stride", "4", "--cpu-workers", "1", "-q"]
@@ -97,10 +113,45 @@ class ClashReconstructor(ColmapReconstructor):
     flags = ClashFlags
 
 
+def with_entry_points(monkeypatch, **declared: str) -> None:
+    """The registry as it is with ``declared`` (name -> ``module:Class``) installed besides."""
+    from importlib.metadata import EntryPoint
+
+    points = [EntryPoint(name, value, registry.ENTRY_POINT_GROUP)
+              for name, value in declared.items()]
+    monkeypatch.setattr(registry, "entry_points", lambda group: points
+                        if group == registry.ENTRY_POINT_GROUP else [])
+    registry.reconstructor_entries.cache_clear()
+    registry.flag_readers.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_registry():
+    yield
+    registry.reconstructor_entries.cache_clear()
+    registry.flag_readers.cache_clear()
+
+
 def test_a_flag_declared_twice_is_refused(monkeypatch):
-    monkeypatch.setattr(reconstructors, "_REGISTRY", {
-        **reconstructors._REGISTRY,
-        "clash": f"{ClashReconstructor.__module__}:ClashReconstructor"})
+    with_entry_points(monkeypatch, clash=f"{ClashReconstructor.__module__}:ClashReconstructor")
+    assert reconstructors.available_reconstructors() == ["vggt", "da3", "colmap", "clash"]
     with pytest.raises(TypeError, match="'chunk_frames' is declared by both ColmapFlags and "
                                         "ClashFlags"):
         reconstructors.registered_flags()
+
+
+def test_a_taken_name_keeps_its_first_declaration(monkeypatch, caplog):
+    """Another package declaring ``colmap`` (or ``auto``) does not replace it: a warning names
+    what is ignored; the project's own declarations (its installed metadata) count once."""
+    with_entry_points(monkeypatch, colmap=f"{ClashReconstructor.__module__}:ClashReconstructor",
+                      auto="x:Y", vggt=registry.BUILT_IN["vggt"])
+    with caplog.at_level("WARNING", logger=registry.__name__):
+        assert registry.reconstructor_entries() == registry.BUILT_IN
+    assert sorted(r.args[0] for r in caplog.records) == ["auto", "colmap"]
+
+
+def test_the_built_in_reconstructors_are_those_pyproject_declares():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["entry-points"][registry.ENTRY_POINT_GROUP] == registry.BUILT_IN

@@ -26,8 +26,8 @@ from pipeline.algo.models import load_model
 from pipeline.algo.preprocess import PreprocessOptions, preprocess_frames
 from pipeline.cli.main import main
 from pipeline.reconstructors.vggt import to_original_grid
-from pipeline.run.config import PipelineConfig
-from pipeline.run.runner import choose_reconstructor
+from pipeline.runner import choose_reconstructor
+from pipeline.runner.config import PipelineConfig
 from tests.helpers import frames_with_blank_window
 from tests.helpers import window_dirs as windows
 from tests.helpers import window_info as info
@@ -149,7 +149,7 @@ class ProgressTest(VggtTestCase):
     def test_progress_names_each_stage_and_window(self):
         from pipeline.core.windows import create_windows
         from pipeline.io.frames import list_image_files, prepare_frames
-        from pipeline.run.runner import build_reconstructor, process_window_batch
+        from pipeline.runner import build_reconstructor, process_window_batch
 
         out = self.tmp / "progress"
         config = PipelineConfig(output_dir=out, input_dir=IMAGES, reconstructor="vggt",
@@ -231,7 +231,7 @@ class OutOfMemoryTest(VggtTestCase):
         from pipeline.core.windows import create_windows
         from pipeline.exec.executor import result_of
         from pipeline.io.frames import list_image_files, prepare_frames
-        from pipeline.run.runner import (
+        from pipeline.runner import (
             build_reconstructor,
             finish_window,
             process_window_batch,

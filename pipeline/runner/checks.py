@@ -1,0 +1,85 @@
+"""The options of a run checked before any work: values, inputs, flags the chosen
+reconstructor does not read.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import fields
+from pathlib import Path
+
+from ..core.errors import InputError
+from ..core.windows import create_windows
+from ..infra.options import bad_values, changed_flags, flag_name
+from ..reconstructors import (
+    available_reconstructors,
+    reconstructor_class,
+    unread_options,
+)
+from .config import IMAGE_MODES, PipelineConfig
+
+logger = logging.getLogger(__name__)
+
+
+SOURCE_FIELDS = ("input_dir", "input_video", "input_root", "input_list")
+"""The options naming a run's input, of which one is given."""
+
+
+def check_config(config: PipelineConfig) -> Path:
+    """Fail fast, before any work, on options and output paths that cannot work."""
+    for problem in bad_values(config):  # first: the checks below need values of their kind
+        raise InputError(problem)
+    sources = [flag_name(f) for f in fields(config) if f.name in SOURCE_FIELDS
+               and getattr(config, f.name) is not None]
+    if len(sources) > 1:
+        raise InputError(f"{' and '.join(sources)} both given: give one input")
+    if not str(config.output_dir).strip():
+        raise InputError("--output-dir is empty: name the output folder")
+    out = Path(config.output_dir)
+    try:
+        exists, folder = out.exists(), out.is_dir()
+    except OSError as exc:  # a name too long for the file system, a link loop
+        raise InputError(f"cannot use the output folder {out}: {exc.strerror or exc}") from exc
+    if exists and not folder:
+        raise InputError(f"output path exists and is not a folder: {out}")
+    if config.images not in IMAGE_MODES:
+        raise InputError(f"--images must be link, copy or none, got {config.images!r}")
+    if config.ray_address is not None and config.engine != "ray":
+        raise InputError("--ray-address is read only with --engine ray")
+    if config.engine == "ray":
+        from .ray_engine import import_ray
+
+        import_ray()  # fails here, before any work, when Ray is not installed
+    merge_flags = changed_flags(config.merge_options)
+    if merge_flags and not config.merge:
+        raise InputError(f"{', '.join(merge_flags)}: merge options, read only with --merge")
+    if config.reconstructor != "auto":
+        unread = unread_problem(config, config.reconstructor)
+        if unread:
+            raise InputError(f"{unread}, the reconstructor asked for: drop the option or choose "
+                             "a reconstructor that reads it")
+    for name in available_reconstructors():
+        reconstructor_class(name).check_flags(config)
+    batch = config.window_batch_size
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise InputError(f"--window-batch-size must be a positive integer or auto, got {batch!r}")
+    if config.frame_step < 1:
+        raise InputError(f"--frame-step must be at least 1, got {config.frame_step}")
+    if config.max_frames is not None and config.max_frames < 2:
+        raise InputError(f"--max-frames must be at least 2, got {config.max_frames}")
+    try:
+        create_windows(range(config.window_size + 1), config.window_size, config.window_stride)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    return out
+
+
+def unread_problem(config: PipelineConfig, reconstructor: str) -> str | None:
+    """Which options ``config`` sets that ``reconstructor`` does not read, in words, or
+    ``None``."""
+    unread = unread_options(config, reconstructor)
+    if not unread:
+        return None
+    listed = ", ".join(f"{flag} (read by {'/'.join(readers)})"
+                       for flag, readers in unread.items())
+    return f"{listed}: not read by {reconstructor}"

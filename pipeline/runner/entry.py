@@ -1,0 +1,87 @@
+"""Scheduling a run: frames -> windows -> batches -> reconstructor -> window folders -> run.json.
+
+:func:`run` checks the options, holds the output folder, reads the input and hands one sequence
+to :mod:`pipeline.runner.one`, many to :mod:`pipeline.runner.many`. Rerunning into the same
+output folder skips the windows that are complete and redoes the rest. A window is reused only
+when its folder is whole and was made from the same frame contents with the same result-changing
+options (see :mod:`pipeline.io.output`); one run at a time holds an output folder
+(:mod:`pipeline.infra.lock`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from ..core.errors import InputError
+from ..exec.distributed import ProcessGroup, process_group
+from ..infra.lock import OutputLock
+from .checks import check_config
+from .config import PipelineConfig
+from .inputs import load_frames, sequence_sources
+from .many import run_many
+from .one import run_one
+from .plan import prepare_output, setup_errors
+from .summary import RunSummary
+
+
+def run(config: PipelineConfig) -> RunSummary:
+    """Reconstruct every window of the configured sequence into ``config.output_dir``.
+
+    Raises:
+        InputError: bad input or options, an output folder that cannot be written, or one that
+            another live run holds (nothing is written then, beyond the output folder).
+        DiskFullError: the disk filled up during the run; what was written stays, ``run.json``
+            says ``failed``, and a rerun finishes the rest.
+    """
+    start = time.perf_counter()
+    out = check_config(config)
+    group = _process_group(config)
+    many = config.input_root is not None or config.input_list is not None
+    if config.engine == "ray" and group.world_size > 1:
+        raise InputError("--engine ray spreads the run itself: start it once, not under "
+                         "accelerate launch")
+    if many and group.world_size > 1:
+        raise InputError("--input-root/--input-list run in one process (one device); start "
+                         "one run per device on separate lists instead of accelerate launch")
+    lock = OutputLock(out)
+    try:
+        with setup_errors(out):
+            with group.main_first():
+                if group.is_main:
+                    prepare_output(out, lock)
+                if many:
+                    sources = sequence_sources(config)
+                else:
+                    frames = load_frames(config)
+        with _engine(config) as ray:
+            if many:
+                return run_many(config, sources, group, start, ray)
+            return run_one(config, frames, group, start, ray)
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def _engine(config: PipelineConfig) -> Iterator[Any]:
+    """The ``ray`` module joined to its cluster with ``--engine ray`` (Ray started here is shut
+    down at the end; one the calling program started stays), else None."""
+    if config.engine != "ray":
+        yield None
+        return
+    from .ray_engine import connect
+
+    connection = connect(config.ray_address, num_cpus=config.cpu_workers or None)
+    try:
+        yield connection.ray
+    finally:
+        connection.close()
+
+
+def _process_group(config: PipelineConfig) -> ProcessGroup:
+    try:
+        return process_group(config.use_accelerate, config.device)
+    except ImportError as exc:
+        raise InputError(str(exc)) from exc
