@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.core.geometry import ate, camera_centers  # noqa: E402
-from pipeline.post.evaluate import EvaluateOptions, evaluate_output, read_7scenes_gt  # noqa: E402
+from pipeline.post.evaluate import EvaluateOptions, evaluate_output  # noqa: E402
+from pipeline.post.ground_truth import read_7scenes_gt  # noqa: E402
 from pipeline.runner import run  # noqa: E402
 from pipeline.runner.config import PipelineConfig  # noqa: E402
 

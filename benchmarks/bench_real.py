@@ -40,7 +40,8 @@ from pipeline.core.geometry import ate, camera_centers  # noqa: E402
 from pipeline.core.windows import create_windows  # noqa: E402
 from pipeline.io.frames import list_image_files  # noqa: E402
 from pipeline.io.output import read_window_poses  # noqa: E402
-from pipeline.post.evaluate import EvaluateOptions, evaluate_output, read_ground_truth  # noqa: E402
+from pipeline.post.evaluate import EvaluateOptions, evaluate_output  # noqa: E402
+from pipeline.post.ground_truth import read_ground_truth  # noqa: E402
 from pipeline.runner import run  # noqa: E402
 from pipeline.runner.config import PipelineConfig  # noqa: E402
 

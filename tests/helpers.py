@@ -89,7 +89,8 @@ def finish_window(out: Path, window, *, status: str = "ok", error: str | None = 
 
     import pycolmap
 
-    from pipeline.io.output import WindowChecks, window_signature
+    from pipeline.io.output import WindowChecks
+    from pipeline.io.signature import window_signature
     from pipeline.io.window_folders import finalize_window
 
     folder = Path(out) / window.relative_dir
@@ -113,7 +114,8 @@ def finish_window(out: Path, window, *, status: str = "ok", error: str | None = 
 def write_test_plan(out: Path, windows) -> str:
     """``plan.json`` for ``windows`` (over frame names) as :func:`finish_window` records them."""
     from pipeline.core.windows import Window
-    from pipeline.io.output import window_signature, write_plan
+    from pipeline.io.output import write_plan
+    from pipeline.io.signature import window_signature
 
     names = list(dict.fromkeys(n for w in windows for n in w.items))
     frames = {n: fake_frame(n, i) for i, n in enumerate(names)}

@@ -442,8 +442,8 @@ def test_a_truncated_extracted_video_frame_is_extracted_again(tmp_path, caplog):
 
 def test_ground_truth_that_names_no_frame_or_has_no_finite_pose(tmp_path, capsys):
     from pipeline.cli.evaluate import main
-    from pipeline.post.evaluate import read_ground_truth
-    from tests.test_evaluate import NAMES, gt_poses, write_synthetic_gt, write_window
+    from pipeline.post.ground_truth import read_ground_truth
+    from tests.post.test_evaluate import NAMES, gt_poses, write_synthetic_gt, write_window
 
     out = tmp_path / "out"
     write_window(out, 0, NAMES[:6], gt_poses(6))

@@ -13,7 +13,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
+from conftest import ROOT
+
+PACKAGE = ROOT / "pipeline"
 
 
 def module_name(path: Path) -> str:

@@ -9,17 +9,17 @@ the windows are as accurate as one plain pycolmap reconstruction of the same pho
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pycolmap
 import pytest
 
+from conftest import ROOT
 from pipeline.post.evaluate import evaluate_output
 from pipeline.runner import run
 from pipeline.runner.config import PipelineConfig
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "dtu_scan65"
+DATA = ROOT.parent / "shared" / "data" / "real" / "dtu_scan65"
 FRAMES = 24
 """The first 24 of the 49 photos (5 windows, one chunk): about 20 s on two cores; all 49 are
 measured in BENCHMARKS.md."""

@@ -3,16 +3,15 @@ options, against the dataset's ground truth. Skipped where ``../shared/data/real
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from conftest import ROOT
 from pipeline.post.evaluate import EvaluateOptions, evaluate_output
 from pipeline.runner import run
 from pipeline.runner.config import PipelineConfig
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / \
+DATA = ROOT.parent / "shared" / "data" / "real" / \
     "7scenes_redkitchen_000_199"
 FRAMES = 40
 """The first 40 of the 200 frames (9 windows, one chunk mapped by the global mapper; about 60 s

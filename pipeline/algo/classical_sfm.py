@@ -425,7 +425,7 @@ def cut_window(
     Returns:
         The model (``None`` when no chunk model registers two of the frames) and its registered
         frame names in window order. The world is still the chunk's (see
-        :func:`pipeline.reconstructors.colmap.anchor_to_first_frame`).
+        :func:`pipeline.algo.window_sfm.anchor_to_first_frame`).
     """
 
     def registered(rec: pycolmap.Reconstruction) -> list[str]:
@@ -489,7 +489,7 @@ def store_key(
 ) -> str:
     """What the feature store depends on: every frame (name, content hash, size), the pairs
     matched, and the extraction, camera and matching options."""
-    from ..io.output import stable_hash
+    from ..io.signature import stable_hash
 
     return stable_hash(
         {

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.results import WindowResult
+from ..core.results import STATUS_OK, WindowResult
 from ..infra.memory import PeakMeter, array_bytes
 from .exports import ExportOptions, write_exports
 from .network_sfm import SfmOptions, Tracks, WindowPredictions, run_sfm, write_sfm_result
@@ -88,7 +88,7 @@ class SfmJob:
             details["exports"] = exports
         details["num_tracks"] = 0 if tracks is None else int(tracks.xy.shape[1])
         details["process_res"] = self.process_res
-        return WindowResult(status="ok", registered_frames=result.registered_frames,
+        return WindowResult(status=STATUS_OK, registered_frames=result.registered_frames,
                             num_points3D=result.num_points3D,
                             mean_reprojection_error=result.error_after or result.error_before,
                             timings={**self.timings,

@@ -162,10 +162,11 @@ class CpuPool:
             stop_workers(self._pool)
             self._pool = None
 
-    def close(self) -> None:
-        """Wait for the workers to finish their jobs and end."""
+    def close(self, *, cancel: bool = False) -> None:
+        """Wait for the workers to finish their jobs (``cancel``: the jobs not started yet are
+        dropped) and end."""
         if self._pool is not None:
-            self._pool.shutdown(wait=True)
+            self._pool.shutdown(wait=True, cancel_futures=cancel)
             self._pool = None
 
 

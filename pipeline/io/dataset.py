@@ -38,6 +38,7 @@ import torch
 from PIL import Image
 
 from ..core.errors import InputError
+from ..core.results import STATUS_OK
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def find_windows(output_dir: str | Path) -> list[WindowEntry]:
         return [WindowEntry("", w.index, out / w.path) for w in iter_windows(out, ok=True)]
     entries, trusted = [], {}
     for entry in read_index(index):
-        if entry.get("status") != "ok" or entry.get("window_index") is None:
+        if entry.get("status") != STATUS_OK or entry.get("window_index") is None:
             continue
         sequence = entry["sequence"]
         if sequence not in trusted:  # whole, made for the sequence's plan, record = model

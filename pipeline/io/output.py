@@ -18,28 +18,21 @@ earlier run over other input) is reported, never used.
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import fnmatch
-import hashlib
 import json
 import logging
-import math
 import os
-import platform
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .. import __version__
-from ..core.errors import InputError, PipelineError
-from ..core.failures import calibration_entry, digest_json, failure_digest
+from ..core.errors import InputError
+from ..core.results import STATUS_OK
 from ..infra.files import write_json
+from .signature import signature_difference, stable_hash
 
 logger = logging.getLogger(__name__)
 
@@ -56,61 +49,12 @@ def is_own_folder(name: str) -> bool:
 
 RUN_MANIFEST = "run.json"
 PLAN = "plan.json"
-SIGNATURE_VERSION = 3
-"""Bumped when the signature's shape or meaning changes: older windows are then redone."""
 
-NOT_RESULT_KEYS = frozenset({"num_threads", "gpu_index", "print_summary", "logging_type",
-                             "minimizer_progress_to_stdout", "snapshot_path",
-                             "snapshot_frequency", "image_path"})
-"""Keys of pycolmap option objects that change how fast or how loudly work runs, not its result."""
 
 RECORD_FIELDS: dict[str, type | tuple[type, ...]] = {
     "window_index": int, "path": str, "status": str, "frames": list, "registered_frames": list,
     "num_registered": int, "signature": dict}
 """Fields every ``window_info.json`` holds, with their JSON types."""
-
-
-def options_signature(value: Any) -> Any:
-    """The JSON form of options that decide a result, for the resume signature.
-
-    Dataclasses give every field except those declared with ``metadata={"result": False}``
-    (worker counts, log levels, devices: how the work runs, not what it makes); pycolmap option
-    objects give ``todict()`` without :data:`NOT_RESULT_KEYS`; enums their name, paths and sets
-    plain strings and sorted lists.
-
-    Raises:
-        TypeError: a value of a kind the signature cannot represent (so that an option of a new
-            kind fails loudly instead of silently dropping out of the signature).
-    """
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: options_signature(getattr(value, f.name))
-                for f in dataclasses.fields(value) if f.metadata.get("result", True)}
-    if hasattr(value, "todict") and type(value).__module__.startswith("pycolmap"):
-        return _strip(options_signature(value.todict()))
-    if isinstance(value, Mapping):
-        return {str(k): options_signature(v) for k, v in value.items()}
-    if isinstance(value, (set, frozenset)):
-        return sorted(options_signature(v) for v in value)
-    if isinstance(value, (list, tuple)):
-        return [options_signature(v) for v in value]
-    if isinstance(value, enum.Enum) or type(value).__module__.startswith("pycolmap"):
-        return str(value)
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if type(value).__module__ == "torch":  # torch.dtype / torch.device
-        return str(value)
-    if type(value).__module__ == "numpy":  # arrays and scalars in pycolmap's option objects
-        return options_signature(value.tolist())
-    raise TypeError(f"cannot put a {type(value).__name__} into a resume signature")
-
-
-def _strip(options: dict[str, Any]) -> dict[str, Any]:
-    return {k: _strip(v) if isinstance(v, dict) else v for k, v in options.items()
-            if k not in NOT_RESULT_KEYS}
 
 
 @dataclass(kw_only=True)
@@ -148,78 +92,6 @@ class WindowChecks:
 def observation_counts(rec: Any) -> dict[str, int]:
     """``{frame name: 3D points it observes}`` of the registered frames of ``rec``."""
     return {rec.images[i].name: rec.images[i].num_points3D for i in rec.reg_image_ids()}
-
-
-def window_signature(frames: Iterable[Any], reconstructor: str, options: Any, images: str,
-                     context: str | None = None, checks: Any = None) -> dict[str, Any]:
-    """What a finished window must match to be reused.
-
-    Args:
-        frames: The window's :class:`pipeline.io.frames.Frame` objects (name and content hash).
-        reconstructor: The reconstructor's name.
-        options: The reconstructor's :func:`options_signature`.
-        images: What the window's ``images/`` holds (``link``, ``copy``, ``none``).
-        context: :func:`frames_hash` of other frames whose content decides the window's
-            result (e.g. the chunk of the sequence it was cut from).
-        checks: The :class:`WindowChecks` its status was decided with, if any.
-    """
-    signature = {"version": SIGNATURE_VERSION, "reconstructor": reconstructor,
-                 "options": options, "images": images,
-                 "frames": [[f.name, f.digest] for f in frames]}
-    if checks is not None:
-        signature["checks"] = options_signature(checks)
-    if context is not None:
-        signature["context"] = context
-    return signature
-
-
-def frames_hash(frames: Iterable[Any]) -> str:
-    """One digest of frames' names and content hashes (a window's context)."""
-    return stable_hash([[f.name, f.digest] for f in frames])
-
-
-def stable_hash(data: Any) -> str:
-    """A short stable hash of JSON-ready ``data`` (32 hex digits)."""
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-
-
-def signature_difference(old: Any, new: Mapping[str, Any]) -> str | None:
-    """What differs between a window's recorded signature and the expected one, in words;
-    ``None`` when they are equal."""
-    if old == new:
-        return None
-    if not isinstance(old, Mapping) or old.get("version") != new.get("version"):
-        return "it was made by another version of the pipeline"
-    if old.get("reconstructor") != new.get("reconstructor"):
-        return f"it was made by {old.get('reconstructor')}, not {new.get('reconstructor')}"
-    old_frames, new_frames = old.get("frames") or [], new["frames"]
-    if [f[0] for f in old_frames if isinstance(f, list)] != [f[0] for f in new_frames]:
-        return "its frames are other frames"
-    for (name, new_hash), old_frame in zip(new_frames, old_frames):
-        if old_frame[1:2] != [new_hash]:
-            return f"frame {name} has other content now"
-    if old.get("images") != new.get("images"):
-        return f"its images/ was made with --images {old.get('images')}"
-    if old.get("context") != new.get("context"):
-        return "frames around it that decide its result (its chunk, the sequence) changed"
-    if old.get("checks") != new.get("checks"):
-        return f"option {_first_difference(old.get('checks'), new.get('checks'))} changed"
-    return f"option {_first_difference(old.get('options'), new.get('options'))} changed"
-
-
-def _first_difference(a: Any, b: Any, path: str = "") -> str:
-    """The first difference between two unequal JSON values: ``"dotted.path (old -> new)"``."""
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                return _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
-    return f"{path or 'settings'} ({_short(a)} -> {_short(b)})"
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def read_window_info(window_dir: Path) -> dict[str, Any] | None:
@@ -266,7 +138,7 @@ def check_window(window_dir: Path, signature: Mapping[str, Any] | None = None) -
     problem = record_problem(info)
     if problem:
         return problem
-    if info["status"] != "ok":
+    if info["status"] != STATUS_OK:
         return f"its status is {info['status']!r}"
     if signature is not None:
         difference = signature_difference(info["signature"], signature)
@@ -288,7 +160,7 @@ def files_problem(window_dir: Path, info: Mapping[str, Any]) -> str | None:
         if path.stat().st_size != size:
             return f"{name} has {path.stat().st_size} bytes, not the {size} written"
     rec, problem = load_registered_model(window_dir / "sparse", info["registered_frames"])
-    if problem is None and info.get("status") == "ok":
+    if problem is None and info.get("status") == STATUS_OK:
         problem = ok_record_problem(rec, info)
     return problem
 
@@ -457,7 +329,8 @@ class PlannedWindow:
     @property
     def usable(self) -> bool:
         """A whole, successful window of this plan (its poses can be read)."""
-        return self.problem is None and self.info is not None and self.info.get("status") == "ok"
+        return (self.problem is None and self.info is not None
+                and self.info.get("status") == STATUS_OK)
 
 
 def write_plan(output_dir: Path, frames: Sequence[Any], windows: Sequence[Any],
@@ -527,7 +400,7 @@ def planned_windows(output_dir: Path) -> tuple[list[PlannedWindow], list[Path]]:
         info = read_window_info(folder)
         problem = record_problem(info)
         if problem is None:
-            if info["status"] != "ok":
+            if info["status"] != STATUS_OK:
                 problem = f"failed: {info.get('error')}"
             elif stable_hash(info["signature"]) != entry["digest"]:
                 problem = "it was not made for this run's frames and options"
@@ -544,131 +417,3 @@ def planned_windows(output_dir: Path) -> tuple[list[PlannedWindow], list[Path]]:
     return windows, leftovers
 
 
-# ---- the run manifest (run.json) ---------------------------------------------------------
-
-def now() -> str:
-    """The time now (UTC, ISO 8601, seconds)."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-_MANIFEST_KEYS = ("window_index", "path", "status", "error", "start_frame", "num_frames",
-                  "num_registered", "num_points3D", "mean_reprojection_error", "timings", "memory")
-
-
-class RunManifest:
-    """``run.json``: configuration, versions, device and each window's status, kept current.
-
-    In a multi-process run, process 0 writes ``run.json`` (folding in what the others have
-    recorded so far) and each other process its own ``.run.rank<N>.json``, merged at the end.
-    """
-
-    def __init__(self, config: Any, frames: Sequence[Any], windows: Sequence[Any],
-                 reconstructor: Any, group: Any) -> None:
-        """Start the record of a run of ``config`` (a
-        :class:`pipeline.runner.config.PipelineConfig`)
-        over ``frames`` and ``windows`` by ``reconstructor``, in process ``group`` (see
-        :class:`pipeline.exec.distributed.ProcessGroup`)."""
-        out = Path(config.output_dir)
-        self.group = group
-        self.out = out
-        self.path = out / RUN_MANIFEST if group.is_main else self._part(group.rank)
-        self.records: dict[int, dict[str, Any]] = {}
-        self.data: dict[str, Any] = {
-            "pipeline_version": __version__, "status": "running", "started_at": now(),
-            "finished_at": None, "wall_time": None, "config": config.to_json(),
-            "reconstructor": reconstructor.describe(), "versions": package_versions(),
-            "device": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                       "reconstructor": reconstructor.device},
-            "process": {"pid": os.getpid(), "host": platform.node()},
-            "frames": {"count": len(frames), "first": frames[0].name, "last": frames[-1].name},
-            "plan": None, "num_windows": len(windows), "summary": {}, "error": None,
-            "memory": None, "profile": None, "windows": [],
-        }
-        if group.world_size > 1:
-            self.data["processes"] = []
-
-    def add(self, record: dict[str, Any], *, skipped: bool = False) -> None:
-        entry = {k: record.get(k) for k in _MANIFEST_KEYS}
-        entry["skipped"] = skipped
-        self.records[record["window_index"]] = entry
-
-    def _part(self, rank: int) -> Path:
-        """Where process ``rank`` (not 0) keeps its records during a multi-process run."""
-        return self.out / f".run.rank{rank}.json"
-
-    def _parts(self) -> list[dict[str, Any]]:
-        """The other processes' records so far (process 0 of a multi-process run only)."""
-        if not self.group.is_main or self.group.world_size == 1:
-            return []
-        parts = []
-        for rank in range(1, self.group.world_size):
-            try:
-                parts.append(json.loads(self._part(rank).read_text()))
-            except (OSError, ValueError):
-                continue
-        return parts
-
-    def write(self, status: str = "running", wall_time: float | None = None) -> None:
-        records = dict(self.records)
-        parts = self._parts()
-        for part in parts:
-            records.update({w["window_index"]: w for w in part["windows"]})
-        windows = [records[i] for i in sorted(records)]
-        self.data.update(status=status, windows=windows, summary={
-            "ok": sum(w["status"] == "ok" for w in windows),
-            "failed": sum(w["status"] == "failed" for w in windows),
-            "skipped": sum(w["skipped"] for w in windows),
-            "pending": self.data["num_windows"] - len(windows)})
-        entries = failure_digest(windows)
-        note = calibration_entry(self.data.get("calibration"), windows)
-        self.data["digest"] = digest_json(entries + ([note] if note else []))
-        if "processes" in self.data:
-            mine = list(self.records.values())
-            self.data["processes"] = [self._process_entry(self.data, mine, self.group.rank)] + [
-                self._process_entry(part, part["windows"], rank)
-                for rank, part in enumerate(parts, start=1)]
-        if status != "running":
-            self.data.update(finished_at=now(), wall_time=wall_time)
-
-        write_json(self.path, self.data)
-
-    @staticmethod
-    def _process_entry(data: dict[str, Any], windows: list[dict[str, Any]],
-                       rank: int) -> dict[str, Any]:
-        return {"rank": rank, "status": data["status"], "device": data["device"]["reconstructor"],
-                "memory": data["memory"], "profile": data["profile"],
-                "windows": sorted(w["window_index"] for w in windows if not w["skipped"])}
-
-    def finish(self, status: str, wall_time: float, error: str | None = None) -> None:
-        """Write the final state; process 0 waits for the others and merges their records.
-        A manifest that cannot be written (a full disk) is logged, never raised: the run's own
-        outcome is what the caller reports."""
-        self.data["error"] = error
-        try:
-            self._finish(status, wall_time)
-        except (PipelineError, OSError) as exc:
-            logger.error("cannot record the end of the run in %s: %s", self.path, exc)
-
-    def _finish(self, status: str, wall_time: float) -> None:
-        self.write(status, wall_time)
-        if self.group.world_size == 1 or status != "finished":
-            return  # an interrupted process does not wait for the others
-        self.group.barrier()
-        if self.group.is_main:
-            parts = self._parts()
-            if any(p["status"] != "finished" for p in parts):
-                status = "interrupted"
-            self.write(status, wall_time)
-            for rank in range(1, self.group.world_size):
-                self._part(rank).unlink(missing_ok=True)
-
-
-def package_versions() -> dict[str, str | None]:
-    """Versions of Python and of the packages that shape the results (without importing them)."""
-    versions: dict[str, str | None] = {"python": platform.python_version(), "pipeline": __version__}
-    for name in ("numpy", "pycolmap", "torch", "pillow", "av", "tqdm"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions

@@ -260,7 +260,7 @@ class DatasetManifest:
 
     def __init__(self, out: Path, config: Any, reconstructor: Any,
                  sources: Sequence[SequenceSource]) -> None:
-        from .output import now, package_versions
+        from .run_record import now, package_versions
 
         self.path = Path(out) / DATASET_MANIFEST
         self.sources = {s.name: s for s in sources}
@@ -290,7 +290,7 @@ class DatasetManifest:
     def finish(self, status: str, wall_time: float, error: str | None, plans: Sequence[Any],
                governor: Any, profile: Any) -> None:
         """The final record (never raises: the run's own outcome is what counts)."""
-        from .output import now
+        from .run_record import now
 
         for plan in plans:
             counts = plan.manifest.data.get("summary") or {}

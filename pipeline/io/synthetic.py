@@ -134,9 +134,9 @@ class SyntheticSequence:
 
 @dataclass(kw_only=True)
 class SceneTruth:
-    """The whole truth of a rendered scene, read back from ``ground_truth.npz`` (intrinsics, poses,
-    depth; see :func:`load_ground_truth`). :class:`pipeline.post.evaluate.GroundTruth` is the poses
-    any
+    """The whole truth of a rendered scene, read back from ``ground_truth.npz`` (intrinsics,
+    poses, depth; see :func:`load_ground_truth`). :class:`pipeline.post.ground_truth.GroundTruth`
+    is the poses any
     ground truth on disk gives."""
 
     K: np.ndarray

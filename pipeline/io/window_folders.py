@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import DiskFullError
+from ..core.results import STATUS_FAILED, STATUS_OK
 from ..infra.files import remove_tree, write_json
 from ..infra.tempdirs import pid_alive
 from .frames import Frame
@@ -67,17 +68,17 @@ def finalize_window(staging: Path, final_dir: Path, info: dict[str, Any], *,
     """
     if images == "none":
         shutil.rmtree(staging / "images", ignore_errors=True)
-    if info["status"] == "ok":
+    if info["status"] == STATUS_OK:
         rec, problem = load_registered_model(staging / "sparse", info["registered_frames"])
         if problem:
             if disk_nearly_full(staging):
                 raise DiskFullError(staging / "sparse", None)
-            info.update(status="failed", error=f"written model unusable: {problem}")
+            info.update(status=STATUS_FAILED, error=f"written model unusable: {problem}")
         elif checks is not None:
             info["checks"] = checks.record(rec)
             problem = checks.problem(rec)
             if problem:
-                info.update(status="failed", error=problem)
+                info.update(status=STATUS_FAILED, error=problem)
     info["files"] = list_files(staging)
     write_json(staging / WINDOW_INFO, info)
     return swap_into_place(staging, final_dir)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ..core.results import BatchReport, WindowResult
 from ..core.windows import Window
 from ..io.frames import Frame
-from ..io.output import options_signature
+from ..io.signature import options_signature
 
 if TYPE_CHECKING:
     from ..exec.executor import CpuPool, FrameLoader, Pending
@@ -153,7 +153,7 @@ class Reconstructor(abc.ABC):
         more of the sequence than their own frames. Does no work yet."""
 
     def window_context(self, window: Window[Frame]) -> str | None:
-        """:func:`pipeline.io.output.frames_hash` of the frames besides the window's own whose
+        """:func:`pipeline.io.signature.frames_hash` of the frames besides the window's own whose
         content decides its result (it joins the resume signature); ``None``: only its own."""
         return None
 
@@ -163,7 +163,7 @@ class Reconstructor(abc.ABC):
 
     def signature_options(self) -> Any:
         """Every option that decides this reconstructor's results, as JSON: the resume
-        signature's ``options`` (see :func:`pipeline.io.output.options_signature`). Derived from
+        signature's ``options`` (see :func:`pipeline.io.signature.options_signature`). Derived from
         the ``options`` attribute, so that a new option is part of it without further code."""
         return options_signature(getattr(self, "options", None))
 

@@ -15,8 +15,6 @@ import contextlib
 import json
 import logging
 import math
-import multiprocessing
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
@@ -31,26 +29,29 @@ import pycolmap
 from ..algo import calibration as calib
 from ..algo import classical_sfm as seq
 from ..algo.colmap_options import (
-    copy_options,
     global_mapping_options,
     mapping_options,
-    reader_options,
+)
+from ..algo.window_sfm import (
+    WINDOW_TEMP_PREFIX,
+    ColmapWindowJob,
+    reconstruct_window,
+    write_and_judge,
 )
 from ..core.cameras import CAMERA_PARAMS, CAMERA_TYPES
 from ..core.errors import InputError
-from ..core.results import STATUS_OK, BatchReport, WindowResult
+from ..core.results import BatchReport, WindowResult
 from ..core.windows import Window
-from ..exec.executor import completed, cores
-from ..infra.memory import PeakMeter, memory_record, reset_peak
+from ..exec.executor import CpuPool, completed, cores
+from ..infra.memory import PeakMeter
 from ..infra.options import option
-from ..infra.processes import exit_with_parent, stop_workers
-from ..infra.tempdirs import explain, make_temp, remove_dead_temps
+from ..infra.tempdirs import explain, remove_dead_temps
 from ..io.frames import Frame
-from ..io.output import frames_hash, options_signature, stable_hash
+from ..io.signature import frames_hash, options_signature, stable_hash
 from .base import Reconstructor, colmap_log_level
 
 if TYPE_CHECKING:
-    from ..exec.executor import CpuPool, Pending
+    from ..exec.executor import Pending
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +85,6 @@ def _default_global_mapping() -> pycolmap.GlobalPipelineOptions:
 PROGRESS_POLL_S = 0.5
 """How often a long COLMAP job is asked how far it is."""
 
-WINDOW_TEMP_PREFIX = "window-colmap-"
-"""Temporary folders where COLMAP reconstructs a window alone."""
 TEMP_PREFIXES = (WINDOW_TEMP_PREFIX, seq.TEMP_PREFIX)
 
 GROUP = "colmap"
@@ -199,8 +198,9 @@ class ColmapReconstructor(Reconstructor):
     def __init__(self, options: ColmapOptions | None = None) -> None:
         self.options = options or ColmapOptions()
         remove_dead_temps(TEMP_PREFIXES)  # what runs that were killed left
-        self._pool: ProcessPoolExecutor | None = None
-        self._pool_size = 0
+        self._own: CpuPool | None = None
+        """Its own workers, when no executor's pool is attached (``reconstruct_batch`` called
+        directly)."""
         self._shared: CpuPool | None = None
         self._sequence: _Sequence | None = None
 
@@ -559,7 +559,7 @@ class ColmapReconstructor(Reconstructor):
                     f"within frames {chunk.start}-{chunk.stop - 1} of the sequence: too few "
                     "matches, or too little camera motion")
             else:
-                result = _finish(rec, names, staging / "sparse", options)
+                result = write_and_judge(rec, names, staging / "sparse", options)
         result.details.update(chunk=[chunk.start, chunk.stop - 1], chunk_models=len(models))
         record = self.calibration_record()
         if record is not None:
@@ -628,24 +628,21 @@ class ColmapReconstructor(Reconstructor):
             return WindowResult.failure(explain(f"{type(exc).__name__}: {exc}"))
 
     def _get_pool(self, workers: int) -> ProcessPoolExecutor:
+        """The executor's workers when attached, else its own pool of ``workers`` (a larger one
+        serves as well)."""
         if self._shared is not None:
             return self._shared.executor()
-        if self._pool is None or self._pool_size < workers:  # a larger pool serves as well
+        if self._own is None or self._own.workers < workers:
             self._shutdown_pool()
-            # spawn: forking a process that already runs threads (pycolmap, torch) can deadlock
-            ctx = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                                             initializer=exit_with_parent,
-                                             initargs=(os.getpid(),))
-            self._pool_size = workers
-        return self._pool
+            self._own = CpuPool(workers)
+        return self._own.executor()
 
     def _shutdown_pool(self) -> None:
         if self._shared is not None:
             self._shared.restart()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        if self._own is not None:
+            self._own.close(cancel=True)
+            self._own = None
         if self._sequence is not None:  # jobs of a broken pool are resubmitted when needed
             s = self._sequence
             if s.store_job is not None and not _succeeded(s.store_job):
@@ -664,28 +661,10 @@ class ColmapReconstructor(Reconstructor):
             self._sequence = None
 
     def __exit__(self, exc_type: object, *exc_info: object) -> None:
-        if exc_type is not None and self._pool is not None:  # interrupted: stop the workers now
-            stop_workers(self._pool)
-            self._pool = None
+        if exc_type is not None and self._own is not None:  # interrupted: stop the workers now
+            self._own.stop()
+            self._own = None
         self.close()
-
-
-@dataclass(kw_only=True)
-class ColmapWindowJob:
-    """One window reconstructed from its own frames, in a worker process."""
-
-    names: list[str]
-    """Its frames' names (``staging/images/<name>``)."""
-    staging: Path
-    """Its staging folder (``sparse/`` goes there)."""
-    options: ColmapOptions
-    """The window's options."""
-
-    def run(self) -> WindowResult:
-        return reconstruct_window(self.names, self.staging, self.options)
-
-    def nbytes(self) -> int:
-        return 0
 
 
 def _count(windows: Sequence[Window[Frame]]) -> str:
@@ -755,7 +734,7 @@ def _store_options(options: ColmapOptions) -> dict[str, Any]:
 
 
 def _mapping_key(options: ColmapOptions, focal: dict[int, float]) -> str:
-    from ..io.output import options_signature, stable_hash
+    from ..io.signature import options_signature, stable_hash
 
     return stable_hash([options.chunk_mapper, options.global_min_frames,
                    options_signature(mapping_options(options)),
@@ -782,96 +761,3 @@ def _window_options(window: Window[Frame], options: ColmapOptions) -> ColmapOpti
                        window.index)
         return replace(options, shared_camera=False)
     return options
-
-
-def reconstruct_window(names: list[str], staging_dir: Path, options: ColmapOptions) -> WindowResult:
-    """Reconstruct one window whose frames are ``staging_dir/images/<name>``.
-
-    Writes the largest model to ``staging_dir/sparse/`` (binary COLMAP files and ``points.ply``).
-    Catches every error and returns it as a failed result.
-    """
-    stages: dict[str, dict[str, float]] = {}
-    reset_peak()  # the window's peak, in the process that reconstructs it
-    meter = PeakMeter()
-    # COLMAP's SQLite database lives in local temporary space: SQLite is unsafe on network
-    # filesystems, and a full output disk makes COLMAP abort inside SQLite
-    work = make_temp(WINDOW_TEMP_PREFIX)
-    try:
-        pycolmap.logging.minloglevel = options.colmap_log_level
-        pycolmap.set_random_seed(0)  # the same start whatever this worker ran before
-        rec = _run_sfm(names, staging_dir / "images", work, options, meter, stages)
-        with meter.stage("export", stages):
-            result = _finish(rec, names, staging_dir / "sparse", options)
-    except Exception as exc:  # noqa: BLE001 - recorded in the window's result
-        logger.debug("window in %s failed", staging_dir, exc_info=True)
-        result = WindowResult.failure(explain(f"{type(exc).__name__}: {exc}"))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    result.stages = stages
-    result.timings = {name: span["seconds"] for name, span in stages.items()}
-    result.memory = ({"peak_rss_mb": max(s["rss_peak_mb"] for s in stages.values())}
-                     if stages else memory_record())
-    return result
-
-
-def _run_sfm(names: list[str], image_dir: Path, work: Path, options: ColmapOptions,
-             meter: PeakMeter, stages: dict[str, dict[str, float]]
-             ) -> pycolmap.Reconstruction | None:
-    """Extract, match and map (each a measured stage in ``stages``); return the model that
-    registers the most frames (or None)."""
-    db = work / "database.db"
-    extraction = copy_options(options.extraction)
-    extraction.num_threads = options.num_threads
-    mode = pycolmap.CameraMode.SINGLE if options.shared_camera else pycolmap.CameraMode.PER_IMAGE
-    with meter.stage("features", stages):
-        seq.extract_in_order(db, image_dir, names, camera_mode=mode,
-                             reader=reader_options(options), extraction=extraction)
-    matching = copy_options(options.matching)
-    matching.num_threads = options.num_threads
-    pairing = pycolmap.SequentialPairingOptions()
-    pairing.overlap = max(1, min(options.pairing_overlap, len(names) - 1))
-    pairing.quadratic_overlap = options.quadratic_overlap
-    pairing.num_threads = options.num_threads
-    with meter.stage("matching", stages):
-        pycolmap.match_sequential(db, matching_options=matching, pairing_options=pairing,
-                                  verification_options=options.verification,
-                                  device=pycolmap.Device.cpu)
-    mapping = mapping_options(options)
-    with meter.stage("mapping", stages):
-        models = pycolmap.incremental_mapping(db, image_dir, work / "models", options=mapping)
-    if not models:
-        return None
-    return max(models.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
-
-
-def _finish(rec: pycolmap.Reconstruction | None, names: list[str], sparse_dir: Path,
-            options: ColmapOptions) -> WindowResult:
-    """Write the model and judge the window by how many frames it registered."""
-    if rec is None:
-        return WindowResult.failure("COLMAP found no model: too few matches, or too little "
-                                    "camera motion within the window to triangulate (try "
-                                    "--frame-step or a longer window)")
-    registered = sorted((rec.images[i].name for i in rec.reg_image_ids()), key=names.index)
-    anchor_to_first_frame(rec, registered[0])
-    sparse_dir.mkdir(parents=True, exist_ok=True)
-    rec.write(sparse_dir)
-    rec.export_PLY(sparse_dir / "points.ply")
-    needed = max(2, math.ceil(options.min_registered_fraction * len(names)))
-    result = WindowResult(
-        status=STATUS_OK, registered_frames=registered, num_points3D=rec.num_points3D(),
-        mean_reprojection_error=float(rec.compute_mean_reprojection_error()),
-        details={"num_cameras": rec.num_cameras(), "camera_type": options.camera_type,
-                 "shared_camera": options.shared_camera})
-    if len(registered) < needed:
-        result.status, result.error = "failed", (
-            f"only {len(registered)} of {len(names)} frames registered (need {needed})")
-    return result
-
-
-def anchor_to_first_frame(rec: pycolmap.Reconstruction, name: str) -> None:
-    """Move the model's world frame onto the camera of frame ``name`` (its pose becomes identity).
-
-    The scale stays COLMAP's (arbitrary); only rotation and translation change.
-    """
-    pose = rec.find_image_with_name(name).cam_from_world()
-    rec.transform(pycolmap.Sim3d(1.0, pose.rotation, pose.translation))

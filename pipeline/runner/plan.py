@@ -24,15 +24,9 @@ from ..infra.lock import OutputLock
 from ..io.frames import (
     Frame,
 )
-from ..io.output import (
-    PLAN,
-    RunManifest,
-    check_window,
-    read_window_info,
-    refresh_links,
-    window_signature,
-    write_plan,
-)
+from ..io.output import PLAN, check_window, read_window_info, refresh_links, write_plan
+from ..io.run_record import RunManifest
+from ..io.signature import window_signature
 from ..io.window_folders import (
     remove_stale_staging,
 )

@@ -34,9 +34,7 @@ from ..infra.memory import MemoryGovernor, StageTable, budget_mb
 from ..io.frames import (
     Frame,
 )
-from ..io.output import (
-    RunManifest,
-)
+from ..io.run_record import RunManifest
 from ..reconstructors import (
     STATUS_OK,
     Reconstructor,

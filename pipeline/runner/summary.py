@@ -13,11 +13,8 @@ from ..core.failures import (
     failure_digest,
     plural,
 )
+from ..core.results import STATUS_FAILED, STATUS_OK
 from ..infra.memory import StageTable
-from ..reconstructors import (
-    STATUS_FAILED,
-    STATUS_OK,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +52,7 @@ class RunSummary:
     @property
     def failed_sequences(self) -> list[dict[str, Any]]:
         """The sequences of a run over many that could not be read or were too short."""
-        return [s for s in self.sequences or [] if s["status"] == "failed"]
+        return [s for s in self.sequences or [] if s["status"] == STATUS_FAILED]
 
     def count(self, status: str) -> int:
         """Windows whose status is ``status``."""

@@ -26,11 +26,9 @@ from ..io.frames import (
     Frame,
     prepare_frames,
 )
-from ..io.output import (
-    WindowChecks,
-    now,
-    window_signature,
-)
+from ..io.output import WindowChecks
+from ..io.run_record import now
+from ..io.signature import window_signature
 from ..io.window_folders import (
     create_staging,
     discard_staging,

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ROOT
 from pipeline.core.windows import Window
 from pipeline.infra.lock import OutputBusyError, OutputLock
-from pipeline.io.output import (
-    check_window,
+from pipeline.io.output import check_window, planned_windows
+from pipeline.io.signature import (
     options_signature,
-    planned_windows,
     signature_difference,
     stable_hash,
     window_signature,
@@ -306,7 +306,7 @@ def test_lock_is_exclusive_and_names_its_holder(tmp_path):
         ],
         stdout=subprocess.PIPE,
         text=True,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=ROOT,
     )
     try:
         assert holder.stdout.readline().strip() == "locked"

@@ -4,15 +4,15 @@ One forward pass (about 1 minute and 6.5 GB on 2 CPU cores), shared by every che
 Tolerances are those of ``shared/golden/README.md`` (max absolute difference, float32, CPU).
 """
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import ROOT
 from pipeline.algo.models import VGGTConfig, build_model, load_rule_weights_
 
-GOLDEN = Path(__file__).resolve().parents[2].parent / "shared" / "golden" / "vggt_1b_golden.npz"
+GOLDEN = ROOT.parent / "shared" / "golden" / "vggt_1b_golden.npz"
 
 pytestmark = pytest.mark.slow
 

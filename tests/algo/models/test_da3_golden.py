@@ -6,16 +6,16 @@ depth itself barely varies under these weights, so its logits are compared inste
 The base pass takes about 20 s on 2 cores, the large one about 50 s (marked slow).
 """
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import ROOT
 from pipeline.algo.models.da3 import DA3Config, build_da3, normalize_images
 from pipeline.algo.models.generated_weights import load_rule_weights_
 
-GOLDEN_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "golden"
+GOLDEN_DIR = ROOT.parent / "shared" / "golden"
 TOLERANCES = {
     "depth_logits": 2e-6,
     "ray_logits": 5e-6,

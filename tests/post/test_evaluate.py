@@ -10,22 +10,17 @@ import pytest
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
+from conftest import ROOT
 from pipeline.cli.evaluate import main
 from pipeline.core.errors import InputError
 from pipeline.core.geometry import Sim3, camera_centers, invert_pose, rotmat_to_quat_xyzw
 from pipeline.core.windows import Window
-from pipeline.post.evaluate import (
-    EvaluateOptions,
-    evaluate_output,
-    format_report,
-    load_ground_truth_poses,
-    load_window_poses,
-    match_names,
-    read_ground_truth,
-)
+from pipeline.io.output import read_window_poses
+from pipeline.post.evaluate import EvaluateOptions, evaluate_output, format_report, match_names
+from pipeline.post.ground_truth import load_ground_truth_poses, read_ground_truth
 from tests.helpers import finish_window, write_model, write_test_plan
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = ROOT
 SEVEN_SCENES = Path("/work/shared/data/real/7scenes_redkitchen_000_199")
 N = 12
 NAMES = [f"frame_{i:03d}.png" for i in range(N)]
@@ -101,10 +96,10 @@ def output(tmp_path):
 
 # ---- readers ---------------------------------------------------------------------------------
 
-def test_load_window_poses_round_trip(tmp_path):
+def test_window_poses_round_trip(tmp_path):
     poses = S_A.transform_poses(gt_poses(5))
     wdir = write_window(tmp_path, 0, NAMES[:5], poses)
-    loaded = load_window_poses(wdir)
+    loaded = read_window_poses(wdir)
     assert sorted(loaded) == NAMES[:5]
     for name, pose in zip(NAMES, poses):
         np.testing.assert_allclose(loaded[name], pose, atol=1e-12)
@@ -313,14 +308,14 @@ def test_main_writes_json_and_table(output, tmp_path, capsys):
 def test_a_read_only_output_is_still_scored(output, tmp_path, capsys, monkeypatch):
     """A folder that refuses writes (a read-only mount) gets its table and a warning; a
     report asked for by ``--json`` that cannot be written is an error."""
+    import pipeline.infra.files as files
     import pipeline.io.plots as plots
-    import pipeline.post.evaluate as evaluate
 
     def refuse(path, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))
 
     monkeypatch.setattr(plots, "plot_trajectory", refuse)
-    monkeypatch.setattr(evaluate.os, "replace", refuse)
+    monkeypatch.setattr(files.os, "replace", refuse)
     gt_dir = write_synthetic_gt(tmp_path / "gt")
     assert main(["--pred", str(output), "--gt", str(gt_dir)]) == 0
     captured = capsys.readouterr()

@@ -2,14 +2,14 @@
 order)."""
 
 import ast
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import ROOT
 from pipeline.algo.models.da3 import DA3Config, build_da3
 
-GOLDEN_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "golden"
+GOLDEN_DIR = ROOT.parent / "shared" / "golden"
 VARIANTS = {  # manifest file stem -> (model_name, key count)
     "da3_small": ("da3-small", 443),
     "da3_base": ("da3-base", 443),

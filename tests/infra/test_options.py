@@ -137,7 +137,7 @@ def test_default_flags_build_the_reconstructors_default_options(name):
     """The flags' defaults and the options classes' defaults agree (one would drift otherwise):
     a configuration left at its defaults builds the same result-deciding options as the options
     class does by itself, apart from the lowest automatic resolution (set only from flags)."""
-    from pipeline.io.output import options_signature
+    from pipeline.io.signature import options_signature
     from pipeline.reconstructors import reconstructor_class
     from pipeline.reconstructors.colmap import ColmapOptions
     from pipeline.reconstructors.da3 import Da3Options

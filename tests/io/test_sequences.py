@@ -147,7 +147,7 @@ def test_classical_dataset_run(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="pipeline"):
         assert cli("--input-root", str(root), "--output-dir", str(out), *SMALL[:-1],
                    "--reconstructor", "colmap") == 1  # a sequence could not be read
-    planned = [r.getMessage() for r in caplog.records if r.name == "pipeline.runner"
+    planned = [r.getMessage() for r in caplog.records if r.name.startswith("pipeline.runner")
                and r.levelno == logging.INFO and "->" in r.getMessage()]
     # one line for all sequences (each one's own is at debug level)
     assert planned == ["2 sequences, 1 failed to load (skipped): 16 frames -> 4 windows: 4 to do, "

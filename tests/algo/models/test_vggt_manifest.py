@@ -1,12 +1,12 @@
 """The module tree's state_dict equals the released VGGT-1B checkpoint manifest."""
 
-from pathlib import Path
 
 import pytest
 
+from conftest import ROOT
 from pipeline.algo.models import VGGTConfig, build_model
 
-MANIFEST = Path(__file__).resolve().parents[2].parent / "shared" / "golden" / "vggt_1b_keys.tsv"
+MANIFEST = ROOT.parent / "shared" / "golden" / "vggt_1b_keys.tsv"
 
 
 def _manifest():
