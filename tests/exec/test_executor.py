@@ -92,8 +92,9 @@ def executor_over(jobs: dict[int, object], pool: CpuPool, tmp_path: Path, *, bat
     records: list[dict] = []
     batches: list[list[int]] = []
 
-    class Reconstructor:
+    class Reconstructor:  # what the executor calls of one (pipeline.reconstructors.base)
         progress = None
+        prepares_ahead = False
 
         def attach_pool(self, pool):
             pass
