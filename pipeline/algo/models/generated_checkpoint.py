@@ -30,12 +30,20 @@ def generated_vggt(config: VGGTConfig | None = None) -> VGGT:
     """A VGGT of ``config`` (default VGGT-1B) with generated weights and a valid camera head."""
     config = config or VGGTConfig.vggt_1b()
     model = load_rule_weights_(build_model(config, device="meta"))
+    return valid_cameras_(model).eval()
+
+
+def valid_cameras_(model: VGGT) -> VGGT:
+    """Make the camera head of a VGGT with generated weights (any values) predict a valid
+    camera for every frame: its last layer scaled down and biased towards a near-identity pose
+    with a field of view of :data:`FIELD_OF_VIEW`. In place; returns ``model``."""
     last = model.camera_head.pose_branch.fc2
-    target = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, FIELD_OF_VIEW, FIELD_OF_VIEW])
+    target = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, FIELD_OF_VIEW, FIELD_OF_VIEW],
+                          device=last.bias.device)
     with torch.no_grad():  # each refinement iteration adds the head's output to the encoding
         last.weight.mul_(0.01)
-        last.bias.copy_(target / config.camera_iterations)
-    return model.eval()
+        last.bias.copy_(target / model.config.camera_iterations)
+    return model
 
 
 def write_generated_checkpoint(folder: str | Path, config: VGGTConfig | None = None) -> Path:
