@@ -11,7 +11,8 @@ from pathlib import Path
 from ..core.errors import InputError, PipelineError
 from ..infra.lock import OutputLock
 from ..infra.options import from_flags
-from ..post.merge import MergeOptions, merge_output
+from ..post.merge import merge_output
+from ..post.merge_options import MergeOptions
 from .parsers import OneLineParser, add_flags, one_line
 
 

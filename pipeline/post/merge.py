@@ -39,40 +39,13 @@ from scipy.spatial.transform import Rotation
 from ..core.errors import DiskFullError, InputError, PipelineError
 from ..core.geometry import Sim3, camera_centers, robust_sim3, tum_lines
 from ..infra.files import NO_SPACE, write_json
-from ..infra.options import option
 from ..io.output import open_window_model, planned_windows, read_plan
 from ..io.window_folders import discard_staging, remove_stale_staging, staging_for, swap_into_place
+from .merge_options import MergeOptions
 
 logger = logging.getLogger(__name__)
 
 MERGED_DIR = "merged"
-
-MERGE = "merge"
-"""The ``--help`` section of the merge flags."""
-
-
-@dataclass(kw_only=True)
-class MergeOptions:
-    """Settings of :func:`merge_output` (``--merge``, and
-    ``python -m pipeline.merge``)."""
-
-    min_shared_frames: int = option(3, group=MERGE, kind="int", metavar="N")
-    """Windows sharing fewer registered frames than this are not joined."""
-    depth_grid: int = option(32, group=MERGE, kind="int", metavar="N")
-    """Shared frames with predicted depth in both windows (vggt --save-depth) add
-    correspondences on a grid of this many columns (rows in proportion): the same pixel
-    back-projected by each window."""
-    max_camera_error: float = option(0.05, group=MERGE, kind="positive_float",
-                                     metavar="FRACTION")
-    """A pair is rejected when, after alignment, the shared camera centres differ (RMS) by more
-    than this fraction of the scene depth (the median camera-to-point distance of the window)."""
-    refine: bool = option(True, group=MERGE, kind="bool")
-    """Refine all window transforms jointly after chaining them (a Sim(3) pose graph)."""
-    voxel_fraction: float = option(0.002, group=MERGE, kind="positive_float",
-                                   metavar="FRACTION")
-    """Voxel size for downsampling the merged points, as a fraction of their extent (the
-    diagonal of the box holding the central 98% of the points)."""
-
 
 
 

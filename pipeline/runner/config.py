@@ -11,7 +11,7 @@ from typing import Any
 
 from ..core.cameras import CAMERA_TYPES
 from ..infra.options import option, options_field
-from ..post.merge import MergeOptions
+from ..post.merge_options import MergeOptions
 from ..reconstructors import registered_flags
 
 IMAGE_MODES = ("link", "copy", "none")

@@ -35,7 +35,7 @@ from ..io.sequences import (
     index_entry,
     sequence_failure_entry,
 )
-from ..post.merge import MergeOptions
+from ..post.merge_options import MergeOptions
 from ..reconstructors import (
     Reconstructor,
 )

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..exec.distributed import ProcessGroup
 from ..io.frames import Frame
-from ..post.merge import MergeOptions
+from ..post.merge_options import MergeOptions
 from ..reconstructors import reconstructor_class
 from .choice import build_for_run, resolve_choice
 from .config import PipelineConfig

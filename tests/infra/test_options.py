@@ -19,7 +19,7 @@ from pipeline.infra.options import (
     flag_of,
     flagged_fields,
 )
-from pipeline.post.merge import MergeOptions
+from pipeline.post.merge_options import MergeOptions
 from pipeline.reconstructors import unread_options
 from pipeline.runner.config import PipelineConfig
 

@@ -17,7 +17,8 @@ from pipeline.core.geometry import Sim3, ate, camera_centers
 from pipeline.core.windows import create_windows
 from pipeline.io.synthetic import RenderOptions, camera_path, intrinsics
 from pipeline.post.evaluate import evaluate_output
-from pipeline.post.merge import MergeOptions, merge_output
+from pipeline.post.merge import merge_output
+from pipeline.post.merge_options import MergeOptions
 from tests.helpers import finish_window, write_test_plan
 
 N_FRAMES = 60
