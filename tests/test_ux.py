@@ -241,9 +241,39 @@ def test_progress_names_the_stage_and_window(tmp_path):
     counts = [s for s in seen if s.startswith("building the feature store: ")]
     assert all(re.fullmatch(r"building the feature store: (features \d+/8|matching \d+/\d+ "
                             r"pairs)", s) for s in counts), counts
-    seen = [s for s in seen if s not in counts]  # how far the store is, when it was asked
-    assert seen[:2] == ["building the feature store", "mapping frames 0-7"]
+    mapped = [s for s in seen if s.startswith("mapping chunk 1/1 (frames 0-7): ")]
+    assert mapped in ([], ["mapping chunk 1/1 (frames 0-7): 0/1 mapped"]), mapped
+    seen = [s for s in seen if s not in counts + mapped]  # how far, when it was asked
+    assert seen[:2] == ["building the feature store", "mapping chunk 1/1 (frames 0-7)"]
     assert seen[2:] == ["export, window 0", "export, window 1"]
+
+
+def test_progress_counts_the_chunks_mapped(tmp_path):
+    """With several chunks the bar says which chunk is awaited and how many are mapped."""
+    from pipeline.core.windows import create_windows
+    from pipeline.io.frames import list_image_files, prepare_frames
+    from pipeline.runner import build_reconstructor, process_window_batch
+    from pipeline.runner.config import PipelineConfig
+
+    config = PipelineConfig(output_dir=tmp_path / "out", input_dir=IMAGES,
+                            reconstructor="colmap", window_size=4, window_stride=4,
+                            chunk_frames=8, cpu_workers=1)
+    framed = prepare_frames(list_image_files(IMAGES)[:16], tmp_path / "cache",
+                            show_progress=False)
+    windows = create_windows(framed, 4, 4)
+    seen: list[str] = []
+    with build_reconstructor(config) as reconstructor:
+        reconstructor.progress = seen.append
+        reconstructor.plan_sequence(framed, windows, tmp_path / "out")
+        process_window_batch(windows, 0, config, reconstructor=reconstructor)
+    chunks = len(reconstructor_chunks := {s.split(" (")[0] for s in seen
+                                          if s.startswith("mapping chunk ")})
+    assert chunks >= 2, seen
+    total = int(next(iter(reconstructor_chunks)).split("/")[1])
+    assert reconstructor_chunks == {f"mapping chunk {i}/{total}" for i in range(1, total + 1)}
+    counts = [int(s.rsplit(": ", 1)[1].split("/")[0]) for s in seen
+              if s.startswith("mapping chunk ") and s.endswith(" mapped")]
+    assert counts == sorted(counts) and all(0 <= c < total for c in counts), seen
 
 
 # ---- timestamps --------------------------------------------------------------------------------

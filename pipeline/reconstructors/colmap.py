@@ -390,8 +390,8 @@ class ColmapReconstructor(Reconstructor):
             if chunk.index not in s.chunk_jobs:  # dropped with a pool that broke
                 self._submit_chunks()
             try:
-                self._wait(s.chunk_jobs[chunk.index], f"mapping frames {chunk.start}-"
-                           f"{chunk.stop - 1}", self._chunk_key(chunk))
+                self._wait(s.chunk_jobs[chunk.index], self._mapping_text(chunk),
+                           self._chunk_key(chunk), progress=self._chunks_mapped)
             except RuntimeError:  # no evidence; its windows fail with the reason
                 continue
             evidence[chunk.name] = self._chunk_record(chunk).get("evidence") or {}
@@ -456,12 +456,22 @@ class ColmapReconstructor(Reconstructor):
         self._calibrate()
         self._submit_chunks()
         self._check_calibration()
-        self._wait(s.chunk_jobs[chunk.index],
-                   f"mapping frames {chunk.start}-{chunk.stop - 1}", self._chunk_key(chunk))
+        self._wait(s.chunk_jobs[chunk.index], self._mapping_text(chunk), self._chunk_key(chunk),
+                   progress=self._chunks_mapped)
         while len(s.models) >= 2:  # a chunk's model holds every keypoint: keep two at most
             s.models.pop(next(iter(s.models)))
         s.models[chunk.index] = self._load_chunk(chunk)
         return s.models[chunk.index]
+
+    def _mapping_text(self, chunk: seq.Chunk) -> str:
+        """What the progress bar says while a chunk is awaited."""
+        return (f"mapping chunk {chunk.index + 1}/{len(self._sequence.chunks)} "
+                f"(frames {chunk.start}-{chunk.stop - 1})")
+
+    def _chunks_mapped(self) -> str:
+        """How many chunks are mapped so far (they map in parallel workers)."""
+        s = self._sequence
+        return f"{sum(_succeeded(j) for j in s.chunk_jobs.values())}/{len(s.chunks)} mapped"
 
     def _load_chunk(self, chunk: seq.Chunk) -> list[pycolmap.Reconstruction]:
         """Load a chunk's models: from the output folder's cache when it has them, else from
@@ -477,9 +487,8 @@ class ColmapReconstructor(Reconstructor):
                 shutil.rmtree(cached, ignore_errors=True)
                 self._sequence.chunk_jobs.pop(chunk.index, None)
                 self._submit_chunks()
-                self._wait(self._sequence.chunk_jobs[chunk.index],
-                           f"mapping frames {chunk.start}-{chunk.stop - 1}",
-                           self._chunk_key(chunk))
+                self._wait(self._sequence.chunk_jobs[chunk.index], self._mapping_text(chunk),
+                           self._chunk_key(chunk), progress=self._chunks_mapped)
         models = seq.load_models(work)
         self._keep_chunk(chunk)
         return models
@@ -536,6 +545,8 @@ class ColmapReconstructor(Reconstructor):
         if self._sequence is None or any(w.index not in self._sequence.chunk_of
                                          for w in windows):
             self._plan_batch_alone(windows)
+        elif self._sequence.store_job is None:  # planned, but not started (library use)
+            self.start(windows)
         return [self._cut(window, Path(staging)) for window, staging in zip(windows,
                                                                            staging_dirs)]
 
