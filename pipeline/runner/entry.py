@@ -11,11 +11,13 @@ options (see :mod:`pipeline.io.output`); one run at a time holds an output folde
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from ..core.errors import InputError
+from ..core.failures import DigestEntry
 from ..exec.distributed import ProcessGroup, process_group
 from ..infra.lock import OutputLock
 from .checks import check_config
@@ -25,6 +27,8 @@ from .many import run_many
 from .one import run_one
 from .plan import prepare_output, setup_errors
 from .summary import RunSummary
+
+logger = logging.getLogger(__name__)
 
 
 def run(config: PipelineConfig) -> RunSummary:
@@ -56,18 +60,23 @@ def run(config: PipelineConfig) -> RunSummary:
                     sources = sequence_sources(config)
                 else:
                     frames = load_frames(config)
-        with _engine(config) as ray:
+        with _engine(config) as connection:
+            ray = connection.ray if connection is not None else None
             if many:
-                return run_many(config, sources, group, start, ray)
-            return run_one(config, frames, group, start, ray)
+                summary = run_many(config, sources, group, start, ray)
+            else:
+                summary = run_one(config, frames, group, start, ray)
+            if connection is not None:
+                _note_lost_nodes(summary, connection.lost_nodes())
+            return summary
     finally:
         lock.release()
 
 
 @contextlib.contextmanager
 def _engine(config: PipelineConfig) -> Iterator[Any]:
-    """The ``ray`` module joined to its cluster with ``--engine ray`` (Ray started here is shut
-    down at the end; one the calling program started stays), else None."""
+    """The connection to the Ray cluster with ``--engine ray`` (Ray started here is shut down
+    at the end; one the calling program started stays), else None."""
     if config.engine != "ray":
         yield None
         return
@@ -75,9 +84,20 @@ def _engine(config: PipelineConfig) -> Iterator[Any]:
 
     connection = connect(config.ray_address, num_cpus=config.cpu_workers or None)
     try:
-        yield connection.ray
+        yield connection
     finally:
         connection.close()
+
+
+def _note_lost_nodes(summary: RunSummary, lost: int) -> None:
+    """Say in the summary's digest that nodes were lost (their work ran again elsewhere)."""
+    if lost:
+        logger.warning("ray: %d node(s) of the cluster were lost during the run; their tasks "
+                       "ran again on the others", lost)
+        summary.notes.append(DigestEntry(
+            cause=f"ray: {lost} node(s) lost during the run",
+            hint="their tasks ran again and their device actors restarted on the other nodes; "
+                 "every window above is as complete as without the loss"))
 
 
 def _process_group(config: PipelineConfig) -> ProcessGroup:

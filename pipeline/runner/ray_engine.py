@@ -18,12 +18,13 @@ have the package installed (``pip install -e .[ray]``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,17 @@ class RayConnection:
     """This call started Ray (a local cluster): :meth:`close` shuts it down."""
     temp_dir: Path | None = None
     """The local cluster's session folder (logs, sockets), removed by :meth:`close`."""
+    nodes: dict[str, tuple[str, int]] = field(default_factory=dict)
+    """The nodes alive when the run joined: id -> their raylet's address and port."""
+
+    def lost_nodes(self) -> int:
+        """How many of :attr:`nodes` are gone now (pre-empted, crashed): Ray ran their tasks
+        again elsewhere and restarted their device actors. A node counts as gone when the
+        cluster says so, or when its raylet no longer answers (the cluster notices a crashed
+        node only after missing its heartbeats for about 15 s)."""
+        alive = alive_nodes(self.ray)
+        return sum(1 for node, where in self.nodes.items()
+                   if node not in alive or not _answers(*where))
 
     def close(self) -> None:
         if self.started:
@@ -92,7 +104,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> RayConnection:
     """
     ray = import_ray()
     if ray.is_initialized():
-        return RayConnection(ray, False)
+        return RayConnection(ray, False, nodes=alive_nodes(ray))
     host = _check_reachable(address) if address is not None else None
     temp = None
     try:
@@ -102,21 +114,62 @@ def connect(address: str | None, num_cpus: int | None = None) -> RayConnection:
             ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                      configure_logging=False, _node_ip_address=LOOPBACK, _temp_dir=str(temp))
         else:  # Ray would rewrite a loopback address to the machine's own IP: keep it
-            extra = {"_node_ip_address": LOOPBACK} if host in LOOPBACK_NAMES else {}
-            ray.init(address=address, log_to_driver=False, configure_logging=False, **extra)
+            loopback = host in LOOPBACK_NAMES
+            extra = {"_node_ip_address": LOOPBACK} if loopback else {}
+            with _loopback_kept(loopback):
+                ray.init(address=address, log_to_driver=False, configure_logging=False,
+                         **extra)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         if temp is not None:
             remove_tree(temp)
         raise InputError(f"--ray-address {address}: cannot join the Ray cluster ({exc})") \
             from exc
     resources = ray.cluster_resources()
-    logger.info("ray: %s with %d CPU(s) and %d GPU(s)", address or "a local cluster",
-                int(resources.get("CPU", 0)), int(resources.get("GPU", 0)))
-    return RayConnection(ray, True, temp)
+    nodes = alive_nodes(ray)
+    logger.info("ray: %s, %d node(s) with %d CPU(s) and %d GPU(s)", address or "a local cluster",
+                len(nodes), int(resources.get("CPU", 0)), int(resources.get("GPU", 0)))
+    return RayConnection(ray, True, temp, nodes)
+
+
+def alive_nodes(ray: Any) -> dict[str, tuple[str, int]]:
+    """The cluster's nodes that are alive: id -> their raylet's address and port."""
+    return {n["NodeID"]: (n["NodeManagerAddress"], int(n["NodeManagerPort"]))
+            for n in ray.nodes() if n.get("Alive")}
+
+
+def _answers(host: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether something accepts connections at ``host:port`` within ``timeout`` seconds."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 LOOPBACK = "127.0.0.1"
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+
+
+@contextlib.contextmanager
+def _loopback_kept(loopback: bool) -> Iterator[None]:
+    """While ``ray.init`` joins a cluster at a loopback address, keep that address: Ray (2.x)
+    replaces a ``127.0.0.1``/``localhost`` bootstrap address by the machine's outward IP
+    (``ray._private.services.resolve_ip_for_localhost``; ray-project/ray#59110), where a
+    cluster started with ``--node-ip-address 127.0.0.1`` does not listen, and then retries for
+    ever. Restored on exit; a Ray without that function is left as it is."""
+    services = None
+    if loopback:
+        from ray._private import services
+    original = getattr(services, "resolve_ip_for_localhost", None)
+    if original is None:
+        yield
+        return
+    services.resolve_ip_for_localhost = lambda host: host if host in LOOPBACK_NAMES \
+        else original(host)
+    try:
+        yield
+    finally:
+        services.resolve_ip_for_localhost = original
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> str | None:

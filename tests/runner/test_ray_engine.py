@@ -92,3 +92,90 @@ def test_without_ray_the_error_names_the_install(tmp_path, monkeypatch):
 def test_a_ray_address_needs_the_ray_engine(tmp_path):
     with pytest.raises(InputError, match="--ray-address"):
         run(PipelineConfig(input_dir=IMAGES, output_dir=tmp_path / "o", ray_address="auto"))
+
+
+# ---- a cluster of nodes --------------------------------------------------------------------------
+
+@pytest.fixture
+def three_nodes():
+    """A Ray cluster of a head and two worker nodes of one CPU each, every node on 127.0.0.1
+    (Ray's own test cluster), and the worker nodes' handles."""
+    pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    session = Path(tempfile.mkdtemp(prefix="wr-raytest-"))  # short: Ray's socket paths
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False,
+        "temp_dir": str(session)})
+    workers = [cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1") for _ in range(2)]
+    cluster.wait_for_nodes()
+    try:
+        yield cluster, workers
+    finally:
+        cluster.shutdown()
+        import shutil
+
+        shutil.rmtree(session, ignore_errors=True)
+
+
+def start_cli(out, address):
+    """The pipeline's command on the cluster at ``address`` (colmap, windows alone)."""
+    import subprocess
+
+    from conftest import ROOT
+
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "vae_data_pipeline_batch.py"), "--input-dir", str(IMAGES),
+         "--output-dir", str(out), "--reconstructor", "colmap", "--chunk-frames", "0",
+         "--window-size", "4", "--window-stride", "2", "--engine", "ray", "--ray-address",
+         address, "-q"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_windows(out, count, proc, timeout=240.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while len(list(out.glob("batch_*/window_*/window_info.json"))) < count:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no window finished"
+        time.sleep(0.1)
+
+
+def assert_every_window_once(out, windows=11):
+    import json
+
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["status"] == "finished"
+    assert manifest["summary"]["ok"] == windows and manifest["summary"]["failed"] == 0
+    assert sorted(w["window_index"] for w in manifest["windows"]) == list(range(windows))
+    assert not [p for p in out.rglob("*") if ".partial-" in p.name or ".trash-" in p.name]
+
+
+@pytest.mark.slow
+def test_a_node_lost_mid_run_costs_no_window_and_a_killed_driver_resumes(tmp_path,
+                                                                        three_nodes):
+    """On a head and two worker nodes joined at their loopback address (Ray would dial the
+    machine's outward address instead), a worker node removed as a crashed host would be, in
+    the middle of the run: its tasks run again on the others, every window ends ok once, the
+    digest says a node was lost. Then the driver killed with -9 mid-run: the same command
+    finishes what is left."""
+    import signal
+
+    cluster, workers = three_nodes
+    out = tmp_path / "lost"
+    proc = start_cli(out, cluster.address)
+    wait_for_windows(out, 1, proc)
+    cluster.remove_node(workers[1], allow_graceful=False)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert_every_window_once(out)
+    assert "ray: 1 node(s) lost during the run" in stdout + stderr
+    again = tmp_path / "killed"
+    proc = start_cli(again, cluster.address)
+    wait_for_windows(again, 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    resumed = start_cli(again, cluster.address)
+    _, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr[-3000:]
+    assert_every_window_once(again)
