@@ -142,10 +142,22 @@ def measure(run: Callable[[], Any], device: str, *, warm: bool = True) -> dict[s
     return {"seconds": round(seconds, 3), "peak_gb": round(peak, 3)}
 
 
-def out_of_memory(exc: BaseException) -> bool:
+def measure_into(row: dict[str, Any], run: Callable[[], Any], device: str) -> dict[str, Any]:
+    """``row`` with :func:`measure` of ``run`` (in inference mode), or with ``error: out of
+    memory`` when the device ran out (its cache emptied, so the next measurement starts
+    clean)."""
     import torch
 
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc)
+    try:
+        with torch.inference_mode():
+            row.update(measure(run, device))
+    except RuntimeError as exc:
+        if not (isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc)):
+            raise
+        row["error"] = "out of memory"
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return row
 
 
 def _vggt(settings: Settings, dtype: Any = "auto"):
@@ -183,21 +195,13 @@ def _images(settings: Settings, batch: int, frames: int, seed: int = 0):
 
 def section_vggt_frames(settings: Settings) -> dict[str, Any]:
     """One window of each frame count through the whole network (no track queries)."""
-    import torch
 
     model = _vggt(settings)
     rows, notes = [], []
     for frames in settings.frames:
         images = _images(settings, 1, frames)
-        row: dict[str, Any] = {"frames": frames, "dtype": str(model.compute_dtype)[6:]}
-        try:
-            with torch.inference_mode():
-                row.update(measure(partial(model, images), settings.device))
-        except RuntimeError as exc:
-            if not out_of_memory(exc):
-                raise
-            row["error"] = "out of memory"
-            torch.cuda.empty_cache()
+        row = measure_into({"frames": frames, "dtype": str(model.compute_dtype)[6:]},
+                           partial(model, images), settings.device)
         reference = REFERENCE.get(frames)
         if reference and settings.device.startswith("cuda"):
             row.update(reference_seconds=reference[0], reference_gb=reference[1])
@@ -212,22 +216,15 @@ def section_vggt_frames(settings: Settings) -> dict[str, Any]:
 
 def section_window_batching(settings: Settings) -> dict[str, Any]:
     """Windows of ``window_frames`` stacked ``[B, S, 3, H, W]``: seconds per window."""
-    import torch
 
     model = _vggt(settings)
     rows = []
     for stack in settings.stacks:
         images = _images(settings, stack, settings.window_frames)
-        row: dict[str, Any] = {"windows_per_forward": stack, "frames": settings.window_frames}
-        try:
-            with torch.inference_mode():
-                row.update(measure(partial(model, images), settings.device))
+        row = measure_into({"windows_per_forward": stack, "frames": settings.window_frames},
+                           partial(model, images), settings.device)
+        if "seconds" in row:
             row["seconds_per_window"] = round(row["seconds"] / stack, 4)
-        except RuntimeError as exc:
-            if not out_of_memory(exc):
-                raise
-            row["error"] = "out of memory"
-            torch.cuda.empty_cache()
         rows.append(row)
     single = rows[0].get("seconds_per_window")
     for row in rows:
@@ -381,19 +378,11 @@ def section_da3_frames(settings: Settings) -> dict[str, Any]:
         gen = torch.Generator().manual_seed(0)
         images = torch.rand(1, frames, 3, height, width, generator=gen).to(settings.device)
         for group in (None, settings.da3_frame_batch):
-            row: dict[str, Any] = {"frames": frames, "frame_batch_size": group,
-                                   "dtype": str(dtype)[6:], "resolution": f"{width}x{height}"}
+            row = {"frames": frames, "frame_batch_size": group, "dtype": str(dtype)[6:],
+                   "resolution": f"{width}x{height}"}
             options = DA3ForwardOptions(frame_batch_size=group)
-            try:
-                with torch.inference_mode():
-                    row.update(measure(partial(model, images, options=options),
-                                       settings.device))
-            except RuntimeError as exc:
-                if not out_of_memory(exc):
-                    raise
-                row["error"] = "out of memory"
-                torch.cuda.empty_cache()
-            rows.append(row)
+            rows.append(measure_into(row, partial(model, images, options=options),
+                                     settings.device))
     return {"rows": rows, "notes": []}
 
 
