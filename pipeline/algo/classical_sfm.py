@@ -48,6 +48,7 @@ from ..core.windows import Window
 from ..infra.files import NO_SPACE, write_json
 from ..infra.memory import PeakMeter, reset_peak
 from ..infra.tempdirs import make_temp
+from ..io.signature import stable_hash
 from .colmap_options import copy_options, global_mapping_options, mapping_options, reader_options
 
 logger = logging.getLogger(__name__)
@@ -489,8 +490,6 @@ def store_key(
 ) -> str:
     """What the feature store depends on: every frame (name, content hash, size), the pairs
     matched, and the extraction, camera and matching options."""
-    from ..io.signature import stable_hash
-
     return stable_hash(
         {
             "version": STORE_VERSION,

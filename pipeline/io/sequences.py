@@ -22,7 +22,8 @@ from typing import Any
 from ..core.errors import InputError
 from ..infra.files import write_json, write_text
 from .frames import is_frame_file
-from .output import is_own_folder
+from .output import is_own_folder, read_window_intrinsics
+from .run_record import now, package_versions
 
 logger = logging.getLogger(__name__)
 
@@ -223,8 +224,6 @@ class WindowIndex:
 def index_entry(sequence: str, record: dict[str, Any], window_dir: Path,
                 out: Path) -> dict[str, Any]:
     """The index line of a window from its record (``window_info.json``) and folder."""
-    from .output import read_window_intrinsics
-
     ok = record.get("status") == "ok"
     intrinsics = {}
     if ok:
@@ -260,8 +259,6 @@ class DatasetManifest:
 
     def __init__(self, out: Path, config: Any, reconstructor: Any,
                  sources: Sequence[SequenceSource]) -> None:
-        from .run_record import now, package_versions
-
         self.path = Path(out) / DATASET_MANIFEST
         self.sources = {s.name: s for s in sources}
         self.data: dict[str, Any] = {
@@ -290,8 +287,6 @@ class DatasetManifest:
     def finish(self, status: str, wall_time: float, error: str | None, plans: Sequence[Any],
                governor: Any, profile: Any) -> None:
         """The final record (never raises: the run's own outcome is what counts)."""
-        from .run_record import now
-
         for plan in plans:
             counts = plan.manifest.data.get("summary") or {}
             self._entry(plan.name).update(

@@ -35,17 +35,12 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import InputError
-from ..core.geometry import (
-    ALIGN_MODES,
-    AteResult,
-    ate,
-    camera_centers,
-    rpe,
-)
+from ..core.geometry import ALIGN_MODES, AteResult, ate, camera_centers, rpe
 from ..core.results import STATUS_FAILED, STATUS_OK
 from ..infra.files import write_json
 from ..io.frames import natural_key
-from ..io.output import PLAN, PlannedWindow, planned_windows, read_window_poses
+from ..io.output import PLAN, RUN_MANIFEST, PlannedWindow, planned_windows, read_window_poses
+from ..io.sequences import DATASET_MANIFEST
 from .ground_truth import (
     frame_indices,
     ground_truth_beside,
@@ -334,8 +329,6 @@ def evaluate_dataset(out_dir: str | Path, gt_root: str | Path | None = None, *,
     Raises:
         InputError: no ``dataset.json``, or no sequence has ground truth.
     """
-    from ..io.sequences import DATASET_MANIFEST
-
     out_dir = Path(out_dir)
     try:
         dataset = json.loads((out_dir / DATASET_MANIFEST).read_text())
@@ -532,8 +525,6 @@ def write_report(report: dict[str, Any], path: str | Path) -> None:
 
 def evaluate_path(pred: Path, gt: Path | None, options: EvaluateOptions) -> tuple[dict, str]:
     """The report and its text for an output folder: a dataset root, or one run."""
-    from ..io.sequences import DATASET_MANIFEST
-
     if (pred / DATASET_MANIFEST).is_file():
         report = evaluate_dataset(pred, gt, options=options)
         return report, format_dataset_report(report)
@@ -545,8 +536,6 @@ def evaluate_path(pred: Path, gt: Path | None, options: EvaluateOptions) -> tupl
 
 def _beside_run_input(out_dir: Path) -> Path:
     """The ground truth beside the input folder a run recorded in ``run.json``."""
-    from ..io.output import RUN_MANIFEST
-
     try:
         source = json.loads((out_dir / RUN_MANIFEST).read_text())["config"]["input_dir"]
     except (OSError, ValueError, KeyError, TypeError):

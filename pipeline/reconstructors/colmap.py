@@ -745,12 +745,10 @@ def _store_options(options: ColmapOptions) -> dict[str, Any]:
 
 
 def _mapping_key(options: ColmapOptions, focal: dict[int, float]) -> str:
-    from ..io.signature import options_signature, stable_hash
-
     return stable_hash([options.chunk_mapper, options.global_min_frames,
-                   options_signature(mapping_options(options)),
-                   options_signature(global_mapping_options(options)),
-                   sorted(focal.items())])[:12]
+                        options_signature(mapping_options(options)),
+                        options_signature(global_mapping_options(options)),
+                        sorted(focal.items())])[:12]
 
 
 def _initial_text(s: _Sequence) -> str:

@@ -11,11 +11,7 @@ from pathlib import Path
 from ..core.errors import InputError
 from ..core.windows import create_windows
 from ..infra.options import bad_values, changed_flags, flag_name
-from ..reconstructors import (
-    available_reconstructors,
-    reconstructor_class,
-    unread_options,
-)
+from ..reconstructors import available_reconstructors, reconstructor_class, unread_options
 from .config import IMAGE_MODES, PipelineConfig
 
 logger = logging.getLogger(__name__)

@@ -10,11 +10,7 @@ from typing import Any
 
 from ..exec.distributed import ProcessGroup
 from ..infra.hub import hub_offline
-from ..reconstructors import (
-    Reconstructor,
-    build_reconstructor,
-    reconstructor_class,
-)
+from ..reconstructors import Reconstructor, build_reconstructor, reconstructor_class
 from .checks import unread_problem
 from .config import PipelineConfig
 
@@ -42,15 +38,14 @@ def choose_reconstructor(config: PipelineConfig) -> tuple[str, str]:
 
 
 def resolve_and_build(config: PipelineConfig, group: ProcessGroup,
-                           ray: Any = None) -> tuple[PipelineConfig, Reconstructor, str]:
+                      ray: Any = None) -> tuple[PipelineConfig, Reconstructor, str]:
     """Choose (``auto``) and build the reconstructor; the configuration with the choice.
     Under Ray a network's model is loaded in device actors instead of here."""
     config, reason = resolve_choice(config, group)
     return config, build_for_run(config, ray), reason
 
 
-def resolve_choice(config: PipelineConfig, group: ProcessGroup
-                          ) -> tuple[PipelineConfig, str]:
+def resolve_choice(config: PipelineConfig, group: ProcessGroup) -> tuple[PipelineConfig, str]:
     """The configuration with the reconstructor chosen (``auto``) and its device, and why."""
     chosen, reason = choose_reconstructor(config)
     logger.info("reconstructor: %s (%s)", chosen, reason)

@@ -10,9 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..core.errors import InputError
-from ..core.failures import (
-    plural,
-)
+from ..core.failures import plural
 from ..io.frames import (
     Frame,
     broken_links,
@@ -23,20 +21,10 @@ from ..io.frames import (
     prepare_frames,
     video_frame_times,
 )
-from ..io.output import (
-    is_own_folder,
-)
-from ..io.sequences import (
-    SequenceSource,
-    discover,
-    read_list,
-)
-from ..io.window_folders import (
-    remove_stale_staging,
-)
-from ..reconstructors import (
-    Reconstructor,
-)
+from ..io.output import is_own_folder
+from ..io.sequences import SequenceSource, discover, read_list
+from ..io.window_folders import remove_stale_staging
+from ..reconstructors import Reconstructor
 from .config import PipelineConfig
 
 logger = logging.getLogger(__name__)

@@ -13,21 +13,12 @@ from typing import Any
 from tqdm import tqdm
 
 from ..core.errors import InputError
-from ..core.failures import (
-    DigestEntry,
-    digest_json,
-    failure_digest,
-    plural,
-)
+from ..core.failures import DigestEntry, digest_json, failure_digest, plural
 from ..core.windows import Window
 from ..exec.distributed import ProcessGroup
 from ..infra.memory import StageTable
-from ..io.frames import (
-    Frame,
-)
-from ..io.output import (
-    read_window_info,
-)
+from ..io.frames import Frame
+from ..io.output import read_window_info
 from ..io.sequences import (
     DatasetManifest,
     SequenceSource,
@@ -36,21 +27,12 @@ from ..io.sequences import (
     sequence_failure_entry,
 )
 from ..post.merge_options import MergeOptions
-from ..reconstructors import (
-    Reconstructor,
-)
+from ..reconstructors import Reconstructor
 from .choice import resolve_and_build
 from .config import PipelineConfig
 from .inputs import load_sequence, remove_empty_folders, sequence_config, sized_for
 from .plan import SequencePlan, plan_windows, sequence_notes
-from .schedule import (
-    Outcome,
-    cpu_pool,
-    make_governor,
-    new_profile,
-    process_sequences,
-    recorded,
-)
+from .schedule import Outcome, cpu_pool, make_governor, new_profile, process_sequences, recorded
 from .summary import RunSummary
 
 logger = logging.getLogger(__name__)
@@ -82,7 +64,8 @@ def run_many(config: PipelineConfig, sources: list[SequenceSource], group: Proce
                                disable=None if config.show_progress else True):
                 plan = _plan_sequence(config, source, reconstructor, group, reason, index,
                                       dataset)
-                plans.extend([plan] if plan is not None else [])
+                if plan is not None:
+                    plans.append(plan)
             _log_plans(plans, len(sources))
             dataset.planned(plans)
             index.write(force=True)

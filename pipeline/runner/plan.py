@@ -13,26 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import DiskFullError, InputError, PipelineError
-from ..core.failures import (
-    DigestEntry,
-    calibration_entry,
-    plural,
-)
+from ..core.failures import DigestEntry, calibration_entry, plural
 from ..core.windows import Window, create_windows
 from ..exec.distributed import ProcessGroup
 from ..infra.lock import OutputLock
-from ..io.frames import (
-    Frame,
-)
+from ..io.frames import Frame
 from ..io.output import PLAN, check_window, read_window_info, refresh_links, write_plan
 from ..io.run_record import RunManifest
 from ..io.signature import window_signature
-from ..io.window_folders import (
-    remove_stale_staging,
-)
-from ..reconstructors import (
-    Reconstructor,
-)
+from ..io.window_folders import remove_stale_staging
+from ..reconstructors import Reconstructor
 from .config import PipelineConfig
 from .window_batch import window_checks
 
@@ -62,7 +52,7 @@ class SequencePlan:
 
 
 def plan_windows(config: PipelineConfig, frames: list[Frame], reconstructor: Reconstructor,
-          group: ProcessGroup, reason: str, name: str = "") -> SequencePlan:
+                 group: ProcessGroup, reason: str, name: str = "") -> SequencePlan:
     """Windows, resume decisions, ``plan.json`` and the first ``run.json`` of one sequence."""
     out = Path(config.output_dir)
     windows = create_windows(frames, config.window_size, config.window_stride)

@@ -78,7 +78,7 @@ class RayConnection:
         node only after missing its heartbeats for about 15 s)."""
         alive = alive_nodes(self.ray)
         return sum(1 for node, where in self.nodes.items()
-                   if node not in alive or not _answers(*where))
+                   if node not in alive or _refusal(*where, timeout=1.0) is not None)
 
     def close(self) -> None:
         if self.started:
@@ -137,13 +137,14 @@ def alive_nodes(ray: Any) -> dict[str, tuple[str, int]]:
             for n in ray.nodes() if n.get("Alive")}
 
 
-def _answers(host: str, port: int, timeout: float = 1.0) -> bool:
-    """Whether something accepts connections at ``host:port`` within ``timeout`` seconds."""
+def _refusal(host: str, port: int, timeout: float) -> OSError | None:
+    """Why nothing accepts connections at ``host:port`` within ``timeout`` seconds, or None
+    when something does."""
     try:
         socket.create_connection((host, port), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
+    except OSError as exc:
+        return exc
+    return None
 
 
 LOOPBACK = "127.0.0.1"
@@ -187,12 +188,11 @@ def _check_reachable(address: str, timeout: float = 5.0) -> str | None:
     host = host.strip("[]")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise InputError(f"--ray-address {address}: expected host:port (or auto)")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
-    except OSError as exc:
+    refused = _refusal(host, int(port), timeout)
+    if refused is not None:
         raise InputError(f"--ray-address {address}: nothing answers there "
-                         f"({exc.strerror or exc}); start the cluster with 'ray start --head' "
-                         "and give the address it prints") from exc
+                         f"({refused.strerror or refused}); start the cluster with 'ray start "
+                         "--head' and give the address it prints") from refused
     return host
 
 

@@ -16,10 +16,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ..core.errors import DiskFullError
-from ..core.failures import (
-    cause_key,
-    window_label,
-)
+from ..core.failures import cause_key, window_label
 from ..core.windows import Batch
 from ..exec.distributed import ProcessGroup
 from ..exec.executor import (
@@ -31,16 +28,9 @@ from ..exec.executor import (
     default_cpu_workers,
 )
 from ..infra.memory import MemoryGovernor, StageTable, budget_mb
-from ..io.frames import (
-    Frame,
-)
+from ..io.frames import Frame
 from ..io.run_record import RunManifest
-from ..reconstructors import (
-    STATUS_OK,
-    Reconstructor,
-    WindowResult,
-    colmap_log_level,
-)
+from ..reconstructors import STATUS_OK, Reconstructor, WindowResult, colmap_log_level
 from .config import PipelineConfig
 from .plan import SequencePlan
 from .window_batch import finish_window, start_window_batch
@@ -50,8 +40,10 @@ logger = logging.getLogger(__name__)
 
 MAX_AUTO_BATCH = 8
 """Windows per batch when no memory governor sizes them (colmap: at most one per core)."""
+
+
 def make_governor(config: PipelineConfig, reconstructor: Reconstructor,
-              group: ProcessGroup) -> MemoryGovernor | None:
+                  group: ProcessGroup) -> MemoryGovernor | None:
     """The memory governor of an automatic batch size for a network reconstructor, else None."""
     device = reconstructor.memory_device()
     if config.window_batch_size is not None or device is None:
@@ -76,10 +68,10 @@ def _batch_size(config: PipelineConfig, governor: MemoryGovernor | None,
 
 
 def process_plans(plans: list[SequencePlan], config: PipelineConfig,
-             reconstructor: Reconstructor, pool: CpuPool, governor: MemoryGovernor | None,
-             profile: StageTable, bar: tqdm,
-             on_window: Callable[[SequencePlan, dict[str, Any]], None] | None = None
-             ) -> ExecutorStats:
+                  reconstructor: Reconstructor, pool: CpuPool, governor: MemoryGovernor | None,
+                  profile: StageTable, bar: tqdm,
+                  on_window: Callable[[SequencePlan, dict[str, Any]], None] | None = None
+                  ) -> ExecutorStats:
     """Every window still to do of ``plans`` through the executor (pipelined, or serial with
     ``--cpu-workers 0``), batches sized just before they start; windows of different sequences
     share batches. Each finished window goes to its sequence's ``run.json`` (and
@@ -125,7 +117,7 @@ def process_plans(plans: list[SequencePlan], config: PipelineConfig,
 
 @contextlib.contextmanager
 def cpu_pool(config: PipelineConfig, reconstructor: Reconstructor, group: ProcessGroup,
-              ray: Any = None) -> Iterator[CpuPool]:
+             ray: Any = None) -> Iterator[CpuPool]:
     """The run's worker pool (closed at the end; stopped by the executor when interrupted):
     Ray tasks under ``--engine ray``."""
     if ray is not None:
@@ -166,7 +158,7 @@ def _observe(reconstructor: Reconstructor, governor: MemoryGovernor | None,
 
 
 def record_memory(manifest: RunManifest, governor: MemoryGovernor | None,
-                   profile: StageTable) -> None:
+                  profile: StageTable) -> None:
     if governor is not None:
         manifest.data["memory"] = governor.to_json()
     manifest.data["profile"] = profile.rows

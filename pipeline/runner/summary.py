@@ -8,11 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.failures import (
-    DigestEntry,
-    failure_digest,
-    plural,
-)
+from ..core.failures import DigestEntry, failure_digest, plural
 from ..core.results import STATUS_FAILED, STATUS_OK
 from ..infra.memory import StageTable
 

@@ -15,26 +15,13 @@ from typing import Any
 from .. import __version__
 from ..core.errors import DiskFullError, InputError
 from ..core.windows import Batch, Window
-from ..exec.executor import (
-    CpuPool,
-    InFlight,
-    completed_pending,
-    result_of,
-)
+from ..exec.executor import CpuPool, InFlight, completed_pending, result_of
 from ..infra.files import NO_SPACE
-from ..io.frames import (
-    Frame,
-    prepare_frames,
-)
+from ..io.frames import Frame, prepare_frames
 from ..io.output import WindowChecks
 from ..io.run_record import now
 from ..io.signature import window_signature
-from ..io.window_folders import (
-    create_staging,
-    discard_staging,
-    disk_nearly_full,
-    finalize_window,
-)
+from ..io.window_folders import create_staging, discard_staging, disk_nearly_full, finalize_window
 from ..reconstructors import (
     STATUS_FAILED,
     STATUS_OK,
