@@ -75,7 +75,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-LAYERS = ("core", "infra", "io", "algo", "post", "exec", "reconstructors", "runner", "cli")
+LAYERS = ("core", "infra", "io", "algo", "post", "exec", "reconstructors", "runner", "service",
+          "cli")
 """The subpackages of ``pipeline``, lowest first: a module imports only from its own layer or
 lower ones."""
 

@@ -168,16 +168,16 @@ def test_one_window_is_one_window():
 # ---- logs and --help ---------------------------------------------------------------------------
 
 def test_verbose_shows_the_pipelines_debug_log_not_other_libraries():
-    from pipeline.cli.main import _configure_logging
+    from pipeline.cli.main import configure_logging
 
     root, saved = logging.getLogger(), logging.getLogger().handlers[:]
     levels = {name: logging.getLogger(name).level for name in ("pipeline", "PIL")}
     try:
-        _configure_logging(verbose=True, quiet=False)
+        configure_logging(verbose=True, quiet=False)
         assert logging.getLogger("pipeline.runner").isEnabledFor(logging.DEBUG)
         assert not logging.getLogger("PIL.PngImagePlugin").isEnabledFor(logging.DEBUG)
         assert logging.getLogger("PIL.PngImagePlugin").isEnabledFor(logging.WARNING)
-        _configure_logging(verbose=False, quiet=False)
+        configure_logging(verbose=False, quiet=False)
         assert logging.getLogger("pipeline.runner").isEnabledFor(logging.INFO)
         assert not logging.getLogger("pipeline.runner").isEnabledFor(logging.DEBUG)
     finally:

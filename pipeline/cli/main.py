@@ -8,7 +8,6 @@ line); 130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 129 hung up (SIGHUP).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
@@ -19,20 +18,20 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..core.errors import DiskFullError, PipelineError
-from ..infra.options import from_flags
-from ..runner.config import PipelineConfig
-from .parsers import (
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_USAGE,
-    EXIT_WINDOWS_FAILED,
-    OneLineParser,
-    add_flags,
-    one_line,
+from ..service.options import TOKEN_ENV
+from .command import (
+    build_parser,
+    config_from_args,
+    configure_logging,
+    job_fields,
+    usage_problem,
 )
+from .parsers import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EXIT_WINDOWS_FAILED, one_line
+
+__all__ = ["build_parser", "config_from_args", "configure_logging", "main",
+           "terminate_as_interrupt"]
 
 logger = logging.getLogger(__name__)
-
 
 
 class Terminated(KeyboardInterrupt):
@@ -42,28 +41,6 @@ class Terminated(KeyboardInterrupt):
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser, generated from :class:`PipelineConfig` (one flag per field, its
-    docstring as help); ``--help`` explains every flag."""
-    p = OneLineParser(
-        prog="vae_data_pipeline_batch.py",
-        description="Slide overlapping windows over a frame sequence and reconstruct each window "
-                    "into a self-contained COLMAP scene (OUT/batch_XXX/window_YYY/sparse).",
-        epilog="Exit status: 0 all windows succeeded, 1 some windows failed (the others are "
-               "written) or the disk filled up, 2 bad usage or input or a busy output folder, "
-               "130/143 interrupted/terminated. Rerunning into the same output folder skips "
-               "windows made from the same frame contents and options, and redoes the rest.")
-    exclusive = add_flags(p, PipelineConfig)
-    exclusive["verbosity"].add_argument("-q", "--quiet", action="store_true", help="Warnings "
-                                        "and the summary only; no progress bars.")
-    return p
-
-
-def config_from_args(args: argparse.Namespace) -> PipelineConfig:
-    """Map parsed flags to the run configuration (each flag's dest is a field's name)."""
-    return PipelineConfig(**from_flags(PipelineConfig, vars(args)), show_progress=not args.quiet)
 
 
 TERMINATE_GRACE_S = 20.0
@@ -112,16 +89,6 @@ def _exit_now(signum: int, grace: float) -> None:
     os._exit(128 + signum)
 
 
-def _configure_logging(*, verbose: bool, quiet: bool) -> None:
-    """The pipeline's own logs at INFO (DEBUG with ``-v``, WARNING with ``-q``); other
-    libraries' only from WARNING, so that ``-v`` shows the pipeline's stages, not their debug
-    output."""
-    logging.basicConfig(level=logging.WARNING, datefmt="%H:%M:%S",
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.getLogger("pipeline").setLevel(level)
-
-
 def _throughput_line(t: dict[str, Any]) -> str:
     """``--profile-memory``'s line on how busy the device and the CPU were."""
     rate = f"{t['windows_per_s']:.3f} windows/s" if t.get("windows_per_s") else "-"
@@ -143,17 +110,24 @@ def _throughput_line(t: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the pipeline from command-line arguments; return the exit status."""
+    """Run the pipeline from command-line arguments (``serve ...``: the service); return the
+    exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        from .serve import serve
+
+        return serve(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    many = args.input_root is not None or args.input_list is not None
-    if args.fps is not None and args.input_video is None and not many:
-        parser.error("--fps applies only to --input-video (and the videos of --input-root or "
-                     "--input-list)")
-    if args.frame_pattern is not None and args.input_dir is None and not many:
-        parser.error("--frame-pattern applies only to --input-dir (and the folders of "
-                     "--input-root or --input-list)")
-    _configure_logging(verbose=args.verbose, quiet=args.quiet)
+    problem = usage_problem(args)
+    if problem:
+        parser.error(problem)
+    configure_logging(verbose=args.verbose, quiet=args.quiet)
+    if args.backend is not None:
+        from .client import run_remote
+
+        return run_remote(args.backend, args.token or os.environ.get(TOKEN_ENV),
+                          job_fields(parser, args), quiet=args.quiet)
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from ..runner import run

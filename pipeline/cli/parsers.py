@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from ..core.errors import InputError
 from ..infra.options import Flag, default_text, field_docs, flag_name, flag_of, flagged_fields
 from ..reconstructors import available_reconstructors, flag_rank
 
@@ -31,6 +33,14 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"error: {message} (see --help)\n")
+
+
+class RaisingParser(OneLineParser):
+    """A parser whose errors raise :class:`~pipeline.core.errors.InputError` with the message
+    the command line would print (a service reading a job's options)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise InputError(message)
 
 
 def _positive_int(text: str) -> int:
@@ -141,14 +151,18 @@ def _add_option(target: Any, dest: str, owner: type, f: dataclasses.Field) -> No
     target.add_argument(*names, **kwargs)
 
 
-def add_flags(parser: argparse.ArgumentParser, cls: type) -> dict[str, Any]:
-    """Add a flag for every flagged field of dataclass ``cls`` (nested options included) to
-    ``parser``, in argument groups named by the fields' :attr:`Flag.group` (in the order their
-    first field appears: the pipeline's own options first, then each reconstructor's, in
-    registry order); return the mutually exclusive groups made, by name."""
+def add_flags(parser: argparse.ArgumentParser, cls: type,
+              skip: Collection[str] = ()) -> dict[str, Any]:
+    """Add a flag for every flagged field of dataclass ``cls`` (nested options included; those
+    whose dest is in ``skip`` left out) to ``parser``, in argument groups named by the fields'
+    :attr:`Flag.group` (in the order their first field appears: the pipeline's own options
+    first, then each reconstructor's, in registry order); return the mutually exclusive groups
+    made, by name."""
     groups: dict[str, Any] = {}
     exclusive: dict[str, Any] = {}
     for dest, owner, f in sorted(flagged_fields(cls), key=lambda item: flag_rank(item[2].name)):
+        if dest in skip:
+            continue
         flag = flag_of(f)
         if flag.group not in groups:
             groups[flag.group] = parser.add_argument_group(flag.group)

@@ -559,9 +559,10 @@ def write_images(images: dict[str, Path], folder: Path) -> None:
 
 
 def write_segment(segment: Segment, out_dir: Path,
-                  timestamps: dict[str, float] | None = None) -> None:
+                  timestamps: dict[str, float] | None = None, *, name: str | None = None) -> None:
     """``sparse/``, ``images/``, ``points.ply``, ``trajectory.txt`` (+ names) and
-    ``trajectory.png``.
+    ``trajectory.png`` (titled ``name``, default the folder's: the name it will have once in
+    place, when ``out_dir`` is a staging folder).
 
     ``timestamps`` (frame name -> index in the input folder, or video time in seconds, from the
     run plan) stamp the trajectory; without them, the position in the run's sequence does."""
@@ -584,7 +585,7 @@ def write_segment(segment: Segment, out_dir: Path,
         "\n".join(tum_lines(stamps, segment.poses, meaning=meaning)) + "\n")
     (out_dir / "trajectory_names.txt").write_text("\n".join(segment.names) + "\n")
     plot_trajectory(out_dir / "trajectory.png", camera_centers(segment.poses),
-                    title=f"{out_dir.name}: {len(segment.names)} frames, windows "
+                    title=f"{name or out_dir.name}: {len(segment.names)} frames, windows "
                           f"{segment.windows[0]}-{segment.windows[-1]}",
                     units="scene units")
 
@@ -645,7 +646,8 @@ def _write_merged(output_dir: Path, staging: Path, models: list[Any], failed: An
             transforms = refine_transforms(windows, transforms, pairs, scales)
         segment = build_segment(by_index, transforms, options)
         relative = Path() if len(segments) == 1 else Path(f"segment_{k:03d}")
-        write_segment(segment, staging / relative, timestamps)
+        write_segment(segment, staging / relative, timestamps,
+                      name=str(MERGED_DIR / relative))
         report["segments"].append({
             "path": str(MERGED_DIR / relative), "windows": windows,
             "frames": len(segment.names), "first_frame": segment.names[0],

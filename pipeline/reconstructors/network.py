@@ -258,25 +258,35 @@ class NetworkReconstructor(Reconstructor):
         ``dtype``; with ``cpu_offload`` the transformer blocks' weights stay in CPU memory."""
         import pycolmap
 
-        from ..algo.models import load_model, resolve_dtype
+        from ..algo.models import checkpoint_fingerprint, load_model, resolve_dtype
+        from ..algo.models.cache import cached_load
 
         pycolmap.logging.minloglevel = colmap_log_level
         self.torch_device = resolve_device(device)
         self.device = str(self.torch_device)
         self.dtype = resolve_dtype(dtype, self.torch_device)
         self.meter = PeakMeter(self.torch_device)
-        with self.meter.measure() as span:
-            if cpu_offload:
-                from ..algo.models.offload import enable_cpu_offload
 
-                self.model = load_model(model, device="cpu", dtype=self.dtype)
-                self.offload = enable_cpu_offload(self.model, self.torch_device)  # logs its sizes
-            else:
-                self.model = load_model(model, device=self.torch_device, dtype=self.dtype)
+        def load() -> tuple[Any, Any]:
+            if not cpu_offload:
+                return load_model(model, device=self.torch_device, dtype=self.dtype), None
+            from ..algo.models.offload import enable_cpu_offload
+
+            network = load_model(model, device="cpu", dtype=self.dtype)
+            return network, enable_cpu_offload(network, self.torch_device)  # logs its sizes
+
+        key = (checkpoint_fingerprint(model), self.device, str(self.dtype), cpu_offload,
+               type(self).__name__)
+        with self.meter.measure() as span:
+            (self.model, self.offload), loaded = cached_load(key, load)
         self.load_seconds = span.seconds
-        self.load_stage = span.to_json()
-        logger.info("loaded %s on %s (%s) in %.1f s", model, self.device,
-                    str(self.dtype).replace("torch.", ""), self.load_seconds)
+        self.load_stage = span.to_json() if loaded else None
+        dtype_name = str(self.dtype).replace("torch.", "")
+        if loaded:
+            logger.info("loaded %s on %s (%s) in %.1f s", model, self.device, dtype_name,
+                        self.load_seconds)
+        else:
+            logger.info("%s on %s (%s): already loaded", model, self.device, dtype_name)
 
     def close(self) -> None:
         import torch

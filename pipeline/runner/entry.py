@@ -22,6 +22,7 @@ from ..exec.distributed import ProcessGroup, process_group
 from ..infra.lock import OutputLock
 from .checks import check_config
 from .config import PipelineConfig
+from .control import RunControl
 from .inputs import load_frames, sequence_sources
 from .many import run_many
 from .one import run_one
@@ -31,14 +32,18 @@ from .summary import RunSummary
 logger = logging.getLogger(__name__)
 
 
-def run(config: PipelineConfig) -> RunSummary:
-    """Reconstruct every window of the configured sequence into ``config.output_dir``.
+def run(config: PipelineConfig, control: RunControl | None = None) -> RunSummary:
+    """Reconstruct every window of the configured sequence into ``config.output_dir``;
+    ``control`` follows the run and can stop it between windows (a program running it in a
+    thread of its own: the service).
 
     Raises:
         InputError: bad input or options, an output folder that cannot be written, or one that
             another live run holds (nothing is written then, beyond the output folder).
         DiskFullError: the disk filled up during the run; what was written stays, ``run.json``
             says ``failed``, and a rerun finishes the rest.
+        RunStopped: ``control`` stopped the run (``run.json`` says ``cancelled`` or
+            ``interrupted``; a rerun finishes the rest).
     """
     start = time.perf_counter()
     out = check_config(config)
@@ -63,9 +68,9 @@ def run(config: PipelineConfig) -> RunSummary:
         with _engine(config) as connection:
             ray = connection.ray if connection is not None else None
             if many:
-                summary = run_many(config, sources, group, start, ray)
+                summary = run_many(config, sources, group, start, ray, control)
             else:
-                summary = run_one(config, frames, group, start, ray)
+                summary = run_one(config, frames, group, start, ray, control)
             if connection is not None:
                 _note_lost_nodes(summary, connection.lost_nodes())
             return summary

@@ -30,6 +30,7 @@ from ..post.merge_options import MergeOptions
 from ..reconstructors import Reconstructor
 from .choice import resolve_and_build
 from .config import PipelineConfig
+from .control import RunControl
 from .inputs import load_sequence, remove_empty_folders, sequence_config, sized_for
 from .plan import SequencePlan, plan_windows, sequence_notes
 from .schedule import Outcome, cpu_pool, make_governor, new_profile, process_sequences, recorded
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 
 def run_many(config: PipelineConfig, sources: list[SequenceSource], group: ProcessGroup,
-             start: float, ray: Any = None) -> RunSummary:
+             start: float, ray: Any = None, control: RunControl | None = None) -> RunSummary:
     """A run over many sequences: one reconstructor (one model load) for all, each sequence in
     ``OUT/<name>/`` as a run over it alone would lay it out, ``OUT/index.jsonl`` listing every
     window and ``OUT/dataset.json`` the sequences. A sequence that cannot be read fails alone."""
@@ -70,7 +71,7 @@ def run_many(config: PipelineConfig, sources: list[SequenceSource], group: Proce
             dataset.planned(plans)
             index.write(force=True)
             dataset.data["throughput"] = process_sequences(
-                plans, config, reconstructor, pool, governor, profile, on_window)
+                plans, config, reconstructor, pool, governor, profile, on_window, control)
     return _summary(config, plans, reconstructor, dataset, profile, start)
 
 

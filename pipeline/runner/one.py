@@ -14,6 +14,7 @@ from ..post.merge_options import MergeOptions
 from ..reconstructors import reconstructor_class
 from .choice import build_for_run, resolve_choice
 from .config import PipelineConfig
+from .control import RunControl
 from .inputs import sized_for
 from .plan import plan_windows, sequence_notes
 from .schedule import cpu_pool, make_governor, new_profile, process_sequences, recorded
@@ -23,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 
 def run_one(config: PipelineConfig, frames: list[Frame], group: ProcessGroup,
-            start: float, ray: Any = None) -> RunSummary:
+            start: float, ray: Any = None, control: RunControl | None = None) -> RunSummary:
     """The run once the output folder is held and the frames are ready (the same skeleton as
     :func:`pipeline.runner.many.run_many`, with one plan)."""
     config, reason = resolve_choice(config, group)
@@ -34,7 +35,7 @@ def run_one(config: PipelineConfig, frames: list[Frame], group: ProcessGroup,
     with recorded([plan], governor, profile, start):
         with reconstructor, cpu_pool(config, reconstructor, group, ray) as pool:
             plan.manifest.data["throughput"] = process_sequences(
-                [plan], config, reconstructor, pool, governor, profile)
+                [plan], config, reconstructor, pool, governor, profile, control=control)
     where = f", process {group.rank} of {group.world_size}" if group.world_size > 1 else ""
     summary = RunSummary(output_dir=Path(config.output_dir), num_frames=len(frames),
                          windows=plan.manifest.data["windows"], profile=profile,

@@ -32,6 +32,7 @@ from ..io.frames import Frame
 from ..io.run_record import RunManifest
 from ..reconstructors import STATUS_OK, Reconstructor, WindowResult, colmap_log_level
 from .config import PipelineConfig
+from .control import RunControl, RunStopped
 from .plan import SequencePlan
 from .window_batch import finish_window, start_window_batch
 
@@ -70,16 +71,19 @@ def _batch_size(config: PipelineConfig, governor: MemoryGovernor | None,
 def process_plans(plans: list[SequencePlan], config: PipelineConfig,
                   reconstructor: Reconstructor, pool: CpuPool, governor: MemoryGovernor | None,
                   profile: StageTable, bar: tqdm,
-                  on_window: Callable[[SequencePlan, dict[str, Any]], None] | None = None
-                  ) -> ExecutorStats:
+                  on_window: Callable[[SequencePlan, dict[str, Any]], None] | None = None,
+                  control: RunControl | None = None) -> ExecutorStats:
     """Every window still to do of ``plans`` through the executor (pipelined, or serial with
     ``--cpu-workers 0``), batches sized just before they start; windows of different sequences
     share batches. Each finished window goes to its sequence's ``run.json`` (and
-    ``on_window``)."""
+    ``on_window``, and ``control``, whose stop takes effect here, between windows)."""
     owner = {plan.name: plan for plan in plans}
     causes_seen: set[str] = set()
+    many = any(plan.name for plan in plans)  # a run over many names its sequences
 
     def start(batch: Batch[Frame], pool: CpuPool) -> list[InFlight]:
+        if control is not None:
+            control.check()
         outs = [Path(owner[w.sequence].config.output_dir) for w in batch.windows]
         flights = start_window_batch(batch.windows, batch.index, config, reconstructor, pool,
                                      outs=outs)
@@ -106,6 +110,9 @@ def process_plans(plans: list[SequencePlan], config: PipelineConfig,
         if on_window is not None:
             on_window(plan, record)
         bar.update(1)
+        if control is not None:
+            control.window(dict(record, sequence=plan.name) if many else record)
+            control.check()
 
     device = reconstructor.memory_device()
     executor = WindowExecutor(
@@ -209,15 +216,19 @@ def keep_redrawing(bar: Any, stop: threading.Event, interval: float = 1.0) -> No
 def process_sequences(plans: list[SequencePlan], config: PipelineConfig,
                       reconstructor: Reconstructor, pool: CpuPool,
                       governor: MemoryGovernor | None, profile: StageTable,
-                      on_window: Callable[[SequencePlan, dict[str, Any]], None] | None = None
-                      ) -> dict[str, Any]:
+                      on_window: Callable[[SequencePlan, dict[str, Any]], None] | None = None,
+                      control: RunControl | None = None) -> dict[str, Any]:
     """Every window to do of ``plans`` (one sequence, or the sequences of a run over many)
     under one progress bar: in shared batches, or sequence after sequence for a reconstructor
     that plans each sequence (colmap). Returns how busy the work kept the device and the CPU
-    (``run.json`` / ``dataset.json`` -> ``throughput``)."""
+    (``run.json`` / ``dataset.json`` -> ``throughput``); ``control`` hears of the progress
+    and can stop the run between windows."""
     total = sum(len(p.todo) for p in plans)
+    if control is not None:
+        control.total(total)
+        control.check()
     with progress_bar(config, total) as bar:
-        reconstructor.progress = bar.set_postfix_str
+        reconstructor.progress = _stage_reporter(bar, control)
         work_start = time.perf_counter()
         if reconstructor.plans_sequences:
             stats, planned = ExecutorStats(cpu_workers=pool.workers), plans[-1] if plans else None
@@ -227,12 +238,24 @@ def process_sequences(plans: list[SequencePlan], config: PipelineConfig,
                                                 Path(plan.config.output_dir))
                     planned = plan
                 stats.add(process_plans([plan], config, reconstructor, pool, governor, profile,
-                                        bar, on_window))
+                                        bar, on_window, control))
         else:
             stats = process_plans(plans, config, reconstructor, pool, governor, profile, bar,
-                                  on_window)
+                                  on_window, control)
         return {**profile.throughput(time.perf_counter() - work_start, total,
                                      reconstructor.device_stages), **stats.to_json()}
+
+
+def _stage_reporter(bar: tqdm, control: RunControl | None) -> Callable[[str], None]:
+    """What the reconstructor calls with the stage under way: the bar's postfix (and the
+    run's control)."""
+    if control is None:
+        return bar.set_postfix_str
+
+    def report(text: str) -> None:
+        bar.set_postfix_str(text)
+        control.stage(text)
+    return report
 
 
 def new_profile(reconstructor: Reconstructor) -> StageTable:
@@ -248,7 +271,8 @@ class Outcome:
     """How the work of a run ended, for its records."""
 
     status: str = "interrupted"
-    """``finished``, ``failed`` (the disk filled up) or ``interrupted``."""
+    """``finished``, ``failed`` (the disk filled up), ``interrupted`` or ``cancelled``
+    (:class:`pipeline.runner.control.RunStopped` says which)."""
     error: str | None = None
     """Why it failed."""
 
@@ -266,6 +290,9 @@ def recorded(plans: Sequence[SequencePlan], governor: MemoryGovernor | None,
         outcome.status = "finished"
     except DiskFullError as exc:
         outcome.status, outcome.error = "failed", str(exc)
+        raise
+    except RunStopped as exc:
+        outcome.status = exc.status
         raise
     finally:
         for plan in plans:
