@@ -93,6 +93,9 @@ class Service:
             ForbiddenPathError: a path outside the allowed roots.
         """
         config, options = self.parse_job(fields)
+        if config.use_accelerate:
+            raise InputError("--use-accelerate starts processes of its own: a service runs "
+                             "its jobs in its own process; start one service per device")
         self.check_paths(config)
         key = device_key(config.device)
         job = self.store.add(options, key)

@@ -45,8 +45,11 @@ class Served:
                 found = None
             if found and found["pid"] == self.process.pid:
                 self.url = found["url"]
-                if self.request("GET", "/healthz")[0] == 200:
-                    return
+                try:
+                    if self.request("GET", "/healthz")[0] == 200:
+                        return
+                except urllib.error.URLError:
+                    pass
             time.sleep(0.2)
         self.kill()
         raise RuntimeError("the service did not start:\n" + self.log_text())

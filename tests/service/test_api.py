@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 
 import numpy as np
@@ -103,7 +104,7 @@ def test_a_job_gives_the_windows_the_command_line_gives(tmp_path, serve):
 def test_two_jobs_with_the_tiny_vggt_load_it_once(tmp_path, serve, tiny_vggt_checkpoint):
     other = tmp_path / "other_vggt"
     shutil.copytree(tiny_vggt_checkpoint, other)
-    served = serve(*vggt_service(tmp_path, tiny_vggt_checkpoint))
+    served = serve(*vggt_service(tmp_path, tiny_vggt_checkpoint), "--unload-after", "1")
     jobs = [served.submit(input_dir=str(IMAGES), output_dir=str(tmp_path / f"out{i}"),
                           max_frames=8) for i in range(2)]
     for job_id in jobs:
@@ -121,6 +122,10 @@ def test_two_jobs_with_the_tiny_vggt_load_it_once(tmp_path, serve, tiny_vggt_che
     assert served.wait(third)["state"] == "finished"
     status = served.request("GET", "/status")[1]
     assert status["model_loads"] == 2 and status["model"]["checkpoint"]["name"] == str(other)
+    deadline = time.monotonic() + 30  # idle for --unload-after 1: unloaded
+    while served.request("GET", "/status")[1]["model"] is not None:
+        assert time.monotonic() < deadline, "the idle model was not unloaded"
+        time.sleep(0.2)
 
 
 def _long_vggt_job(served, tmp_path, name):
@@ -215,7 +220,8 @@ def test_bad_requests_are_refused_with_their_status(tmp_path, serve):
            ({"quiet": True}, "unknown run option 'quiet'"),
            ({"fps": 2}, "--fps applies only to --input-video"),
            ({"reconstructor": "nerf"}, "--reconstructor"),
-           ({"input_dir": str(data / "missing")}, "missing")]
+           ({"input_dir": str(data / "missing")}, "missing"),
+           ({"use_accelerate": True}, "one service per device")]
     for change, message in bad:
         status, body = served.request("POST", "/jobs", {**good, **change})
         assert status == 422 and message in body["detail"], (change, body)
