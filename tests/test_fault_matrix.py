@@ -215,8 +215,8 @@ def test_a_merge_that_fails_keeps_the_good_merged_scene(tmp_path, monkeypatch, c
     (out / ".merged.partial-999999999").mkdir()  # what a merge killed at 0.7 s left
     real = merge.write_segment
 
-    def full_disk(segment, folder, timestamps):
-        real(segment, folder, timestamps)
+    def full_disk(segment, folder, timestamps, **named):
+        real(segment, folder, timestamps, **named)
         raise OSError(errno.ENOSPC, "No space left on device", str(folder / "points.ply"))
 
     monkeypatch.setattr(merge, "write_segment", full_disk)

@@ -9,7 +9,6 @@ parser, so a job is refused exactly as the same flags would be.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
 import socket
@@ -24,6 +23,7 @@ from ..infra.files import write_json
 from ..infra.options import flagged_fields
 from ..runner.checks import SOURCE_FIELDS
 from ..runner.config import PipelineConfig
+from ..service.guard import is_loopback
 from ..service.options import TOKEN_ENV, ServiceOptions
 from .command import (
     CLIENT_DESTS,
@@ -69,7 +69,7 @@ def service_options(args: argparse.Namespace) -> ServiceOptions:
     token = args.token or os.environ.get(TOKEN_ENV) or None
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port must be 0 to 65535, got {args.port}")
-    if not _is_loopback(args.host) and token is None:
+    if not is_loopback(args.host) and token is None:
         raise InputError(f"--host {args.host} is not a loopback address: give --token (or "
                          f"${TOKEN_ENV}) so that only those who know it can run jobs")
     if args.unload_after < 0:
@@ -77,15 +77,6 @@ def service_options(args: argparse.Namespace) -> ServiceOptions:
     return ServiceOptions(host=args.host, port=args.port, token=token,
                           allow_roots=tuple(args.allow_root or [Path.cwd()]),
                           state_dir=args.state_dir, unload_after_s=args.unload_after)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def job_parser(defaults: dict[str, Any]):
@@ -155,10 +146,12 @@ def serve(argv: Sequence[str]) -> int:
     """Run the service until SIGTERM or Ctrl-C; the exit status."""
     args = serve_parser().parse_args(argv)
     configure_logging(verbose=args.verbose, quiet=False)
-    defaults = {d: getattr(args, d) for d, _, _ in flagged_fields(PipelineConfig)
-                if d not in JOB_ONLY}
     try:
+        options = service_options(args)  # before the heavy imports: bad usage answers at once
         from ..service.server import make_server, serve_on
+    except PipelineError as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
     except ImportError:
         print("error: the service needs FastAPI and uvicorn: pip install fastapi uvicorn",
               file=sys.stderr)
@@ -168,21 +161,21 @@ def serve(argv: Sequence[str]) -> int:
     from ..service.app import create_app
     from ..service.jobs import Service
 
+    defaults = {d: getattr(args, d) for d, _, _ in flagged_fields(PipelineConfig)
+                if d not in JOB_ONLY}
     try:
-        options = service_options(args)
-        service = Service(options, job_parser(defaults))
         sock = _bind(options.host, options.port)
+        service = Service(options, job_parser(defaults))
     except PipelineError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
-    host, port = sock.getsockname()[:2]
-    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-    record = Path(options.state_dir) / "service.json"
     server: Any = None
-    app = create_app(service, stopping=lambda: server is not None and server.should_exit)
-    server = make_server(app)
+    server = make_server(create_app(service, stopping=lambda: server.should_exit))
+    record = Path(options.state_dir) / "service.json"
     try:
         service.start()
+        host, port = sock.getsockname()[:2]
+        url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
         write_json(record, {"url": url, "pid": os.getpid(), "host": host, "port": port})
         logger.info("serving on %s (jobs in %s; paths under %s)%s", url, options.state_dir,
                     ", ".join(str(r) for r in service.roots.roots),

@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import __version__
 from ..core.errors import PipelineError
-from ..core.failures import calibration_entry, digest_json, failure_digest
+from ..core.failures import DigestEntry, calibration_entry, digest_json, failure_digest
 from ..core.results import STATUS_FAILED, STATUS_OK
 from ..infra.files import write_json
 from .output import RUN_MANIFEST
@@ -148,3 +148,19 @@ def package_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return versions
+
+
+def add_to_digest(output_dir: Path, entries: Sequence[DigestEntry],
+                  record: str = RUN_MANIFEST) -> None:
+    """Add ``entries`` to the digest kept in ``output_dir/record`` (``run.json``, or a run over
+    many's ``dataset.json``) after the run wrote it: what is learnt only once the run is over
+    (nodes of a cluster lost). A record that cannot be read or written is logged, never
+    raised."""
+    path = Path(output_dir) / record
+    try:
+        data = json.loads(path.read_text())
+        data["digest"] = list(data.get("digest") or []) + digest_json(entries)
+        write_json(path, data)
+    except (OSError, ValueError, PipelineError) as exc:
+        logger.error("cannot add to the digest in %s: %s", path, exc)
+

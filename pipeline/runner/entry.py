@@ -20,6 +20,9 @@ from ..core.errors import InputError
 from ..core.failures import DigestEntry
 from ..exec.distributed import ProcessGroup, process_group
 from ..infra.lock import OutputLock
+from ..io.output import RUN_MANIFEST
+from ..io.run_record import add_to_digest
+from ..io.sequences import DATASET_MANIFEST
 from .checks import check_config
 from .config import PipelineConfig
 from .control import RunControl
@@ -72,7 +75,7 @@ def run(config: PipelineConfig, control: RunControl | None = None) -> RunSummary
             else:
                 summary = run_one(config, frames, group, start, ray, control)
             if connection is not None:
-                _note_lost_nodes(summary, connection.lost_nodes())
+                _note_lost_nodes(summary, connection.lost_nodes(), many)
             return summary
     finally:
         lock.release()
@@ -94,15 +97,18 @@ def _engine(config: PipelineConfig) -> Iterator[Any]:
         connection.close()
 
 
-def _note_lost_nodes(summary: RunSummary, lost: int) -> None:
-    """Say in the summary's digest that nodes were lost (their work ran again elsewhere)."""
-    if lost:
-        logger.warning("ray: %d node(s) of the cluster were lost during the run; their tasks "
-                       "ran again on the others", lost)
-        summary.notes.append(DigestEntry(
-            cause=f"ray: {lost} node(s) lost during the run",
-            hint="their tasks ran again and their device actors restarted on the other nodes; "
-                 "every window above is as complete as without the loss"))
+def _note_lost_nodes(summary: RunSummary, lost: int, many: bool) -> None:
+    """Say in the summary's digest, and in the one ``run.json`` (``dataset.json``) keeps, that
+    nodes were lost (their work ran again elsewhere)."""
+    if not lost:
+        return
+    logger.warning("ray: %d node(s) of the cluster were lost during the run; their tasks ran "
+                   "again on the others", lost)
+    note = DigestEntry(cause=f"ray: {lost} node(s) lost during the run",
+                       hint="their tasks ran again and their device actors restarted on the "
+                            "other nodes; every window above is as complete as without the loss")
+    summary.notes.append(note)
+    add_to_digest(summary.output_dir, [note], DATASET_MANIFEST if many else RUN_MANIFEST)
 
 
 def _process_group(config: PipelineConfig) -> ProcessGroup:

@@ -25,7 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from ..core.errors import InputError
 from ..io.browse import output_merges, output_windows, thumbnail, window_details, window_scene
 from ..io.job_table import FINAL, Job
-from .guard import LOOPBACK_NAMES, Guard
+from .guard import Guard, is_loopback
 from .jobs import JobNotFoundError, Service
 from .roots import ForbiddenPathError
 
@@ -127,7 +127,7 @@ def create_app(service: Service, *, stopping: Callable[[], bool] = lambda: False
         return FileResponse(STATIC / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    loopback = service.options.host in LOOPBACK_NAMES and service.options.token is None
+    loopback = is_loopback(service.options.host) and service.options.token is None
     return Guard(app, token=service.options.token, loopback_only=loopback,
                  max_body_bytes=service.options.max_body_bytes)
 

@@ -6,6 +6,7 @@ size. An ASGI middleware in front of the whole app (page included)."""
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from http.cookies import SimpleCookie
@@ -20,7 +21,17 @@ Send = Callable[[Message], Awaitable[None]]
 COOKIE = "window_recon_token"
 """The cookie a browser keeps the token in once ``/?token=T`` was opened."""
 
-LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address, IPv6 with or without brackets) is this
+    machine's loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class Guard:
@@ -72,7 +83,7 @@ class Guard:
 
     def _refusal(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str] | None:
         host = headers.get("host", "")
-        if self.loopback_only and _host_name(host) not in LOOPBACK_NAMES:
+        if self.loopback_only and not is_loopback(_host_name(host)):
             return 403, f"Host {host!r} is not this loopback service's"
         if self.token is not None and not self._authorized(scope, headers):
             return 401, "missing or wrong token: send 'Authorization: Bearer TOKEN'"

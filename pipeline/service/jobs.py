@@ -142,11 +142,10 @@ class Service:
         job = self.get(job_id)
         if job.state == QUEUED and self.store.cancel_queued(job_id):
             logger.info("job %s: cancelled before it started", job_id)
-        elif job.state == RUNNING:
-            worker = self.workers.get(job.worker)
-            if worker is not None and worker.cancel(job_id):
-                logger.info("job %s: cancelling at the next window boundary", job_id)
-                self.store.update(job_id, stage="cancelling")
+        elif job.state == RUNNING and job.worker in self.workers:
+            self.workers[job.worker].cancel(job_id)
+            logger.info("job %s: cancelling at the next window boundary", job_id)
+            self.store.update(job_id, stage="cancelling")
         return self.get(job_id)
 
     def status(self) -> dict[str, Any]:

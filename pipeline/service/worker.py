@@ -10,6 +10,7 @@ records its peak. A network left idle for ``unload_after_s`` is unloaded.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -70,24 +71,29 @@ class Worker(threading.Thread):
         """The job running now."""
         self._control: RunControl | None = None
         self._closing = threading.Event()
+        self._cancelled: set[str] = set()
 
     def run(self) -> None:
         while not self._closing.is_set():
-            job = self.store.claim(self.key)
-            if job is None:
-                self._maybe_unload()
-                self.wake.wait(1.0)
-                self.wake.clear()
-                continue
-            self.run_job(job)
+            try:
+                job = self.store.claim(self.key)
+                if job is None:
+                    self._maybe_unload()
+                    self.wake.wait(1.0)
+                    self.wake.clear()
+                    continue
+                self.run_job(job)
+            except sqlite3.Error as exc:  # the job table's disk is full or gone: wait, retry
+                logger.error("%s: the job table cannot be used (%s); retrying", self.key, exc)
+                self._closing.wait(5.0)
 
-    def cancel(self, job_id: str) -> bool:
-        """Stop the job ``job_id`` if it is the one running; whether it was."""
+    def cancel(self, job_id: str) -> None:
+        """Stop the job ``job_id``, running or about to run on this worker, at its next window
+        boundary."""
+        self._cancelled.add(job_id)
         control = self._control
-        if self.job_id != job_id or control is None:
-            return False
-        control.stop(CANCELLED)
-        return True
+        if self.job_id == job_id and control is not None:
+            control.stop(CANCELLED)
 
     def shutdown(self) -> None:
         """Stop taking jobs; the job running stops at its next window boundary, recorded as
@@ -116,6 +122,10 @@ class Worker(threading.Thread):
         logger.info("job %s: started on %s (attempt %d)", job.id, self.key, job.attempts)
         control = self._new_control(job)
         self.job_id, self._control = job.id, control
+        if job.id in self._cancelled:  # asked for while it was being claimed
+            control.stop(CANCELLED)
+        elif self._closing.is_set():
+            control.stop(INTERRUPTED)
         started = time.perf_counter()
         try:
             config = self.make_config(job.options)
@@ -140,25 +150,37 @@ class Worker(threading.Thread):
             self._end(job, FINISHED, code, None, result)
         finally:
             self.job_id, self._control = None, None
+            self._cancelled.discard(job.id)
+            self.cache.touch()  # idle from now
             release_memory()
 
     def _new_control(self, job: Job) -> RunControl:
         last_stage = [0.0]
 
+        counts = {"done": 0, "failed": 0}
+
         def on_total(total: int) -> None:
-            self.store.update(job.id, total=total)
+            self._progress(job, total=total)
 
         def on_window(record: dict[str, Any]) -> None:
-            fresh = self.store.get(job.id)
-            failed = (fresh.failed if fresh else 0) + (record["status"] == STATUS_FAILED)
-            self.store.update(job.id, done=(fresh.done if fresh else 0) + 1, failed=failed)
+            counts["done"] += 1
+            counts["failed"] += record["status"] == STATUS_FAILED
+            self._progress(job, **counts)
 
         def on_stage(text: str) -> None:
             if time.monotonic() - last_stage[0] >= STAGE_WRITE_INTERVAL_S:
                 last_stage[0] = time.monotonic()
-                self.store.update(job.id, stage=text)
+                self._progress(job, stage=text)
 
         return RunControl(on_total=on_total, on_window=on_window, on_stage=on_stage)
+
+    def _progress(self, job: Job, **values: Any) -> None:
+        """Record progress in the job table; a table that cannot be written loses only the
+        progress (the run's own records stay right)."""
+        try:
+            self.store.update(job.id, **values)
+        except sqlite3.Error as exc:
+            logger.warning("job %s: cannot record its progress: %s", job.id, exc)
 
     def _end(self, job: Job, state: str, code: int, error: str | None,
              result: dict[str, Any] | None) -> None:

@@ -3,6 +3,7 @@ killed in the middle of a window costs nothing, and a clear error without Ray.""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -65,8 +66,6 @@ def test_ray_classical_run_survives_a_killed_worker(tmp_path, monkeypatch, chunk
 def test_ray_network_run_equals_local(tmp_path, tiny_vggt_checkpoint):
     """Run from a Ray program (Ray started by the caller), which keeps its Ray afterwards."""
     ray_module = pytest.importorskip("ray")
-    import json
-
     ray_module.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
                     configure_logging=False)
     try:
@@ -142,8 +141,6 @@ def wait_for_windows(out, count, proc, timeout=240.0):
 
 
 def assert_every_window_once(out, windows=11):
-    import json
-
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["status"] == "finished"
     assert manifest["summary"]["ok"] == windows and manifest["summary"]["failed"] == 0
@@ -170,6 +167,8 @@ def test_a_node_lost_mid_run_costs_no_window_and_a_killed_driver_resumes(tmp_pat
     assert proc.returncode == 0, stderr[-3000:]
     assert_every_window_once(out)
     assert "ray: 1 node(s) lost during the run" in stdout + stderr
+    digest = json.loads((out / "run.json").read_text())["digest"]
+    assert [entry["cause"] for entry in digest] == ["ray: 1 node(s) lost during the run"]
     again = tmp_path / "killed"
     proc = start_cli(again, cluster.address)
     wait_for_windows(again, 2, proc)

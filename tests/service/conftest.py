@@ -11,12 +11,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import ROOT
+from conftest import IMAGES, ROOT
 
 START_TIMEOUT_S = 90.0
 
@@ -110,6 +111,50 @@ class Served:
             self.process.kill()
             self.process.wait(30)
         self.log.close()
+
+
+def read_events(url: str, job_id: str, token: str | None = None) -> list[tuple[str, dict]]:
+    """The job's event stream, read to its end: ``[(event, data), ...]``."""
+    events, event = [], None
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"{url}/jobs/{job_id}/events", headers=headers)
+    with urllib.request.urlopen(request, timeout=120) as response:
+        for raw in response:
+            line = raw.decode().strip()
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                events.append((event, json.loads(line[5:])))
+    return events
+
+
+@dataclass
+class FinishedJob:
+    """A service and one job it ran to the end."""
+
+    served: Served
+    job_id: str
+    root: Path
+    """The service's allowed folder (with the testdata); the job wrote ``root/served``."""
+    events: list[tuple[str, dict]]
+    """The job's event stream, as it came."""
+    options: dict[str, Any]
+
+
+@pytest.fixture(scope="session")
+def colmap_job(tmp_path_factory):
+    """A service running colmap and the job it finished (12 frames, merged), shared by the
+    tests that only read it (one run instead of one per test)."""
+    root = tmp_path_factory.mktemp("colmap_service")
+    served = Served(root / "state", ["--allow-root", str(root), "--allow-root", str(IMAGES),
+                                     "--reconstructor", "colmap"])
+    try:
+        options = {"input_dir": str(IMAGES), "output_dir": str(root / "served"),
+                   "max_frames": 12, "merge": True}
+        job_id = served.submit(**options)
+        yield FinishedJob(served, job_id, root, read_events(served.url, job_id), options)
+    finally:
+        served.kill()
 
 
 @pytest.fixture

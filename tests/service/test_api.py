@@ -4,6 +4,7 @@ bad requests are refused with the right status."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import shutil
 import signal
@@ -16,6 +17,7 @@ import numpy as np
 
 from conftest import IMAGES, ROOT
 from pipeline.cli.main import main
+from pipeline.io.job_table import JobStore
 from pipeline.io.output import read_window_poses
 from tests.helpers import window_dirs
 
@@ -39,24 +41,8 @@ def _records(out):
     return [{k: w[k] for k in keep} for w in json.loads((out / "run.json").read_text())["windows"]]
 
 
-def _events(url, job_id):
-    """The job's event stream, read to its end: ``[(event, data), ...]``."""
-    events, event = [], None
-    with urllib.request.urlopen(f"{url}/jobs/{job_id}/events", timeout=120) as response:
-        for raw in response:
-            line = raw.decode().strip()
-            if line.startswith("event:"):
-                event = line[6:].strip()
-            elif line.startswith("data:"):
-                events.append((event, json.loads(line[5:])))
-    return events
-
-
-def test_a_job_gives_the_windows_the_command_line_gives(tmp_path, serve):
-    served = serve("--allow-root", str(tmp_path), "--allow-root", str(IMAGES))
-    job_id = served.submit(input_dir=str(IMAGES), output_dir=str(tmp_path / "served"),
-                           **COLMAP_JOB)
-    events = _events(served.url, job_id)
+def test_a_job_gives_the_windows_the_command_line_gives(tmp_path, colmap_job):
+    served, job_id, events = colmap_job.served, colmap_job.job_id, colmap_job.events
     assert events[-1][0] == "end" and events[-1][1]["state"] == "finished"
     progress = [data for event, data in events if event == "progress"]
     assert [p["done"] for p in progress] == sorted(p["done"] for p in progress)
@@ -64,7 +50,7 @@ def test_a_job_gives_the_windows_the_command_line_gives(tmp_path, serve):
 
     assert main(["--input-dir", str(IMAGES), "--output-dir", str(tmp_path / "local"),
                  "--reconstructor", "colmap", "--max-frames", "12", "-q"]) == 0
-    served_out, local_out = tmp_path / "served", tmp_path / "local"
+    served_out, local_out = colmap_job.root / "served", tmp_path / "local"
     assert _records(served_out) == _records(local_out)
     for a, b in zip(window_dirs(served_out), window_dirs(local_out)):
         pa, pb = read_window_poses(a), read_window_poses(b)
@@ -76,13 +62,15 @@ def test_a_job_gives_the_windows_the_command_line_gives(tmp_path, serve):
     assert job["exit_code"] == 0 and job["attempts"] == 1 and job["done"] == 2
     assert job["result"]["line"].startswith("2 windows: 2 ok, 0 failed")
     assert job["result"]["digest"] == [] and job["result"]["peak_memory_mb"] > 0
+    assert job["result"]["merge"] == {"segments": 1}
     status, listed = served.request("GET", "/jobs")
-    assert status == 200 and [j["id"] for j in listed["jobs"]] == [job_id]
+    assert status == 200 and job_id in [j["id"] for j in listed["jobs"]]
 
     # what the page reads
     status, windows = served.request("GET", f"/jobs/{job_id}/windows")
     assert [w["path"] for w in windows["windows"]] == ["batch_000/window_000",
                                                       "batch_000/window_001"]
+    assert windows["merges"][0]["picture"] == "merged/trajectory.png"
     status, scene = served.request("GET", f"/jobs/{job_id}/scene/batch_000/window_000")
     assert status == 200 and len(scene["cameras"]) == 8
     assert len(scene["points"]) == 3 * min(scene["num_points"], 60_000) > 0
@@ -93,8 +81,10 @@ def test_a_job_gives_the_windows_the_command_line_gives(tmp_path, serve):
     status, jpeg = served.request("GET",
                                   f"/jobs/{job_id}/thumb/batch_000/window_000/images/{name}")
     assert status == 200 and jpeg[:2] == b"\xff\xd8"
-    for bad in ("../../etc/passwd", "batch_000/../../x", "%2e%2e/%2e%2e/etc/passwd"):
+    for bad in ("../../etc/passwd", "batch_000/../../x", "%2e%2e/%2e%2e/etc/passwd",
+                "batch_000/window_000/images/../../../../etc/passwd"):
         assert served.request("GET", f"/jobs/{job_id}/file/{bad}")[0] == 404, bad
+    assert served.request("GET", f"/jobs/{job_id}/thumb/batch_000/images/x.png")[0] == 404
     assert served.request("GET", f"/jobs/{job_id}/file/run.json")[0] == 200
     status, page = served.request("GET", "/")
     assert status == 200 and b"/static/app.js" in page
@@ -104,7 +94,7 @@ def test_a_job_gives_the_windows_the_command_line_gives(tmp_path, serve):
 def test_two_jobs_with_the_tiny_vggt_load_it_once(tmp_path, serve, tiny_vggt_checkpoint):
     other = tmp_path / "other_vggt"
     shutil.copytree(tiny_vggt_checkpoint, other)
-    served = serve(*vggt_service(tmp_path, tiny_vggt_checkpoint), "--unload-after", "1")
+    served = serve(*vggt_service(tmp_path, tiny_vggt_checkpoint), "--unload-after", "3")
     jobs = [served.submit(input_dir=str(IMAGES), output_dir=str(tmp_path / f"out{i}"),
                           max_frames=8) for i in range(2)]
     for job_id in jobs:
@@ -122,7 +112,7 @@ def test_two_jobs_with_the_tiny_vggt_load_it_once(tmp_path, serve, tiny_vggt_che
     assert served.wait(third)["state"] == "finished"
     status = served.request("GET", "/status")[1]
     assert status["model_loads"] == 2 and status["model"]["checkpoint"]["name"] == str(other)
-    deadline = time.monotonic() + 30  # idle for --unload-after 1: unloaded
+    deadline = time.monotonic() + 30  # idle for --unload-after 3: unloaded
     while served.request("GET", "/status")[1]["model"] is not None:
         assert time.monotonic() < deadline, "the idle model was not unloaded"
         time.sleep(0.2)
@@ -154,13 +144,16 @@ def test_a_restart_resumes_the_running_job_and_runs_the_queued_one(tmp_path, ser
     assert len(index) == len(set(index)) == LONG_WINDOWS
     assert not list((tmp_path / "a").rglob(".partial-*"))
 
-    # a clean stop (SIGTERM) marks the running job interrupted; the next start resumes it
+    # a clean stop (SIGTERM) records the running job interrupted (queued again at the next
+    # start, as the killed one was)
     third = _long_vggt_job(again, tmp_path, "c")
     again.wait(third, until=lambda job: job["done"] >= 1)
     assert again.stop() == 0
     assert json.loads((tmp_path / "c" / "run.json").read_text())["status"] == "interrupted"
-    last = serve(*args)
-    assert last.wait(third)["state"] == "finished"
+    store = JobStore(again.state)
+    assert store.get(third).state == "interrupted" and store.get(third).exit_code == 130
+    assert store.requeue_unfinished() == [third]
+    store.close()
 
 
 def test_cancel_stops_a_running_job_at_a_window_boundary(tmp_path, serve, tiny_vggt_checkpoint):
@@ -179,6 +172,21 @@ def test_cancel_stops_a_running_job_at_a_window_boundary(tmp_path, serve, tiny_v
     assert not list((tmp_path / "a").rglob(".partial-*"))
     assert not (tmp_path / "b").exists()
     assert served.request("POST", "/jobs/nope/cancel")[0] == 404
+
+
+def _declared_body(url, length):
+    """The status of a ``POST /jobs`` that declares a body of ``length`` bytes and sends
+    none."""
+    host, port = url.split("//")[1].split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.putrequest("POST", "/jobs")
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Content-Length", str(length))
+    connection.putheader("Authorization", "Bearer s3cret")
+    connection.endheaders()
+    status = connection.getresponse().status
+    connection.close()
+    return status
 
 
 def test_bad_requests_are_refused_with_their_status(tmp_path, serve):
@@ -229,7 +237,7 @@ def test_bad_requests_are_refused_with_their_status(tmp_path, serve):
     assert served.request("POST", "/jobs", raw=b"{not json")[0] == 422
     assert served.request("POST", "/jobs", raw=b"{}", headers={
         "Content-Type": "text/plain"})[0] == 415
-    assert served.request("POST", "/jobs", raw=b" " * (2 << 20))[0] == 413
+    assert _declared_body(served.url, 2 << 20) == 413  # refused before it is sent
     assert served.request("GET", "/jobs/nope")[0] == 404
     assert served.request("POST", "/jobs", good, headers={
         "Origin": "http://evil.example"})[0] == 403
@@ -238,8 +246,8 @@ def test_bad_requests_are_refused_with_their_status(tmp_path, serve):
 
 
 def test_a_tokenless_service_answers_only_to_loopback_names_and_binds_only_loopback(
-        tmp_path, serve):
-    served = serve("--allow-root", str(tmp_path))
+        tmp_path, colmap_job):
+    served = colmap_job.served
     assert served.request("GET", "/healthz", headers={"Host": "evil.example:80"})[0] == 403
     assert served.request("GET", "/healthz", headers={"Host": "localhost:1"})[0] == 200
     result = subprocess.run([sys.executable, str(ROOT / "vae_data_pipeline_batch.py"), "serve",

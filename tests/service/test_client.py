@@ -20,16 +20,14 @@ def _client(*args, cwd, env=None, **kwargs):
                           text=True, timeout=300, env={**os.environ, **(env or {})}, **kwargs)
 
 
-def test_a_run_sent_with_backend_ends_as_a_local_run_does(tmp_path, serve):
-    served = serve("--allow-root", str(tmp_path), "--allow-root", str(IMAGES),
-                   "--reconstructor", "colmap")
-    sent = _client("--backend", served.url, "--input-dir", str(IMAGES), "--output-dir", "out",
-                   "--max-frames", "12", "-q", cwd=tmp_path)
+def test_a_run_sent_with_backend_ends_as_a_local_run_does(tmp_path, colmap_job):
+    served, root = colmap_job.served, colmap_job.root
+    sent = _client("--backend", served.url, "--input-dir", str(IMAGES), "--output-dir",
+                   "served", "--max-frames", "12", "--merge", "-q", cwd=root)
     assert sent.returncode == 0, sent.stderr
-    line = sent.stdout.strip().splitlines()[0]
-    assert line.startswith("2 windows: 2 ok, 0 failed (0 already complete) | 12 frames")
-    assert line.endswith(f"output: {tmp_path / 'out'}")  # the relative path, made absolute
-    assert (tmp_path / "out" / "run.json").is_file()
+    line = sent.stdout.strip().splitlines()[0]  # the shared job's windows, found complete
+    assert line.startswith("2 windows: 2 ok, 0 failed (2 already complete) | 12 frames")
+    assert line.endswith(f"| merged: 1 segment(s) | output: {root / 'served'}")  # made absolute
 
     outside = _client("--backend", served.url, "--input-dir", "/etc", "--output-dir", "out",
                       cwd=tmp_path)

@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import IMAGES
-
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (.ci/run installs it)")
@@ -34,12 +32,9 @@ def _chromium(tmp_path, url, *, screenshot=None, size=(1200, 1000)) -> str:
     return result.stdout
 
 
-def test_the_job_list_and_a_windows_3d_view_render(tmp_path, serve):
-    served = serve("--allow-root", str(tmp_path), "--allow-root", str(IMAGES),
-                   "--reconstructor", "colmap")
-    job_id = served.submit(input_dir=str(IMAGES), output_dir=str(tmp_path / "out"),
-                           max_frames=12, merge=True)
-    assert served.wait(job_id)["state"] == "finished"
+def test_the_job_list_and_a_windows_3d_view_render(tmp_path, colmap_job):
+    served, job_id = colmap_job.served, colmap_job.job_id
+    assert served.job(job_id)["state"] == "finished"
 
     dom = _chromium(tmp_path, f"{served.url}/")
     assert 'data-ready="jobs"' in dom and job_id in dom and "finished" in dom

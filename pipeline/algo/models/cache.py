@@ -34,7 +34,7 @@ class ModelCache:
         self.loads = 0
         """Networks loaded since the cache was made (a reload counts again)."""
         self.last_used = time.monotonic()
-        """When the held network was last handed out (``time.monotonic``)."""
+        """When the held network was last handed out or :meth:`touch` ed (``time.monotonic``)."""
 
     @property
     def held(self) -> Any:
@@ -53,6 +53,10 @@ class ModelCache:
             self._key, self._value = key, value
             self.loads += 1
             return value, True
+
+    def touch(self) -> None:
+        """The network held was just used (a run using it ended now)."""
+        self.last_used = time.monotonic()
 
     def clear(self) -> bool:
         """Unload the network held (its memory returned to the device); whether one was."""
