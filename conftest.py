@@ -1,5 +1,6 @@
 """What every test module may share: the testdata paths, tiny generated checkpoints written once
-per session, and the ``gpu`` marker (tests that need CUDA are skipped without it)."""
+per session, one merged colmap output of the command line that tests only read, and the
+``gpu`` marker (tests that need CUDA are skipped without it)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,22 @@ def tiny_vggt_checkpoint(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny_vggt")
     write_generated_checkpoint(folder, VGGTConfig.tiny())
     return folder
+
+
+MERGED_RUN = ("--input-dir", str(IMAGES), "--reconstructor", "colmap", "--max-frames", "12",
+              "--window-size", "8", "--window-stride", "4", "--merge", "-q")
+"""The command of :func:`merged_colmap_output` (its ``--output-dir`` aside)."""
+
+
+@pytest.fixture(scope="session")
+def merged_colmap_output(tmp_path_factory) -> Path:
+    """The output folder of the command line's colmap run over the first 12 frames, merged
+    (2 windows of 8, one merged scene), made once per session; tests must not change it."""
+    from pipeline.cli.main import main
+
+    out = tmp_path_factory.mktemp("merged_colmap") / "out"
+    assert main([*MERGED_RUN, "--output-dir", str(out)]) == 0
+    return out
 
 
 @pytest.fixture(scope="session")

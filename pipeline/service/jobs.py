@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -51,14 +52,18 @@ class Service:
         self.options, self.parse_job = options, parse_job
         self.roots = AllowedRoots.of(options.allow_roots)
         state = Path(options.state_dir)
-        state.mkdir(parents=True, exist_ok=True)
         self._lock = OutputLock(state)
         try:
+            state.mkdir(parents=True, exist_ok=True)
             self._lock.acquire()
+            self.store = JobStore(state)
         except OutputBusyError as exc:
             raise InputError(f"--state-dir {state}: another service uses it "
                              f"({str(exc).split('(', 1)[-1].split(')')[0]})") from None
-        self.store = JobStore(state)
+        except (OSError, sqlite3.Error) as exc:
+            self._lock.release()
+            raise InputError(f"--state-dir {state}: cannot keep the job table there "
+                             f"({getattr(exc, 'strerror', None) or exc})") from None
         self.workers: dict[str, Worker] = {}
         self._workers_lock = threading.Lock()
         self._wake: dict[str, threading.Event] = {}

@@ -20,8 +20,10 @@ from ..algo.models.cache import ModelCache, models_kept_in, release_memory
 from ..core.errors import DiskFullError, PipelineError
 from ..core.results import STATUS_FAILED, STATUS_OK
 from ..io.job_table import CANCELLED, FAILED, FINISHED, INTERRUPTED, Job, JobStore
+from ..io.run_record import now
 from ..runner.config import PipelineConfig
 from ..runner.control import RunControl, RunStopped
+from ..runner.entry import run
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +132,7 @@ class Worker(threading.Thread):
         try:
             config = self.make_config(job.options)
             with models_kept_in(self.cache):
-                summary = _run(config, control)
+                summary = run(config, control)
         except RunStopped as exc:
             self._end(job, exc.status, EXIT_CODES["stopped"], f"{exc.status} at a window "
                       "boundary; submitting it again finishes the rest", None)
@@ -155,9 +157,9 @@ class Worker(threading.Thread):
             release_memory()
 
     def _new_control(self, job: Job) -> RunControl:
-        last_stage = [0.0]
-
-        counts = {"done": 0, "failed": 0}
+        """The run's hooks: windows done and failed, the total, the stage (at most every
+        :data:`STAGE_WRITE_INTERVAL_S`) into the job table."""
+        last_stage, counts = [0.0], {"done": 0, "failed": 0}
 
         def on_total(total: int) -> None:
             self._progress(job, total=total)
@@ -184,18 +186,10 @@ class Worker(threading.Thread):
 
     def _end(self, job: Job, state: str, code: int, error: str | None,
              result: dict[str, Any] | None) -> None:
-        from ..io.run_record import now
-
         logger.info("job %s: %s (exit status %d)%s", job.id, state, code,
                     f": {error}" if error else "")
         self.store.update(job.id, state=state, exit_code=code, error=error, result=result,
                           finished_at=now(), stage=None)
-
-
-def _run(config: PipelineConfig, control: RunControl) -> Any:
-    from ..runner.entry import run
-
-    return run(config, control)
 
 
 def _result(summary: Any) -> dict[str, Any]:

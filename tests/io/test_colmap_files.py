@@ -12,10 +12,6 @@ import numpy as np
 import pycolmap
 import pytest
 
-from conftest import IMAGES
-from pipeline.runner import run
-from pipeline.runner.config import PipelineConfig
-
 PARAMS = {0: 3, 1: 4, 2: 4, 3: 5, 4: 8, 5: 8, 6: 12, 7: 5, 8: 4, 9: 5, 10: 12}
 """COLMAP camera model id -> number of parameters (SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL,
 RADIAL, OPENCV, OPENCV_FISHEYE, FULL_OPENCV, FOV, SIMPLE_RADIAL_FISHEYE, RADIAL_FISHEYE,
@@ -82,13 +78,8 @@ def rotation(q: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def output(tmp_path_factory):
-    out = tmp_path_factory.mktemp("colmap_files") / "out"
-    summary = run(PipelineConfig(input_dir=IMAGES, output_dir=out, max_frames=12, window_size=8,
-                                 window_stride=4, reconstructor="colmap", merge=True,
-                                 show_progress=False))
-    assert summary.success
-    return out
+def output(merged_colmap_output):
+    return merged_colmap_output
 
 
 @pytest.mark.parametrize("scene", ["batch_000/window_000", "merged"])

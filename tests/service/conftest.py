@@ -35,6 +35,13 @@ class Served:
             [sys.executable, str(ROOT / "vae_data_pipeline_batch.py"), "serve", "--port", "0",
              "--state-dir", str(state), *args, *(["--token", token] if token else [])],
             stdout=self.log, stderr=self.log, env=env)
+        try:
+            self._wait_started(record)
+        except BaseException:
+            self.kill()
+            raise
+
+    def _wait_started(self, record: Path) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -52,7 +59,6 @@ class Served:
                 except urllib.error.URLError:
                     pass
             time.sleep(0.2)
-        self.kill()
         raise RuntimeError("the service did not start:\n" + self.log_text())
 
     def log_text(self) -> str:

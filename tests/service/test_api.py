@@ -16,14 +16,13 @@ import urllib.request
 import numpy as np
 
 from conftest import IMAGES, ROOT
-from pipeline.cli.main import main
 from pipeline.io.job_table import JobStore
 from pipeline.io.output import read_window_poses
 from tests.helpers import window_dirs
 
 COLMAP_JOB = {"reconstructor": "colmap", "max_frames": 12}
-LONG_WINDOWS = 7
-"""Windows of the long job: 16 frames, windows of 4, stride 2."""
+LONG_WINDOWS = 5
+"""Windows of the long job: 12 frames, windows of 4, stride 2."""
 
 
 def vggt_service(tmp_path, checkpoint):
@@ -41,16 +40,15 @@ def _records(out):
     return [{k: w[k] for k in keep} for w in json.loads((out / "run.json").read_text())["windows"]]
 
 
-def test_a_job_gives_the_windows_the_command_line_gives(tmp_path, colmap_job):
+def test_a_job_gives_the_windows_the_command_line_gives(colmap_job, merged_colmap_output):
     served, job_id, events = colmap_job.served, colmap_job.job_id, colmap_job.events
     assert events[-1][0] == "end" and events[-1][1]["state"] == "finished"
     progress = [data for event, data in events if event == "progress"]
     assert [p["done"] for p in progress] == sorted(p["done"] for p in progress)
     assert progress[-1]["done"] == progress[-1]["total"] == 2
 
-    assert main(["--input-dir", str(IMAGES), "--output-dir", str(tmp_path / "local"),
-                 "--reconstructor", "colmap", "--max-frames", "12", "-q"]) == 0
-    served_out, local_out = colmap_job.root / "served", tmp_path / "local"
+    # the same options as the command line ran them (conftest.MERGED_RUN)
+    served_out, local_out = colmap_job.root / "served", merged_colmap_output
     assert _records(served_out) == _records(local_out)
     for a, b in zip(window_dirs(served_out), window_dirs(local_out)):
         pa, pb = read_window_poses(a), read_window_poses(b)
@@ -96,7 +94,7 @@ def test_two_jobs_with_the_tiny_vggt_load_it_once(tmp_path, serve, tiny_vggt_che
     shutil.copytree(tiny_vggt_checkpoint, other)
     served = serve(*vggt_service(tmp_path, tiny_vggt_checkpoint), "--unload-after", "3")
     jobs = [served.submit(input_dir=str(IMAGES), output_dir=str(tmp_path / f"out{i}"),
-                          max_frames=8) for i in range(2)]
+                          max_frames=4) for i in range(2)]
     for job_id in jobs:
         job = served.wait(job_id)
         assert job["state"] == "finished" and job["exit_code"] == 0, job
@@ -108,7 +106,7 @@ def test_two_jobs_with_the_tiny_vggt_load_it_once(tmp_path, serve, tiny_vggt_che
     assert "load" not in manifest["profile"], "the second job did not load the model"
 
     third = served.submit(input_dir=str(IMAGES), output_dir=str(tmp_path / "out2"),
-                          max_frames=8, model=str(other))
+                          max_frames=4, model=str(other))
     assert served.wait(third)["state"] == "finished"
     status = served.request("GET", "/status")[1]
     assert status["model_loads"] == 2 and status["model"]["checkpoint"]["name"] == str(other)
@@ -120,7 +118,7 @@ def test_two_jobs_with_the_tiny_vggt_load_it_once(tmp_path, serve, tiny_vggt_che
 
 def _long_vggt_job(served, tmp_path, name):
     return served.submit(input_dir=str(IMAGES), output_dir=str(tmp_path / name),
-                         max_frames=16, window_stride=2, window_batch_size=1, cpu_workers=0)
+                         max_frames=12, window_stride=2, window_batch_size=1, cpu_workers=0)
 
 
 def test_a_restart_resumes_the_running_job_and_runs_the_queued_one(tmp_path, serve,
@@ -129,7 +127,7 @@ def test_a_restart_resumes_the_running_job_and_runs_the_queued_one(tmp_path, ser
     served = serve(*args)
     running = _long_vggt_job(served, tmp_path, "a")
     queued = served.submit(input_dir=str(IMAGES), output_dir=str(tmp_path / "b"),
-                           max_frames=8)
+                           max_frames=4)
     served.wait(running, until=lambda job: job["done"] >= 2)
     served.kill()  # kill -9: no chance to record anything
     assert served.process.returncode == -signal.SIGKILL
