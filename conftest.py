@@ -4,6 +4,7 @@ per session, one merged colmap output of the command line that tests only read, 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,17 @@ TESTDATA = ROOT / "testdata" / "synthetic"
 """The bundled synthetic sequence (24 frames, exact intrinsics, poses and depth)."""
 IMAGES = TESTDATA / "images"
 """Its frames."""
+
+
+def pytest_configure(config):
+    """The suite runs in two pytest-xdist workers (``addopts``), each with one thread for torch
+    and OpenMP, in it and in the processes it starts (``OMP_NUM_THREADS``), so that the two
+    share the cores instead of crowding each other out."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        import torch
+
+        torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):
