@@ -89,7 +89,7 @@ def window_scene(window_dir: Path, max_points: int = MAX_VIEW_POINTS) -> dict[st
     ids = sorted(rec.points3D.keys())
     step = max(1, -(-len(ids) // max_points))
     chosen = ids[::step]
-    xyz = np.array([rec.points3D[i].xyz for i in chosen], dtype=np.float32).reshape(-1, 3)
+    xyz = np.array([rec.points3D[i].xyz for i in chosen], dtype=float).reshape(-1, 3)
     rgb = np.array([rec.points3D[i].color for i in chosen], dtype=np.uint8).reshape(-1, 3)
     cameras = []
     for name, cam in read_window_cameras(window_dir).items():
