@@ -92,6 +92,35 @@ def is_frame_file(path: Path, pattern: str | None = None) -> bool:
         pattern is None or fnmatch.fnmatch(path.name, pattern))
 
 
+def check_input_folder(input_dir: str | Path) -> Path:
+    """``input_dir`` as an absolute path, when it is an existing folder.
+
+    Raises:
+        InputError: it is missing or not a folder.
+    """
+    input_dir = Path(input_dir).absolute()
+    if not input_dir.exists():
+        raise InputError(f"input folder does not exist: {input_dir}")
+    if not input_dir.is_dir():
+        raise InputError(f"input path is not a folder: {input_dir}")
+    return input_dir
+
+
+def check_input_video(video_path: str | Path) -> Path:
+    """``video_path``, when it is an existing file.
+
+    Raises:
+        InputError: it is missing or a folder.
+    """
+    video_path = Path(video_path)
+    if video_path.is_dir():
+        raise InputError(f"input video is a folder: {video_path} (use --input-dir for a folder "
+                         "of frames)")
+    if not video_path.is_file():
+        raise InputError(f"input video does not exist: {video_path}")
+    return video_path
+
+
 def list_image_files(input_dir: Path, pattern: str | None = None) -> list[Path]:
     """The image files directly inside ``input_dir``, in natural order.
 
@@ -102,11 +131,7 @@ def list_image_files(input_dir: Path, pattern: str | None = None) -> list[Path]:
     Raises:
         InputError: the folder is missing, not a folder, or holds no image.
     """
-    input_dir = Path(input_dir).absolute()
-    if not input_dir.exists():
-        raise InputError(f"input folder does not exist: {input_dir}")
-    if not input_dir.is_dir():
-        raise InputError(f"input path is not a folder: {input_dir}")
+    input_dir = check_input_folder(input_dir)
     try:
         paths = [p for p in input_dir.iterdir() if is_frame_file(p, pattern)]
     except OSError as exc:
@@ -444,12 +469,7 @@ def extract_video_frames(
     Raises:
         InputError: the video is missing or cannot be decoded, or ``fps`` is not positive.
     """
-    video_path = Path(video_path)
-    if video_path.is_dir():
-        raise InputError(f"input video is a folder: {video_path} (use --input-dir for a folder "
-                         "of frames)")
-    if not video_path.is_file():
-        raise InputError(f"input video does not exist: {video_path}")
+    video_path = check_input_video(video_path)
     if fps is not None and not (math.isfinite(fps) and fps > 0):
         raise InputError(f"--fps must be a positive number, got {fps}")
     out_dir = Path(out_dir)

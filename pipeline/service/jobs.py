@@ -15,8 +15,11 @@ from typing import Any
 from ..core.errors import InputError
 from ..infra.lock import OutputBusyError, OutputLock
 from ..infra.memory import current_mb
+from ..io.frames import check_input_folder, check_input_video
 from ..io.job_table import QUEUED, RUNNING, Job, JobStore
+from ..runner.checks import check_config
 from ..runner.config import PipelineConfig
+from ..runner.inputs import sequence_sources
 from .options import ServiceOptions
 from .roots import AllowedRoots
 from .worker import Worker, device_key
@@ -101,6 +104,7 @@ class Service:
         if config.use_accelerate:
             raise InputError("--use-accelerate starts processes of its own: a service runs "
                              "its jobs in its own process; start one service per device")
+        check_config(config)
         self.check_paths(config)
         key = device_key(config.device)
         job = self.store.add(options, key)
@@ -116,10 +120,6 @@ class Service:
         Raises:
             ForbiddenPathError: one is not.
         """
-        from ..runner.checks import check_config
-        from ..runner.inputs import sequence_sources
-
-        check_config(config)
         for name in PATH_FIELDS:
             value = getattr(config, name)
             if value is not None:
@@ -186,11 +186,10 @@ def _check_inputs_exist(config: PipelineConfig) -> None:
     Raises:
         InputError: in the words of :mod:`pipeline.io.frames`.
     """
-    if config.input_dir is not None and not Path(config.input_dir).is_dir():
-        what = "is not a folder" if Path(config.input_dir).exists() else "does not exist"
-        raise InputError(f"input folder {what}: {config.input_dir}")
-    if config.input_video is not None and not Path(config.input_video).is_file():
-        raise InputError(f"input video does not exist: {config.input_video}")
+    if config.input_dir is not None:
+        check_input_folder(config.input_dir)
+    if config.input_video is not None:
+        check_input_video(config.input_video)
     if config.input_list is not None and not Path(config.input_list).is_file():
         raise InputError(f"--input-list {config.input_list}: not a file")
 
