@@ -115,6 +115,9 @@ class CpuPool:
     replaced by :meth:`restart`.
     """
 
+    local_disk = True
+    """Its workers run on this machine: they see its temporary folder."""
+
     def __init__(self, workers: int, *, colmap_log_level: int = 3) -> None:
         if workers < 0:
             raise ValueError(f"workers must be 0 or more, got {workers}")

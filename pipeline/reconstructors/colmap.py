@@ -600,8 +600,11 @@ class ColmapReconstructor(Reconstructor):
 
     def attach_pool(self, pool: CpuPool) -> None:
         """Run the store, the chunks and windows alone in the executor's workers (called before
-        :meth:`start`, while no work of its own runs)."""
-        if not pool.inline:
+        :meth:`start`, while no work of its own runs). The store and the chunks work in this
+        machine's temporary folder, so a pool whose workers may be on other machines (Ray's:
+        ``local_disk`` false) is not attached: they run in workers of its own on this machine,
+        and only windows alone go to that pool."""
+        if not pool.inline and pool.local_disk:
             self._shared = pool
 
     def start_batch(self, windows: Sequence[Window[Frame]], staging_dirs: Sequence[Path],

@@ -38,11 +38,11 @@ def choose_reconstructor(config: PipelineConfig) -> tuple[str, str]:
 
 
 def resolve_and_build(config: PipelineConfig, group: ProcessGroup,
-                      ray: Any = None) -> tuple[PipelineConfig, Reconstructor, str]:
+                      cluster: Any = None) -> tuple[PipelineConfig, Reconstructor, str]:
     """Choose (``auto``) and build the reconstructor; the configuration with the choice.
     Under Ray a network's model is loaded in device actors instead of here."""
     config, reason = resolve_choice(config, group)
-    return config, build_for_run(config, ray), reason
+    return config, build_for_run(config, cluster), reason
 
 
 def resolve_choice(config: PipelineConfig, group: ProcessGroup) -> tuple[PipelineConfig, str]:
@@ -57,10 +57,11 @@ def resolve_choice(config: PipelineConfig, group: ProcessGroup) -> tuple[Pipelin
                    else config.device), reason
 
 
-def build_for_run(config: PipelineConfig, ray: Any = None) -> Reconstructor:
-    """The chosen reconstructor (its model loaded; under Ray in device actors instead)."""
-    if ray is not None and reconstructor_class(config.reconstructor).device_stages:
+def build_for_run(config: PipelineConfig, cluster: Any = None) -> Reconstructor:
+    """The chosen reconstructor (its model loaded; under Ray, ``cluster`` (a
+    :class:`pipeline.runner.ray_engine.RayConnection`), in device actors instead)."""
+    if cluster is not None and reconstructor_class(config.reconstructor).device_stages:
         from .ray_engine import RayReconstructor
 
-        return RayReconstructor(config, ray)
+        return RayReconstructor(config, cluster)
     return build_reconstructor(config)

@@ -69,13 +69,12 @@ def run(config: PipelineConfig, control: RunControl | None = None) -> RunSummary
                 else:
                     frames = load_frames(config)
         with _engine(config) as connection:
-            ray = connection.ray if connection is not None else None
             if many:
-                summary = run_many(config, sources, group, start, ray, control)
+                summary = run_many(config, sources, group, start, connection, control)
             else:
-                summary = run_one(config, frames, group, start, ray, control)
+                summary = run_one(config, frames, group, start, connection, control)
             if connection is not None:
-                _note_lost_nodes(summary, connection.lost_nodes(), many)
+                _note_cluster_events(summary, connection, many)
             return summary
     finally:
         lock.release()
@@ -97,18 +96,24 @@ def _engine(config: PipelineConfig) -> Iterator[Any]:
         connection.close()
 
 
-def _note_lost_nodes(summary: RunSummary, lost: int, many: bool) -> None:
+def _note_cluster_events(summary: RunSummary, connection: Any, many: bool) -> None:
     """Say in the summary's digest, and in the one ``run.json`` (``dataset.json``) keeps, that
-    nodes were lost (their work ran again elsewhere)."""
-    if not lost:
-        return
-    logger.warning("ray: %d node(s) of the cluster were lost during the run; their tasks ran "
-                   "again on the others", lost)
-    note = DigestEntry(cause=f"ray: {lost} node(s) lost during the run",
-                       hint="their tasks ran again and their device actors restarted on the "
-                            "other nodes; every window above is as complete as without the loss")
-    summary.notes.append(note)
-    add_to_digest(summary.output_dir, [note], DATASET_MANIFEST if many else RUN_MANIFEST)
+    nodes were lost or device actors started again (their work ran again elsewhere)."""
+    lost, restarts = connection.lost_nodes(), connection.actor_restarts
+    notes = []
+    if lost:
+        logger.warning("ray: %d node(s) of the cluster were lost during the run; their tasks "
+                       "ran again on the others", lost)
+        notes.append(DigestEntry(cause=f"ray: {lost} node(s) lost during the run",
+                                 hint="their tasks ran again on the other nodes; every window "
+                                      "above is as complete as without the loss"))
+    if restarts:
+        notes.append(DigestEntry(cause=f"ray: device actors started again {restarts} time(s)",
+                                 hint="the model was loaded again and the batches in flight "
+                                      "were sent again"))
+    if notes:
+        summary.notes += notes
+        add_to_digest(summary.output_dir, notes, DATASET_MANIFEST if many else RUN_MANIFEST)
 
 
 def _process_group(config: PipelineConfig) -> ProcessGroup:

@@ -40,12 +40,12 @@ logger = logging.getLogger(__name__)
 
 
 def run_many(config: PipelineConfig, sources: list[SequenceSource], group: ProcessGroup,
-             start: float, ray: Any = None, control: RunControl | None = None) -> RunSummary:
+             start: float, cluster: Any = None, control: RunControl | None = None) -> RunSummary:
     """A run over many sequences: one reconstructor (one model load) for all, each sequence in
     ``OUT/<name>/`` as a run over it alone would lay it out, ``OUT/index.jsonl`` listing every
     window and ``OUT/dataset.json`` the sequences. A sequence that cannot be read fails alone."""
     out = Path(config.output_dir)
-    config, reconstructor, reason = resolve_and_build(config, group, ray)
+    config, reconstructor, reason = resolve_and_build(config, group, cluster)
     index, dataset = WindowIndex(out), DatasetManifest(out, config, reconstructor, sources)
     profile, governor = new_profile(reconstructor), make_governor(config, reconstructor, group)
     plans: list[SequencePlan] = []
@@ -60,7 +60,7 @@ def run_many(config: PipelineConfig, sources: list[SequenceSource], group: Proce
         index.write()
 
     with recorded(plans, governor, profile, start, then=finish):
-        with reconstructor, cpu_pool(config, reconstructor, group, ray) as pool:
+        with reconstructor, cpu_pool(config, reconstructor, group, cluster) as pool:
             for source in tqdm(sources, desc="sequences", unit="sequence",
                                disable=None if config.show_progress else True):
                 plan = _plan_sequence(config, source, reconstructor, group, reason, index,

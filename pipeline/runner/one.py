@@ -24,16 +24,16 @@ logger = logging.getLogger(__name__)
 
 
 def run_one(config: PipelineConfig, frames: list[Frame], group: ProcessGroup,
-            start: float, ray: Any = None, control: RunControl | None = None) -> RunSummary:
+            start: float, cluster: Any = None, control: RunControl | None = None) -> RunSummary:
     """The run once the output folder is held and the frames are ready (the same skeleton as
     :func:`pipeline.runner.many.run_many`, with one plan)."""
     config, reason = resolve_choice(config, group)
     frames = sized_for(frames, reconstructor_class(config.reconstructor), config)
-    reconstructor = build_for_run(config, ray)
+    reconstructor = build_for_run(config, cluster)
     plan = plan_windows(config, frames, reconstructor, group, reason)
     profile, governor = new_profile(reconstructor), make_governor(config, reconstructor, group)
     with recorded([plan], governor, profile, start):
-        with reconstructor, cpu_pool(config, reconstructor, group, ray) as pool:
+        with reconstructor, cpu_pool(config, reconstructor, group, cluster) as pool:
             plan.manifest.data["throughput"] = process_sequences(
                 [plan], config, reconstructor, pool, governor, profile, control=control)
     where = f", process {group.rank} of {group.world_size}" if group.world_size > 1 else ""

@@ -7,10 +7,20 @@ folder, exactly as the local engine does; Ray runs the work:
   each loads the model once and runs the forwards (and VGGT's tracking) of the batches the
   driver sends it, round robin, so several GPUs work at once;
 * **CPU tasks**: each window's finishing job (:class:`pipeline.reconstructors.network.SfmJob`;
-  colmap: its feature store, chunk mapping and windows) is a Ray task, sent by the actor that
-  made it straight to the cluster's CPUs. Ray retries a task whose worker died
-  (``max_retries``); a task writes only into its window's staging folder, which the driver
-  renames once, so a retried window is neither lost nor written twice.
+  colmap with ``--chunk-frames 0``: the window's whole reconstruction) is a Ray task on the
+  cluster's CPUs. colmap's sequence chunks stay on the driver's machine (their feature store
+  is in its temporary folder; see ``ColmapReconstructor.attach_pool``).
+  Ray retries a task whose worker died (``max_retries``); a task writes only into its window's
+  staging folder, which the driver renames once, so a retried window is neither lost nor
+  written twice.
+
+The driver owns everything: a device actor hands each window's job back as one of its call's
+return objects (they stay in the object store of the actor's node) and the driver sends the
+task that takes it. Were the actor to send the task itself, the task's result would die with
+the actor (Ray's ownership), and a lost node would fail every window of its batches. Owned by
+the driver, a lost node costs nothing: an actor is started again elsewhere and its call sent
+again (``max_task_retries``), and a job lost with its node's object store is made again by
+running that call again (Ray's lineage reconstruction).
 
 Every node must see the input and output folders at the same paths (a shared filesystem) and
 have the package installed (``pip install -e .[ray]``).
@@ -22,6 +32,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -70,6 +81,9 @@ class RayConnection:
     """The local cluster's session folder (logs, sockets), removed by :meth:`close`."""
     nodes: dict[str, tuple[str, int]] = field(default_factory=dict)
     """The nodes alive when the run joined: id -> their raylet's address and port."""
+    actor_restarts: int = 0
+    """Device actors started again during the run (their node lost, their process killed):
+    counted by :class:`RayReconstructor`."""
 
     def lost_nodes(self) -> int:
         """How many of :attr:`nodes` are gone now (pre-empted, crashed): Ray ran their tasks
@@ -211,10 +225,50 @@ def _run_task(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, A
     return fn(*args, **kwargs)
 
 
+@dataclass
+class HandedTask:
+    """A CPU job a device actor hands back to the driver: ``fn(*args, **kwargs)``."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+def _finish(item: Any) -> Any:
+    """Body of the task that finishes a window a device actor started: its job run here, or
+    the actor's own result (a window the forward already failed) passed on."""
+    if isinstance(item, HandedTask):
+        return _run_task(item.fn, item.args, item.kwargs)
+    return item
+
+
+class HandOverPool:
+    """The pool a device actor's reconstructor sends its CPU jobs to: each comes back at once
+    as a :class:`HandedTask`, for the driver to send (so that the driver owns it)."""
+
+    inline = False
+    local_disk = False
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        """CPUs of the cluster."""
+        self.generation = 0
+
+    def executor(self) -> HandOverPool:
+        return self
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+        future: Future = Future()
+        future.set_result(HandedTask(fn, args, kwargs))
+        return future
+
+
 class RayPool:
     """The :class:`pipeline.exec.executor.CpuPool` interface over Ray tasks (one CPU each)."""
 
     inline = False
+    local_disk = False
+    """A task may run on another machine: it sees only the shared folders (input, output)."""
 
     def __init__(self, ray: Any) -> None:
         self._ray = ray
@@ -264,20 +318,27 @@ class DeviceWorker:
 
         ray = import_ray()
         self.reconstructor = build_reconstructor(config)
-        self.pool = RayPool(ray)
+        self.pool = HandOverPool(max(1, int(ray.cluster_resources().get("CPU", 1))))
+        self.where = {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
     def facts(self) -> dict[str, Any]:
-        """What the driver records: description, signature, load stage, device."""
+        """What the driver records: description, signature, load stage, device, and where the
+        actor runs (node id, process id)."""
         r = self.reconstructor
         return {"describe": r.describe(), "signature": r.signature_options(),
-                "load_stage": r.load_stage, "device": r.device}
+                "load_stage": r.load_stage, "device": r.device, **self.where}
 
-    def start_batch(self, windows: list[Any], stagings: list[Path]) -> tuple[list[Any], Any]:
-        """The batch's device part here; its CPU jobs go to Ray tasks. Returns per window a
-        :class:`WindowResult` or the task's object ref, and the batch's report."""
+    def start_batch(self, windows: list[Any], stagings: list[Path]) -> tuple[Any, ...]:
+        """The batch's device part here. Returns ``len(windows) + 1`` objects: per window a
+        :class:`HandedTask` (its CPU job) or its :class:`WindowResult`, then the batch's report
+        and where the actor ran (``{"report", "node", "pid"}``)."""
         pending = self.reconstructor.start_batch(windows, stagings, self.pool)
-        items = [getattr(p.future, "ray_ref", None) or p.future.result() for p in pending]
-        return items, self.reconstructor.last_report
+        items = [p.future.result() for p in pending]
+        return (*items, {"report": self.reconstructor.last_report, **self.where})
+
+
+ACTOR_RESTARTS = 3
+"""Times a device actor is started again after its process (or its node) died."""
 
 
 class RayReconstructor(Reconstructor):
@@ -285,26 +346,32 @@ class RayReconstructor(Reconstructor):
 
     Batches go to the actors round robin and return at once: each window's result arrives
     when its actor's forward and then its CPU task are done, so several GPUs and all the CPUs
-    work at the same time."""
+    work at the same time. An actor that dies is started again (the model loaded again) and
+    its call sent again, as often as it takes while it is restarting (``max_task_retries=-1``),
+    up to :data:`ACTOR_RESTARTS` restarts; the restarts are counted on the connection."""
 
-    def __init__(self, config: Any, ray: Any) -> None:
+    def __init__(self, config: Any, connection: RayConnection) -> None:
         cls = reconstructor_class(config.reconstructor)
         self.name = cls.name
         self.device_stages = cls.device_stages
-        self._ray = ray
+        ray = self._ray = connection.ray
+        self._connection = connection
         gpus = int(ray.cluster_resources().get("GPU", 0))
         resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
-        # an actor whose process dies is started again (the model loaded again) and its
-        # batch sent again
-        actor = ray.remote(max_restarts=2, max_task_retries=2, **resources)(DeviceWorker)
+        actor = ray.remote(max_restarts=ACTOR_RESTARTS, max_task_retries=-1,
+                           **resources)(DeviceWorker)
         self.actors = [actor.remote(config) for _ in range(max(1, gpus))]
         facts = ray.get([a.facts.remote() for a in self.actors])
         self._facts = facts[0]
+        self._processes = [(f["node"], f["pid"]) for f in facts]
+        self._finish = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(_finish)
+        self._lock = threading.Lock()
         self.device = f"ray: {len(self.actors)} device actor(s) on {facts[0]['device']}"
         self.load_stage = facts[0]["load_stage"]
         self._next = 0
         self._reports: list[Any] = []
-        logger.info("ray: %d device actor(s) loaded %s", len(self.actors), config.model)
+        for i, f in enumerate(facts):
+            logger.info("ray: device actor %d loaded %s on node %s", i, config.model, f["node"])
 
     def describe(self) -> dict[str, Any]:
         return {**self._facts["describe"], "engine": "ray", "device_actors": len(self.actors)}
@@ -320,34 +387,39 @@ class RayReconstructor(Reconstructor):
 
     def start_batch(self, windows: Sequence[Any], staging_dirs: Sequence[Path],
                     pool: Any) -> list[Pending]:
-        actor = self.actors[self._next % len(self.actors)]
+        """Send the batch to the next actor; each window's task, which takes its job from the
+        actor's answer, is sent at once (Ray starts it when that answer is there)."""
+        index = self._next % len(self.actors)
         self._next += 1
-        outer = actor.start_batch.remote(list(windows), list(staging_dirs)).future()
-        futures: list[Future] = [Future() for _ in windows]
-        outer.add_done_callback(lambda done: self._chain(done, futures))
-        return [Pending(f) for f in futures]
+        refs = self.actors[index].start_batch.options(num_returns=len(windows) + 1).remote(
+            list(windows), list(staging_dirs))
+        refs[-1].future().add_done_callback(lambda done: self._reported(index, done))
+        return [Pending(self._finish.remote(ref).future()) for ref in refs[:-1]]
 
-    def _chain(self, done: Future, futures: list[Future]) -> None:
-        """The actor answered: hand each window's result (or its task's) to its future."""
+    def _reported(self, index: int, done: Future) -> None:
+        """A batch's report came back: keep it, and count a restart when the actor answered
+        from another process than before."""
         try:
-            items, report = done.result()
-        except Exception as exc:  # noqa: BLE001 - the batch fails, the run goes on
-            for f in futures:
-                f.set_result(WindowResult.failure(f"{type(exc).__name__}: {exc}"))
+            answer = done.result()
+        except Exception:  # noqa: BLE001 - the actor is gone; its windows fail with the reason
             return
-        self._reports.append(report)
-        for item, future in zip(items, futures):
-            if isinstance(item, WindowResult):
-                future.set_result(item)
-            else:
-                item.future().add_done_callback(lambda d, f=future: _copy(d, f))
+        where = (answer["node"], answer["pid"])
+        with self._lock:
+            self._reports.append(answer["report"])
+            if where == self._processes[index]:
+                return
+            self._processes[index] = where
+            self._connection.actor_restarts += 1
+        logger.warning("ray: device actor %d was started again on node %s (the model loaded "
+                       "again); its batches were sent again", index, where[0])
 
     @property
     def last_report(self) -> Any:
         """The reports of the batches that came back since the last look, as one."""
         from ..reconstructors import BatchReport
 
-        reports, self._reports = self._reports, []
+        with self._lock:
+            reports, self._reports = self._reports, []
         merged = BatchReport()
         for report in reports:
             if report is not None:
@@ -362,11 +434,3 @@ class RayReconstructor(Reconstructor):
         for actor in self.actors:
             self._ray.kill(actor)
         self.actors = []
-
-
-def _copy(source: Future, target: Future) -> None:
-    """``source``'s outcome into ``target`` (a cancelled task fails its window)."""
-    try:
-        target.set_result(source.result())
-    except BaseException as exc:  # noqa: BLE001 - the window fails with the reason
-        target.set_exception(exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))

@@ -124,13 +124,14 @@ def process_plans(plans: list[SequencePlan], config: PipelineConfig,
 
 @contextlib.contextmanager
 def cpu_pool(config: PipelineConfig, reconstructor: Reconstructor, group: ProcessGroup,
-             ray: Any = None) -> Iterator[CpuPool]:
+             cluster: Any = None) -> Iterator[CpuPool]:
     """The run's worker pool (closed at the end; stopped by the executor when interrupted):
-    Ray tasks under ``--engine ray``."""
-    if ray is not None:
+    Ray tasks under ``--engine ray`` (``cluster``: the
+    :class:`pipeline.runner.ray_engine.RayConnection`)."""
+    if cluster is not None:
         from .ray_engine import RayPool
 
-        yield RayPool(ray)
+        yield RayPool(cluster.ray)
         return
     pool = CpuPool(cpu_workers(config, reconstructor, group),
                    colmap_log_level=colmap_log_level(config))
