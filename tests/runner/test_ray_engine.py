@@ -9,6 +9,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -111,18 +112,57 @@ def local_cluster(head_cpus, worker_cpus):
     from ray.cluster_utils import Cluster
 
     session = Path(tempfile.mkdtemp(prefix="wr-raytest-"))  # short: Ray's socket paths
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": head_cpus, "node_ip_address": "127.0.0.1", "include_dashboard": False,
-        "temp_dir": str(session), "_system_config": FAST_HEALTH_CHECKS})
-    workers = [cluster.add_node(num_cpus=n, node_ip_address="127.0.0.1") for n in worker_cpus]
-    cluster.wait_for_nodes()
-    try:
-        yield cluster, workers
-    finally:
-        cluster.shutdown()
-        import shutil
+    # Cluster writes the head's address into Ray's default folder, RAY_TMPDIR/ray, and does not
+    # make it (a fresh machine has no /tmp/ray): keep it in the session folder, made here
+    (session / "ray").mkdir()
+    cluster = None
+    with mock.patch.dict(os.environ, {"RAY_TMPDIR": str(session)}):
+        try:
+            cluster = Cluster(initialize_head=True, head_node_args={
+                "num_cpus": head_cpus, "node_ip_address": "127.0.0.1",
+                "include_dashboard": False, "temp_dir": str(session),
+                "_system_config": FAST_HEALTH_CHECKS})
+            workers = [cluster.add_node(num_cpus=n, node_ip_address="127.0.0.1")
+                       for n in worker_cpus]
+            cluster.wait_for_nodes()
+            yield cluster, workers
+        finally:
+            if cluster is not None:
+                cluster.shutdown()
+            remove_session(session)
+            SESSIONS.append(session)
 
-        shutil.rmtree(session, ignore_errors=True)
+
+SESSIONS: list[Path] = []
+"""Every test cluster's session folder, removed again when the module ends: a process of a
+cluster shut down just before may make its session's folder again a while later."""
+
+
+@pytest.fixture(autouse=True, scope="module")
+def remove_sessions_at_the_end():
+    yield
+    for session in SESSIONS:
+        remove_session(session, wait=2.0)
+
+
+def remove_session(session, wait=10.0, settle=1.0):
+    """Remove a test cluster's session folder; a Ray process still ending may write into it
+    again for a moment after the shutdown, so remove it until it has stayed gone ``settle``
+    seconds (at most ``wait`` seconds in all)."""
+    import shutil
+    import time
+
+    deadline = time.monotonic() + wait
+    gone_since = None
+    while time.monotonic() < deadline:
+        if session.exists():
+            shutil.rmtree(session, ignore_errors=True)
+            gone_since = None
+        elif gone_since is None:
+            gone_since = time.monotonic()
+        elif time.monotonic() - gone_since >= settle:
+            return
+        time.sleep(0.1)
 
 
 @pytest.fixture
