@@ -1,4 +1,5 @@
-"""Finding, validating, ordering and decoding frames, and extracting them from a video.
+"""Finding, validating, ordering and decoding frames (a video's are extracted by
+:mod:`pipeline.io.video`).
 
 A *frame* is one image of the ordered input sequence. Every frame handed to the later stages is a
 plain 8-bit RGB JPEG or PNG file without an EXIF rotation, so that COLMAP, pycolmap and any
@@ -18,7 +19,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 import re
 from collections import Counter
@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -104,21 +103,6 @@ def check_input_folder(input_dir: str | Path) -> Path:
     if not input_dir.is_dir():
         raise InputError(f"input path is not a folder: {input_dir}")
     return input_dir
-
-
-def check_input_video(video_path: str | Path) -> Path:
-    """``video_path``, when it is an existing file.
-
-    Raises:
-        InputError: it is missing or a folder.
-    """
-    video_path = Path(video_path)
-    if video_path.is_dir():
-        raise InputError(f"input video is a folder: {video_path} (use --input-dir for a folder "
-                         "of frames)")
-    if not video_path.is_file():
-        raise InputError(f"input video does not exist: {video_path}")
-    return video_path
 
 
 def list_image_files(input_dir: Path, pattern: str | None = None) -> list[Path]:
@@ -446,120 +430,6 @@ class _ConversionCache:
     def save(self) -> None:
         if self.changed:
             write_json(self.index_path, self.index, indent=1, sort_keys=True)
-
-
-def extract_video_frames(
-    video_path: Path,
-    out_dir: Path,
-    *,
-    fps: float | None = None,
-    max_frames: int | None = None,
-    jpeg_quality: int = 95,
-    show_progress: bool = True,
-) -> list[Path]:
-    """Decode a video with PyAV into ``out_dir/frame_NNNNNN.jpg``, once.
-
-    Frames are sampled at ``fps`` frames per second of video time (all frames when ``None``).
-    A manifest (``out_dir/video.json``) records the source and settings; a later call with the
-    same video and settings reuses the extracted files instead of decoding again.
-
-    Returns:
-        The extracted frame files in order.
-
-    Raises:
-        InputError: the video is missing or cannot be decoded, or ``fps`` is not positive.
-    """
-    video_path = check_input_video(video_path)
-    if fps is not None and not (math.isfinite(fps) and fps > 0):
-        raise InputError(f"--fps must be a positive number, got {fps}")
-    out_dir = Path(out_dir)
-    stat = video_path.stat()
-    settings = {"source": str(video_path.resolve()), "size": stat.st_size,
-                "mtime": stat.st_mtime, "fps": fps, "max_frames": max_frames,
-                "jpeg_quality": jpeg_quality}
-    manifest = out_dir / "video.json"
-    if manifest.exists():
-        saved = json.loads(manifest.read_text())
-        files = [out_dir / name for name in saved.get("frames", [])]
-        if saved.get("settings") == settings and files \
-                and len(saved.get("times") or []) == len(files):
-            changed = _changed_files(files, saved.get("digests"))
-            if not changed:
-                logger.info("reusing %d frames already extracted to %s", len(files), out_dir)
-                return files
-            logger.warning("extracting the video again: %s in %s changed since it was "
-                           "extracted (or is missing)", changed, out_dir)
-        manifest.unlink()  # the files are about to change: never pair them with old settings
-    files, times = _decode_video(video_path, out_dir, fps, max_frames, jpeg_quality,
-                                 show_progress)
-    write_json(manifest, {"settings": settings, "frames": [f.name for f in files],
-                          "times": times, "digests": [file_digest(f.read_bytes()) for f in files]},
-               indent=1)
-    return files
-
-
-def _changed_files(files: Sequence[Path], digests: Any) -> str | None:
-    """The first of ``files`` that is missing or whose content hash is not its recorded one
-    (``digests``, in order); ``None`` when all are as written."""
-    if not isinstance(digests, list) or len(digests) != len(files):
-        return "the record of the extracted frames"
-    for path, expected in zip(files, digests):
-        try:
-            if file_digest(path.read_bytes()) != expected:
-                return path.name
-        except OSError:
-            return path.name
-    return None
-
-
-def video_frame_times(out_dir: Path) -> list[float] | None:
-    """Video time in seconds of each frame :func:`extract_video_frames` wrote into ``out_dir``
-    (from its ``video.json``), or ``None`` when not recorded."""
-    try:
-        times = json.loads((Path(out_dir) / "video.json").read_text()).get("times")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return [float(t) for t in times] if isinstance(times, list) else None
-
-
-def _decode_video(video_path: Path, out_dir: Path, fps: float | None, max_frames: int | None,
-                  jpeg_quality: int, show_progress: bool) -> tuple[list[Path], list[float]]:
-    """Decode and write the sampled frames; return them with their video times (seconds);
-    see :func:`extract_video_frames`."""
-    try:
-        import av
-    except ImportError as exc:  # pragma: no cover - av is in requirements.txt
-        raise InputError("video input needs PyAV: pip install av") from exc
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files: list[Path] = []
-    times: list[float] = []
-    next_time = 0.0
-    try:
-        with av.open(str(video_path)) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            bar = tqdm(desc="extracting frames", unit="frame",
-                       disable=None if show_progress else True,
-                       leave=False)
-            for frame in container.decode(stream):
-                t = float(frame.time) if frame.time is not None else len(files) / (fps or 1.0)
-                if fps is not None and t + 1e-6 < next_time:
-                    continue
-                path = out_dir / f"frame_{len(files):06d}.jpg"
-                frame.to_image().save(path, format="JPEG", quality=jpeg_quality)
-                files.append(path)
-                times.append(round(t, 6))
-                bar.update()
-                if fps is not None:
-                    next_time += 1.0 / fps
-                if max_frames is not None and len(files) >= max_frames:
-                    break
-            bar.close()
-    except (av.error.FFmpegError, IndexError) as exc:
-        raise InputError(f"cannot decode video {video_path}: {exc}") from exc
-    if not files:
-        raise InputError(f"no frames decoded from video {video_path}")
-    return files, times
 
 
 def one_size(frames: list[Frame], reconstructor: str, *, skip_bad_frames: bool = False

@@ -39,7 +39,8 @@ class PipelineConfig(*registered_flags()):
     before frame_10)."""
     input_video: Path | None = option(None, group=INPUT, kind="folder", exclusive="source",
                                       required=True)
-    """A video file; its frames are extracted once (PyAV) into OUT/frames/."""
+    """A video file; its frames are extracted once (PyAV) into OUT/frames/, turned upright by
+    the video's display rotation (portrait phone video) as players show them."""
     input_root: Path | None = option(None, group=INPUT, kind="folder", exclusive="source",
                                      required=True)
     """Many sequences: every folder under it that holds frames, and every video file, is one
@@ -56,7 +57,8 @@ class PipelineConfig(*registered_flags()):
     depth maps; with --input-root, a folder none of whose names match is no sequence."""
     fps: float | None = option(None, group=INPUT, kind="positive_float",
                                default_text="every frame")
-    """With --input-video: frames per second of video time to extract."""
+    """With --input-video: frames per second of video time to extract, at even instants from
+    the first frame's time on (a gap in the video is skipped, not filled)."""
     frame_step: int = option(1, group=INPUT, kind="int", metavar="N")
     """Use every N-th frame, for dense video frame dumps whose consecutive frames barely move."""
     max_frames: int | None = option(None, group=INPUT, kind="int", metavar="N",

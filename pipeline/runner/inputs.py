@@ -15,14 +15,13 @@ from ..io.frames import (
     Frame,
     broken_links,
     check_one_kind,
-    extract_video_frames,
     list_image_files,
     one_size,
     prepare_frames,
-    video_frame_times,
 )
 from ..io.output import is_own_folder
 from ..io.sequences import SequenceSource, discover, read_list
+from ..io.video import extract_video_frames, video_frame_times
 from ..io.window_folders import remove_stale_staging
 from ..reconstructors import Reconstructor
 from .config import PipelineConfig
@@ -37,9 +36,11 @@ def load_frames(config: PipelineConfig) -> list[Frame]:
     video time in seconds."""
     cache = Path(config.output_dir) / FRAME_CACHE
     if config.input_video is not None:
+        # --max-frames counts frames after --frame-step: extract no more than those need
+        needed = None if config.max_frames is None \
+            else (config.max_frames - 1) * config.frame_step + 1
         paths = extract_video_frames(config.input_video, cache, fps=config.fps,
-                                     max_frames=config.max_frames,
-                                     show_progress=config.show_progress)
+                                     max_frames=needed, show_progress=config.show_progress)
         stamps: list[float] = video_frame_times(cache) or list(range(len(paths)))
     elif config.input_dir is not None:
         _refuse_input_inside_output(Path(config.input_dir), Path(config.output_dir))

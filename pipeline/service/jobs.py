@@ -15,8 +15,9 @@ from typing import Any
 from ..core.errors import InputError
 from ..infra.lock import OutputBusyError, OutputLock
 from ..infra.memory import current_mb
-from ..io.frames import check_input_folder, check_input_video
+from ..io.frames import check_input_folder
 from ..io.job_table import QUEUED, RUNNING, Job, JobStore
+from ..io.video import check_input_video
 from ..runner.checks import check_config
 from ..runner.config import PipelineConfig
 from ..runner.inputs import sequence_sources

@@ -10,12 +10,10 @@ from PIL import Image
 
 from pipeline.core.errors import InputError
 from pipeline.io.frames import (
-    extract_video_frames,
     list_image_files,
     load_image,
     natural_key,
     prepare_frames,
-    video_frame_times,
 )
 
 
@@ -171,51 +169,6 @@ class BadFramesTest(FrameTestCase):
         paths = self._make()[2:]
         with self.assertRaisesRegex(InputError, "at least 2"):
             prepare_frames(paths, self.dir / "cache", skip_bad_frames=True, show_progress=False)
-
-
-class VideoTest(FrameTestCase):
-    def _write_video(self, n=30, fps=30):
-        import av
-
-        path = self.dir / "clip.mp4"
-        with av.open(str(path), "w") as container:
-            stream = container.add_stream("mpeg4", rate=fps)
-            stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-            for i in range(n):
-                arr = np.full((48, 64, 3), i * 8, np.uint8)
-                for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
-        return path
-
-    def test_extract_at_fps_once(self):
-        video = self._write_video()
-        out = self.dir / "frames"
-        files = extract_video_frames(video, out, fps=10, show_progress=False)
-        self.assertEqual(len(files), 10)  # 1 s of video at 10 fps
-        self.assertEqual(files[0].name, "frame_000000.jpg")
-        brightness = [load_image(f).mean() for f in files]
-        self.assertTrue(all(b2 > b1 for b1, b2 in zip(brightness, brightness[1:])))
-        mtime = files[0].stat().st_mtime_ns
-        again = extract_video_frames(video, out, fps=10, show_progress=False)
-        self.assertEqual(again, files)
-        self.assertEqual(files[0].stat().st_mtime_ns, mtime)  # not decoded again
-        times = video_frame_times(out)  # each frame's video time, for trajectory timestamps
-        np.testing.assert_allclose(times, np.arange(10) / 10, atol=1 / 30 + 1e-6)
-
-    def test_all_frames_and_max_frames(self):
-        video = self._write_video(n=12)
-        self.assertEqual(len(extract_video_frames(video, self.dir / "a", show_progress=False)), 12)
-        self.assertEqual(len(extract_video_frames(video, self.dir / "b", max_frames=5,
-                                                  show_progress=False)), 5)
-
-    def test_bad_video(self):
-        with self.assertRaisesRegex(InputError, "does not exist"):
-            extract_video_frames(self.dir / "none.mp4", self.dir / "f")
-        (self.dir / "bad.mp4").write_bytes(b"garbage" * 100)
-        with self.assertRaisesRegex(InputError, "cannot decode video"):
-            extract_video_frames(self.dir / "bad.mp4", self.dir / "f")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import pytest
 
 from conftest import IMAGES
 from pipeline.core.errors import InputError
+from pipeline.infra.files import remove_tree
 from pipeline.io.output import iter_windows, read_window_info, read_window_poses
 from pipeline.runner import run
 from pipeline.runner.config import PipelineConfig
@@ -129,34 +130,33 @@ def local_cluster(head_cpus, worker_cpus):
         finally:
             if cluster is not None:
                 cluster.shutdown()
-            remove_session(session)
+            remove_tree(session)
             SESSIONS.append(session)
 
 
 SESSIONS: list[Path] = []
 """Every test cluster's session folder, removed again when the module ends: a process of a
-cluster shut down just before may make its session's folder again a while later."""
+cluster shut down before may make its session's folder again a while later."""
 
 
 @pytest.fixture(autouse=True, scope="module")
 def remove_sessions_at_the_end():
     yield
     for session in SESSIONS:
-        remove_session(session, wait=2.0)
+        remove_session(session)
 
 
-def remove_session(session, wait=10.0, settle=1.0):
+def remove_session(session, wait=5.0, settle=1.0):
     """Remove a test cluster's session folder; a Ray process still ending may write into it
     again for a moment after the shutdown, so remove it until it has stayed gone ``settle``
     seconds (at most ``wait`` seconds in all)."""
-    import shutil
     import time
 
     deadline = time.monotonic() + wait
     gone_since = None
     while time.monotonic() < deadline:
         if session.exists():
-            shutil.rmtree(session, ignore_errors=True)
+            remove_tree(session)
             gone_since = None
         elif gone_since is None:
             gone_since = time.monotonic()
