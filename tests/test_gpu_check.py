@@ -40,6 +40,19 @@ def test_a_failed_section_is_reported_and_the_others_kept():
     assert sum(check.SECTION_LIMIT_S.values()) <= 8.5 * 60  # the device's time, with margin
 
 
+def test_the_device_scripts_name_what_the_check_reads():
+    """device_prep.sh fills .device/ (git-ignored) with what device_run.sh installs and what
+    the precision section reads by default."""
+    check = load_script()
+    prep = (ROOT / "benchmarks" / "device_prep.sh").read_text()
+    run = (ROOT / "benchmarks" / "device_run.sh").read_text()
+    assert ".device/whl" in prep and ".device/whl/*.whl" in run and "gpu_check.py" in run
+    assert "vggt_1b_golden.npz" in prep
+    assert "/.device/" in (ROOT / ".gitignore").read_text().splitlines()
+    golden = check.default_golden()
+    assert golden is None or golden.name == "vggt_1b_golden.npz"
+
+
 def test_without_a_gpu_it_asks_for_smoke(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
@@ -59,7 +72,8 @@ def test_the_smoke_run_measures_every_section(tmp_path):
     assert not [name for name, s in sections.items() if "error" in s]
     frames = [row["frames"] for row in sections["vggt_frames"]["rows"]]
     assert frames == list(check.SMOKE.frames)
-    assert all(row["seconds"] > 0 and "peak_gb" in row for row in sections["vggt_frames"]["rows"])
+    assert all(row["seconds"] > 0 and "peak_gb" in row and "above_held_gb" in row
+               for row in sections["vggt_frames"]["rows"])
     stacks = sections["window_batching"]["rows"]
     assert [row["windows_per_forward"] for row in stacks] == list(check.SMOKE.stacks)
     for row in sections["pipeline"]["rows"] + sections["governor"]["rows"]:
@@ -70,5 +84,6 @@ def test_the_smoke_run_measures_every_section(tmp_path):
     assert len(sections["da3_frames"]["rows"]) == 2 * len(check.SMOKE.da3_frames)
     [bf16] = sections["precision"]["rows"]
     assert 0 <= bf16["pose_enc_max_rel_error"] < 0.1
+    assert 0 <= bf16["track_median_px"] <= bf16["track_max_px"]
     text = (tmp_path / "gpu_check.md").read_text()
     assert all(f"**{name}**" in text for name in check.SECTIONS)

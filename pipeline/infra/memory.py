@@ -89,6 +89,24 @@ def reset_peak(device: Any = None) -> None:
             pass
 
 
+OUT_OF_MEMORY_MARKS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED",
+                       "CUDNN_STATUS_ALLOC_FAILED", "can't allocate memory")
+"""Words of the ``RuntimeError`` s that are an allocation failure without being a
+``torch.OutOfMemoryError``: cuBLAS and cuDNN failing to get their workspace, the CPU allocator
+of older torch releases."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is the device (or the CPU) running out of memory: a
+    ``torch.OutOfMemoryError``, or a ``RuntimeError`` a library raised for a failed allocation
+    (:data:`OUT_OF_MEMORY_MARKS`)."""
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in OUT_OF_MEMORY_MARKS)
+
+
 def current_mb(device: Any = None) -> float:
     """Memory held now, MiB: allocated on a CUDA ``device``, else the resident set."""
     if _is_cuda(device):

@@ -44,6 +44,7 @@ from ..infra.memory import (
     PeakMeter,
     array_bytes,
     current_mb,
+    is_out_of_memory,
     lower_resolutions,
     settle,
 )
@@ -72,7 +73,7 @@ def resolve_device(device: str) -> torch.device:
     import torch
 
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         resolved = torch.device(device)
     except (RuntimeError, ValueError):
@@ -85,6 +86,8 @@ def resolve_device(device: str) -> torch.device:
                              f"torch {torch.__version__} (use --device cpu or auto)")
         if resolved.index is not None and resolved.index >= count:
             raise InputError(f"--device {device}: this machine has {count} CUDA device(s)")
+        if resolved.index is None:  # one name for one card: the model cache's key, the records
+            resolved = torch.device("cuda", torch.cuda.current_device())
     elif resolved.type not in ("cpu", "mps") or (
             resolved.type == "mps" and not torch.backends.mps.is_available()):
         raise InputError(f"--device {device}: not available here (use auto, cpu or cuda)")
@@ -356,10 +359,12 @@ class NetworkReconstructor(Reconstructor):
         """The batch's forward (and tracking) here, recovering from running out of memory;
         each window's CPU part goes to ``pool`` as an :class:`SfmJob`.
 
-        On ``torch.OutOfMemoryError`` the cache is freed and the batch is halved and retried; a
-        single window is retried with each of :meth:`_fallbacks`; only then does it fail, with
-        the reason. No job leaves before the whole batch has been through the device. What was
-        measured is left in :attr:`last_report`.
+        On running out of memory (``torch.OutOfMemoryError``, or cuBLAS/cuDNN failing to
+        allocate: :func:`~pipeline.infra.memory.is_out_of_memory`) the cache is freed and the
+        batch is halved and retried; a single window is retried with each of
+        :meth:`_fallbacks`; only then does it fail, with the reason. No job leaves before the
+        whole batch has been through the device. What was measured is left in
+        :attr:`last_report`.
         """
         from ..exec.executor import completed_pending, submit_job
 
@@ -382,12 +387,13 @@ class NetworkReconstructor(Reconstructor):
 
     def _reconstruct_recovering(self, windows: Sequence[Window[Frame]],
                                 staging_dirs: Sequence[Path]) -> list[SfmJob | WindowResult]:
-        import torch
         report = self.last_report
         try:
             return self._reconstruct(windows, staging_dirs, self.forward_options)
-        except torch.OutOfMemoryError:
-            self._free_memory()
+        except RuntimeError as exc:
+            if not is_out_of_memory(exc):
+                raise
+        self._free_memory()  # out of the except block: its traceback held the batch's tensors
         if len(windows) > 1:
             report.out_of_memory_at = min(len(windows), report.out_of_memory_at or len(windows))
             half = len(windows) // 2
@@ -409,8 +415,10 @@ class NetworkReconstructor(Reconstructor):
                 results = self._reconstruct(windows, staging_dirs, options)
                 results[0].details["memory_fallback"] = change
                 return results
-            except torch.OutOfMemoryError:
-                self._free_memory()
+            except RuntimeError as exc:
+                if not is_out_of_memory(exc):
+                    raise
+            self._free_memory()
         return [WindowResult.failure(
             "out of memory even one window at a time with the smallest chunks"
             + ("" if self.options.min_process_res is None else " and the lowest resolution")
@@ -455,7 +463,7 @@ class NetworkReconstructor(Reconstructor):
             with self.meter.measure() as forward:
                 out = self._forward(batch.images, options)
                 if self.torch_device.type == "cuda":
-                    torch.cuda.synchronize()
+                    torch.cuda.synchronize(self.torch_device)  # not the current device's
             items = [self._device_part(b, window, staging, batch, out, options)
                      for b, (window, staging) in enumerate(zip(windows, staging_dirs))]
             del out, batch
@@ -482,14 +490,12 @@ class NetworkReconstructor(Reconstructor):
     def _device_part(self, b: int, window: Window[Frame], staging: Path, batch: NetworkBatch,
                      out: dict[str, Any], options: Any) -> SfmJob | WindowResult:
         """Window ``b`` of the batch's outputs -> its job; an error fails only this window."""
-        import torch
-
         self.report_progress("tracking", window)
         try:
             return self._window_job(b, window, staging, batch, out, options)
-        except torch.OutOfMemoryError:
-            raise
         except Exception as exc:  # noqa: BLE001 - one window never stops the others
+            if is_out_of_memory(exc):
+                raise  # the batch is retried smaller
             logger.debug("window %d failed", window.index, exc_info=True)
             return WindowResult.failure(f"{type(exc).__name__}: {exc}")
 

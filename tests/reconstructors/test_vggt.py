@@ -225,9 +225,10 @@ class BatchingTest(VggtTestCase):
 class OutOfMemoryTest(VggtTestCase):
     """Out-of-memory errors injected into the network's forward are recovered from."""
 
-    def run_batch(self, fail, pool=None, events=None, **options):
+    def run_batch(self, fail, pool=None, events=None, error=None, **options):
         """The batch of windows 0-1 with ``fail(batch, options, width)`` deciding which forwards
-        run out of memory; with ``pool``, through the pipelined path."""
+        run out of memory (raising ``error()``, a ``torch.OutOfMemoryError`` by default); with
+        ``pool``, through the pipelined path."""
         from pipeline.core.windows import create_windows
         from pipeline.exec.executor import result_of
         from pipeline.io.frames import list_image_files, prepare_frames
@@ -252,7 +253,7 @@ class OutOfMemoryTest(VggtTestCase):
             if events is not None:
                 events.append(f"forward {images.shape[0]}")
             if fail(images.shape[0], options, images.shape[-1]):
-                raise torch.OutOfMemoryError("injected: CUDA out of memory")
+                raise (error or (lambda: torch.OutOfMemoryError("injected: CUDA out of memory")))()
             return real(images, *args, options=options, **kwargs)
 
         reconstructor.model.forward = forward
@@ -287,6 +288,18 @@ class OutOfMemoryTest(VggtTestCase):
         records, calls = self.run_batch(lambda b, o, w: b > 1)
         self.assertEqual([r["status"] for r in records], ["ok"] * 2)
         self.assertEqual([c[0] for c in calls], [2, 1, 1])
+
+    def test_a_library_failing_to_allocate_is_out_of_memory_too(self):
+        """cuBLAS and cuDNN report a failed allocation as a plain RuntimeError."""
+        cublas = lambda: RuntimeError(  # noqa: E731
+            "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")
+        records, calls = self.run_batch(lambda b, o, w: b > 1, error=cublas)
+        self.assertEqual([r["status"] for r in records], ["ok"] * 2)
+        self.assertEqual([c[0] for c in calls], [2, 1, 1])
+        other = lambda: RuntimeError("shape mismatch")  # noqa: E731 - not memory: not retried
+        records, calls = self.run_batch(lambda b, o, w: b > 1, error=other)
+        self.assertEqual([c[0] for c in calls], [2])
+        self.assertEqual({r["status"] for r in records}, {"failed"})
 
     def test_single_window_falls_back_to_smaller_chunks(self):
         records, calls = self.run_batch(lambda b, o, w: b > 1 or o.frames_chunk_size > 1)

@@ -270,7 +270,8 @@ class DA3Backbone(nn.Module):
             ref = select_reference_view(x[:, :, 0], ref_view_strategy)
             order = reference_first_order(ref, views)
             x = _take_views(x, order)
-            logger.debug("reference views %s (strategy %s)", ref.tolist(), ref_view_strategy)
+            if logger.isEnabledFor(logging.DEBUG):  # .tolist() waits for the device
+                logger.debug("reference views %s (strategy %s)", ref.tolist(), ref_view_strategy)
         late = self._late_blocks(x, pos, split, cam_token, global_groups(views, frame_batch_size))
         if order is not None:
             inverse = order.argsort(dim=1)

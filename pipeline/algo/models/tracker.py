@@ -26,8 +26,14 @@ def sample_bilinear(
     """Sample ``values`` ``[N, C, H, W]`` at pixel coordinates ``xy`` ``[N, h, w, 2]`` (x, y;
     align_corners).
 
-    Returns ``[N, C, h, w]``.
+    Half-precision ``values`` (bf16/fp16 under autocast) are sampled in float32: a pixel
+    coordinate near 200 held in bf16 is rounded to a whole pixel (fp16: an eighth), which would
+    move every correlation lookup of the tracker by up to half a feature pixel on the GPU.
+
+    Returns ``[N, C, h, w]`` (float32 for half-precision ``values``).
     """
+    if values.dtype in (torch.float16, torch.bfloat16):
+        values = values.float()
     xy = xy.detach().to(values.dtype)
     sizes = values.shape[2:]
     scale = torch.tensor(

@@ -59,3 +59,27 @@ def test_heads_stay_float32_under_bfloat16_autocast(tiny_model, tiny_inputs, tin
         assert out[key].dtype == torch.float32, key
     # bf16 changes numbers, but not wildly (same network)
     assert torch.allclose(out["depth"], tiny_outputs["depth"], rtol=0.1, atol=0.1)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_track_lookups_keep_sub_pixel_coordinates_in_half_precision(dtype):
+    """The tracker samples its correlation maps at sub-pixel coordinates; held in bf16 a
+    coordinate near 200 is rounded to a whole pixel. Half-precision maps are sampled at the
+    float32 coordinates: the same as sampling their float32 copy."""
+    from pipeline.algo.models.tracker import sample_bilinear
+
+    gen = torch.Generator().manual_seed(0)
+    xs = torch.arange(300, dtype=torch.float32)
+    ramp = (xs / 300).expand(1, 1, 40, 300)  # a smooth map: sampling it reads the coordinate
+    noise = 0.01 * torch.rand(1, 1, 40, 300, generator=gen)
+    values = (ramp + noise).to(dtype)
+    xy = torch.tensor([[[[200.37, 20.6], [130.81, 7.25], [255.5, 33.9]]]])
+    got = sample_bilinear(values, xy)
+    want = sample_bilinear(values.float(), xy)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    # what a lookup at the coordinates rounded to the map's dtype reads: off by a large part
+    # of the step between neighbouring pixels (1/300)
+    rounded = sample_bilinear(values.float(), xy.to(dtype).float())
+    if dtype == torch.bfloat16:
+        assert (rounded - want).abs().max() > 0.2 / 300
