@@ -39,6 +39,7 @@ from ..core.geometry import ALIGN_MODES, AteResult, ate, camera_centers, rpe
 from ..core.results import STATUS_FAILED, STATUS_OK
 from ..infra.files import write_json
 from ..io.frames import natural_key
+from ..io.merged_record import MERGED_DIR, STALE, merged_state
 from ..io.output import PLAN, RUN_MANIFEST, PlannedWindow, planned_windows, read_window_poses
 from ..io.sequences import DATASET_MANIFEST
 from .ground_truth import (
@@ -396,7 +397,13 @@ def format_dataset_report(report: dict[str, Any]) -> str:
 
 def _evaluate_merged(out_dir: Path, frame_names: list[str], gt: Mapping[str, np.ndarray],
                      options: EvaluateOptions, units: str) -> list[dict[str, Any]] | None:
-    """One report entry per merged segment, ``None`` when nothing was merged."""
+    """One report entry per merged segment, ``None`` when nothing was merged; a merge of
+    windows since redone is not scored (one entry says so)."""
+    if merged_state(out_dir) == STALE:
+        error = ("stale: merged from windows since redone (merge again: python -m "
+                 f"pipeline.merge {out_dir})")
+        logger.warning("%s/%s: %s", out_dir, MERGED_DIR, error)
+        return [{"path": MERGED_DIR, "status": "error", "num_frames": 0, "error": error}]
     entries = [_evaluate_segment(d, out_dir, frame_names, gt, options, units)
                for d in merged_segment_dirs(out_dir)]
     return entries or None

@@ -39,14 +39,12 @@ from scipy.spatial.transform import Rotation
 from ..core.errors import DiskFullError, InputError, PipelineError
 from ..core.geometry import Sim3, camera_centers, robust_sim3, tum_lines
 from ..infra.files import NO_SPACE, write_json
+from ..io.merged_record import MERGED_DIR, refuse_foreign_merged, window_sources
 from ..io.output import open_window_model, planned_windows, read_plan
 from ..io.window_folders import discard_staging, remove_stale_staging, staging_for, swap_into_place
 from .merge_options import MergeOptions
 
 logger = logging.getLogger(__name__)
-
-MERGED_DIR = "merged"
-
 
 
 @dataclass(kw_only=True)
@@ -597,10 +595,12 @@ def merge_output(output_dir: Path, options: MergeOptions | None = None) -> dict[
         The report also written to ``merged/merge.json``.
 
     Raises:
-        InputError: the folder holds no successful window.
+        InputError: the folder holds no successful window, or a ``merged/`` no merge made.
     """
     options = options or MergeOptions()
     output_dir = Path(output_dir)
+    refuse_foreign_merged(output_dir)  # the user's own folder is never replaced
+    sources = window_sources(output_dir)  # what merged/ is made from, for later runs to check
     models, failed, leftovers = load_windows(output_dir)
     if not models:
         raise InputError(f"no successful windows to merge in {output_dir}")
@@ -612,7 +612,7 @@ def merge_output(output_dir: Path, options: MergeOptions | None = None) -> dict[
     discard_staging(staging)
     try:
         report = _write_merged(output_dir, staging, models, failed, leftovers, pairs,
-                               segments, options)
+                               segments, options, sources)
         swap_into_place(staging, merged)
     except OSError as exc:
         discard_staging(staging)
@@ -630,7 +630,7 @@ def merge_output(output_dir: Path, options: MergeOptions | None = None) -> dict[
 
 def _write_merged(output_dir: Path, staging: Path, models: list[Any], failed: Any,
                   leftovers: Any, pairs: list[Any], segments: list[list[int]],
-                  options: MergeOptions) -> dict[str, Any]:
+                  options: MergeOptions, sources: dict[str, str | None]) -> dict[str, Any]:
     """Write every segment and ``merge.json`` into ``staging`` (``merged/`` to be); the report
     names the folders as they will be once ``staging`` is in place."""
     timestamps = {f.get("name"): f.get("timestamp") for f in read_plan(output_dir)["frames"]
@@ -639,7 +639,8 @@ def _write_merged(output_dir: Path, staging: Path, models: list[Any], failed: An
     scales = {m.index: m.scene_scale for m in models}
     report: dict[str, Any] = {"options": asdict(options), "failed_windows": failed,
                               "ignored_folders": leftovers,
-                              "pairs": [p.report() for p in pairs], "segments": []}
+                              "pairs": [p.report() for p in pairs], "segments": [],
+                              "sources": sources}
     for k, windows in enumerate(segments):
         transforms = chain_transforms(windows, pairs)
         if options.refine:

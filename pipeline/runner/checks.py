@@ -11,6 +11,7 @@ from pathlib import Path
 from ..core.errors import InputError
 from ..core.windows import create_windows
 from ..infra.options import bad_values, changed_flags, flag_name
+from ..io.merged_record import refuse_foreign_merged
 from ..reconstructors import available_reconstructors, reconstructor_class, unread_options
 from .config import IMAGE_MODES, PipelineConfig
 
@@ -38,6 +39,8 @@ def check_config(config: PipelineConfig) -> Path:
         raise InputError(f"cannot use the output folder {out}: {exc.strerror or exc}") from exc
     if exists and not folder:
         raise InputError(f"output path exists and is not a folder: {out}")
+    if config.merge and exists and config.input_root is None and config.input_list is None:
+        refuse_foreign_merged(out)  # the merge would replace the user's own merged/
     if config.images not in IMAGE_MODES:
         raise InputError(f"--images must be link, copy or none, got {config.images!r}")
     if config.ray_address is not None and config.engine != "ray":

@@ -18,6 +18,7 @@ from ..core.windows import Window
 from ..exec.distributed import ProcessGroup
 from ..infra.memory import StageTable
 from ..io.frames import Frame
+from ..io.merged_record import remove_stale_merged
 from ..io.output import read_window_info
 from ..io.sequences import (
     DatasetManifest,
@@ -115,6 +116,8 @@ def _summary(config: PipelineConfig, plans: list[SequencePlan], reconstructor: R
                       for s in summary.failed_sequences]
     if config.merge:
         _merge_sequences(summary, plans, config.merge_options)
+    for plan in plans:
+        remove_stale_merged(Path(plan.config.output_dir))  # a merge of windows since redone
     dataset.keep_digest(digest_json(failure_digest(summary.windows) + summary.notes))
     summary.wall_time = time.perf_counter() - start
     return summary

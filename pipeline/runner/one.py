@@ -10,6 +10,7 @@ from typing import Any
 
 from ..exec.distributed import ProcessGroup
 from ..io.frames import Frame
+from ..io.merged_record import remove_stale_merged
 from ..post.merge_options import MergeOptions
 from ..reconstructors import reconstructor_class
 from .choice import build_for_run, resolve_choice
@@ -43,6 +44,8 @@ def run_one(config: PipelineConfig, frames: list[Frame], group: ProcessGroup,
                          device=reconstructor.device + where, notes=sequence_notes(plan))
     if config.merge and group.is_main:
         _merge(summary, config.merge_options)
+    if group.is_main:
+        remove_stale_merged(summary.output_dir)  # a merge of windows since redone
     summary.wall_time = time.perf_counter() - start
     return summary
 

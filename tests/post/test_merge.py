@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 import tempfile
 import unittest
 from pathlib import Path
@@ -275,3 +277,64 @@ def test_track_correspondences_need_the_same_keypoint():
     other = model(2, [1, 2], [[40, 2], [3, 30]], [[0, 0, 4], [0, 0, 6]])  # other pixels
     assert len(track_correspondences(a, other, ["f.png"])[0]) == 0
     assert len(track_correspondences(a, b, ["g.png"])[0]) == 0  # a frame neither holds
+
+
+def test_a_merge_of_windows_since_redone_is_removed_and_not_scored(tmp_path, caplog):
+    """merged/ records the windows it was made from: a window redone afterwards makes it
+    stale; evaluate does not score it, and the end of a run removes it."""
+    from pipeline.io.merged_record import (
+        CURRENT,
+        STALE,
+        merged_state,
+        remove_stale_merged,
+    )
+    make_output(tmp_path)
+    merge_output(tmp_path)
+    assert merged_state(tmp_path) == CURRENT
+    assert not remove_stale_merged(tmp_path)  # current: kept
+    assert (tmp_path / "merged" / "merge.json").is_file()
+    gt = {n: GT[i] for i, n in enumerate(NAMES)}
+    assert evaluate_output(tmp_path, gt)["merged"][0]["status"] == "ok"
+    window = create_windows(NAMES, 8, 4)[1]
+    folder = tmp_path / window.relative_dir
+    poses = GT[[NAMES.index(n) for n in window.items]]
+    shutil.rmtree(folder)  # the window redone, as a rerun with a changed frame does
+    write_window(tmp_path, window, poses, np.zeros((0, 3)))
+    assert merged_state(tmp_path) == STALE
+    [entry] = evaluate_output(tmp_path, gt)["merged"]
+    assert entry["status"] == "error" and "stale" in entry["error"]
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        assert remove_stale_merged(tmp_path)
+    assert not (tmp_path / "merged").exists() and "since redone" in caplog.text
+    assert merged_state(tmp_path) is None
+
+
+def test_a_merged_folder_no_merge_made_is_never_replaced(tmp_path):
+    from pipeline.core.errors import InputError
+    from pipeline.io.merged_record import FOREIGN, merged_state, remove_stale_merged
+
+    make_output(tmp_path)
+    mine = tmp_path / "merged" / "mine.txt"
+    mine.parent.mkdir()
+    mine.write_text("precious")
+    assert merged_state(tmp_path) == FOREIGN
+    with pytest.raises(InputError, match="no merge made it"):
+        merge_output(tmp_path)
+    assert main([str(tmp_path)]) == 2
+    assert not remove_stale_merged(tmp_path)
+    assert mine.read_text() == "precious"
+
+
+def test_a_run_with_merge_refuses_a_foreign_merged_folder_first(tmp_path, capsys):
+    """--merge into an output folder holding the user's own merged/: exit 2 before any work,
+    the folder untouched."""
+    from conftest import IMAGES
+    from pipeline.cli import main as cli
+
+    mine = tmp_path / "out" / "merged" / "mine.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("precious")
+    assert cli(["--input-dir", str(IMAGES), "--output-dir", str(tmp_path / "out"), "--merge",
+                "--reconstructor", "colmap", "-q"]) == 2
+    assert "no merge made it" in capsys.readouterr().err
+    assert mine.read_text() == "precious" and not (tmp_path / "out" / "run.json").exists()
