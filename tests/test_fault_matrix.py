@@ -467,3 +467,31 @@ def test_ground_truth_that_names_no_frame_or_has_no_finite_pose(tmp_path, capsys
     assert len(truth.names) == 11 and NAMES[2] not in truth.names
     assert main(["--pred", str(out), "--gt", str(nan)]) == 0
 
+
+
+def test_a_disk_filled_by_converted_frames_is_named_as_full(tmp_path, capsys, monkeypatch):
+    """Converting frames before any window fills the disk: one line naming the full disk (a
+    usage-level error, exit 2: nothing of the windows was written), no half-written frame."""
+    import errno
+
+    source = sixteen_bit(tmp_path / "in", count=4)
+    real_save = Image.Image.save
+
+    def save(self, fp, *args, **kwargs):
+        if "frames" in str(fp):
+            raise OSError(errno.ENOSPC, "No space left on device", str(fp))
+        return real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", save)
+    out = tmp_path / "out"
+    assert cli("--input-dir", source, "--output-dir", out, *SMALL) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "No space left on device" in line and "is full" in line
+    assert not list((out / "frames").glob("*.png"))  # no half-written frame
+
+
+def test_an_empty_frame_pattern_is_refused_by_name(tmp_path, capsys):
+    assert cli("--input-dir", IMAGES, "--output-dir", tmp_path / "out", "--frame-pattern", "",
+               *SMALL) == 2
+    assert "--frame-pattern is empty" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()

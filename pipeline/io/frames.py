@@ -305,7 +305,9 @@ def _probe(path: Path) -> _Probe:
             width, height = ImageOps.exif_transpose(img).size
         return _Probe(path, width, height, file_digest(data), reason)
     except (OSError, ValueError, SyntaxError, IndexError, Image.DecompressionBombError) as exc:
-        return _Probe(path, error=f"{type(exc).__name__}: {exc}")
+        # PIL names the in-memory buffer it read (an address that changes every run): the file
+        message = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", path.name, str(exc))
+        return _Probe(path, error=f"{type(exc).__name__}: {message}")
 
 
 def _converted_name(path: Path, taken: set[str]) -> str:

@@ -30,6 +30,9 @@ def check_config(config: PipelineConfig) -> Path:
                and getattr(config, f.name) is not None]
     if len(sources) > 1:
         raise InputError(f"{' and '.join(sources)} both given: give one input")
+    if config.frame_pattern is not None and not str(config.frame_pattern).strip():
+        raise InputError("--frame-pattern is empty: give a glob such as '*.color.jpg', or leave "
+                         "it out for every image")
     if not str(config.output_dir).strip():
         raise InputError("--output-dir is empty: name the output folder")
     out = Path(config.output_dir)

@@ -16,6 +16,7 @@ from ..core.errors import DiskFullError, InputError, PipelineError
 from ..core.failures import DigestEntry, calibration_entry, plural
 from ..core.windows import Window, create_windows
 from ..exec.distributed import ProcessGroup
+from ..infra.files import NO_SPACE
 from ..infra.lock import OutputLock
 from ..io.frames import Frame
 from ..io.output import PLAN, check_window, read_window_info, refresh_links, write_plan
@@ -136,6 +137,8 @@ def setup_errors(out: Path) -> Iterator[None]:
         raise
     except OSError as exc:
         where = exc.filename or out
+        if exc.errno in NO_SPACE:  # frames converted or extracted filled the disk
+            raise InputError(str(DiskFullError(where, exc))) from exc
         raise InputError(f"cannot write {where}: {exc.strerror or exc}") from exc
 
 

@@ -155,6 +155,10 @@ class BadFramesTest(FrameTestCase):
                                     show_progress=False)
         self.assertEqual([f.name for f in frames], ["f0.jpg", "f1.jpg"])
         self.assertEqual(len(logs.records), 2)
+        # the same words every run: the file named, not the address of a buffer
+        text = "\n".join(logs.output)
+        self.assertNotIn("0x", text)
+        self.assertIn("cannot identify image file f3.jpg", text)
 
     def test_control_character_in_a_name_is_a_bad_frame(self):
         for name in ("a.png", "b.png", "c\nd.png"):
