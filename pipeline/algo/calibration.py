@@ -381,7 +381,9 @@ def _decide_camera(
     useful = [
         r
         for r in rows
-        if r["registered"] >= max(2, math.ceil(MIN_REGISTERED_FRACTION * r["frames"]))
+        # a camera with a single frame (a frame of a size no other has) votes when it joined
+        if r["registered"] >= max(min(2, r["frames"]), math.ceil(MIN_REGISTERED_FRACTION
+                                                                  * r["frames"]))
         and plausible(r["focal"], camera.size)
     ]
     values = [r["focal"] for r in useful]

@@ -123,6 +123,16 @@ def test_a_chunk_that_registered_too_little_does_not_vote():
     assert d.focal == pytest.approx(551.0) and d.remap == ["b"]
 
 
+def test_a_camera_of_one_frame_keeps_the_value_its_chunk_adjusted():
+    """One frame of a size no other frame has: its chunk's bundle adjustment is the only
+    evidence; mapping it again with the default focal length would lose the frame."""
+    big = calib.CameraInfo(camera_id=1, width=6000, height=4500, focal=7200.0, exif=False)
+    [d] = calib.decide({1: big}, {}, {"a": _chunk(5188.0, registered=1, frames=1)})
+    assert d.focal == pytest.approx(5188.0) and not d.remap
+    [lost] = calib.decide({1: big}, {}, {"a": _chunk(5188.0, registered=0, frames=1)})
+    assert lost.focal == pytest.approx(7200.0)
+
+
 def test_little_evidence_is_weak_support():
     [uncertain] = calib.decide({1: CAMERA}, FLAT, {"a": _chunk(900.0, std=0.2)})
     assert uncertain.support == "weak" and "uncertain" in uncertain.warnings[0]
