@@ -531,7 +531,14 @@ def write_report(report: dict[str, Any], path: str | Path) -> None:
 
 
 def evaluate_path(pred: Path, gt: Path | None, options: EvaluateOptions) -> tuple[dict, str]:
-    """The report and its text for an output folder: a dataset root, or one run."""
+    """The report and its text for an output folder: a dataset root, or one run.
+
+    Raises:
+        InputError: ``pred`` is no folder, or its ground truth cannot be found or read.
+    """
+    if not Path(pred).is_dir():
+        raise InputError(f"output folder not found: {pred}" if not Path(pred).exists() else
+                         f"not an output folder (a file): {pred}")
     if (pred / DATASET_MANIFEST).is_file():
         report = evaluate_dataset(pred, gt, options=options)
         return report, format_dataset_report(report)

@@ -360,3 +360,12 @@ def test_module_entry_point(output, tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [f"error: ground truth not found: "
                                                f"{tmp_path / 'missing'}"]
+
+
+def test_a_missing_output_folder_is_named_before_its_ground_truth_is_looked_for(tmp_path,
+                                                                               capsys):
+    assert main(["--pred", str(tmp_path / "nope")]) == 2
+    assert "output folder not found" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(["--pred", str(tmp_path / "file")]) == 2
+    assert "not an output folder (a file)" in capsys.readouterr().err
