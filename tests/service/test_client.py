@@ -42,6 +42,10 @@ def test_a_run_sent_with_backend_ends_as_a_local_run_does(tmp_path, colmap_job):
     assert nobody.returncode == 2 and "cannot reach the service" in nobody.stderr
 
 
+def _interruptible() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # Python installs its KeyboardInterrupt
+
+
 def test_ctrl_c_cancels_the_job_and_a_token_is_needed(tmp_path, serve, tiny_vggt_checkpoint):
     served = serve(*vggt_service(tmp_path, tiny_vggt_checkpoint), token="t0ken")
     args = ("--backend", served.url, "--input-dir", str(IMAGES), "--output-dir", "long",
@@ -50,9 +54,12 @@ def test_ctrl_c_cancels_the_job_and_a_token_is_needed(tmp_path, serve, tiny_vggt
     refused = _client(*args, cwd=tmp_path)
     assert refused.returncode == 2 and "(HTTP 401)" in refused.stderr
 
+    # Ctrl-C at a terminal: SIGINT must not be ignored in the client, as it is when the tests
+    # themselves were started in the background of a non-interactive shell (`cmd &`)
     client = subprocess.Popen([sys.executable, SCRIPT, *args, "-q"], cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "WINDOW_RECON_TOKEN": "t0ken"})
+                              env={**os.environ, "WINDOW_RECON_TOKEN": "t0ken"},
+                              preexec_fn=_interruptible)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         jobs = served.request("GET", "/jobs")[1]["jobs"]
