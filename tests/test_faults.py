@@ -418,6 +418,55 @@ def test_bad_fps(tmp_path, capsys, fps):
     assert "--fps" in one_error_line(capsys.readouterr().err)
 
 
+@pytest.mark.parametrize("params,message", [
+    ("300,500,120", "principal point cx=500 lies outside the 320x240 frames"),
+    ("300,160,300", "principal point cy=300 lies outside the 320x240 frames"),
+])
+def test_principal_point_outside_the_frames(tmp_path, capsys, params, message):
+    out = tmp_path / "new" / "out"
+    assert cli("--input-dir", IMAGES, "--output-dir", out, "--reconstructor", "colmap",
+               "--camera-params", params) == 2
+    assert message in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "new").exists()  # refused before any work: nothing left behind
+
+
+def test_bad_input_leaves_no_new_folder_and_keeps_an_old_one(tmp_path, capsys):
+    out = tmp_path / "a" / "b"
+    assert cli("--input-dir", tmp_path / "missing", "--output-dir", out) == 2
+    assert "input folder does not exist" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "mine").mkdir()
+    assert cli("--input-dir", tmp_path / "missing", "--output-dir", tmp_path / "mine") == 2
+    assert (tmp_path / "mine").is_dir()  # the user's own folder stays, empty as it was
+
+
+@pytest.mark.parametrize("name,text", [
+    ("run.json", '{"experiment": "mine", "lr": 0.1}'),  # another tool's record
+    ("plan.json", "my plan for the week\n"),  # not JSON at all
+    ("run.json", "[1, 2]"),
+])
+def test_a_users_file_of_a_records_name_is_never_replaced(tmp_path, capsys, name, text):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / name).write_text(text)
+    assert cli("--input-dir", IMAGES, "--output-dir", out, "--reconstructor", "colmap") == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{out / name} exists and no run of this pipeline wrote it" in line
+    assert (out / name).read_text() == text
+    assert sorted(p.name for p in out.iterdir()) == [name]  # nothing written beside it
+
+
+def test_a_users_dataset_record_is_never_replaced(tmp_path, capsys):
+    root, out = tmp_path / "root", tmp_path / "out"
+    shutil.copytree(IMAGES, root / "a")
+    out.mkdir()
+    (out / "index.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    assert cli("--input-root", root, "--output-dir", out, "--reconstructor", "colmap") == 2
+    assert "index.jsonl exists and no run of this pipeline wrote it" in one_error_line(
+        capsys.readouterr().err)
+    assert sorted(p.name for p in out.iterdir()) == ["index.jsonl"]
+
+
 def test_video_path_that_is_a_folder(tmp_path, capsys):
     assert cli("--input-video", IMAGES, "--output-dir", tmp_path / "out") == 2
     assert "input video is a folder" in one_error_line(capsys.readouterr().err)

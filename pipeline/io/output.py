@@ -50,6 +50,38 @@ def is_own_folder(name: str) -> bool:
 RUN_MANIFEST = "run.json"
 PLAN = "plan.json"
 
+RUN_RECORDS: dict[str, str] = {RUN_MANIFEST: "pipeline_version", PLAN: "windows"}
+"""The records a run over one sequence writes at the top of its output folder, each with a
+key only this pipeline's version of the file holds."""
+
+
+def refuse_foreign_records(folder: Path, records: Mapping[str, str] = RUN_RECORDS) -> None:
+    """Raise when a file of ``records`` (name: a key of its top-level JSON object; for a
+    ``.jsonl`` file, of its first line) exists in ``folder`` but no run of this pipeline wrote
+    it: the run would replace the user's file. (The pipeline writes them whole, through a
+    renamed temporary file, so one that does not parse is not its own.)
+
+    Raises:
+        InputError: naming the file.
+    """
+    for name, key in records.items():
+        path = Path(folder) / name
+        if not (path.exists() or path.is_symlink()):
+            continue
+        try:
+            text = path.read_text()
+            if name.endswith(".jsonl"):
+                lines = [line for line in text.splitlines() if line.strip()]
+                if not lines:  # an index of no window yet
+                    continue
+                text = lines[0]
+            data = json.loads(text)
+        except (OSError, ValueError):
+            data = None
+        if not isinstance(data, dict) or key not in data:
+            raise InputError(f"{path} exists and no run of this pipeline wrote it: the run "
+                             "writes there; move it away first, or choose another --output-dir")
+
 
 RECORD_FIELDS: dict[str, type | tuple[type, ...]] = {
     "window_index": int, "path": str, "status": str, "frames": list, "registered_frames": list,

@@ -34,6 +34,9 @@ INDEX = "index.jsonl"
 """The dataset's window index, one JSON line per window (see :class:`WindowIndex`)."""
 DATASET_MANIFEST = "dataset.json"
 """The dataset run's record: its sequences, their status and the run's figures."""
+DATASET_RECORDS: dict[str, str] = {DATASET_MANIFEST: "sequences", INDEX: "sequence"}
+"""The records a run over many sequences writes at the top of its output folder, each with a
+key only this pipeline's version holds (see :func:`pipeline.io.output.refuse_foreign_records`)."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 

@@ -137,6 +137,15 @@ class Reconstructor(abc.ABC):
             InputError: a value that cannot work, in one line naming the flag.
         """
 
+    @classmethod
+    def check_frames(cls, config: Any, frames: Sequence[Frame]) -> None:
+        """Refuse, before any work, options in ``config`` that cannot work with these frames
+        (one sequence's, checked when its frames are read). Here: nothing.
+
+        Raises:
+            InputError: in one line naming the flag and what of the frames it contradicts.
+        """
+
     def memory_device(self) -> Any:
         """The ``torch.device`` whose memory bounds the batch size (the memory governor's), or
         ``None`` when the reconstructor's batches are sized by cores."""

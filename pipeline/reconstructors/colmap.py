@@ -227,6 +227,23 @@ class ColmapReconstructor(Reconstructor):
                                  f"negative, got {value:g}")
 
     @classmethod
+    def check_frames(cls, config: Any, frames: Sequence[Frame]) -> None:
+        """``--camera-params``: the principal point must lie within every frame (a point
+        outside the image is a value for other frames, or a swapped cx/cy, and every window
+        would fail to pose)."""
+        if config.camera_params is None:
+            return
+        names = CAMERA_PARAMS.get(config.camera_type, ())
+        values = dict(zip(names, config.camera_params))
+        for width, height in sorted({(f.width, f.height) for f in frames}):
+            for name, limit in (("cx", width), ("cy", height)):
+                if name in values and values[name] > limit:
+                    raise InputError(
+                        f"--camera-params: the principal point {name}={values[name]:g} lies "
+                        f"outside the {width}x{height} frames (0 to {limit}); give the "
+                        "intrinsics of these frames, in their pixels")
+
+    @classmethod
     def options_from_config(cls, config: Any) -> ColmapOptions:
         return ColmapOptions(camera_type=config.camera_type, shared_camera=config.shared_camera,
                              camera_params=config.camera_params,

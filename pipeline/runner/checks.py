@@ -12,6 +12,8 @@ from ..core.errors import InputError
 from ..core.windows import create_windows
 from ..infra.options import bad_values, changed_flags, flag_name
 from ..io.merged_record import refuse_foreign_merged
+from ..io.output import RUN_RECORDS, refuse_foreign_records
+from ..io.sequences import DATASET_RECORDS
 from ..reconstructors import available_reconstructors, reconstructor_class, unread_options
 from .config import IMAGE_MODES, PipelineConfig
 
@@ -42,8 +44,11 @@ def check_config(config: PipelineConfig) -> Path:
         raise InputError(f"cannot use the output folder {out}: {exc.strerror or exc}") from exc
     if exists and not folder:
         raise InputError(f"output path exists and is not a folder: {out}")
-    if config.merge and exists and config.input_root is None and config.input_list is None:
-        refuse_foreign_merged(out)  # the merge would replace the user's own merged/
+    many = config.input_root is not None or config.input_list is not None
+    if exists:  # the run would replace the user's own files of these names
+        refuse_foreign_records(out, DATASET_RECORDS if many else RUN_RECORDS)
+    if config.merge and exists and not many:
+        refuse_foreign_merged(out)
     if config.images not in IMAGE_MODES:
         raise InputError(f"--images must be link, copy or none, got {config.images!r}")
     if config.ray_address is not None and config.engine != "ray":

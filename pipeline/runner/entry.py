@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from ..core.errors import InputError
@@ -26,7 +27,7 @@ from ..io.sequences import DATASET_MANIFEST
 from .checks import check_config
 from .config import PipelineConfig
 from .control import RunControl
-from .inputs import load_frames, sequence_sources
+from .inputs import load_frames, remove_empty_folders, sequence_sources
 from .many import run_many
 from .one import run_one
 from .plan import prepare_output, setup_errors
@@ -59,6 +60,7 @@ def run(config: PipelineConfig, control: RunControl | None = None) -> RunSummary
         raise InputError("--input-root/--input-list run in one process (one device); start "
                          "one run per device on separate lists instead of accelerate launch")
     lock = OutputLock(out)
+    made = _missing_folders(out) if group.is_main else []
     try:
         with setup_errors(out):
             with group.main_first():
@@ -76,8 +78,23 @@ def run(config: PipelineConfig, control: RunControl | None = None) -> RunSummary
             if connection is not None:
                 _note_cluster_events(summary, connection, many)
             return summary
+    except InputError:
+        lock.release()
+        if made:  # refused: the folders this run made go again when nothing was written
+            remove_empty_folders(made[0])
+        raise
     finally:
         lock.release()
+
+
+def _missing_folders(out: Path) -> list[Path]:
+    """The folders of ``out``'s path that do not exist yet, outermost first."""
+    missing = []
+    for folder in [out.absolute(), *out.absolute().parents]:
+        if folder.exists() or folder.is_symlink():
+            break
+        missing.append(folder)
+    return missing[::-1]
 
 
 @contextlib.contextmanager

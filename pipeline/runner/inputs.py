@@ -19,7 +19,7 @@ from ..io.frames import (
     one_size,
     prepare_frames,
 )
-from ..io.output import is_own_folder
+from ..io.output import is_own_folder, refuse_foreign_records
 from ..io.sequences import SequenceSource, discover, read_list
 from ..io.video import extract_video_frames, video_frame_times
 from ..io.window_folders import remove_stale_staging
@@ -117,17 +117,18 @@ def sequence_config(config: PipelineConfig, source: SequenceSource) -> PipelineC
 def sized_for(frames: list[Frame], reconstructor: Reconstructor | type[Reconstructor],
               config: PipelineConfig) -> list[Frame]:
     """The frames, checked to share one size when the reconstructor needs it (see
-    :func:`pipeline.io.frames.one_size`).
+    :func:`pipeline.io.frames.one_size`) and against its options (its ``check_frames``).
 
     Raises:
-        InputError: frames of several sizes for a reconstructor that needs one, or too few
-            left of the common size.
+        InputError: frames of several sizes for a reconstructor that needs one, too few left
+            of the common size, or options these frames contradict.
     """
-    if reconstructor.mixed_sizes:
-        return frames
-    kept = one_size(frames, reconstructor.name, skip_bad_frames=config.skip_bad_frames)
-    if len(kept) < 2:
-        raise InputError(f"{plural(len(kept), 'frame')} of one size left: too few")
+    kept = frames
+    if not reconstructor.mixed_sizes:
+        kept = one_size(frames, reconstructor.name, skip_bad_frames=config.skip_bad_frames)
+        if len(kept) < 2:
+            raise InputError(f"{plural(len(kept), 'frame')} of one size left: too few")
+    reconstructor.check_frames(config, kept)
     return kept
 
 
@@ -144,6 +145,7 @@ def load_sequence(config: PipelineConfig, source: SequenceSource) -> list[Frame]
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create {out}: {exc.strerror or exc}") from exc
+    refuse_foreign_records(out)  # the sequence would replace the user's own run.json
     remove_stale_staging(out)
     frames = load_frames(config)
     if len(frames) < config.window_size:

@@ -109,6 +109,22 @@ def test_the_index_is_replaced_whole(tmp_path):
 SMALL = ("--window-size", "4", "--window-stride", "4", "-q")
 
 
+def test_a_sequence_folder_holding_a_users_run_json_fails_alone(tmp_path):
+    """OUT/<sequence>/run.json written by someone else: that sequence is not run (its file
+    kept), the other is."""
+    root, out = tmp_path / "root", tmp_path / "out"
+    frames_folder(root / "a", 0, 4)
+    frames_folder(root / "b", 4, 4)
+    (out / "b").mkdir(parents=True)
+    (out / "b" / "run.json").write_text("my notes")
+    assert cli("--input-root", root, "--output-dir", out, *SMALL, "--reconstructor",
+               "colmap") == 1
+    assert (out / "b" / "run.json").read_text() == "my notes"
+    assert (out / "a" / "run.json").is_file()
+    failed = [e for e in index_lines(out) if e["sequence"] == "b"]
+    assert len(failed) == 1 and "no run of this pipeline wrote it" in failed[0]["error"]
+
+
 @pytest.mark.slow
 def test_a_run_over_many_names_the_sequence_of_every_failure(tmp_path, caplog, capsys):
     """Failure lines, the digest (printed and kept in ``dataset.json``) and the end lines name
