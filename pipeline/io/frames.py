@@ -285,6 +285,8 @@ class _Probe:
     digest: str = ""
     conversion: str | None = None
     error: str | None = None
+    pages: int = 1
+    """Frames the file holds (an animated WebP/PNG, a multi-page TIFF: the first is used)."""
 
 
 def file_digest(data: bytes) -> str:
@@ -303,11 +305,25 @@ def _probe(path: Path) -> _Probe:
             img.load()
             reason = _needs_conversion(img, data)
             width, height = ImageOps.exif_transpose(img).size
-        return _Probe(path, width, height, file_digest(data), reason)
+            pages = int(getattr(img, "n_frames", 1) or 1)
+        return _Probe(path, width, height, file_digest(data), reason, pages=pages)
     except (OSError, ValueError, SyntaxError, IndexError, Image.DecompressionBombError) as exc:
         # PIL names the in-memory buffer it read (an address that changes every run): the file
         message = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", path.name, str(exc))
         return _Probe(path, error=f"{type(exc).__name__}: {message}")
+
+
+def _warn_animated(probes: Sequence[_Probe]) -> None:
+    """One warning naming the frames that are animations or multi-page files (each is one
+    frame of the sequence: its first picture; its others are not frames)."""
+    animated = [p for p in probes if p.pages > 1]
+    if animated:
+        first = animated[0]
+        more = f" and {len(animated) - 1} more" if len(animated) > 1 else ""
+        logger.warning("frame %s holds %d pictures (an animation or a multi-page file)%s: only "
+                       "the first picture of each is used (save its pictures as frames to "
+                       "use them all)", first.path.name,
+                       first.pages, more)
 
 
 def _converted_name(path: Path, taken: set[str]) -> str:
@@ -361,6 +377,7 @@ def prepare_frames(
     good = [p for p in probes if not p.error]
     if len(good) < 2:
         raise InputError(f"need at least 2 readable frames, found {len(good)}")
+    _warn_animated(good)
     taken = {p.path.name for p in good}
     if any(p.conversion for p in good):
         _refuse_overwriting(Path(cache_dir), [p.path for p in good])

@@ -131,6 +131,17 @@ class DecodingTest(FrameTestCase):
         self.assertEqual(third.digest, second.digest)
         self.assertEqual(os.stat(third.path).st_mtime_ns, os.stat(second.path).st_mtime_ns)
 
+    def test_an_animation_is_its_first_picture_and_is_named(self):
+        pictures = [Image.fromarray(_rgb(seed=s)) for s in (4, 5, 6)]
+        animated = self.dir / "anim.webp"
+        pictures[0].save(animated, save_all=True, append_images=pictures[1:], lossless=True)
+        with self.assertLogs("pipeline.io.frames", "WARNING") as logs:
+            [frame, _] = prepare_frames([animated, self._plain("b.png")], self.dir / "cache",
+                                        show_progress=False)
+        self.assertEqual(len(logs.output), 1)
+        self.assertIn("frame anim.webp holds 3 pictures", logs.output[0])
+        np.testing.assert_array_equal(load_image(frame.path), _rgb(seed=4))
+
     def _plain(self, name):
         Image.fromarray(_rgb(seed=3)).save(self.dir / name)
         return self.dir / name
