@@ -467,6 +467,23 @@ def test_a_users_dataset_record_is_never_replaced(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["index.jsonl"]
 
 
+def test_runs_over_one_and_over_many_sequences_never_share_a_folder(tmp_path, capsys):
+    root = tmp_path / "root"
+    shutil.copytree(IMAGES, root / "a")
+    many, one = tmp_path / "many", tmp_path / "one"
+    args = ("--reconstructor", "colmap", "--max-frames", "8", "-q")
+    assert cli("--input-root", root, "--output-dir", many, *args) == 0
+    assert cli("--input-dir", IMAGES, "--output-dir", many, *args) == 2
+    assert "holds a run over many sequences (dataset.json)" in one_error_line(
+        capsys.readouterr().err)
+    assert not (many / "run.json").exists()
+    assert cli("--input-dir", IMAGES, "--output-dir", many / "a", *args) == 0  # its sequence
+    assert cli("--input-dir", IMAGES, "--output-dir", one, *args) == 0
+    assert cli("--input-root", root, "--output-dir", one, *args) == 2
+    assert "holds a run over one sequence (plan.json)" in one_error_line(capsys.readouterr().err)
+    assert not (one / "dataset.json").exists()
+
+
 def test_video_path_that_is_a_folder(tmp_path, capsys):
     assert cli("--input-video", IMAGES, "--output-dir", tmp_path / "out") == 2
     assert "input video is a folder" in one_error_line(capsys.readouterr().err)

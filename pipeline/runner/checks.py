@@ -12,8 +12,8 @@ from ..core.errors import InputError
 from ..core.windows import create_windows
 from ..infra.options import bad_values, changed_flags, flag_name
 from ..io.merged_record import refuse_foreign_merged
-from ..io.output import RUN_RECORDS, refuse_foreign_records
-from ..io.sequences import DATASET_RECORDS
+from ..io.output import PLAN, RUN_RECORDS, refuse_foreign_records
+from ..io.sequences import DATASET_MANIFEST, DATASET_RECORDS
 from ..reconstructors import available_reconstructors, reconstructor_class, unread_options
 from .config import IMAGE_MODES, PipelineConfig
 
@@ -47,6 +47,7 @@ def check_config(config: PipelineConfig) -> Path:
     many = config.input_root is not None or config.input_list is not None
     if exists:  # the run would replace the user's own files of these names
         refuse_foreign_records(out, DATASET_RECORDS if many else RUN_RECORDS)
+        _refuse_other_kind_of_run(out, many)
     if config.merge and exists and not many:
         refuse_foreign_merged(out)
     if config.images not in IMAGE_MODES:
@@ -79,6 +80,17 @@ def check_config(config: PipelineConfig) -> Path:
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     return out
+
+
+def _refuse_other_kind_of_run(out: Path, many: bool) -> None:
+    """Refuse a run over many sequences into a run over one, and the other way round: their
+    records and folders would mix (a sequence's folder of a run over many is a run over one)."""
+    if many and (out / PLAN).is_file():
+        raise InputError(f"{out} holds a run over one sequence ({PLAN}): a run over many "
+                         "writes a folder per sequence; choose another --output-dir")
+    if not many and (out / DATASET_MANIFEST).is_file():
+        raise InputError(f"{out} holds a run over many sequences ({DATASET_MANIFEST}): give "
+                         "one of its sequence folders (OUT/<sequence>) or another --output-dir")
 
 
 def unread_problem(config: PipelineConfig, reconstructor: str) -> str | None:
