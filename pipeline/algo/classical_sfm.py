@@ -49,6 +49,7 @@ from ..infra.files import NO_SPACE, write_json
 from ..infra.memory import PeakMeter, reset_peak
 from ..infra.tempdirs import make_temp
 from ..io.signature import stable_hash
+from .colmap_database import call_shared, open_shared
 from .colmap_options import copy_options, global_mapping_options, mapping_options, reader_options
 
 logger = logging.getLogger(__name__)
@@ -71,11 +72,19 @@ class Chunk:
         return f"chunk_{self.start:06d}_{self.stop:06d}"
 
 
+def chunk_length(window_size: int, chunk_frames: int) -> int:
+    """Frames a chunk is planned with: ``chunk_frames``, raised to twice the window size when it
+    is less (a chunk must hold a window and go on past it)."""
+    return max(chunk_frames, 2 * window_size)
+
+
 def plan_chunks(num_frames: int, window_size: int, chunk_frames: int) -> list[Chunk]:
-    """Overlapping chunks of about ``chunk_frames`` frames covering ``num_frames``, spread
-    evenly: consecutive chunks share at least ``window_size`` frames, so every window of at most
-    that size lies inside one. A sequence shorter than 1.5 chunks is one chunk."""
-    overlap = min(window_size, chunk_frames - 1)
+    """Overlapping chunks of about ``chunk_length(window_size, chunk_frames)`` frames covering
+    ``num_frames``, spread evenly: consecutive chunks share at least ``window_size`` frames, so
+    every window of at most that size lies inside one. A sequence shorter than 1.5 chunks is
+    one chunk."""
+    chunk_frames = chunk_length(window_size, chunk_frames)
+    overlap = window_size
     count = max(1, round((num_frames - overlap) / (chunk_frames - overlap)))
     if count == 1 or num_frames <= chunk_frames * 3 // 2:
         return [Chunk(0, 0, num_frames)]
@@ -300,18 +309,18 @@ def map_chunk(
         ):
             mapping = global_mapping_options(options, hold_focal=hold)
             mapping.image_names = names
-            models = pycolmap.global_mapping(database, store / "images", tmp, options=mapping)
+            models = call_shared(pycolmap.global_mapping, database, store / "images", tmp,
+                                 options=mapping)
         else:
-            models = pycolmap.incremental_mapping(
-                database, store / "images", tmp, options=incremental
-            )
+            models = call_shared(pycolmap.incremental_mapping, database, store / "images", tmp,
+                                 options=incremental)
         for folder in sorted(p for p in tmp.iterdir() if p.name.isdigit()):
             repair_jumps(folder, store, names, incremental, database)
     (tmp / "database.db").unlink(missing_ok=True)
     record: dict[str, Any] = {"frames": names, "models": len(models), "evidence": None}
     kept = load_models(tmp)
     if kept:
-        with pycolmap.Database.open(str(store / "database.db")) as db:
+        with open_shared(store / "database.db") as db:
             camera_of = {image.name: image.camera_id for image in db.read_all_images()}
         frames_of: dict[int, int] = {}
         for name in names:
@@ -384,7 +393,8 @@ def repair_jumps(
     shutil.rmtree(again, ignore_errors=True)
     (again / "input").mkdir(parents=True)
     rec.write(again / "input")
-    pycolmap.incremental_mapping(
+    call_shared(
+        pycolmap.incremental_mapping,
         database or store / "database.db",
         store / "images",
         again / "output",

@@ -103,9 +103,9 @@ class ColmapFlags:
     frames, kept fixed: f,cx,cy (SIMPLE_PINHOLE), fx,fy,cx,cy (PINHOLE), f,cx,cy,k
     (SIMPLE_RADIAL)."""
     chunk_frames: int = option(100, group=GROUP, kind="count", metavar="N")
-    """colmap: frames of the sequence reconstructed together, each window cut out of its chunk
-    (features once per frame, matches once per pair, poses for short windows of video); 0: each
-    window from its own frames only."""
+    """colmap: frames of the sequence reconstructed together (at least twice the window size),
+    each window cut out of its chunk (features once per frame, matches once per pair, poses for
+    short windows of video); 0: each window from its own frames only."""
     min_registered_fraction: float = option(0.5, group=GROUP, kind="float", bounds=(0, 1),
                                             name="--min-registered", metavar="FRACTION")
     """colmap: mark a window failed when fewer of its frames register."""
@@ -307,7 +307,8 @@ class ColmapReconstructor(Reconstructor):
         needed = {s.chunk_of[w.index].index: s.chunk_of[w.index] for w in windows}
         s.needed = list(s.chunks) if s.calibrate else [needed[i] for i in sorted(needed)]
         logger.info("colmap: %d frames in %d chunk(s) of up to %d frames; %d to map",
-                    len(s.frames), len(s.chunks), self.options.chunk_frames, len(s.needed))
+                    len(s.frames), len(s.chunks), max(c.stop - c.start for c in s.chunks),
+                    len(s.needed))
         self._submit_store()
 
     def _submit_store(self) -> None:

@@ -12,6 +12,7 @@ import pytest
 from conftest import TESTDATA
 from pipeline.algo import calibration as calib
 from pipeline.algo.classical_sfm import (
+    chunk_length,
     chunk_of,
     cut_window,
     jump_outliers,
@@ -29,9 +30,13 @@ from tests.helpers import window_dirs, window_info
 
 @pytest.mark.parametrize("frames,size,stride,chunk", [(24, 8, 4, 100), (200, 8, 4, 100),
                                                       (1000, 8, 4, 100), (37, 6, 3, 10),
-                                                      (150, 8, 8, 100), (151, 16, 4, 20)])
+                                                      (150, 8, 8, 100), (151, 16, 4, 20),
+                                                      (200, 120, 60, 100), (40, 8, 4, 1),
+                                                      (12, 8, 4, 3)])
 def test_every_window_lies_in_a_chunk(frames, size, stride, chunk):
     chunks = plan_chunks(frames, size, chunk)
+    chunk = chunk_length(size, chunk)  # a chunk shorter than two windows is lengthened
+    assert chunk >= 2 * size
     assert chunks[0].start == 0 and chunks[-1].stop == frames
     for a, b in zip(chunks, chunks[1:]):
         assert b.start > a.start and a.stop - b.start >= size  # they overlap by a window
@@ -104,12 +109,13 @@ def test_a_sequence_in_several_chunks(tmp_path, monkeypatch):
     monkeypatch.setattr(calib, "AGREEMENT", 1e-12)
     out = tmp_path / "out"
     config = PipelineConfig(input_dir=TESTDATA / "images", output_dir=out, window_size=6,
-                            window_stride=3, reconstructor="colmap", chunk_frames=10, merge=True,
+                            window_stride=3, reconstructor="colmap", chunk_frames=4, merge=True,
                             show_progress=False)
-    summary = run(config)
+    summary = run(config)  # chunks of 4 frames cannot hold a window: they are made 12 long
     assert summary.success, summary.line()
     infos = [window_info(d) for d in window_dirs(out)]
     assert len({tuple(i["details"]["chunk"]) for i in infos}) >= 3
+    assert all(i["details"]["chunk"][1] - i["details"]["chunk"][0] + 1 == 12 for i in infos)
     assert all(i["num_registered"] == 6 for i in infos)
     assert {"features", "matching", "calibration", "mapping"} <= set(summary.profile.rows)
     assert summary.profile.rows["features"]["calls"] == 1
