@@ -38,6 +38,7 @@ import numpy as np
 import pycolmap
 
 from ..core.cameras import CAMERA_PARAMS
+from .colmap_database import open_shared
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def estimate_focal(
     Returns:
         ``{camera_id: FocalEstimate}`` of every camera of the database but those with a prior.
     """
-    with pycolmap.Database.open(str(database)) as db:
+    with open_shared(database) as db:
         camera_of = {image.image_id: image.camera_id for image in db.read_all_images()}
         cameras = {camera.camera_id: camera for camera in db.read_all_cameras()}
         pair_ids, geometries = db.read_two_view_geometries()
@@ -190,7 +191,7 @@ class CameraInfo:
 
 def read_cameras(database: Path) -> dict[int, CameraInfo]:
     """The database's cameras (before any calibration was written into it)."""
-    with pycolmap.Database.open(str(database)) as db:
+    with open_shared(database) as db:
         return {
             c.camera_id: CameraInfo(
                 camera_id=c.camera_id,
@@ -229,7 +230,7 @@ def initial_focal(camera: CameraInfo, estimate: FocalEstimate | None) -> tuple[f
 def set_focal_lengths(database: Path, focal: Mapping[int, float]) -> None:
     """Write these focal lengths into the database's cameras, marked as priors (the mapper
     starts from them; bundle adjustment refines them unless told to hold them)."""
-    with pycolmap.Database.open(str(database)) as db:
+    with open_shared(database) as db:
         for camera in db.read_all_cameras():
             if camera.camera_id in focal:
                 params = np.array(camera.params, float)
