@@ -102,6 +102,7 @@ class Da3Reconstructor(NetworkReconstructor):
     """DA3 forward on stacked windows, tracks from SIFT matching, bundle adjustment per window."""
 
     name = "da3"
+    architecture = "da3"
     flags = Da3Flags
     device_stages = ("forward",)  # its tracks come from SIFT matching on the CPU
     default_res = 504

@@ -192,6 +192,9 @@ class NetworkReconstructor(Reconstructor):
     (:attr:`default_res`, :attr:`res_multiple`).
     """
 
+    architecture: str
+    """The network whose checkpoints this reconstructor takes (an architecture name of
+    :func:`pipeline.algo.models.load_model`); another's is refused at load."""
     default_res: int
     """The network's own input size, pixels (``--process-res`` when not given)."""
     res_multiple: int = 1
@@ -272,10 +275,11 @@ class NetworkReconstructor(Reconstructor):
 
         def load() -> tuple[Any, Any]:
             if not cpu_offload:
-                return load_model(model, device=self.torch_device, dtype=self.dtype), None
+                return load_model(model, device=self.torch_device, dtype=self.dtype,
+                                  expect=self.architecture), None
             from ..algo.models.offload import enable_cpu_offload
 
-            network = load_model(model, device="cpu", dtype=self.dtype)
+            network = load_model(model, device="cpu", dtype=self.dtype, expect=self.architecture)
             return network, enable_cpu_offload(network, self.torch_device)  # logs its sizes
 
         key = (checkpoint_fingerprint(model), self.device, str(self.dtype), cpu_offload,

@@ -106,6 +106,7 @@ class VggtReconstructor(NetworkReconstructor):
     """VGGT forward on stacked windows, tracks from SIFT queries, bundle adjustment per window."""
 
     name = "vggt"
+    architecture = "vggt"
     flags = VggtFlags
     device_stages = ("forward", "tracking")  # the track head runs on the device
     default_res = 518

@@ -132,10 +132,15 @@ class EndToEndTest(VggtTestCase):
 
     def test_without_ba_points_come_from_depth(self):
         out = self.tmp / "noba"
+        # the default structure checks: every frame sees the points its depth gave
         self.assertEqual(self.run_cli(out, "--max-frames", "4", "--no-use-ba",
-                                      "--conf-thres-value", "0"), 0)
+                                      "--conf-thres-value", "0", "--min-points", "50",
+                                      "--min-frame-observations", "20"), 0)
         rec = pycolmap.Reconstruction(windows(out)[0] / "sparse")
         self.assertGreater(rec.num_points3D(), 100)
+        seen = [rec.images[i].num_points3D for i in rec.reg_image_ids()]
+        self.assertEqual((len(seen), sum(seen)), (4, rec.num_points3D()))
+        self.assertGreaterEqual(info(windows(out)[0])["checks"]["fewest_frame_observations"], 20)
 
     def test_a_window_that_fails_leaves_the_others(self):
         frames = frames_with_blank_window(IMAGES, self.tmp / "frames")
@@ -377,3 +382,21 @@ class OriginalGridTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+def test_a_da3_checkpoint_given_to_vggt_is_refused_and_the_windows_are_kept(
+        tmp_path, tiny_vggt_checkpoint, tiny_da3_checkpoint):
+    """Before, it loaded, every batch failed on the forward, and the windows a user already
+    had were replaced by failed records (the checkpoint's change made them stale)."""
+    out = tmp_path / "out"
+    args = ["--input-dir", str(IMAGES), "--output-dir", str(out), "--max-frames", "8",
+            "--reconstructor", "vggt", *FAST]
+    assert main([*args, "--model", str(tiny_vggt_checkpoint)]) == 0
+    before = {w.name: (info(w), sorted(p.name for p in (w / "sparse").iterdir()))
+              for w in windows(out)}
+    with redirect_stderr(StringIO()) as stderr:
+        assert main([*args, "--model", str(tiny_da3_checkpoint)]) == 2
+    assert "holds a da3 network, not vggt (it is for --reconstructor da3)" in stderr.getvalue()
+    after = {w.name: (info(w), sorted(p.name for p in (w / "sparse").iterdir()))
+             for w in windows(out)}
+    assert after == before and all(i["status"] == "ok" for i, _ in after.values())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +30,16 @@ from .vggt import VGGTConfig, build_model
 
 logger = logging.getLogger(__name__)
 
-WEIGHT_FILENAMES = ("model.safetensors", "model.pt", "model.pth", "pytorch_model.bin")
+WEIGHT_FILENAMES = ("model.safetensors", "model.safetensors.index.json", "model.pt", "model.pth",
+                    "pytorch_model.bin")
 """File names looked for in a folder or hub repo, in order of preference."""
-WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+SHARD_INDEX_SUFFIX = ".safetensors.index.json"
+"""A checkpoint saved in shards: this index names the ``.safetensors`` file of every tensor
+(``{"weight_map": {key: file}}``, the Hugging Face layout), the shards lie beside it."""
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", SHARD_INDEX_SUFFIX)
 CONFIG_FILENAME = "config.json"
+DDP_PREFIX = "module."
+"""The prefix of every key of a state dict saved from a ``DistributedDataParallel`` wrapper."""
 DEFAULT_REPO = VGGT_1B
 
 
@@ -161,7 +168,8 @@ def _find_in_folder(folder: Path) -> Path | None:
     for name in WEIGHT_FILENAMES:
         if (folder / name).is_file():
             return folder / name
-    candidates = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    candidates = sorted(p for p in folder.iterdir()
+                        if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
     return candidates[0] if len(candidates) == 1 else None
 
 
@@ -173,8 +181,8 @@ def _local_files(path: Path) -> tuple[Path, Path | None]:
             f"no checkpoint ({', '.join(WEIGHT_FILENAMES)}) in folder {path}. "
             + _how_to_get(str(path))
         )
-    if weights.suffix not in WEIGHT_SUFFIXES:
-        raise ValueError(
+    if not weights.name.endswith(WEIGHT_SUFFIXES):
+        raise CheckpointError(
             f"unsupported checkpoint format {weights.suffix!r} ({weights}); expected one of "
             f"{WEIGHT_SUFFIXES}"
         )
@@ -226,6 +234,10 @@ def _hub_files(
         unreachable = offline = not hub_reachable()
     for name in WEIGHT_FILENAMES:
         weights = _hub_file(repo_id, name, revision, cache, offline)
+        if weights and name.endswith(SHARD_INDEX_SUFFIX):  # its shards, into the same snapshot
+            shards = [_hub_file(repo_id, shard, revision, cache, offline)
+                      for shard in _shard_names(Path(weights))]
+            weights = weights if all(shards) else None
         if weights:
             config = _hub_file(repo_id, CONFIG_FILENAME, revision, cache, offline)
             return Path(weights), (Path(config) if config else None)
@@ -236,7 +248,8 @@ def _hub_files(
     else:
         where += " with HF_HUB_OFFLINE=1" if offline else " or online"
     raise WeightsNotFoundError(
-        f"weights for {repo_id!r} not found in {where}. " + _how_to_get(repo_id)
+        f"weights for {repo_id!r} not found in {where}, and no file or folder "
+        f"{os.path.abspath(repo_id)} exists. " + _how_to_get(repo_id)
     )
 
 
@@ -287,7 +300,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except ImportError:
         raise
     except Exception as exc:  # noqa: BLE001 - safetensors, pickle and zip readers raise many kinds
-        raise CheckpointError(f"cannot read checkpoint {path}: {_one_line(exc)}") from exc
+        raise CheckpointError(f"cannot read checkpoint {path}: {_reason(exc)}") from exc
     for wrapper in ("model", "state_dict"):
         if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
             state = state[wrapper]
@@ -297,10 +310,30 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         or not all(isinstance(v, torch.Tensor) for v in state.values())
     ):
         raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    if all(k.startswith(DDP_PREFIX) for k in state):  # saved from DistributedDataParallel
+        return {k[len(DDP_PREFIX):]: v for k, v in state.items()}
     return dict(state)
 
 
+def _shard_names(index: Path) -> list[str]:
+    """The shard files an index names, in order (read errors pass on)."""
+    weight_map = json.loads(index.read_text())["weight_map"]
+    return list(dict.fromkeys(weight_map[key] for key in sorted(weight_map)))
+
+
+def weight_files(weights: Path) -> list[Path]:
+    """The files a checkpoint is read from: ``weights`` and, for a shard index, its shards."""
+    if not weights.name.endswith(SHARD_INDEX_SUFFIX):
+        return [weights]
+    return [weights, *(weights.parent / name for name in _shard_names(weights))]
+
+
 def _read_checkpoint(path: Path) -> Any:
+    if path.name.endswith(SHARD_INDEX_SUFFIX):
+        state: dict[str, Any] = {}
+        for shard in weight_files(path)[1:]:
+            state.update(_read_checkpoint(shard))
+        return state
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
@@ -315,6 +348,19 @@ def _read_checkpoint(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def _reason(exc: BaseException) -> str:
+    """Why a checkpoint could not be read, in one line. torch's weights-only unpickler explains
+    at length how to load the file unsafely; only its reason is kept (a checkpoint is never
+    unpickled beyond tensors here: that could run any code)."""
+    text = str(exc)
+    if "Weights only load failed" not in text:
+        return _one_line(exc)
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n|$)", text)
+    why = " ".join(found.group(1).split()) if found else "not a plain state dict"
+    return (f"it is not a checkpoint of tensors only ({why}); files holding other Python "
+            "objects are not unpickled")
+
+
 def _one_line(exc: BaseException, limit: int = 200) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -326,15 +372,23 @@ def checkpoint_fingerprint(name_or_path: str | os.PathLike) -> dict[str, Any]:
 
     Raises:
         WeightsNotFoundError: see :func:`resolve_weights`.
+        CheckpointError: a shard index that cannot be read or names a missing shard.
     """
     weights, _ = resolve_weights(name_or_path)
     stat = weights.stat()
-    return {
+    fingerprint: dict[str, Any] = {
         "name": str(name_or_path),
         "file": Path(weights).resolve().name,
         "size": stat.st_size,
         "mtime_ns": stat.st_mtime_ns,
     }
+    if weights.name.endswith(SHARD_INDEX_SUFFIX):
+        try:
+            fingerprint["shards"] = [[f.resolve().name, f.stat().st_size, f.stat().st_mtime_ns]
+                                     for f in weight_files(weights)[1:]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"cannot read the shards of {weights}: {_one_line(exc)}") from exc
+    return fingerprint
 
 
 def detect_architecture(
@@ -360,6 +414,7 @@ def load_model(
     *,
     config: Any = None,
     architecture: str | None = None,
+    expect: str | None = None,
     revision: str | None = None,
     cache_dir: str | None = None,
     strict: bool = True,
@@ -375,6 +430,8 @@ def load_model(
             Parameters stay float32; the dtype drives autocast where the reference allows it.
         config: config object/dict overriding config.json (e.g. ``VGGTConfig.tiny()``).
         architecture: registry name overriding detection.
+        expect: the architecture the caller needs; a checkpoint detected as another raises
+            :class:`CheckpointError` naming what it holds (before any weight is loaded).
         revision, cache_dir: hub options.
         strict: require the checkpoint keys to match the network exactly.
     Raises:
@@ -394,6 +451,12 @@ def load_model(
             if architecture
             else detect_architecture(state.keys(), cfg if isinstance(cfg, Mapping) else None)
         )
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"{weights}: {_one_line(exc)}") from exc
+    if expect is not None and arch.name != expect:
+        raise CheckpointError(f"{weights} holds a {arch.name} network, not {expect} "
+                              f"(it is for --reconstructor {arch.name})")
+    try:
         cfg_dict = arch.config_to_dict(cfg) if cfg is not None else None
         with torch.device("meta"):
             model = arch.build(cfg_dict)

@@ -1,5 +1,6 @@
 """load_model / weights_available with generated tiny weights written to disk in every format."""
 
+import argparse
 import json
 
 import pytest
@@ -122,3 +123,90 @@ def test_loaded_model_has_requested_compute_dtype(tmp_path, tiny_model):
     assert load_model(tmp_path, dtype="auto").compute_dtype == torch.float32
     assert load_model(tmp_path, dtype="bf16").compute_dtype == torch.bfloat16
     assert load_model(tmp_path).aggregator._resnet_mean.device.type == "cpu"
+
+
+def test_a_state_dict_saved_from_distributed_data_parallel(tmp_path, tiny_model, same_as_tiny):
+    state = {f"module.{k}": v for k, v in tiny_model.state_dict().items()}
+    torch.save({"model": state}, tmp_path / "ddp.pt")
+    same_as_tiny(load_model(tmp_path / "ddp.pt", config=VGGTConfig.tiny()))
+
+
+def _save_sharded(model, folder, shards=3):
+    """The Hugging Face sharded layout: ``model-0000K-of-0000N.safetensors`` and the index."""
+    from safetensors.torch import save_file
+
+    state = model.state_dict()
+    keys = sorted(state)
+    names = [f"model-{k + 1:05d}-of-{shards:05d}.safetensors" for k in range(shards)]
+    weight_map = {key: names[i * shards // len(keys)] for i, key in enumerate(keys)}
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        save_file({k: v.contiguous() for k, v in state.items() if weight_map[k] == name},
+                  str(folder / name))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (folder / "config.json").write_text(json.dumps(VGGTConfig.tiny().to_dict()))
+
+
+def test_a_checkpoint_in_shards(tmp_path, monkeypatch, tiny_model, same_as_tiny):
+    from pipeline.algo.models import checkpoint_fingerprint
+
+    _save_sharded(tiny_model, tmp_path / "local")
+    assert weights_available(tmp_path / "local")
+    same_as_tiny(load_model(tmp_path / "local"))
+    same_as_tiny(load_model(tmp_path / "local" / "model.safetensors.index.json"))
+    before = checkpoint_fingerprint(tmp_path / "local")
+    assert len(before["shards"]) == 3
+    shard = tmp_path / "local" / "model-00002-of-00003.safetensors"
+    shard.write_bytes(shard.read_bytes() + b" ")  # a shard changed: another checkpoint
+    assert checkpoint_fingerprint(tmp_path / "local") != before
+    shard.unlink()
+    with pytest.raises(CheckpointError, match="model-00002-of-00003"):
+        checkpoint_fingerprint(tmp_path / "local")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_model(tmp_path / "local")
+    # from the hub cache: every shard in the snapshot
+    snapshot = tmp_path / "hub" / ("models--" + REPO.replace("/", "--")) / "snapshots" / COMMIT
+    _save_sharded(tiny_model, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text(COMMIT)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    same_as_tiny(load_model(REPO))
+    (snapshot / "model-00003-of-00003.safetensors").unlink()  # a download cut short
+    with pytest.raises(WeightsNotFoundError):
+        load_model(REPO)
+
+
+def test_files_that_are_no_checkpoint_say_so_in_one_line(tmp_path, tiny_model):
+    (tmp_path / "notes.txt").write_text("weights are on the other disk")
+    with pytest.raises(CheckpointError, match="unsupported checkpoint format '.txt'"):
+        load_model(tmp_path / "notes.txt")
+    # a training checkpoint with its arguments: objects other than tensors are never unpickled
+    torch.save({"model": tiny_model.state_dict(), "args": argparse.Namespace(lr=0.1)},
+               tmp_path / "run.pt")
+    with pytest.raises(CheckpointError) as err:
+        load_model(tmp_path / "run.pt")
+    message = str(err.value)
+    assert "not a checkpoint of tensors only" in message and "Namespace" in message
+    assert "weights_only" not in message and "\n" not in message
+
+
+def test_a_checkpoint_of_another_network_is_refused_before_it_is_loaded(tmp_path, tiny_model):
+    from pipeline.algo.models.da3 import DA3Config
+    from pipeline.algo.models.generated_checkpoint import write_generated_da3_checkpoint
+
+    save_pretrained(tiny_model, tmp_path / "vggt")
+    write_generated_da3_checkpoint(tmp_path / "da3", DA3Config.tiny())
+    with pytest.raises(CheckpointError, match="holds a da3 network, not vggt"):
+        load_model(tmp_path / "da3", expect="vggt")
+    with pytest.raises(CheckpointError, match="holds a vggt network, not da3"):
+        load_model(tmp_path / "vggt", expect="da3")
+    assert isinstance(load_model(tmp_path / "vggt", expect="vggt"), VGGT)
+
+
+def test_a_relative_path_that_does_not_exist_is_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsNotFoundError, match=f"no file or folder {tmp_path}/ck/vggt"):
+        load_model("ck/vggt")
