@@ -721,7 +721,9 @@ def points_from_depth(preds: WindowPredictions,
     (every valid pixel when there is no confidence), at most ``max_points`` of them (a random
     subset drawn with ``options.seed``). The pixel centre of depth pixel (col, row) is mapped to
     the original image (COLMAP convention, see :class:`WindowPredictions`) and unprojected with
-    the predicted (3, 3) intrinsics. Points have empty tracks; images have no keypoints.
+    the predicted (3, 3) intrinsics. Each point is observed by the frame whose depth it came
+    from, at that pixel (a track of one element; the frame's keypoints are its pixels used), so
+    that every frame's observations count what its depth gave.
 
     Raises:
         ValueError: the predictions have no depth.
@@ -730,7 +732,6 @@ def points_from_depth(preds: WindowPredictions,
     if preds.depth is None:
         raise ValueError("points_from_depth needs predicted depth")
     poses, _ = anchor_predictions(preds.cam_from_world)
-    rec = _empty_reconstruction(preds, poses, options, [np.zeros((0, 2))] * len(preds.names))
     depth = np.asarray(preds.depth, dtype=np.float64)
     valid = np.isfinite(depth) & (depth > 0)
     if preds.depth_conf is not None:
@@ -740,17 +741,23 @@ def points_from_depth(preds: WindowPredictions,
         rng = np.random.default_rng(options.seed)
         idx = np.sort(rng.choice(len(idx), options.max_points, replace=False))
         idx = np.flatnonzero(valid)[idx]
-    frame, row, col = np.unravel_index(idx, depth.shape)
+    frame, row, col = np.unravel_index(idx, depth.shape)  # sorted by frame
     grid = np.array(depth.shape[1:][::-1], dtype=float)  # (W, H) of the depth grid
     pix = (np.c_[col, row] + 0.5) * preds.image_sizes[frame] / grid
+    rec = _empty_reconstruction(preds, poses, options,
+                                [pix[frame == f] for f in range(len(preds.names))])
+    keypoint = np.arange(len(idx)) - np.searchsorted(frame, frame)  # its place in its frame
     k_inv = np.linalg.inv(preds.intrinsics[frame])
     rays = np.einsum("nij,nj->ni", k_inv, np.c_[pix, np.ones(len(idx))])
     cam = rays * depth[frame, row, col][:, None]
     xyz = np.einsum("nji,nj->ni", poses[frame, :, :3], cam - poses[frame, :, 3])
     rgb = (np.zeros((len(idx), 3), np.uint8) if preds.colors is None
            else np.asarray(preds.colors)[frame, row, col].astype(np.uint8))
-    for p, c in zip(xyz, rgb):
-        rec.add_point3D(p, pycolmap.Track(), c)
+    for p, c, f, k in zip(xyz, rgb, frame, keypoint):
+        track = pycolmap.Track()
+        track.add_element(int(f + 1), int(k))
+        rec.add_point3D(p, track, c)
+    rec.update_point_3d_errors()
     logger.debug("points_from_depth: %d of %d valid pixels", len(idx), int(valid.sum()))
     return rec
 

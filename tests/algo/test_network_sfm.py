@@ -299,6 +299,14 @@ def test_points_from_depth_threshold_cap_and_round_trip(oracle: Oracle, tmp_path
     assert np.allclose(back.images[1].cam_from_world().matrix(), np.eye(3, 4), atol=1e-6)
     assert [back.images[i + 1].name for i in range(NUM_FRAMES)] == oracle.names
     assert any(p.color.any() for p in back.points3D.values())
+    # each point is seen by the frame its depth came from, exactly where it projects
+    observed = {back.images[i + 1].name: back.images[i + 1].num_points3D
+                for i in range(NUM_FRAMES)}
+    assert sum(observed.values()) == 5000 and min(observed.values()) > 0
+    assert back.compute_mean_reprojection_error() < 1e-6
+    for point in list(back.points3D.values())[:50]:
+        [element] = point.track.elements
+        assert 0 < element.image_id <= NUM_FRAMES
 
 
 def test_points_from_depth_lands_on_pixel_centres(oracle: Oracle) -> None:
