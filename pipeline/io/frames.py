@@ -79,16 +79,21 @@ class Frame:
         return (self.width, self.height)
 
 
-def natural_key(name: str) -> list:
-    """Sort key that orders digit runs by value: ``frame_2`` before ``frame_10``."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+def natural_key(name: str) -> tuple[list, str]:
+    """Sort key that orders digit runs by value: ``frame_2`` before ``frame_10``. Names equal
+    but for case or zeros (``frame_1``, ``frame_01``; ``IMG_1.JPG``, ``img_1.jpg``) are ordered
+    by the name itself, not left in the order the file system lists them."""
+    parts = [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+    return parts, name
 
 
 def is_frame_file(path: Path, pattern: str | None = None) -> bool:
     """Whether ``path`` is an image file (by its extension) whose name matches ``pattern``
-    (a glob such as ``"*.color.jpg"``; ``None``: any name)."""
-    return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file() and (
-        pattern is None or fnmatch.fnmatch(path.name, pattern))
+    (a glob such as ``"*.color.jpg"``; ``None``: any name). Hidden files are none: macOS
+    writes ``._frame_000.jpg`` beside each frame copied to a foreign disk (AppleDouble
+    metadata, not a picture)."""
+    return (path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+            and path.is_file() and (pattern is None or fnmatch.fnmatch(path.name, pattern)))
 
 
 def check_input_folder(input_dir: str | Path) -> Path:

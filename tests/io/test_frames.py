@@ -39,6 +39,26 @@ class OrderingTest(FrameTestCase):
         self.assertEqual(names, ["frame_1.png", "frame_2.png", "Frame_3.jpg", "frame_10.png"])
         self.assertLess(natural_key("img2"), natural_key("img10"))
 
+    def test_names_equal_but_for_case_or_zeros_have_one_order(self):
+        """Sorted by value alone they tied, and kept the order the folder listed them in."""
+        names = ["frame_1.png", "frame_01.png", "frame_001.png", "IMG_2.PNG", "img_2.png"]
+        orders = []
+        for k, listed in enumerate((names, names[::-1])):
+            folder = self.dir / str(k)
+            folder.mkdir()
+            for name in listed:  # created in another order: tmpfs lists newest first
+                Image.fromarray(_rgb()).save(folder / name)
+            orders.append([p.name for p in list_image_files(folder)])
+        self.assertEqual(orders[0], orders[1])
+        self.assertEqual(orders[0], ["frame_001.png", "frame_01.png", "frame_1.png", "IMG_2.PNG",
+                                     "img_2.png"])
+
+    def test_hidden_files_are_no_frames(self):
+        Image.fromarray(_rgb()).save(self.dir / "frame_000.png")
+        (self.dir / "._frame_000.png").write_bytes(b"\x00\x05\x16\x07" + bytes(60))  # AppleDouble
+        (self.dir / ".DS_Store").write_bytes(bytes(16))
+        self.assertEqual([p.name for p in list_image_files(self.dir)], ["frame_000.png"])
+
     def test_all_extensions_are_found(self):
         for i, ext in enumerate(("jpg", "jpeg", "png", "webp", "bmp", "tif", "TIFF")):
             Image.fromarray(_rgb()).save(self.dir / f"f{i}.{ext}")
