@@ -17,6 +17,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -333,9 +334,14 @@ def _warn_animated(probes: Sequence[_Probe]) -> None:
 
 def _converted_name(path: Path, taken: set[str]) -> str:
     """A PNG name for the converted copy of ``path`` that no other frame uses: ``<stem>.png``,
-    or ``<name>.png`` when another input file is called ``<stem>.png``."""
+    else ``<name>.png``, else ``<name>-2.png``, ``<name>-3.png``... (``taken``: the names of
+    every input frame and of the copies named so far)."""
     name = f"{path.stem}.png"
-    return name if name == path.name or name not in taken else f"{path.name}.png"
+    if name == path.name or name not in taken:
+        return name
+    candidates = itertools.chain([f"{path.name}.png"],
+                                 (f"{path.name}-{k}.png" for k in itertools.count(2)))
+    return next(c for c in candidates if c not in taken)
 
 
 def prepare_frames(

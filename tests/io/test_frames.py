@@ -121,6 +121,17 @@ class DecodingTest(FrameTestCase):
         self.assertEqual([f.index for f in frames], [0, 1, 2])
         self.assertEqual(frames[0].size, (32, 24))
 
+    def test_a_converted_copy_never_takes_another_frames_name(self):
+        """``f.webp`` becomes ``f.png``, ``f.webp.png`` when that is taken, and so on."""
+        Image.fromarray(_rgb(seed=1)).save(self.dir / "f.webp", lossless=True)
+        for k, name in enumerate(("f.png", "f.webp.png", "f.webp-2.png"), start=2):
+            Image.fromarray(_rgb(seed=k)).save(self.dir / name)
+        frames = prepare_frames(list_image_files(self.dir), self.dir / "cache",
+                                show_progress=False)
+        self.assertEqual(len({f.name for f in frames}), 4)
+        [converted] = [f for f in frames if f.source.name == "f.webp"]
+        self.assertEqual(converted.name, "f.webp-3.png")
+        np.testing.assert_array_equal(load_image(converted.path), _rgb(seed=1))
 
     def test_16_bit_rgb_png_is_converted(self):
         import cv2
