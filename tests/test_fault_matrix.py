@@ -235,6 +235,29 @@ def test_a_merge_that_fails_keeps_the_good_merged_scene(tmp_path, monkeypatch, c
     assert (out / "merged" / "merge.json").is_file()
 
 
+@pytest.mark.parametrize("fault,exit_line", [
+    (PermissionError(13, "Permission denied"), "PermissionError: [Errno 13] Permission denied"),
+    (KeyError("window"), "a defect of the pipeline; -v shows where"),
+])
+def test_a_run_stopped_by_an_error_says_so_in_one_line_and_in_run_json(
+        tmp_path, monkeypatch, capsys, fault, exit_line):
+    """A folder of the output made read-only (or a defect) while windows were under way: it
+    was a traceback, and run.json said 'interrupted' with no error."""
+    from pipeline.runner import window_batch
+
+    def staging(final, items, images):
+        raise fault
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(window_batch, "create_staging", staging)
+    capsys.readouterr()
+    assert cli("--input-dir", frames(tmp_path / "in", 8), "--output-dir", out, *SMALL) == 1
+    assert exit_line in one_error_line(capsys.readouterr().err)
+    record = manifest(out)
+    assert record["status"] == "failed" and type(fault).__name__ in record["error"]
+    assert not [p for p in out.rglob("*") if ".partial-" in p.name]
+
+
 # ---- 8, 18: broken links among frames, unreadable folders, names with newlines ----------------
 
 def test_a_frame_that_is_a_link_to_nothing_is_named(tmp_path, capsys, caplog):

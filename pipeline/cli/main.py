@@ -148,6 +148,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted; rerun the same command to finish the remaining windows",
               file=sys.stderr)
         return 128 + exc.signum if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+    except OSError as exc:  # e.g. a folder of the output made read-only: what is written stays
+        logger.debug("the run stopped", exc_info=True)
+        print(f"error: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
+        return EXIT_WINDOWS_FAILED
+    except Exception as exc:  # a defect: one line, the traceback with -v, run.json says failed
+        logger.debug("the run stopped", exc_info=True)
+        print(f"error: the run stopped on {type(exc).__name__}: {one_line(exc)} (a defect of "
+              "the pipeline; -v shows where)", file=sys.stderr)
+        return EXIT_WINDOWS_FAILED
     if config.profile_memory and summary.profile is not None:
         print(summary.profile.format(summary.device))
         if summary.throughput:

@@ -272,7 +272,8 @@ class Outcome:
     """How the work of a run ended, for its records."""
 
     status: str = "interrupted"
-    """``finished``, ``failed`` (the disk filled up), ``interrupted`` or ``cancelled``
+    """``finished``, ``failed`` (the disk filled up, a file could not be written, a defect),
+    ``interrupted`` or ``cancelled``
     (:class:`pipeline.runner.control.RunStopped` says which)."""
     error: str | None = None
     """Why it failed."""
@@ -294,6 +295,9 @@ def recorded(plans: Sequence[SequencePlan], governor: MemoryGovernor | None,
         raise
     except RunStopped as exc:
         outcome.status = exc.status
+        raise
+    except Exception as exc:  # a file that cannot be written, or a defect: said, not hidden
+        outcome.status, outcome.error = "failed", f"{type(exc).__name__}: {exc}"
         raise
     finally:
         for plan in plans:
