@@ -33,6 +33,7 @@ from .camera import extri_intri_to_pose_encoding, quaternion_to_matrix
 from .da3_backbone import BackboneShape, DA3Backbone
 from .da3_heads import DPT, GSDPT, CameraDecoder, CameraEncoder, DualDPT
 from .da3_metric import align_to_metric, fill_sky
+from .layers import per_window
 from .precision import autocast_context
 
 logger = logging.getLogger(__name__)
@@ -300,7 +301,7 @@ class DepthAnything3Net(nn.Module):
                 )
             )
             if self.cam_dec is not None:
-                out["pose_enc"] = self.cam_dec(bb.camera_tokens[-1])
+                out["pose_enc"] = per_window(self.cam_dec, bb.camera_tokens[-1])
                 out["extrinsics"], out["intrinsics"] = pose_encoding_to_cameras(out["pose_enc"], hw)
                 if options.keep_logits:
                     f = self.cam_dec.backbone(bb.camera_tokens[-1].float())

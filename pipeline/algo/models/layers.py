@@ -8,12 +8,32 @@ checkpoints (``norm1``, ``attn.qkv``, ``ls1.gamma`` ...) so that state_dict keys
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 logger = logging.getLogger(__name__)
+
+
+def per_window(head: Callable[[torch.Tensor], Any], tokens: torch.Tensor) -> Any:
+    """``head`` run on each window ``tokens[b : b + 1]`` of a batch ``[B, S, ...]`` alone, the
+    results (a tensor, or a list of tensors) concatenated along the batch.
+
+    For the camera heads: their matrix products have one row per frame (``B * S``), and CPU
+    BLAS rounds a row differently for other row counts (a linear layer 512 -> 128: 8e-7 between
+    8 and 24 rows). Bundle adjustment can magnify such a difference in a pose, so a window's
+    cameras would depend on what else is in its batch. The heads are a fraction of a percent
+    of the forward; the dense heads and the aggregator have thousands of rows per frame.
+    """
+    if tokens.shape[0] == 1:
+        return head(tokens)
+    parts = [head(tokens[b : b + 1]) for b in range(tokens.shape[0])]
+    if isinstance(parts[0], torch.Tensor):
+        return torch.cat(parts)
+    return [torch.cat(step) for step in zip(*parts)]
 
 
 class Mlp(nn.Module):

@@ -20,6 +20,7 @@ from torch import nn
 from .aggregator import Aggregator
 from .camera_head import CameraHead
 from .dpt_head import DPTHead
+from .layers import per_window
 from .precision import autocast_context
 from .track_head import TrackHead
 
@@ -274,9 +275,9 @@ class VGGT(nn.Module):
         with torch.autocast(device_type=images.device.type, enabled=False):
             head_tokens = [t.float() if t is not None else None for t in tokens]
             if self.camera_head is not None:
-                out["pose_enc_list"] = self.camera_head(
-                    head_tokens, iterations=self.config.camera_iterations
-                )
+                out["pose_enc_list"] = per_window(
+                    lambda last: self.camera_head([last], iterations=self.config.camera_iterations),
+                    head_tokens[-1])
                 out["pose_enc"] = out["pose_enc_list"][-1]
             if self.depth_head is not None:
                 out["depth"], out["depth_conf"] = self.depth_head(
