@@ -461,6 +461,26 @@ def test_a_truncated_extracted_video_frame_is_extracted_again(tmp_path, caplog):
     assert "extracting the video again" in caplog.text and frame.read_bytes() == whole
 
 
+@pytest.mark.slow
+def test_a_video_extracted_again_leaves_no_window_whose_images_changed(tmp_path, caplog):
+    """Extracted again at another --fps, the frames took the old names with other pictures: a
+    window of the first run outside the second's plan stayed 'ok' with images that were no
+    longer those its cameras were solved for."""
+    pytest.importorskip("av")
+    video = write_video(tmp_path / "clip.mp4", sorted(IMAGES.iterdir())[:12], rate=10)
+    out = tmp_path / "out"
+    assert cli("--input-video", video, "--output-dir", out, *SMALL) == 0
+    assert len(window_dirs(out)) == 5
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        cli("--input-video", video, "--fps", "4", "--output-dir", out, *SMALL)
+    assert "whose images/ link to frames that have changed" in caplog.text
+    left = sorted(out.glob("batch_*/window_*"))
+    assert 0 < len(left) < 5
+    for folder in left:  # every window left shows the pictures its cameras were solved for
+        for name, digest in window_info(folder)["signature"]["frames"]:
+            assert file_digest((folder / "images" / name).read_bytes()) == digest
+
+
 # ---- 16: evaluation against ground truth that does not fit -------------------------------------
 
 def test_ground_truth_that_names_no_frame_or_has_no_finite_pose(tmp_path, capsys):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -116,14 +117,48 @@ def _windows_to_do(config: PipelineConfig, windows: Sequence[Window[Frame]],
 
 def _report_leftovers(out: Path, windows: Sequence[Window[Frame]], group: ProcessGroup) -> None:
     """Warn about window folders this run's plan does not hold (an earlier run over more
-    frames, or another size and stride): they are kept, and merge and evaluate ignore them."""
+    frames, or another size and stride): they are kept, and merge and evaluate ignore them.
+    Those whose ``images/`` link to frames that have changed since are removed
+    (:func:`_links_changed`)."""
+    if not group.is_main:
+        return
     planned = {w.relative_dir.as_posix() for w in windows}
     leftovers = [p for p in sorted(out.glob("batch_*/window_*"))
                  if p.relative_to(out).as_posix() not in planned]
-    if leftovers and group.is_main:
+    current = {frame.name: frame.digest for w in windows for frame in w.items}
+    stale = [p for p in leftovers if _links_changed(p, current)]
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    if stale:
+        logger.warning("removed %s left by an earlier run whose images/ link to frames that have "
+                       "changed since (e.g. %s; a video extracted again with other settings): "
+                       "their pictures no longer matched their cameras",
+                       plural(len(stale), "window folder"), stale[0].relative_to(out))
+    leftovers = [p for p in leftovers if p.exists()]
+    if leftovers:
         logger.warning("%d window folder(s) are not part of this run (e.g. %s), left by an "
                        "earlier run over other frames or windows: kept, but merge and evaluate "
                        "ignore them", len(leftovers), leftovers[0].relative_to(out))
+
+
+def _links_changed(window_dir: Path, current: dict[str, str]) -> bool:
+    """Whether the window's ``images/`` are links (``--images link``) and one of its frames
+    now has other content: one of this run's frames by that name with another hash, or a link
+    to nothing. Copied images stay true to their cameras."""
+    record = read_window_info(window_dir) or {}
+    signature = record.get("signature")
+    if not isinstance(signature, dict) or signature.get("images") != "link":
+        return False
+    for entry in signature.get("frames") or []:
+        if not (isinstance(entry, list) and len(entry) == 2):
+            continue
+        name, digest = entry
+        if name in current and current[name] != digest:
+            return True
+        link = window_dir / "images" / str(name)
+        if link.is_symlink() and not link.exists():
+            return True
+    return False
 
 
 @contextlib.contextmanager
