@@ -258,6 +258,43 @@ def test_a_run_stopped_by_an_error_says_so_in_one_line_and_in_run_json(
     assert not [p for p in out.rglob("*") if ".partial-" in p.name]
 
 
+def test_how_the_merge_of_a_run_ended_is_in_run_json(tmp_path, monkeypatch, capsys):
+    """run.json said 'finished' with no word of a --merge that failed or was interrupted."""
+    import errno
+
+    from pipeline.post import merge
+
+    out, images = tmp_path / "out", frames(tmp_path / "in", 8)
+    assert cli("--input-dir", images, "--output-dir", out, *SMALL, "--merge") == 0
+    segments = json.loads((out / "merged" / "merge.json").read_text())["segments"]
+    assert manifest(out)["merge"] == {"status": "ok", "segments": len(segments)}
+    good = {p.relative_to(out): p.read_bytes() for p in (out / "merged").rglob("*")
+            if p.is_file()}
+    real = merge.write_segment
+
+    def full_disk(segment, folder, timestamps, **named):
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / "points.ply"))
+
+    monkeypatch.setattr(merge, "write_segment", full_disk)
+    assert cli("--input-dir", images, "--output-dir", out, *SMALL, "--merge") == 1
+    record = manifest(out)
+    assert record["status"] == "finished" and record["merge"]["status"] == "failed"
+    assert "No space left on device" in record["merge"]["error"]
+
+    def interrupted(segment, folder, timestamps, **named):
+        real(segment, folder, timestamps, **named)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(merge, "write_segment", interrupted)
+    capsys.readouterr()
+    assert cli("--input-dir", images, "--output-dir", out, *SMALL, "--merge") == 130
+    record = manifest(out)
+    assert record["status"] == "interrupted" and record["merge"] == {"status": "interrupted"}
+    assert not [p for p in out.iterdir() if ".merged." in p.name]  # no staging left
+    assert {p.relative_to(out): p.read_bytes() for p in (out / "merged").rglob("*")
+            if p.is_file()} == good
+
+
 # ---- 8, 18: broken links among frames, unreadable folders, names with newlines ----------------
 
 def test_a_frame_that_is_a_link_to_nothing_is_named(tmp_path, capsys, caplog):

@@ -125,6 +125,18 @@ class RunManifest:
         except (PipelineError, OSError) as exc:
             logger.error("cannot record the end of the run in %s: %s", self.path, exc)
 
+    def record_merge(self, outcome: dict[str, Any]) -> None:
+        """Record how ``--merge`` ended, after the windows: ``{"status": "ok", "segments": N}``,
+        ``{"status": "failed", "error": ...}`` or ``{"status": "interrupted"}`` (then the run's
+        status too). Logged, never raised, when it cannot be written."""
+        self.data["merge"] = outcome
+        if outcome.get("status") == "interrupted":
+            self.data["status"] = "interrupted"
+        try:
+            write_json(self.path, self.data)
+        except (PipelineError, OSError) as exc:
+            logger.error("cannot record the merge in %s: %s", self.path, exc)
+
     def _finish(self, status: str, wall_time: float) -> None:
         self.write(status, wall_time)
         if self.group.world_size == 1 or status != "finished":

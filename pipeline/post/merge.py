@@ -622,6 +622,9 @@ def merge_output(output_dir: Path, options: MergeOptions | None = None) -> dict[
             raise
         raise InputError(f"cannot write {exc.filename or merged}: {exc.strerror or exc}") \
             from exc
+    except BaseException:  # Ctrl-C, SIGTERM, a defect: merged/ stays as it was, nothing left
+        discard_staging(staging)
+        raise
     if len(segments) > 1:
         logger.warning("the windows form %d separate segments (failed windows or weak overlaps); "
                        "each is written to %s/segment_XXX", len(segments), merged)

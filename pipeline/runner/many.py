@@ -34,7 +34,15 @@ from .config import PipelineConfig
 from .control import RunControl
 from .inputs import load_sequence, remove_empty_folders, sequence_config, sized_for
 from .plan import SequencePlan, plan_windows, sequence_notes
-from .schedule import Outcome, cpu_pool, make_governor, new_profile, process_sequences, recorded
+from .schedule import (
+    Outcome,
+    cpu_pool,
+    make_governor,
+    merge_recorded,
+    new_profile,
+    process_sequences,
+    recorded,
+)
 from .summary import RunSummary
 
 logger = logging.getLogger(__name__)
@@ -147,12 +155,10 @@ def _index_window(index: WindowIndex, out: Path, plan: SequencePlan,
 def _merge_sequences(summary: RunSummary, plans: list[SequencePlan],
                      options: MergeOptions) -> None:
     """``--merge`` of each sequence into its own ``merged/``; failures are recorded."""
-    from ..post.merge import merge_output
-
     errors = []
     for plan in plans:
         try:
-            report = merge_output(Path(plan.config.output_dir), options)
+            report = merge_recorded(plan, options)
         except Exception as exc:  # noqa: BLE001 - the windows are written; report and go on
             logger.error("merging %s failed: %s", plan.name, exc)
             errors.append(f"{plan.name}: {type(exc).__name__}: {exc}")

@@ -17,8 +17,15 @@ from .choice import build_for_run, resolve_choice
 from .config import PipelineConfig
 from .control import RunControl
 from .inputs import sized_for
-from .plan import plan_windows, sequence_notes
-from .schedule import cpu_pool, make_governor, new_profile, process_sequences, recorded
+from .plan import SequencePlan, plan_windows, sequence_notes
+from .schedule import (
+    cpu_pool,
+    make_governor,
+    merge_recorded,
+    new_profile,
+    process_sequences,
+    recorded,
+)
 from .summary import RunSummary
 
 logger = logging.getLogger(__name__)
@@ -43,19 +50,17 @@ def run_one(config: PipelineConfig, frames: list[Frame], group: ProcessGroup,
                          is_main=group.is_main, throughput=plan.manifest.data.get("throughput"),
                          device=reconstructor.device + where, notes=sequence_notes(plan))
     if config.merge and group.is_main:
-        _merge(summary, config.merge_options)
+        _merge(summary, plan, config.merge_options)
     if group.is_main:
         remove_stale_merged(summary.output_dir)  # a merge of windows since redone
     summary.wall_time = time.perf_counter() - start
     return summary
 
 
-def _merge(summary: RunSummary, options: MergeOptions) -> None:
+def _merge(summary: RunSummary, plan: SequencePlan, options: MergeOptions) -> None:
     """Merge the finished windows; a failure is recorded, never loses the windows."""
-    from ..post.merge import merge_output
-
     try:
-        summary.merge = merge_output(summary.output_dir, options)
+        summary.merge = merge_recorded(plan, options)
     except Exception as exc:  # noqa: BLE001 - the windows are written; report and go on
         logger.error("merging failed: %s", exc)
         summary.merge_error = f"{type(exc).__name__}: {exc}"

@@ -306,3 +306,21 @@ def recorded(plans: Sequence[SequencePlan], governor: MemoryGovernor | None,
                                  error=outcome.error)
         if then is not None:
             then(outcome)
+
+
+def merge_recorded(plan: SequencePlan, options: Any) -> dict[str, Any]:
+    """``--merge`` of the plan's output folder (:func:`pipeline.post.merge.merge_output` with
+    ``options``), its outcome recorded in the plan's ``run.json`` under ``merge``; returns the
+    merge's report and raises what it raises."""
+    from ..post.merge import merge_output
+
+    try:
+        report = merge_output(Path(plan.config.output_dir), options)
+    except Exception as exc:
+        plan.manifest.record_merge({"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+        raise
+    except BaseException:  # Ctrl-C or SIGTERM: merged/ is as it was
+        plan.manifest.record_merge({"status": "interrupted"})
+        raise
+    plan.manifest.record_merge({"status": "ok", "segments": len(report["segments"])})
+    return report
