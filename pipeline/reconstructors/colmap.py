@@ -168,6 +168,9 @@ class ColmapOptions:
     """pycolmap's global mapping options, passed through (``min_model_size`` defaults to 3)."""
     colmap_log_level: int = field(default=2, metadata={"result": False})
     """glog level of COLMAP's own messages in the workers: 0 info, 1 warnings, 2 errors."""
+    reuse_kept: bool = field(default=True, metadata={"result": False})
+    """Reuse the feature store and chunk models kept in the output folder by an earlier run
+    (``colmap_sequence/``); False (``--overwrite``): make them again, as every window."""
 
     def __post_init__(self) -> None:
         if self.camera_type not in CAMERA_TYPES:
@@ -249,7 +252,8 @@ class ColmapReconstructor(Reconstructor):
                              camera_params=config.camera_params,
                              chunk_frames=config.chunk_frames,
                              min_registered_fraction=config.min_registered_fraction,
-                             colmap_log_level=colmap_log_level(config))
+                             colmap_log_level=colmap_log_level(config),
+                             reuse_kept=not config.overwrite)
 
     def describe(self) -> dict[str, Any]:
         o = self.options
@@ -276,7 +280,12 @@ class ColmapReconstructor(Reconstructor):
         pairs = set().union(*(seq.sequential_pairs(range(c.start, c.stop), o.pairing_overlap,
                                                    o.quadratic_overlap) for c in chunks))
         key = seq.store_key(frames, sorted(pairs), options_signature(_store_options(o)))
-        root = seq.usable_root(None if work_dir is None else Path(work_dir) / seq.SEQUENCE_DIR)
+        kept = None if work_dir is None else Path(work_dir) / seq.SEQUENCE_DIR
+        if kept is not None and not o.reuse_kept and kept.exists():
+            logger.info("--overwrite: the feature store and chunk models in %s are made again",
+                        kept)
+            shutil.rmtree(kept, ignore_errors=True)  # what cannot go is not used (usable_root)
+        root = seq.usable_root(kept)
         self._close_sequence()
         self._sequence = _Sequence(
             frames=list(frames), chunks=chunks, calibrate=o.camera_params is None,

@@ -238,3 +238,22 @@ def test_a_long_job_is_shown_with_how_far_it_is(monkeypatch):
     assert shown[0] == "building the feature store"
     assert "building the feature store: features 4/9" in shown
     assert shown[-1] == "building the feature store: matching 3/3 pairs"
+
+
+def test_overwrite_makes_the_kept_store_and_chunk_models_again(tmp_path):
+    """--overwrite redid the windows but cut them out of the chunk models kept by the earlier
+    run, whatever had become of them."""
+    out = tmp_path / "out"
+    config = PipelineConfig(input_dir=TESTDATA / "images", output_dir=out, window_size=4,
+                            window_stride=2, max_frames=8, reconstructor="colmap",
+                            show_progress=False)
+    assert run(config).success
+    kept = out / "colmap_sequence"
+    [points] = kept.glob("*/chunk_*/0/points3D.bin")
+    whole = points.read_bytes()
+    points.write_bytes(whole[:-8] + bytes(8))  # same size, other content
+    again = run(PipelineConfig(**{**config.__dict__, "overwrite": True}))
+    assert again.success and again.num_skipped == 0
+    assert again.profile.rows["features"]["calls"] == 1 and "mapping" in again.profile.rows
+    [remade] = kept.glob("*/chunk_*/0/points3D.bin")
+    assert remade.read_bytes() == whole
