@@ -366,8 +366,15 @@ class MemoryGovernor:
         return max(values) if values else None
 
     def observe(self, observation: BatchObservation) -> None:
-        """Record a measured batch."""
+        """Record a measured batch; the first that needed more than the budget is named in a
+        warning (batches stay at one window, over the limit)."""
         self.observations.append(observation)
+        if observation.peak_mb > self.budget_mb and not any(
+                o.peak_mb > self.budget_mb for o in self.observations[:-1]):
+            logger.warning("a batch of %d window(s) held %.0f MiB, more than the memory budget "
+                           "of %.0f MiB (%s): batches stay at one window, and the budget cannot "
+                           "be kept", observation.windows, observation.peak_mb, self.budget_mb,
+                           self.budget_source or "given")
 
     def observe_out_of_memory(self, windows: int) -> None:
         """A batch of ``windows`` ran out of memory (and was split): stay below that."""

@@ -238,6 +238,18 @@ class NetworkReconstructor(Reconstructor):
                 raise InputError(f"--max-res {config.max_res} is too small for {cls.name}")
         return res, min(MIN_AUTO_RES, res)
 
+    @classmethod
+    def check_frames(cls, config: Any, frames: Sequence[Frame]) -> None:
+        """A ``--process-res`` above both the network's own size and the frames' longest side
+        is warned about: the frames are enlarged, which adds no detail and costs memory and time
+        with the square of the size."""
+        longest = max((max(f.width, f.height) for f in frames), default=0)
+        res = config.process_res
+        if res is not None and longest and res > max(cls.default_res, longest):
+            logger.warning("--process-res %d enlarges the %d px frames %.1fx (%s's own size is "
+                           "%d): no detail is gained, memory and time grow with its square",
+                           res, longest, res / longest, cls.name, cls.default_res)
+
     def memory_device(self) -> torch.device:
         return self.torch_device
 
@@ -271,6 +283,10 @@ class NetworkReconstructor(Reconstructor):
         self.torch_device = resolve_device(device)
         self.device = str(self.torch_device)
         self.dtype = resolve_dtype(dtype, self.torch_device)
+        if self.torch_device.type == "cpu" and self.dtype.itemsize < 4:
+            logger.warning("%s on the CPU (--mixed-precision): slower than float32 there, and "
+                           "less exact; auto uses float32 on the CPU",
+                           str(self.dtype).replace("torch.", ""))
         self.meter = PeakMeter(self.torch_device)
 
         def load() -> tuple[Any, Any]:

@@ -120,3 +120,15 @@ class StageTableTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class OverBudgetTest(unittest.TestCase):
+    def test_a_batch_over_the_budget_is_named_once(self):
+        """--max-memory-gb below what the model holds ran on at one window, without a word."""
+        governor = MemoryGovernor(budget_mb=1.0, budget_source="--max-memory-gb")
+        with self.assertLogs("pipeline.infra.memory", "WARNING") as logs:
+            governor.observe(BatchObservation(windows=1, held_mb=509.0, peak_mb=620.0))
+            governor.observe(BatchObservation(windows=1, held_mb=509.0, peak_mb=625.0))
+        [line] = logs.output
+        self.assertIn("held 620 MiB, more than the memory budget of 1 MiB (--max-memory-gb)", line)
+        self.assertEqual(governor.windows_per_batch(), 1)

@@ -400,3 +400,31 @@ def test_a_da3_checkpoint_given_to_vggt_is_refused_and_the_windows_are_kept(
     after = {w.name: (info(w), sorted(p.name for p in (w / "sparse").iterdir()))
              for w in windows(out)}
     assert after == before and all(i["status"] == "ok" for i, _ in after.values())
+
+
+def test_half_precision_on_the_cpu_is_warned_about(tiny_vggt_checkpoint, caplog):
+    from pipeline.reconstructors.vggt import VggtOptions, VggtReconstructor
+
+    with caplog.at_level("WARNING", logger="pipeline"):
+        VggtReconstructor(VggtOptions(model=str(tiny_vggt_checkpoint), device="cpu",
+                                      dtype="auto")).close()
+        assert "on the CPU" not in caplog.text
+        VggtReconstructor(VggtOptions(model=str(tiny_vggt_checkpoint), device="cpu",
+                                      dtype="float16")).close()
+    assert "float16 on the CPU (--mixed-precision): slower than float32" in caplog.text
+
+
+def test_a_network_size_far_above_the_frames_is_warned_about(caplog):
+    from types import SimpleNamespace
+
+    from pipeline.io.frames import Frame
+    from pipeline.reconstructors.vggt import VggtReconstructor
+
+    frames = [Frame(i, f"{i}.png", Path(f"{i}.png"), Path(f"{i}.png"), 320, 240, "0" * 32, i)
+              for i in range(4)]
+    with caplog.at_level("WARNING", logger="pipeline"):
+        for res in (None, 518, 14):
+            VggtReconstructor.check_frames(SimpleNamespace(process_res=res), frames)
+        assert "enlarges" not in caplog.text  # the network's own size enlarges small frames
+        VggtReconstructor.check_frames(SimpleNamespace(process_res=14000), frames)
+    assert "--process-res 14000 enlarges the 320 px frames 43.8x" in caplog.text
