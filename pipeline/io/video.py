@@ -151,6 +151,20 @@ def sample_slot(time: float, first_time: float, fps: float) -> int:
     return math.floor((time - first_time) * fps + 1e-6)
 
 
+SHORT_DECODE = 0.9
+"""A video whose decoded frames span less than this fraction of the duration its container
+states is named in a warning (a file cut short: a copy or download that did not finish)."""
+
+
+def _stated_duration(container: Any, stream: Any) -> float | None:
+    """Seconds the video stream (else the container) says it lasts, when it says."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000  # av.time_base: microseconds
+    return None
+
+
 def _decode_video(video_path: Path, out_dir: Path, fps: float | None, max_frames: int | None,
                   jpeg_quality: int, show_progress: bool
                   ) -> tuple[list[Path], list[float], int]:
@@ -164,17 +178,20 @@ def _decode_video(video_path: Path, out_dir: Path, fps: float | None, max_frames
     files: list[Path] = []
     times: list[float] = []
     first_time: float | None = None
+    last_time, stated, complete = 0.0, None, True
     next_slot, turn = 0, 0
     try:
         with av.open(str(video_path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             rate = float(stream.average_rate or stream.guessed_rate or fps or 1.0)
+            stated = _stated_duration(container, stream)
             bar = tqdm(desc="extracting frames", unit="frame",
                        disable=None if show_progress else True, leave=False)
             for decoded, frame in enumerate(container.decode(stream)):
                 t = float(frame.time) if frame.time is not None else decoded / rate
                 first_time = t if first_time is None else first_time
+                last_time = t
                 if fps is not None:
                     slot = sample_slot(t, first_time, fps)
                     if slot < next_slot:
@@ -190,12 +207,18 @@ def _decode_video(video_path: Path, out_dir: Path, fps: float | None, max_frames
                 times.append(round(t, 6))
                 bar.update()
                 if max_frames is not None and len(files) >= max_frames:
+                    complete = False
                     break
             bar.close()
     except (av.error.FFmpegError, IndexError) as exc:
         raise InputError(f"cannot decode video {video_path}: {exc}") from exc
     if not files:
         raise InputError(f"no frames decoded from video {video_path}")
+    decoded_span = last_time - (first_time or 0.0) + 1.0 / rate
+    if complete and stated is not None and decoded_span < SHORT_DECODE * stated - 1.0 / rate:
+        logger.warning("video %s says it lasts %.1f s, but decoding stopped after %.1f s: the "
+                       "file is probably truncated or damaged; the frames after that are "
+                       "missing", video_path.name, stated, decoded_span)
     if turn:
         logger.info("video %s is shown turned by %d degrees: frames turned upright",
                     video_path.name, turn)

@@ -156,3 +156,19 @@ def test_bad_video(tmp_path):
     (tmp_path / "bad.mp4").write_bytes(b"garbage" * 100)
     with pytest.raises(InputError, match="cannot decode video"):
         extract_video_frames(tmp_path / "bad.mp4", tmp_path / "f")
+
+
+def test_a_video_cut_short_is_named(tmp_path, caplog):
+    """A copy or download that did not finish decoded its first part without a word."""
+    whole = write_video(tmp_path / "clip.mkv", np.arange(60) / 30)  # 2 s; Matroska decodes cut
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: len(data) // 2])
+    with caplog.at_level("WARNING", logger="pipeline.io.video"):
+        assert len(extract_video_frames(whole, tmp_path / "a", show_progress=False)) == 60
+        assert len(extract_video_frames(whole, tmp_path / "b", fps=5, max_frames=3,
+                                        show_progress=False)) == 3
+        assert "truncated" not in caplog.text
+        short = extract_video_frames(cut, tmp_path / "c", show_progress=False)
+    assert 0 < len(short) < 60
+    assert "says it lasts 2.0 s, but decoding stopped after" in caplog.text
