@@ -143,8 +143,9 @@ def _report_leftovers(out: Path, windows: Sequence[Window[Frame]], group: Proces
 
 def _links_changed(window_dir: Path, current: dict[str, str]) -> bool:
     """Whether the window's ``images/`` are links (``--images link``) and one of its frames
-    now has other content: one of this run's frames by that name with another hash, or a link
-    to nothing. Copied images stay true to their cameras."""
+    now has other content: one of this run's frames by that name with another hash. Copied
+    images stay true to their cameras; a frame deleted since leaves the window incomplete, not
+    wrong (kept, like every window outside the plan)."""
     record = read_window_info(window_dir) or {}
     signature = record.get("signature")
     if not isinstance(signature, dict) or signature.get("images") != "link":
@@ -154,9 +155,6 @@ def _links_changed(window_dir: Path, current: dict[str, str]) -> bool:
             continue
         name, digest = entry
         if name in current and current[name] != digest:
-            return True
-        link = window_dir / "images" / str(name)
-        if link.is_symlink() and not link.exists():
             return True
     return False
 
