@@ -199,8 +199,9 @@ class BaRound:
     """Round number, from 0."""
     constant_frames: list[int]
     """Frames (0-based) held constant in this round (frame 0's pose is always constant)."""
-    error_after_ba: float
-    """Mean reprojection error (px) of the adjusted observations right after the solve."""
+    error_after_ba: float | None
+    """Mean reprojection error (px) of the adjusted observations right after the solve (None:
+    no observation had a finite error)."""
     num_observations: int
     """Observations in the model after filtering and re-attaching."""
     num_points3D: int
@@ -682,11 +683,12 @@ def bundle_adjust(rec: pycolmap.Reconstruction, options: SfmOptions | None = Non
                                      refine_intrinsics=r >= options.refine_intrinsics_from_round)
         xyz, rgb, attached = table.read_points(rec)
         err_ba = _errors(rec, table, xyz)[attached]
+        err_ba = err_ba[np.isfinite(err_ba)]
         _set_points(rec, table, xyz, _update_points(rec, table, xyz, options), rgb)
         new_obs, new_err = _stats(rec)
         report.rounds.append(BaRound(
             index=r, constant_frames=constant, num_observations=new_obs,
-            error_after_ba=float(np.mean(err_ba[np.isfinite(err_ba)])) if err_ba.size else 0.0,
+            error_after_ba=float(err_ba.mean()) if err_ba.size else None,
             num_points3D=rec.num_points3D(), mean_reprojection_error=new_err,
             termination=termination, seconds=time.perf_counter() - t0))
         logger.debug("BA round %d: %s", r, report.rounds[-1])
