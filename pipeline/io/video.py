@@ -165,6 +165,16 @@ def _stated_duration(container: Any, stream: Any) -> float | None:
     return None
 
 
+def _warn_if_cut_short(video_path: Path, stated: float | None, decoded: float,
+                       frame_time: float) -> None:
+    """Name a video whose decoded frames span (``decoded`` seconds, frames ``frame_time``
+    apart) less than :data:`SHORT_DECODE` of the duration it ``stated``."""
+    if stated is not None and decoded < SHORT_DECODE * stated - frame_time:
+        logger.warning("video %s says it lasts %.1f s, but decoding stopped after %.1f s: the "
+                       "file is probably truncated or damaged; the frames after that are "
+                       "missing", video_path.name, stated, decoded)
+
+
 def _decode_video(video_path: Path, out_dir: Path, fps: float | None, max_frames: int | None,
                   jpeg_quality: int, show_progress: bool
                   ) -> tuple[list[Path], list[float], int]:
@@ -214,11 +224,9 @@ def _decode_video(video_path: Path, out_dir: Path, fps: float | None, max_frames
         raise InputError(f"cannot decode video {video_path}: {exc}") from exc
     if not files:
         raise InputError(f"no frames decoded from video {video_path}")
-    decoded_span = last_time - (first_time or 0.0) + 1.0 / rate
-    if complete and stated is not None and decoded_span < SHORT_DECODE * stated - 1.0 / rate:
-        logger.warning("video %s says it lasts %.1f s, but decoding stopped after %.1f s: the "
-                       "file is probably truncated or damaged; the frames after that are "
-                       "missing", video_path.name, stated, decoded_span)
+    if complete:  # decoded to the end of the file
+        _warn_if_cut_short(video_path, stated, last_time - (first_time or 0.0) + 1.0 / rate,
+                           1.0 / rate)
     if turn:
         logger.info("video %s is shown turned by %d degrees: frames turned upright",
                     video_path.name, turn)

@@ -384,8 +384,8 @@ def checkpoint_fingerprint(name_or_path: str | os.PathLike) -> dict[str, Any]:
     }
     if weights.name.endswith(SHARD_INDEX_SUFFIX):
         try:
-            fingerprint["shards"] = [[f.resolve().name, f.stat().st_size, f.stat().st_mtime_ns]
-                                     for f in weight_files(weights)[1:]]
+            fingerprint["shards"] = [[f.resolve().name, st.st_size, st.st_mtime_ns]
+                                     for f in weight_files(weights)[1:] for st in [f.stat()]]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"cannot read the shards of {weights}: {_one_line(exc)}") from exc
     return fingerprint
@@ -431,7 +431,7 @@ def load_model(
         config: config object/dict overriding config.json (e.g. ``VGGTConfig.tiny()``).
         architecture: registry name overriding detection.
         expect: the architecture the caller needs; a checkpoint detected as another raises
-            :class:`CheckpointError` naming what it holds (before any weight is loaded).
+            :class:`CheckpointError` naming what it holds (before its network is built).
         revision, cache_dir: hub options.
         strict: require the checkpoint keys to match the network exactly.
     Raises:
