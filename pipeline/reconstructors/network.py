@@ -118,9 +118,9 @@ class NetworkFlags:
     these); fields of :class:`pipeline.runner.config.PipelineConfig`."""
 
     model: str = option(VGGT_1B, group=NETWORKS_GROUP)
-    """vggt/da3 checkpoint: a .safetensors/.pt file, a folder holding one, or a hub id
-    (facebook/VGGT-1B is vggt's; da3 needs one given, e.g. depth-anything/DA3-LARGE-1.1 or a
-    folder)."""
+    """vggt/da3 checkpoint: a .safetensors/.pt file, a folder holding one (or shards with
+    model.safetensors.index.json), or a hub id (facebook/VGGT-1B is vggt's; da3 needs one given,
+    e.g. depth-anything/DA3-LARGE-1.1 or a folder); the other network's checkpoint is refused."""
     mixed_precision: str = option("auto", group=NETWORKS_GROUP,
                                   choices=("auto", "bf16", "fp16", "no"))
     """vggt/da3 precision: auto is bf16 on GPUs that support it, fp16 on older GPUs, fp32 on

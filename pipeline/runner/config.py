@@ -129,7 +129,8 @@ class PipelineConfig(*registered_flags()):
     merge_options: MergeOptions = options_field(MergeOptions)
     """How windows are merged (its flags take effect with --merge)."""
     overwrite: bool = option(False, group=OUTPUT, kind="bool")
-    """Redo every window, including complete ones."""
+    """Redo every window, including complete ones (colmap: its kept feature store and chunk
+    models too)."""
     verbose: bool = option(False, group=OUTPUT, kind="bool", short="-v", exclusive="verbosity")
     """The pipeline's debug log (every window's failure, every reason a window is redone), and
     COLMAP's own warnings."""
