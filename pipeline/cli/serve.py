@@ -79,6 +79,12 @@ def service_options(args: argparse.Namespace) -> ServiceOptions:
                           state_dir=args.state_dir, unload_after_s=args.unload_after)
 
 
+def job_defaults(args: argparse.Namespace) -> dict[str, Any]:
+    """The run options ``serve``'s flags give every job (those a job gives itself left out)."""
+    return {d: getattr(args, d) for d, _, _ in flagged_fields(PipelineConfig)
+            if d not in JOB_ONLY}
+
+
 def job_parser(defaults: dict[str, Any]):
     """A job's options -> ``(PipelineConfig, every option as JSON)``, read by the command
     line's parser with ``defaults`` (the service's) for what the job does not give."""
@@ -95,6 +101,9 @@ def job_parser(defaults: dict[str, Any]):
                 raise InputError(f"unknown run option {key!r}")
             flag = next(o for o in action.option_strings if o.startswith("--"))
             if value is None:
+                if parser.get_default(key) is not None:
+                    raise InputError(f"{flag}: null is not a value it takes (leave it out for "
+                                     f"its default, {_json(parser.get_default(key))!r})")
                 nulls.append(key)
             elif action.nargs == 0:
                 if not isinstance(value, bool):
@@ -161,11 +170,9 @@ def serve(argv: Sequence[str]) -> int:
     from ..service.app import create_app
     from ..service.jobs import Service
 
-    defaults = {d: getattr(args, d) for d, _, _ in flagged_fields(PipelineConfig)
-                if d not in JOB_ONLY}
     try:
         sock = _bind(options.host, options.port)
-        service = Service(options, job_parser(defaults))
+        service = Service(options, job_parser(job_defaults(args)))
     except PipelineError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE

@@ -43,9 +43,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     exit_code INTEGER,
     error TEXT,
-    result TEXT
+    result TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
 )
 """
+_ADDED_COLUMNS = {"cancel_requested": "INTEGER NOT NULL DEFAULT 0"}
+"""Columns a table made by an earlier version lacks (added when it is opened)."""
 
 
 @dataclass(kw_only=True)
@@ -82,6 +85,8 @@ class Job:
     result: dict[str, Any] | None = field(default=None)
     """When it ended: ``line`` (the summary line), ``digest`` (its lines), ``success``,
     ``windows`` (ok/failed/skipped counts), ``peak_memory_mb``, ``wall_time``."""
+    cancel_requested: bool = False
+    """A cancel was asked for while it ran (kept across a restart: it is not run again)."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,6 +96,7 @@ class Job:
         values = {k: row[k] for k in row.keys() if k != "number"}
         values["options"] = json.loads(values["options"])
         values["result"] = json.loads(values["result"]) if values["result"] else None
+        values["cancel_requested"] = bool(values.get("cancel_requested"))
         return cls(**values)
 
 
@@ -105,6 +111,10 @@ class JobStore:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(_SCHEMA)
+        have = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for name, kind in _ADDED_COLUMNS.items():
+            if name not in have:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")  # noqa: S608
 
     def close(self) -> None:
         with self._lock:
@@ -179,12 +189,27 @@ class JobStore:
                 (CANCELLED, now(), job_id, QUEUED)).rowcount
         return bool(changed)
 
-    def requeue_unfinished(self) -> list[str]:
+    def requeue_unfinished(self) -> tuple[list[str], list[str]]:
         """On start: jobs left ``running`` (the service died under them) or ``interrupted``
-        (it was stopped) are queued again; their run resumes from what they wrote."""
+        (it was stopped) are queued again, their run resuming from what they wrote, except
+        those whose cancel was asked for: they are ``cancelled`` now. Returns the ids of both."""
         with self._lock:
-            rows = self._db.execute("SELECT id FROM jobs WHERE state IN (?, ?)",
-                                    (RUNNING, INTERRUPTED)).fetchall()
+            rows = self._db.execute(
+                "SELECT id, cancel_requested FROM jobs WHERE state IN (?, ?)",
+                (RUNNING, INTERRUPTED)).fetchall()
+            self._db.execute(
+                "UPDATE jobs SET state = ?, finished_at = ?, exit_code = 130, stage = NULL, "
+                "error = 'cancelled (the service stopped before the run reached a window "
+                "boundary)' WHERE state IN (?, ?) AND cancel_requested",
+                (CANCELLED, now(), RUNNING, INTERRUPTED))
             self._db.execute("UPDATE jobs SET state = ?, stage = 'resuming' WHERE state IN (?, ?)",
                              (QUEUED, RUNNING, INTERRUPTED))
-        return [r[0] for r in rows]
+        return ([r[0] for r in rows if not r[1]], [r[0] for r in rows if r[1]])
+
+    def request_cancel(self, job_id: str) -> bool:
+        """Record that a running job is to be cancelled; whether it was running."""
+        with self._lock:
+            changed = self._db.execute(
+                "UPDATE jobs SET cancel_requested = 1, stage = 'cancelling' "
+                "WHERE id = ? AND state = ?", (job_id, RUNNING)).rowcount
+        return bool(changed)

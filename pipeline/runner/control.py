@@ -10,7 +10,7 @@ staging removed, ``run.json`` says why the run stopped).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,14 +36,23 @@ class RunControl:
     run over many)."""
     on_stage: Callable[[str], None] | None = None
     """Called with a few words on the work under way (the progress bar's postfix)."""
+    check_frames: Callable[[Sequence[Any]], None] | None = None
+    """Called with each sequence's frames (:class:`pipeline.io.frames.Frame`) once they are
+    listed, before any work on them; raises :class:`~pipeline.core.errors.InputError` to refuse
+    them (the service refuses frames that lie outside its allowed roots; in a run over many
+    sequences, that sequence fails alone)."""
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _status: str = "cancelled"
+    _status_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def stop(self, status: str = "cancelled") -> None:
         """Ask the run to end at the next window boundary, recorded as ``status``
-        (``cancelled`` or ``interrupted``). Safe from any thread."""
-        self._status = status
-        self._stop.set()
+        (``cancelled`` or ``interrupted``; a cancel asked for stays one). Safe from any
+        thread."""
+        with self._status_lock:
+            if not (self._stop.is_set() and self._status == "cancelled"):
+                self._status = status
+            self._stop.set()
 
     @property
     def stopping(self) -> bool:
@@ -55,6 +64,11 @@ class RunControl:
         boundaries)."""
         if self._stop.is_set():
             raise RunStopped(self._status)
+
+    def frames(self, frames: Sequence[Any]) -> None:
+        """Raises: InputError: :attr:`check_frames` refuses ``frames``."""
+        if self.check_frames is not None:
+            self.check_frames(frames)
 
     def total(self, count: int) -> None:
         if self.on_total is not None:

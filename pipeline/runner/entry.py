@@ -70,6 +70,8 @@ def run(config: PipelineConfig, control: RunControl | None = None) -> RunSummary
                     sources = sequence_sources(config)
                 else:
                     frames = load_frames(config)
+                    if control is not None:
+                        control.frames(frames)
         with _engine(config) as connection:
             if many:
                 summary = run_many(config, sources, group, start, connection, control)

@@ -73,7 +73,7 @@ def run_many(config: PipelineConfig, sources: list[SequenceSource], group: Proce
             for source in tqdm(sources, desc="sequences", unit="sequence",
                                disable=None if config.show_progress else True):
                 plan = _plan_sequence(config, source, reconstructor, group, reason, index,
-                                      dataset)
+                                      dataset, control)
                 if plan is not None:
                     plans.append(plan)
             _log_plans(plans, len(sources))
@@ -86,12 +86,17 @@ def run_many(config: PipelineConfig, sources: list[SequenceSource], group: Proce
 
 def _plan_sequence(config: PipelineConfig, source: SequenceSource, reconstructor: Reconstructor,
                    group: ProcessGroup, reason: str, index: WindowIndex,
-                   dataset: DatasetManifest) -> SequencePlan | None:
+                   dataset: DatasetManifest, control: RunControl | None = None
+                   ) -> SequencePlan | None:
     """One sequence of the run planned, its windows complete before this run indexed; None
-    when it cannot be read (recorded as failed, the others go on)."""
+    when it cannot be read or ``control`` refuses its frames (recorded as failed, the others
+    go on)."""
     seq_config = sequence_config(config, source)
     try:
-        frames = sized_for(load_sequence(seq_config, source), reconstructor, seq_config)
+        frames = load_sequence(seq_config, source)
+        if control is not None:
+            control.frames(frames)
+        frames = sized_for(frames, reconstructor, seq_config)
     except InputError as exc:
         logger.warning("sequence %s: %s; it is skipped", source.name, exc)
         remove_empty_folders(Path(seq_config.output_dir))

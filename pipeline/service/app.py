@@ -70,6 +70,8 @@ def create_app(service: Service, *, stopping: Callable[[], bool] = lambda: False
             fields = json.loads(await request.body())
         except ValueError:
             raise HTTPException(422, "the body is not JSON") from None
+        except RecursionError:
+            raise HTTPException(422, "the body nests too deeply") from None
         if not isinstance(fields, dict):
             raise HTTPException(422, "the body must be a JSON object of run options")
         job = await asyncio.to_thread(service.submit, fields)
@@ -103,11 +105,11 @@ def create_app(service: Service, *, stopping: Callable[[], bool] = lambda: False
 
     @app.get("/jobs/{job_id}/window/{path:path}")
     def window(job_id: str, path: str) -> dict[str, Any]:
-        return window_details(_inside(_output(service.get(job_id)), path))
+        return window_details(_folder(_output(service.get(job_id)), path))
 
     @app.get("/jobs/{job_id}/scene/{path:path}")
     def scene(job_id: str, path: str) -> dict[str, Any]:
-        return window_scene(_inside(_output(service.get(job_id)), path))
+        return window_scene(_folder(_output(service.get(job_id)), path))
 
     @app.get("/jobs/{job_id}/thumb/{path:path}")
     def thumb(job_id: str, path: str, size: int = 192) -> Response:
@@ -167,10 +169,20 @@ def _output(job: Job) -> Path:
 
 def _inside(out: Path, relative: str) -> Path:
     """``out / relative``, refused (404) unless it stays inside ``out``."""
+    if "\x00" in relative:
+        raise HTTPException(404, f"no such path {relative!r} in the job's output")
     target = (out / relative).resolve()
     if ".." in Path(relative).parts or not target.is_relative_to(out.resolve()):
         raise HTTPException(404, f"no such path {relative!r} in the job's output")
     return target
+
+
+def _folder(out: Path, relative: str) -> Path:
+    """The folder ``out / relative`` (404 unless it is one inside ``out``)."""
+    folder = _inside(out, relative)
+    if not folder.is_dir():
+        raise HTTPException(404, f"no such folder {relative!r} in the job's output")
+    return folder
 
 
 def _frame(service: Service, out: Path, path: str) -> Path:

@@ -8,21 +8,21 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import InputError
 from ..infra.lock import OutputBusyError, OutputLock
 from ..infra.memory import current_mb
-from ..io.frames import check_input_folder
+from ..io.frames import Frame, list_image_files
 from ..io.job_table import QUEUED, RUNNING, Job, JobStore
 from ..io.video import check_input_video
 from ..runner.checks import check_config
 from ..runner.config import PipelineConfig
 from ..runner.inputs import sequence_sources
 from .options import ServiceOptions
-from .roots import AllowedRoots
+from .roots import AllowedRoots, ForbiddenPathError
 from .worker import Worker, device_key
 
 logger = logging.getLogger(__name__)
@@ -71,8 +71,11 @@ class Service:
         self.workers: dict[str, Worker] = {}
         self._workers_lock = threading.Lock()
         self._wake: dict[str, threading.Event] = {}
-        for job_id in self.store.requeue_unfinished():
+        requeued, cancelled = self.store.requeue_unfinished()
+        for job_id in requeued:
             logger.info("job %s: queued again (the service stopped while it ran)", job_id)
+        for job_id in cancelled:
+            logger.info("job %s: cancelled (asked for before the service stopped)", job_id)
 
     def start(self) -> None:
         """Start the workers of the devices that have queued jobs."""
@@ -85,14 +88,35 @@ class Service:
             if worker is None:
                 self._wake[key] = threading.Event()
                 worker = Worker(key, self.store, self.make_config, self._wake[key],
-                                self.options.unload_after_s)
+                                self.options.unload_after_s, check_frames=self.check_frames)
                 self.workers[key] = worker
                 worker.start()
             return worker
 
     def make_config(self, options: dict[str, Any]) -> PipelineConfig:
-        """A stored job's run configuration."""
-        return self.parse_job(options)[0]
+        """A stored job's run configuration, its paths checked again as it starts (a folder
+        replaced by a link since it was queued, a service restarted with other roots).
+
+        Raises:
+            InputError: a bad option value (the service restarted with other defaults).
+            ForbiddenPathError: a path outside the allowed roots now.
+        """
+        config = self.parse_job(options)[0]
+        self.check_paths(config)
+        return config
+
+    def check_frames(self, frames: Sequence[Frame]) -> None:
+        """Refuse frames that lie outside the allowed roots (a link in an input folder that
+        points elsewhere).
+
+        Raises:
+            ForbiddenPathError: one does.
+        """
+        for frame in frames:
+            if not self.roots.contains(frame.path):
+                raise ForbiddenPathError(
+                    f"frame {frame.path} lies outside the folders this service may use (it "
+                    f"links to {Path(frame.path).resolve()})")
 
     def submit(self, fields: dict[str, Any]) -> Job:
         """Check a job's options and queue it.
@@ -148,10 +172,10 @@ class Service:
         job = self.get(job_id)
         if job.state == QUEUED and self.store.cancel_queued(job_id):
             logger.info("job %s: cancelled before it started", job_id)
-        elif job.state == RUNNING and job.worker in self.workers:
-            self.workers[job.worker].cancel(job_id)
+        elif job.state == RUNNING and self.store.request_cancel(job_id):
+            if job.worker in self.workers:
+                self.workers[job.worker].cancel(job_id)
             logger.info("job %s: cancelling at the next window boundary", job_id)
-            self.store.update(job_id, stage="cancelling")
         return self.get(job_id)
 
     def status(self) -> dict[str, Any]:
@@ -181,14 +205,14 @@ class Service:
 
 
 def _check_inputs_exist(config: PipelineConfig) -> None:
-    """Refuse a job whose input folder or video is missing now, as the command line would
-    (before it waits in the queue).
+    """Refuse a job whose input folder is missing or holds no frames, or whose video is
+    missing, now, as the command line would (before it waits in the queue).
 
     Raises:
         InputError: in the words of :mod:`pipeline.io.frames`.
     """
     if config.input_dir is not None:
-        check_input_folder(config.input_dir)
+        list_image_files(config.input_dir, config.frame_pattern)  # no frames: refused now
     if config.input_video is not None:
         check_input_video(config.input_video)
     if config.input_list is not None and not Path(config.input_list).is_file():

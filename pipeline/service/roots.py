@@ -8,11 +8,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.errors import PipelineError
+from ..core.errors import InputError
 
 
-class ForbiddenPathError(PipelineError):
-    """A job names a path outside the allowed roots (HTTP 403)."""
+class ForbiddenPathError(InputError):
+    """A job names a path outside the allowed roots (HTTP 403; in a run over many sequences,
+    a sequence whose frames lie outside fails alone)."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class AllowedRoots:
             ForbiddenPathError: it does not (or is relative: a service has no current folder
                 its clients share).
         """
+        if "\x00" in os.fspath(path):
+            raise InputError(f"{what} {path!r}: a path cannot hold a NUL character")
         if not os.path.isabs(path):
             raise ForbiddenPathError(f"{what} {path}: give an absolute path")
         if not self.contains(path):

@@ -13,7 +13,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..algo.models.cache import ModelCache, models_kept_in, release_memory
@@ -48,6 +48,8 @@ def device_key(device: str) -> str:
     resolved = resolve_device(device)
     if resolved.type == "cuda" and resolved.index is None:
         return f"cuda:{torch.cuda.current_device()}"
+    if resolved.type == "cpu":  # one CPU, however it is named (cpu, cpu:0)
+        return "cpu"
     return str(resolved)
 
 
@@ -60,13 +62,16 @@ class Worker(threading.Thread):
         make_config: A job's options -> its run configuration (the service's defaults applied).
         wake: Set when a job is queued (the worker also looks every second).
         unload_after_s: Unload a network idle this long (0: keep it loaded).
+        check_frames: Refuses a run's frames (see :attr:`RunControl.check_frames`).
     """
 
     def __init__(self, key: str, store: JobStore,
                  make_config: Callable[[dict[str, Any]], PipelineConfig],
-                 wake: threading.Event, unload_after_s: float = 0.0) -> None:
+                 wake: threading.Event, unload_after_s: float = 0.0, *,
+                 check_frames: Callable[[Sequence[Any]], None] | None = None) -> None:
         super().__init__(name=f"worker-{key}", daemon=True)
         self.key, self.store, self.make_config = key, store, make_config
+        self.check_frames = check_frames
         self.wake, self.unload_after_s = wake, unload_after_s
         self.cache = ModelCache()
         self.job_id: str | None = None
@@ -172,9 +177,11 @@ class Worker(threading.Thread):
         def on_stage(text: str) -> None:
             if time.monotonic() - last_stage[0] >= STAGE_WRITE_INTERVAL_S:
                 last_stage[0] = time.monotonic()
-                self._progress(job, stage=text)
+                cancelling = job.id in self._cancelled
+                self._progress(job, stage=f"cancelling ({text})" if cancelling else text)
 
-        return RunControl(on_total=on_total, on_window=on_window, on_stage=on_stage)
+        return RunControl(on_total=on_total, on_window=on_window, on_stage=on_stage,
+                          check_frames=self.check_frames)
 
     def _progress(self, job: Job, **values: Any) -> None:
         """Record progress in the job table; a table that cannot be written loses only the

@@ -49,3 +49,19 @@ def test_a_stop_asked_for_before_the_windows_start_runs_none(tmp_path):
                            max_frames=12, show_progress=False), control)
     assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
     assert window_dirs(out) == []
+
+
+def test_a_cancel_asked_for_is_not_turned_into_an_interruption():
+    """The service stopping while a cancel is pending records the run cancelled."""
+    control = RunControl()
+    control.stop("cancelled")
+    control.stop("interrupted")
+    with pytest.raises(RunStopped) as stopped:
+        control.check()
+    assert stopped.value.status == "cancelled"
+    control = RunControl()
+    control.stop("interrupted")
+    control.stop("cancelled")
+    with pytest.raises(RunStopped) as stopped:
+        control.check()
+    assert stopped.value.status == "cancelled"

@@ -8,6 +8,8 @@ let stopCurrent = () => {};
 
 const esc = (v) => String(v ?? "").replace(/[&<>"']/g,
   (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+// a path of the job's output in a URL: each part percent-encoded ("#", "%", "?" in names)
+const url = (path) => String(path ?? "").split("/").map(encodeURIComponent).join("/");
 const num = (v, digits = 0) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
 const state = (s) => `<span class="state ${esc(s)}">${esc(s)}</span>`;
 
@@ -75,7 +77,7 @@ async function jobPage(id) {
       <thead><tr><th>window</th><th>status</th><th>frames</th><th>registered</th>
       <th>points</th><th>reproj. error (px)</th><th>reason</th></tr></thead><tbody>
       ${data.windows.map((w) => `<tr>
-        <td><a href="#/job/${esc(id)}/window/${esc(w.path)}">${esc(w.path)}</a></td>
+        <td><a href="#/job/${esc(id)}/window/${esc(url(w.path))}">${esc(w.path)}</a></td>
         <td>${state(w.status)}</td><td class="num">${num(w.num_frames)}</td>
         <td class="num">${num(w.num_registered)}</td><td class="num">${num(w.num_points3D)}</td>
         <td class="num">${num(w.mean_reprojection_error, 3)}</td>
@@ -86,7 +88,7 @@ async function jobPage(id) {
       ? `<h2>Digest</h2><pre>${digest.map(esc).join("\n")}</pre>` : "";
     main.querySelector("#merges").innerHTML = data.merges.map((m) => `<div class="merged">
       <h2>Merged: ${esc(m.folder)}</h2><p class="muted">${m.segments} segment(s)</p>
-      ${m.picture ? `<img alt="trajectory" src="/jobs/${esc(id)}/file/${esc(m.picture)}">`
+      ${m.picture ? `<img alt="trajectory" src="/jobs/${esc(id)}/file/${esc(url(m.picture))}">`
         : ""}</div>`).join("");
     document.body.dataset.ready = "job";
   };
@@ -100,7 +102,7 @@ async function jobPage(id) {
 
 // ---- one window ---------------------------------------------------------------------------
 async function windowPage(id, path) {
-  const details = await getJson(`/jobs/${id}/window/${path}`);
+  const details = await getJson(`/jobs/${id}/window/${url(path)}`);
   const info = details.info;
   main.innerHTML = `<h1><a href="#/job/${esc(id)}">Job ${esc(id)}</a> / ${esc(path)}</h1>
     <p>${state(info.status)} ${num(info.num_registered)} of ${num(info.num_frames)} frames
@@ -109,10 +111,10 @@ async function windowPage(id, path) {
     <canvas id="view"></canvas>
     <p class="muted">drag to orbit, right-drag to pan, wheel to zoom</p>
     <h2>Frames</h2><div class="thumbs">${details.images.map((name) => `<figure>
-      <img loading="lazy" alt="${esc(name)}" src="/jobs/${esc(id)}/thumb/${esc(path)}/images/${esc(name)}?size=160">
+      <img loading="lazy" alt="${esc(name)}" src="/jobs/${esc(id)}/thumb/${esc(url(path))}/images/${esc(url(name))}?size=160">
       <figcaption>${esc(name)}</figcaption></figure>`).join("")}</div>`;
   if (info.status !== "ok") { document.body.dataset.ready = "window"; return () => {}; }
-  const scene = await getJson(`/jobs/${id}/scene/${path}`);
+  const scene = await getJson(`/jobs/${id}/scene/${url(path)}`);
   return showScene(main.querySelector("#view"), scene);
 }
 
