@@ -6,17 +6,19 @@ import json
 from pathlib import Path
 
 
-def write_model(sparse_dir: Path, names, poses=None, size=(64, 48), points: int = 0) -> None:
+def write_model(sparse_dir: Path, names, poses=None, size=(64, 48), points: int = 0,
+                focal: float = 50.0) -> None:
     """Write a COLMAP model whose images ``names`` are registered with camera-from-world
-    ``poses`` ((N, 3, 4); identity when ``None``), one shared PINHOLE camera, and ``points``
-    3D points seen by every image (keypoint ``j`` of each image observes point ``j``)."""
+    ``poses`` ((N, 3, 4); identity when ``None``), one shared PINHOLE camera of focal length
+    ``focal``, and ``points`` 3D points seen by every image (keypoint ``j`` of each image
+    observes point ``j``)."""
     import numpy as np
     import pycolmap
 
     rec = pycolmap.Reconstruction()
     width, height = size
     cam = pycolmap.Camera(model="PINHOLE", width=width, height=height, camera_id=1,
-                          params=[50.0, 50.0, width / 2, height / 2])
+                          params=[focal, focal, width / 2, height / 2])
     rec.add_camera_with_trivial_rig(cam)
     keypoints = np.random.default_rng(0).uniform(0, min(size), (points, 2))
     for i, name in enumerate(names):

@@ -34,6 +34,10 @@ CAUSES = (
     Cause("too little structure", r"^too little structure",
           "the frames barely move or see little texture: try --frame-step 2-5 or a larger "
           "--window-size (--min-points / --min-frame-observations set the bar)"),
+    Cause("implausible camera", r"^implausible camera",
+          "a focal length solved wrong (too few views to calibrate): --shared-camera, known "
+          "intrinsics (--camera-params) or a longer --window-size help; --fov-range sets the "
+          "bar (a telephoto or fisheye lens)"),
     Cause("not posed", r"COLMAP found no model|COLMAP posed \d+ of",
           "too little camera motion or overlap within the window: try --frame-step 2-5 or a "
           "larger --window-size; known intrinsics help (--camera-params)"),

@@ -39,7 +39,10 @@ def write_text(path: Path, text: str) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(text)
+        with open(tmp, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())  # on disk before the rename: no empty record after a crash
         os.replace(tmp, path)
     except OSError as exc:
         try:
@@ -63,6 +66,45 @@ def write_json(path: Path, data: Any, *, indent: int | None = 2, sort_keys: bool
     """
     write_text(path, json.dumps(data, indent=indent, sort_keys=sort_keys, allow_nan=allow_nan,
                                 default=_json_default) + "\n")
+
+
+def sync_tree(folder: Path) -> None:
+    """Flush every regular file under ``folder``, and every folder, to the disk (``fsync``),
+    so that a folder renamed into place afterwards survives a power loss with its content;
+    links are not followed.
+
+    Raises:
+        DiskFullError: the disk is full (or the quota is spent).
+        OSError: any other failure to write.
+    """
+    try:
+        for root, _, names in os.walk(folder):
+            for name in names:
+                path = os.path.join(root, name)
+                if not os.path.islink(path):
+                    _sync(path, os.O_RDONLY)
+            sync_folder(Path(root))
+    except OSError as exc:
+        if exc.errno in NO_SPACE:
+            raise DiskFullError(Path(folder), exc) from exc
+        raise
+
+
+def sync_folder(folder: Path) -> None:
+    """Flush ``folder``'s own entries (a rename into it) to the disk; a file system that cannot
+    (some network mounts refuse ``fsync`` on a folder) is left as it is."""
+    try:
+        _sync(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        logger.debug("cannot flush %s: %s", folder, exc)
+
+
+def _sync(path: str | Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _json_default(value: Any) -> Any:

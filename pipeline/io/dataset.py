@@ -68,7 +68,7 @@ def find_windows(output_dir: str | Path) -> list[WindowEntry]:
     out = Path(output_dir)
     index = out / INDEX
     if not index.is_file():
-        return [WindowEntry("", w.index, out / w.path) for w in iter_windows(out, ok=True)]
+        return [WindowEntry("", w.index, w.path) for w in iter_windows(out, ok=True)]
     entries, trusted = [], {}
     for entry in read_index(index):
         if entry.get("status") != STATUS_OK or entry.get("window_index") is None:
@@ -122,6 +122,10 @@ class WindowDataset(torch.utils.data.Dataset):
       frames of a colmap window whose frames differ in size are resized to its ``image_size``,
       the size most of them have);
     - ``intrinsics``: ``[S, 3, 3]`` float32 pinhole ``K`` of those images;
+    - ``distortion``: ``[S, 4]`` float32 lens distortion as OpenCV's ``(k1, k2, p1, p2)`` on
+      normalised coordinates (zeros for pinhole cameras; ``k1`` of ``--camera-type
+      SIMPLE_RADIAL``): the images are not undistorted, so project with it
+      (``cv2.projectPoints``) or undistort (``cv2.undistort``) before using ``K`` alone;
     - ``cam_from_world``: ``[S, 3, 4]`` float32, OpenCV axes, the window's world;
     - ``depth``, ``confidence``: ``[S, H, W]`` float32, when saved (else absent);
     - ``frames``: the ``S`` frame names; ``sequence``, ``window_index``.
@@ -186,7 +190,7 @@ class WindowDataset(torch.utils.data.Dataset):
         cameras = read_window_cameras(entry.folder)
         names = pick_frames([n for n in info["frames"] if n in cameras], self.num_frames)
         sources = dict(zip(info["frames"], info.get("sources") or info["frames"]))
-        images, intrinsics, depth, conf = [], [], [], []
+        images, intrinsics, distortion, depth, conf = [], [], [], [], []
         size = self.size  # frames of a (colmap) window of mixed sizes: all to its image_size
         if size is None and len({tuple(s) for s in info.get("image_sizes") or []}) > 1:
             size = (int(info["image_size"][1]), int(info["image_size"][0]))
@@ -200,6 +204,7 @@ class WindowDataset(torch.utils.data.Dataset):
                     (size[1], size[0]), Image.BILINEAR))
             images.append(image)
             intrinsics.append(scale_intrinsics(cameras[name].K, *scale))
+            distortion.append(cameras[name].distortion)
             if self.with_depth:
                 maps = _read_depth(entry.folder / "depth" / f"{Path(name).stem}.npz",
                                    image.shape[:2])
@@ -209,6 +214,7 @@ class WindowDataset(torch.utils.data.Dataset):
         item: dict[str, Any] = {
             "images": torch.from_numpy(np.stack(images)),
             "intrinsics": torch.from_numpy(np.stack(intrinsics).astype(np.float32)),
+            "distortion": torch.from_numpy(np.stack(distortion).astype(np.float32)),
             "cam_from_world": torch.from_numpy(np.stack(
                 [cameras[n].cam_from_world for n in names]).astype(np.float32)),
             "frames": names, "sequence": entry.sequence, "window_index": entry.index,

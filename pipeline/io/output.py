@@ -19,10 +19,12 @@ earlier run over other input) is reported, never used.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import logging
+import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +101,10 @@ class WindowChecks:
     """3D points the model needs."""
     min_frame_observations: int = 20
     """Observations (points seen) every registered frame needs."""
+    fov_range: tuple[float, float] | None = (5.0, 140.0)
+    """Fields of view (degrees, across the larger image side) a registered frame's camera may
+    have; a focal length outside them is a camera solved wrong (a focal of 0.07 px, or of 17
+    image widths), not a lens. None: not checked (records of versions before 2026-12-06)."""
 
     def problem(self, rec: Any) -> str | None:
         """Why the ``pycolmap.Reconstruction`` ``rec`` fails these checks, or ``None``."""
@@ -110,15 +116,57 @@ class WindowChecks:
         if weakest is not None and counts[weakest] < self.min_frame_observations:
             return (f"too little structure: frame {weakest} sees {counts[weakest]} 3D points "
                     f"(need {self.min_frame_observations}, --min-frame-observations)")
+        return self._fov_problem(rec)
+
+    def _fov_problem(self, rec: Any) -> str | None:
+        if self.fov_range is None:
+            return None
+        low, high = self.fov_range
+        for name, (fov, focal, size) in fields_of_view(rec).items():
+            if not low <= fov <= high:
+                return (f"implausible camera: frame {name} has a focal length of {focal:.4g} px "
+                        f"for {size[0]}x{size[1]} pixels, a field of view of {fov:.3g} degrees "
+                        f"(outside {low:g}-{high:g}, --fov-range)")
         return None
 
     def record(self, rec: Any) -> dict[str, Any]:
         """The checks and what ``rec`` has, for ``window_info.json``."""
         counts = observation_counts(rec)
-        return {"min_points": self.min_points,
-                "min_frame_observations": self.min_frame_observations,
-                "num_points3D": rec.num_points3D(),
-                "fewest_frame_observations": min(counts.values(), default=0)}
+        record = {"min_points": self.min_points,
+                  "min_frame_observations": self.min_frame_observations,
+                  "num_points3D": rec.num_points3D(),
+                  "fewest_frame_observations": min(counts.values(), default=0)}
+        if self.fov_range is not None:
+            fovs = [fov for fov, _, _ in fields_of_view(rec).values()]
+            record["fov_range"] = list(self.fov_range)
+            record["fov_deg"] = [round(min(fovs), 4), round(max(fovs), 4)] if fovs else None
+        return record
+
+    @classmethod
+    def recorded(cls, checks: Mapping[str, Any]) -> WindowChecks:
+        """The checks a ``window_info.json``'s ``checks`` were made with.
+
+        Raises:
+            KeyError, TypeError, ValueError: a record of another shape.
+        """
+        fov = checks.get("fov_range")
+        return cls(min_points=int(checks["min_points"]),
+                   min_frame_observations=int(checks["min_frame_observations"]),
+                   fov_range=None if fov is None else (float(fov[0]), float(fov[1])))
+
+
+def fields_of_view(rec: Any) -> dict[str, tuple[float, float, tuple[int, int]]]:
+    """``{frame name: (field of view in degrees across the larger side, focal length in px,
+    (width, height))}`` of the registered frames of ``rec`` (the mean of ``fx`` and ``fy``)."""
+    found = {}
+    for i in rec.reg_image_ids():
+        image = rec.images[i]
+        camera = rec.cameras[image.camera_id]
+        focal = float(np.mean([camera.focal_length_x, camera.focal_length_y]))
+        side = max(camera.width, camera.height)
+        fov = math.degrees(2.0 * math.atan2(side / 2.0, focal)) if focal > 0 else 180.0
+        found[image.name] = (fov, focal, (camera.width, camera.height))
+    return found
 
 
 def observation_counts(rec: Any) -> dict[str, int]:
@@ -158,6 +206,18 @@ def list_files(folder: Path) -> dict[str, int]:
     return dict(sorted(files.items()))
 
 
+def file_digests(folder: Path, names: Iterable[str]) -> dict[str, str]:
+    """``{relative path: SHA-256 hex digest}`` of the files ``names`` under ``folder``."""
+    digests = {}
+    for name in names:
+        digest = hashlib.sha256()
+        with open(Path(folder) / name, "rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+        digests[name] = digest.hexdigest()
+    return digests
+
+
 def check_window(window_dir: Path, signature: Mapping[str, Any] | None = None) -> str | None:
     """Why the window in ``window_dir`` cannot be trusted, or ``None`` when it can.
 
@@ -181,7 +241,9 @@ def check_window(window_dir: Path, signature: Mapping[str, Any] | None = None) -
 
 def files_problem(window_dir: Path, info: Mapping[str, Any]) -> str | None:
     """Why the files of a finished window are not whole, or ``None``: every file the record
-    lists must have its recorded size, and ``sparse/`` must load with the registered frames."""
+    lists must have its recorded size and content (SHA-256, where the record has one: records
+    of versions before 2026-12-06 have sizes only), and ``sparse/`` must load with the
+    registered frames."""
     files = info.get("files")
     if not isinstance(files, dict):
         return "its window_info.json lists no files (made by an older version)"
@@ -191,10 +253,29 @@ def files_problem(window_dir: Path, info: Mapping[str, Any]) -> str | None:
             return f"{name} is missing"
         if path.stat().st_size != size:
             return f"{name} has {path.stat().st_size} bytes, not the {size} written"
+    problem = _content_problem(window_dir, info.get("sha256"), files)
+    if problem:
+        return problem
     rec, problem = load_registered_model(window_dir / "sparse", info["registered_frames"])
     if problem is None and info.get("status") == STATUS_OK:
         problem = ok_record_problem(rec, info)
     return problem
+
+
+def _content_problem(window_dir: Path, recorded: Any, files: Mapping[str, Any]) -> str | None:
+    """Why the files' content is not what was written (their SHA-256 differs), or ``None``."""
+    if recorded is None:
+        return None
+    if not isinstance(recorded, dict) or set(recorded) != set(files):
+        return "its window_info.json records checksums of other files"
+    try:
+        actual = file_digests(window_dir, sorted(recorded))
+    except OSError as exc:
+        return f"its files cannot be read: {exc.strerror or exc}"
+    for name in sorted(recorded):
+        if actual[name] != recorded[name]:
+            return f"{name} is not what was written (its SHA-256 differs)"
+    return None
 
 
 def ok_record_problem(rec: Any, info: Mapping[str, Any]) -> str | None:
@@ -208,9 +289,8 @@ def ok_record_problem(rec: Any, info: Mapping[str, Any]) -> str | None:
     if not isinstance(checks, dict):
         return "its window_info.json records no checks (made by an older version)"
     try:
-        bar = WindowChecks(min_points=int(checks["min_points"]),
-                           min_frame_observations=int(checks["min_frame_observations"]))
-    except (KeyError, TypeError, ValueError):
+        bar = WindowChecks.recorded(checks)
+    except (KeyError, TypeError, ValueError, IndexError):
         return "its window_info.json records checks of another shape"
     problem = bar.problem(rec)
     if problem is not None:
@@ -295,6 +375,29 @@ class WindowCamera:
     size: tuple[int, int]
     """``(width, height)`` in pixels."""
 
+    @property
+    def distortion(self) -> np.ndarray:
+        """``(4,)`` lens distortion as OpenCV's ``(k1, k2, p1, p2)``, on normalised image
+        coordinates (so unchanged by resizing): zeros for the pinhole models, ``k1`` of
+        ``SIMPLE_RADIAL`` / ``RADIAL`` (``k2`` too), ``OPENCV``'s four as they are.
+
+        Raises:
+            ValueError: a camera model of another kind (fisheye, thin prism, ...).
+        """
+        coefficients = np.zeros(4)
+        found = DISTORTION_PARAMS.get(self.model)
+        if found is None:
+            raise ValueError(f"camera model {self.model} has no (k1, k2, p1, p2) form")
+        start, count = found
+        coefficients[:count] = self.params[start:start + count]
+        return coefficients
+
+
+DISTORTION_PARAMS = {"SIMPLE_PINHOLE": (3, 0), "PINHOLE": (4, 0), "SIMPLE_RADIAL": (3, 1),
+                     "RADIAL": (3, 2), "OPENCV": (4, 4)}
+"""COLMAP camera models whose distortion is OpenCV's ``(k1, k2, p1, p2)`` (or a prefix):
+``(index of k1 in the parameters, how many)``."""
+
 
 def read_window_cameras(window_dir: str | Path) -> dict[str, WindowCamera]:
     """``{image name: WindowCamera}`` of the posed images of ``window_dir/sparse``, in name
@@ -317,12 +420,18 @@ def read_window_cameras(window_dir: str | Path) -> dict[str, WindowCamera]:
     return out
 
 
-def read_window_intrinsics(window_dir: str | Path) -> dict[str, list[float]]:
-    """``{image name: [fx, fy, cx, cy]}`` of the posed images of ``window_dir/sparse``
-    (pixels, COLMAP convention)."""
-    return {name: [round(float(c.K[0, 0]), 4), round(float(c.K[1, 1]), 4),
-                   round(float(c.K[0, 2]), 4), round(float(c.K[1, 2]), 4)]
-            for name, c in read_window_cameras(window_dir).items()}
+def read_window_intrinsics(window_dir: str | Path
+                           ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """``({image name: [fx, fy, cx, cy]}, {image name: [k1, k2, p1, p2]})`` of the posed
+    images of ``window_dir/sparse`` (pixels, COLMAP convention; the second holds only the
+    frames whose camera has distortion, see :attr:`WindowCamera.distortion`)."""
+    cameras = read_window_cameras(window_dir)
+    intrinsics = {name: [round(float(c.K[0, 0]), 4), round(float(c.K[1, 1]), 4),
+                         round(float(c.K[0, 2]), 4), round(float(c.K[1, 2]), 4)]
+                  for name, c in cameras.items()}
+    distortion = {name: [round(float(v), 8) for v in c.distortion]
+                  for name, c in cameras.items() if c.distortion.any()}
+    return intrinsics, distortion
 
 
 def refresh_links(window_dir: Path, frames: Sequence[Any]) -> int:

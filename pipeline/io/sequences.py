@@ -228,10 +228,10 @@ def index_entry(sequence: str, record: dict[str, Any], window_dir: Path,
                 out: Path) -> dict[str, Any]:
     """The index line of a window from its record (``window_info.json``) and folder."""
     ok = record.get("status") == "ok"
-    intrinsics = {}
+    intrinsics, distortion = {}, {}
     if ok:
         try:
-            intrinsics = read_window_intrinsics(window_dir)
+            intrinsics, distortion = read_window_intrinsics(window_dir)
         except Exception as exc:  # noqa: BLE001 - the index says what it could not read
             logger.debug("index: no intrinsics of %s (%s)", window_dir, exc)
     details = record.get("details") or {}
@@ -241,7 +241,7 @@ def index_entry(sequence: str, record: dict[str, Any], window_dir: Path,
         "folder": window_dir.relative_to(out).as_posix(), "frames": record.get("frames"),
         "registered_frames": record.get("registered_frames"),
         "image_size": record.get("image_size"), "image_sizes": record.get("image_sizes"),
-        "intrinsics": intrinsics,
+        "intrinsics": intrinsics, "distortion": distortion,
         "has_depth": (window_dir / "depth").is_dir(), "exports": details.get("exports", []),
     }
 

@@ -2,8 +2,9 @@
 
 A window is first built in a hidden *staging* folder beside its final place
 (``batch_XXX/.window_YYY.partial-PID``). Before it is renamed into place, what it holds is read
-back (its COLMAP model must load: pycolmap writes silently truncated files on a full disk), and
-``window_info.json`` records every file with its size, so a crash or a full disk never leaves a
+back (its COLMAP model must load: pycolmap writes silently truncated files on a full disk),
+``window_info.json`` records every file with its size and SHA-256, and all is flushed to the disk
+(``fsync``) before the rename, so a crash, a power loss or a full disk never leaves a
 half-written folder that looks complete (see :mod:`pipeline.io.output` for the reading side).
 """
 
@@ -18,10 +19,10 @@ from typing import Any
 
 from ..core.errors import DiskFullError
 from ..core.results import STATUS_FAILED, STATUS_OK
-from ..infra.files import remove_tree, write_json
+from ..infra.files import remove_tree, sync_folder, sync_tree, write_json
 from ..infra.tempdirs import pid_alive
 from .frames import Frame
-from .output import WINDOW_INFO, WindowChecks, list_files, load_registered_model
+from .output import WINDOW_INFO, WindowChecks, file_digests, list_files, load_registered_model
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +58,11 @@ def finalize_window(staging: Path, final_dir: Path, info: dict[str, Any], *,
 
     A successful window whose COLMAP model does not load back is turned into a failed one (its
     ``status`` and ``error`` in ``info`` are updated). ``info["files"]`` lists every file with its
-    size. With ``checks``, a successful window whose model has too little structure fails with
-    that reason, and ``info["checks"]`` records the thresholds and what the model had. An
+    size, ``info["sha256"]`` with its checksum, and everything is flushed to the disk before
+    the rename, so that a crash or power loss never leaves a window whose record vouches for
+    files the disk does not hold. With ``checks``, a successful window whose model has too
+    little structure, or an implausible camera, fails with that reason, and ``info["checks"]``
+    records the thresholds and what the model had. An
     existing ``final_dir`` (incomplete, or being overwritten) is moved aside first and
     deleted only after the new folder is in place.
 
@@ -80,7 +84,9 @@ def finalize_window(staging: Path, final_dir: Path, info: dict[str, Any], *,
             if problem:
                 info.update(status=STATUS_FAILED, error=problem)
     info["files"] = list_files(staging)
+    info["sha256"] = file_digests(staging, info["files"])
     write_json(staging / WINDOW_INFO, info)
+    sync_tree(staging)
     return swap_into_place(staging, final_dir)
 
 
@@ -98,6 +104,7 @@ def swap_into_place(staging: Path, final_dir: Path) -> Path:
         trash = final_dir.parent / f".{final_dir.name}{_TRASH}{os.getpid()}"
         os.rename(final_dir, trash)
     os.rename(staging, final_dir)
+    sync_folder(final_dir.parent)
     if trash is not None:
         remove_tree(trash)
     return final_dir

@@ -50,6 +50,10 @@ def check_config(config: PipelineConfig) -> Path:
         _refuse_other_kind_of_run(out, many)
     if config.merge and exists and not many:
         refuse_foreign_merged(out)
+    low_high = tuple(config.fov_range)
+    if len(low_high) != 2 or not 0 < low_high[0] < low_high[1] < 180:
+        raise InputError(f"--fov-range takes MIN,MAX degrees with 0 < MIN < MAX < 180, got "
+                         f"{','.join(f'{v:g}' for v in low_high)}")
     if config.images not in IMAGE_MODES:
         raise InputError(f"--images must be link, copy or none, got {config.images!r}")
     if config.ray_address is not None and config.engine != "ray":

@@ -93,6 +93,10 @@ class PipelineConfig(*registered_flags()):
     """Mark a window failed when its model has fewer 3D points (too little structure)."""
     min_frame_observations: int = option(20, group=RECON, kind="count", metavar="N")
     """Mark a window failed when one of its registered frames sees fewer 3D points."""
+    fov_range: tuple[float, ...] = option((5.0, 140.0), group=RECON, kind="floats",
+                                          metavar="MIN,MAX", default_text="5,140")
+    """Mark a window failed when a registered frame's camera has a field of view (degrees,
+    across the larger image side) outside MIN-MAX: a focal length solved wrong."""
 
     device: str = option("auto", group=MEMORY)
     """vggt/da3 device, and one per process under accelerate: auto (CUDA when available, else

@@ -164,7 +164,8 @@ def _create_stagings(windows: Sequence[Window[Frame]], finals: Sequence[Path],
 def window_checks(config: PipelineConfig) -> WindowChecks:
     """What a window's model must hold to be marked ok."""
     return WindowChecks(min_points=config.min_points,
-                        min_frame_observations=config.min_frame_observations)
+                        min_frame_observations=config.min_frame_observations,
+                        fov_range=(float(config.fov_range[0]), float(config.fov_range[1])))
 
 
 def _finalize(staging: Path, final: Path, info: dict[str, Any], images: str,

@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import IMAGES
 from pipeline.core.errors import InputError
 from pipeline.io.dataset import FrameCountBatchSampler, WindowDataset, pick_frames, scale_intrinsics
-from pipeline.io.output import read_window_poses
+from pipeline.io.output import read_window_intrinsics, read_window_poses
 from pipeline.runner import run
 from pipeline.runner.config import PipelineConfig
 
@@ -38,6 +38,7 @@ def test_items_are_the_windows_as_colmap_has_them(output):
     s = len(item["frames"])
     assert item["images"].shape == (s, 240, 320, 3) and item["images"].dtype == torch.uint8
     assert item["intrinsics"].shape == (s, 3, 3) and item["cam_from_world"].shape == (s, 3, 4)
+    assert item["distortion"].shape == (s, 4) and not item["distortion"].any()  # pinhole
     assert item["window_index"] == 1 and item["sequence"] == ""
     assert "depth" not in item  # not saved by this run
     folder = output / "batch_000" / "window_001"
@@ -56,6 +57,52 @@ def test_items_are_the_windows_as_colmap_has_them(output):
                 item["cam_from_world"][i].double().numpy() @ np.append(point.xyz, 1.0))
             errors.append(np.linalg.norm(uvw[:2] / uvw[2] - image.points2D[element.point2D_idx].xy))
     assert np.median(errors) < 2.0
+
+
+def test_a_relative_output_path_gives_the_same_items(output, monkeypatch):
+    monkeypatch.chdir(output.parent)
+    relative, absolute = WindowDataset(output.name), WindowDataset(output)
+    assert len(relative) == len(absolute) == 3
+    assert relative[2]["frames"] == absolute[2]["frames"]
+    assert torch.equal(relative[2]["cam_from_world"], absolute[2]["cam_from_world"])
+
+
+def test_distortion_comes_with_the_intrinsics(tmp_path):
+    """A SIMPLE_RADIAL window's item carries its k1 (and the index too): with K, the pose and
+    ``distortion`` (OpenCV's model) the points project onto their observations."""
+    import pycolmap
+
+    out = tmp_path / "radial"
+    summary = run(PipelineConfig(input_dir=IMAGES, output_dir=out, max_frames=8, window_size=8,
+                                 window_stride=8, reconstructor="colmap",
+                                 camera_type="SIMPLE_RADIAL", shared_camera=True,
+                                 show_progress=False))
+    assert summary.success
+    item = WindowDataset(out)[0]
+    folder = out / "batch_000" / "window_000"
+    rec = pycolmap.Reconstruction(str(folder / "sparse"))
+    k1 = next(iter(rec.cameras.values())).params[3]
+    assert item["distortion"].shape == (len(item["frames"]), 4)
+    np.testing.assert_allclose(item["distortion"][:, 0].numpy(), k1, rtol=1e-6)
+    assert not item["distortion"][:, 1:].any()
+    errors = []
+    for _, point in list(rec.points3D.items())[:100]:
+        for element in point.track.elements:
+            image = rec.images[element.image_id]
+            i = item["frames"].index(image.name)
+            xyz = item["cam_from_world"][i].double().numpy() @ np.append(point.xyz, 1.0)
+            x, y = xyz[:2] / xyz[2]
+            k1_, k2, p1, p2 = item["distortion"][i].double().numpy()
+            r2 = x * x + y * y
+            radial = 1 + k1_ * r2 + k2 * r2 * r2
+            xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
+            yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
+            uv = (item["intrinsics"][i].double().numpy() @ [xd, yd, 1.0])[:2]
+            errors.append(np.linalg.norm(uv - image.points2D[element.point2D_idx].xy))
+    assert np.median(errors) < 2.0
+    index_free = read_window_intrinsics(folder)[1]
+    assert set(index_free) == set(item["frames"]) and index_free[item["frames"][0]][0] == \
+        round(k1, 8)
 
 
 def test_resizing_scales_the_intrinsics_with_the_pixels(output):

@@ -16,7 +16,7 @@ import pytest
 from conftest import ROOT
 from pipeline.core.windows import Window
 from pipeline.infra.lock import OutputBusyError, OutputLock
-from pipeline.io.output import check_window, planned_windows
+from pipeline.io.output import WindowChecks, check_window, planned_windows
 from pipeline.io.signature import (
     options_signature,
     signature_difference,
@@ -78,6 +78,7 @@ ALTERNATIVES = {
     "min_registered_fraction": 0.7,
     "min_points": 10,
     "min_frame_observations": 5,
+    "fov_range": (1.0, 170.0),
     "merge": True,
     "merge_options": MergeOptions(refine=False),
     "show_progress": False,
@@ -102,6 +103,7 @@ NOT_IN_OPTIONS = {
     "images",
     "min_points",
     "min_frame_observations",
+    "fov_range",
     # how the work runs, not what it makes (batched equals one at a time; offload is exact)
     "output_dir",
     "window_batch_size",
@@ -165,6 +167,9 @@ def test_structure_checks_are_part_of_the_window_signature():
             signature_difference(sig, new)
             == f"option {name} ({getattr(default, name)} -> {ALTERNATIVES[name]}) changed"
         )
+    other = dataclasses.replace(default, fov_range=(1.0, 170.0))
+    new = window_signature(frames, "colmap", {}, "link", None, window_checks(other))
+    assert signature_difference(sig, new).startswith("option fov_range")
 
 
 def test_options_signature_follows_metadata_and_pycolmap_objects():
@@ -255,11 +260,102 @@ def test_a_damaged_window_is_not_trusted(window, damage, reason):
     assert reason in check_window(folder, sig)
 
 
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_file_of_its_size_with_other_content_is_not_trusted(window):
+    """A bit flipped on the disk, or garbage of the right length after a power loss: the
+    sizes agree and the model may still load, the checksum does not."""
+    folder, sig = window
+    info = json.loads((folder / "window_info.json").read_text())
+    assert set(info["sha256"]) == set(info["files"])
+    _flip_a_byte(folder / "sparse" / "points3D.bin")
+    assert check_window(folder, sig) == (
+        "sparse/points3D.bin is not what was written (its SHA-256 differs)"
+    )
+
+
+def test_checksums_of_other_files_are_not_trusted_and_sizes_only_records_still_are(window):
+    folder, sig = window
+    info = json.loads((folder / "window_info.json").read_text())
+    digests = info.pop("sha256")
+    (folder / "window_info.json").write_text(json.dumps(info))
+    assert check_window(folder, sig) is None  # a record of an older version: sizes only
+    digests.pop("sparse/rigs.bin")
+    (folder / "window_info.json").write_text(json.dumps({**info, "sha256": digests}))
+    assert check_window(folder, sig) == "its window_info.json records checksums of other files"
+
+
+def test_a_window_is_on_the_disk_before_it_is_renamed_into_place(tmp_path, monkeypatch):
+    """Every file and folder of the staging folder is flushed (fsync) before the rename, and
+    the parent folder after it."""
+    import pipeline.infra.files as files
+    import pipeline.io.window_folders as window_folders
+
+    events = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def rename(src, dst):
+        events.append(("rename", str(src), str(dst)))
+        real_rename(src, dst)
+
+    win = Window(0, 0, ("a.png", "b.png"))
+    write_model(tmp_path / win.relative_dir / "sparse", win.items)
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    monkeypatch.setattr(window_folders.os, "rename", rename)
+    finish_window(tmp_path, win)
+    final = tmp_path / win.relative_dir
+    renamed = next(i for i, e in enumerate(events) if e[0] == "rename" and e[2] == str(final))
+    staging = events[renamed][1]
+    synced_before = {e[1] for e in events[:renamed] if e[0] == "fsync"}
+    info = json.loads((final / "window_info.json").read_text())
+    for name in [*info["files"], "window_info.json", "sparse", ""]:
+        assert os.path.join(staging, name).rstrip("/") in synced_before, name
+    assert ("fsync", str(final.parent)) in events[renamed:]
+
+
+@pytest.mark.parametrize("focal,fov,recorded", [(0.07, "180", 179.7493), (2000.0, "1.83", 1.8333)])
+def test_a_camera_of_implausible_focal_length_fails_the_checks(tmp_path, focal, fov, recorded):
+    """A focal length of 0.07 px, or of 31 image widths, is a camera solved wrong."""
+    import pycolmap
+
+    write_model(tmp_path / "sparse", ["a.png", "b.png"], points=60, focal=focal)
+    rec = pycolmap.Reconstruction(str(tmp_path / "sparse"))
+    assert WindowChecks().problem(rec) == (
+        f"implausible camera: frame a.png has a focal length of {focal:g} px for 64x48 pixels, "
+        f"a field of view of {fov} degrees (outside 5-140, --fov-range)")
+    assert WindowChecks(fov_range=(1.0, 179.9)).problem(rec) is None
+    assert WindowChecks(fov_range=None).problem(rec) is None
+    assert WindowChecks().record(rec)["fov_deg"] == [recorded, recorded]
+
+
+def test_a_record_without_the_field_of_view_checks_is_read_as_made(window):
+    """Records of versions before the check: their checks, without it, still hold."""
+    folder, sig = window
+    info = json.loads((folder / "window_info.json").read_text())
+    assert info["checks"]["fov_range"] == [5.0, 140.0] and len(info["checks"]["fov_deg"]) == 2
+    for key in ("fov_range", "fov_deg"):
+        del info["checks"][key]
+    (folder / "window_info.json").write_text(json.dumps(info))
+    assert check_window(folder, None) is None
+    info["checks"]["fov_deg"] = [1.0, 2.0]  # the record edited: no longer the model's
+    (folder / "window_info.json").write_text(json.dumps(info))
+    assert check_window(folder, None) == (
+        "its record's point or observation counts are not its model's")
+
+
 def test_a_model_that_does_not_hold_its_frames_is_not_trusted(window):
     folder, sig = window
     write_model(folder / "sparse", ["a.png"])  # a model of one frame, record of two
     info = json.loads((folder / "window_info.json").read_text())
-    info["files"] = {}
+    info["files"] = info["sha256"] = {}
     (folder / "window_info.json").write_text(json.dumps(info))
     assert "does not hold the registered frames" in check_window(folder, sig)
 
