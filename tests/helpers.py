@@ -113,14 +113,19 @@ def finish_window(out: Path, window, *, status: str = "ok", error: str | None = 
     return info
 
 
-def write_test_plan(out: Path, windows) -> str:
-    """``plan.json`` for ``windows`` (over frame names) as :func:`finish_window` records them."""
+def write_test_plan(out: Path, windows, timestamps=None) -> str:
+    """``plan.json`` for ``windows`` (over frame names) as :func:`finish_window` records them;
+    ``timestamps`` (one per frame, in order of appearance) stamp the frames."""
+    import dataclasses
+
     from pipeline.core.windows import Window
     from pipeline.io.output import write_plan
     from pipeline.io.signature import window_signature
 
     names = list(dict.fromkeys(n for w in windows for n in w.items))
-    frames = {n: fake_frame(n, i) for i, n in enumerate(names)}
+    stamps = [None] * len(names) if timestamps is None else list(timestamps)
+    frames = {n: dataclasses.replace(fake_frame(n, i), timestamp=t)
+              for i, (n, t) in enumerate(zip(names, stamps, strict=True))}
     framed = [Window(w.index, w.start, tuple(frames[n] for n in w.items)) for w in windows]
     signatures = [window_signature(w.items, "test", {}, "none") for w in framed]
     return write_plan(Path(out), list(frames.values()), framed, signatures)

@@ -40,7 +40,14 @@ from ..core.results import STATUS_FAILED, STATUS_OK
 from ..infra.files import write_json
 from ..io.frames import natural_key
 from ..io.merged_record import MERGED_DIR, STALE, merged_state
-from ..io.output import PLAN, RUN_MANIFEST, PlannedWindow, planned_windows, read_window_poses
+from ..io.output import (
+    PLAN,
+    RUN_MANIFEST,
+    PlannedWindow,
+    planned_windows,
+    read_plan,
+    read_window_poses,
+)
 from ..io.sequences import DATASET_MANIFEST
 from .ground_truth import (
     frame_indices,
@@ -92,12 +99,26 @@ def merged_segment_dirs(out_dir: Path) -> list[Path]:
     return sorted(p.parent for p in merged.glob(f"segment_*/{MERGED_TRAJECTORY.name}"))
 
 
-def load_merged_poses(segment_dir: Path, frame_names: Sequence[str]
+def input_indices(out_dir: Path) -> dict[int, str] | None:
+    """``{index in the input folder: frame name}`` of the run's frames, as its plan records
+    them, or None when it does not (a video's frames are stamped with their time instead)."""
+    frames = read_plan(out_dir).get("frames")
+    if not isinstance(frames, list) or not frames:
+        return None
+    stamps = [f.get("timestamp") if isinstance(f, dict) else None for f in frames]
+    if not all(isinstance(t, int) and not isinstance(t, bool) for t in stamps):
+        return None
+    return {t: f.get("name") for t, f in zip(stamps, frames)}
+
+
+def load_merged_poses(segment_dir: Path, frame_names: Sequence[str],
+                      index_names: Mapping[int, str] | None = None
                       ) -> dict[str, np.ndarray] | None:
     """Poses of ``segment_dir/trajectory.txt`` by frame name, ``None`` when there is no file.
 
     Names come from ``trajectory_names.txt`` beside it when present, else the timestamps are
-    indices into ``frame_names`` sorted naturally.
+    indices into the input folder (``index_names``, see :func:`input_indices`), or without
+    those into ``frame_names`` sorted naturally.
 
     Raises:
         InputError: on a malformed file, or timestamps that are not valid frame indices.
@@ -111,11 +132,12 @@ def load_merged_poses(segment_dir: Path, frame_names: Sequence[str]
         names = read_names_file(names_path, len(poses))
     else:
         indices = frame_indices(stamps)
-        ordered = sorted(frame_names, key=natural_key)
-        if indices is None or max(indices) >= len(ordered):
+        if index_names is None:
+            index_names = dict(enumerate(sorted(frame_names, key=natural_key)))
+        if indices is None or any(i not in index_names for i in indices):
             raise InputError(f"{path}: without {MERGED_NAMES.name}, timestamps must be distinct "
-                             f"frame indices below {len(ordered)} (the run's frame count)")
-        names = [ordered[i] for i in indices]
+                             "indices of the run's frames in the input folder")
+        names = [index_names[i] for i in indices]
     return dict(zip(names, poses))
 
 
@@ -293,7 +315,8 @@ def evaluate_output(out_dir: str | Path, gt: str | Path | Mapping[str, np.ndarra
     gt_kind, gt_poses = "mapping", gt
     if not isinstance(gt, Mapping):
         truth = read_ground_truth(gt)
-        gt_kind, gt_poses = truth.kind, truth.as_dict(frame_names)
+        gt_kind, gt_poses = truth.kind, truth.as_dict(
+            frame_names, index_names=input_indices(out_dir) if windows else None)
     if frame_names and not match_names(frame_names, list(gt_poses)):
         example = sorted(gt_poses, key=natural_key)[:2]
         raise InputError(f"the ground truth {gt if gt_kind != 'mapping' else ''} names none of "
@@ -412,7 +435,8 @@ def _evaluate_merged(out_dir: Path, frame_names: list[str], gt: Mapping[str, np.
 def _evaluate_segment(segment_dir: Path, out_dir: Path, frame_names: list[str],
                       gt: Mapping[str, np.ndarray], options: EvaluateOptions,
                       units: str) -> dict[str, Any]:
-    poses = load_merged_poses(segment_dir, frame_names)
+    poses = load_merged_poses(segment_dir, frame_names, input_indices(out_dir)
+                              if (out_dir / PLAN).is_file() else None)
     entry = {"path": str(Path(segment_dir).relative_to(out_dir)), "status": STATUS_OK,
              "num_frames": len(poses), "error": None}
     try:

@@ -6,7 +6,8 @@ Ground truth formats (detected from the path by :func:`read_ground_truth`):
   ``cam_from_world`` (N, 3, 4) and ``names`` (N,);
 * TUM: a trajectory file; frame names come from ``<stem>_names.txt`` or ``names.txt`` beside it
   (one name a line, same order), otherwise integer timestamps (or, failing that, the row order)
-  are frame indices into the naturally sorted list of the run's frame names;
+  are frame indices into the input folder (as the run's plan records each frame's index; a run
+  without that record: into the naturally sorted list of the run's frame names);
 * 7-Scenes: a folder of ``frame-NNNNNN.pose.txt`` (4 x 4 camera-to-world) beside
   ``frame-NNNNNN.color.jpg``; the frame name is the colour image's name;
 * COLMAP: a model folder (``cameras``/``images`` as ``.txt`` or ``.bin``, such as DTU's
@@ -23,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,20 +60,25 @@ class GroundTruth:
     source: Path | None = None
     """File or folder read."""
 
-    def as_dict(self, frame_names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """``{frame name: (3, 4) pose}``; unnamed poses take ``sorted(frame_names)[index]``.
+    def as_dict(self, frame_names: Sequence[str] | None = None, *,
+                index_names: Mapping[int, str] | None = None) -> dict[str, np.ndarray]:
+        """``{frame name: (3, 4) pose}``. Unnamed poses (:attr:`indices`) take the frame of
+        that index in the input folder, ``index_names[index]``, when the run recorded it (its
+        plan: a run with ``--frame-step`` or ``--max-frames`` has some of the folder's frames
+        only), else ``sorted(frame_names)[index]``.
 
         Raises:
-            InputError: when the poses have no names and ``frame_names`` is not given.
+            InputError: when the poses have no names and neither is given.
         """
         if self.names is not None:
             return {n: p for n, p in zip(self.names, self.cam_from_world)}
-        if not frame_names:
+        if index_names is None and not frame_names:
             raise InputError(f"ground truth {self.source} has no frame names: put a names file "
                              f"beside it ({', '.join(TUM_NAMES_FILES)})")
-        ordered = sorted(frame_names, key=natural_key)
-        out = {ordered[i]: p for i, p in zip(self.indices, self.cam_from_world)
-               if 0 <= i < len(ordered)}
+        if index_names is None:
+            index_names = dict(enumerate(sorted(frame_names, key=natural_key)))
+        out = {index_names[i]: p for i, p in zip(self.indices, self.cam_from_world)
+               if i in index_names}
         logger.debug("matched %d of %d unnamed GT poses by index", len(out), len(self.indices))
         return out
 
@@ -133,13 +139,15 @@ def _read_any(path: Path) -> GroundTruth:
                      "model folder (cameras/images .txt or .bin)")
 
 
-def load_ground_truth_poses(path: str | Path, *, frame_names: Sequence[str] | None = None
+def load_ground_truth_poses(path: str | Path, *, frame_names: Sequence[str] | None = None,
+                            index_names: Mapping[int, str] | None = None
                             ) -> dict[str, np.ndarray]:
     """``{frame name: (3, 4) camera-from-world}`` from any supported ground truth.
 
-    ``frame_names`` (the run's frames) names the poses of a TUM file without a names file.
+    ``index_names`` (input-folder index -> frame name) or ``frame_names`` (the run's frames)
+    name the poses of a TUM file without a names file (see :meth:`GroundTruth.as_dict`).
     """
-    return read_ground_truth(path).as_dict(frame_names)
+    return read_ground_truth(path).as_dict(frame_names, index_names=index_names)
 
 
 def read_synthetic_gt(npz_path: Path) -> GroundTruth:

@@ -252,8 +252,29 @@ def test_merged_without_names_uses_sorted_frame_index(output, tmp_path):
     assert merged["frames"] == [NAMES[i] for i in subset]
     assert merged["ate"]["rmse"] < 1e-9
     write_tum(output / "merged" / "trajectory.txt", gt_poses()[:2], stamps=[0.5, 1.5])
-    with pytest.raises(InputError, match="frame indices"):
+    with pytest.raises(InputError, match="indices of the run's frames"):
         evaluate_output(output, write_synthetic_gt(tmp_path / "gt"))
+
+
+def test_unnamed_ground_truth_indexes_the_input_folder_not_the_runs_frames(tmp_path):
+    """A run with ``--frame-step 2`` has every other frame of the folder; a TUM file without
+    names stamps each pose with its frame's index in the folder: pose 4 is frame 4, the run's
+    third frame, and the merged trajectory's stamps are folder indices too."""
+    gt, out = gt_poses(), tmp_path / "out"
+    taken = list(range(0, N, 2))
+    names = [NAMES[i] for i in taken]
+    windows = []
+    write_window(out, 0, names[:4], S_A.transform_poses(gt[taken[:4]]), windows=windows)
+    write_window(out, 1, names[2:], S_B.transform_poses(gt[taken[2:]]), windows=windows)
+    write_test_plan(out, windows, timestamps=taken)
+    (out / "merged").mkdir()
+    write_tum(out / "merged" / "trajectory.txt", S_B.transform_poses(gt[taken]), stamps=taken)
+    write_tum(tmp_path / "traj.txt", gt)  # stamps 0..N-1: the folder's frames
+    report = evaluate_output(out, tmp_path / "traj.txt")
+    assert [w["status"] for w in report["windows"]] == ["ok", "ok"]
+    assert all(w["ate"]["rmse"] < 1e-9 for w in report["windows"])
+    [merged] = report["merged"]
+    assert merged["num_matched"] == len(taken) and merged["ate"]["rmse"] < 1e-9
 
 
 def test_damaged_window_model_is_reported_not_raised(output, tmp_path):
@@ -269,7 +290,7 @@ def test_damaged_window_model_is_reported_not_raised(output, tmp_path):
 def test_window_model_that_does_not_load_is_reported(output, tmp_path):
     (output / "batch_000" / "window_001" / "window_info.json").write_text(json.dumps(
         {**json.loads((output / "batch_000" / "window_001" / "window_info.json").read_text()),
-         "files": {}}))  # a record that no longer lists its files: the model is still read
+         "files": {}, "sha256": None}))  # an old record with no file list: the model is still read
     (output / "batch_000" / "window_001" / "sparse" / "images.bin").write_bytes(b"garbage")
     report = evaluate_output(output, write_synthetic_gt(tmp_path / "gt"))
     bad = report["windows"][1]
