@@ -11,6 +11,7 @@ from pathlib import Path
 from ..core.errors import InputError, PipelineError
 from ..infra.lock import OutputLock
 from ..infra.options import from_flags
+from ..io.sequences import refuse_running_dataset
 from ..post.merge import merge_output
 from ..post.merge_options import MergeOptions
 from .parsers import OneLineParser, add_flags, one_line
@@ -30,6 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.output_dir.is_dir():
             raise InputError(f"not a folder: {args.output_dir}")
         with OutputLock(args.output_dir):  # never while a run writes windows into it
+            refuse_running_dataset(args.output_dir)  # nor a run over many sequences
             report = merge_output(args.output_dir, options)
     except PipelineError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)

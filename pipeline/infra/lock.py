@@ -98,6 +98,31 @@ class OutputLock:
         self.release()
 
 
+def lock_holder(output_dir: Path) -> dict[str, Any] | None:
+    """The live process that holds ``output_dir``'s lock (what it wrote of itself: pid, host,
+    start time), or None when none does. Looking takes the lock for an instant (a shared
+    ``flock``), so take your own lock first, then look at the other folder's: of two runs
+    doing so in opposite order, one always sees the other."""
+    try:
+        fd = os.open(Path(output_dir) / LOCK_FILE, os.O_RDONLY)
+    except OSError:  # no lock file (or none readable): nobody holds it
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _read(fd)
+    except OSError:  # a filesystem without locks
+        return None
+    finally:
+        os.close(fd)  # also lets a shared lock go
+    return None
+
+
+def busy_message(folder: Path, holder: dict[str, Any]) -> str:
+    """Why ``folder`` cannot be used now: ``holder`` (see :func:`lock_holder`) runs there."""
+    return f"{folder} is in use by another run ({_who(holder)})"
+
+
 def _read(fd: int) -> dict[str, Any]:
     try:
         data = json.loads(os.pread(fd, 4096, 0).decode() or "{}")

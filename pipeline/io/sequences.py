@@ -21,6 +21,7 @@ from typing import Any
 
 from ..core.errors import InputError
 from ..infra.files import write_json, write_text
+from ..infra.lock import OutputBusyError, busy_message, lock_holder
 from .frames import is_frame_file
 from .output import is_own_folder, read_window_intrinsics
 from .run_record import now, package_versions
@@ -64,12 +65,16 @@ def safe_name(relative: str) -> str:
 
 def unique_names(relatives: Sequence[str]) -> list[str]:
     """:func:`safe_name` of each, with ``-2``, ``-3``... added where names would clash (case
-    folded, for case-insensitive filesystems)."""
-    taken: set[str] = set()
+    folded, for case-insensitive filesystems) with each other or with what a run over many
+    writes beside its sequences (``index.jsonl``, ``dataset.json``); a name of an output
+    folder's own folders (``merged``, ``batch_000``) becomes ``sequence_merged``..."""
+    taken: set[str] = {INDEX, DATASET_MANIFEST}
     names = []
     for relative in relatives:
-        base = name = safe_name(relative)
-        k = 2
+        base = safe_name(relative)
+        if is_own_folder(base.lower()):  # batch_000-2 would still be one: a prefix is not
+            base = f"sequence_{base}"
+        name, k = base, 2
         while name.lower() in taken:
             name, k = f"{base}-{k}", k + 1
         taken.add(name.lower())
@@ -77,9 +82,41 @@ def unique_names(relatives: Sequence[str]) -> list[str]:
     return names
 
 
-OUTPUT_RECORDS = ("plan.json", "dataset.json", "window_info.json", "index.jsonl")
-"""Files only a pipeline output folder holds: a folder with one is never a sequence, nor is
-anything under it (its frames/, its windows' images/)."""
+def stray_sequences(out: Path, names: Iterable[str]) -> list[str]:
+    """The folders of ``out`` that hold a sequence's output but are none of ``names`` (the
+    sequences of this run): an earlier run's sequence that this run does not have, or that it
+    names otherwise now. ``index.jsonl`` and ``dataset.json`` do not list them."""
+    keep = {n.lower() for n in names}
+    try:
+        children = sorted(p for p in Path(out).iterdir() if p.is_dir())
+    except OSError:
+        return []
+    return [p.name for p in children if p.name.lower() not in keep
+            and not is_own_folder(p.name) and is_output_folder(p)]
+
+
+def refuse_running_dataset(out: Path) -> None:
+    """Refuse to work in ``out`` when it is a sequence's folder of a run over many sequences
+    that is running now (that run writes into it without its own lock; call this holding
+    ``out``'s lock: the run over many looks at each sequence's lock after taking its own).
+
+    Raises:
+        OutputBusyError: the run over many, in the parent folder, is alive.
+    """
+    parent = Path(out).absolute().parent
+    if not (parent / DATASET_MANIFEST).is_file():
+        return
+    holder = lock_holder(parent)
+    if holder is not None:
+        raise OutputBusyError(f"{busy_message(parent, holder)}: a run over many sequences, "
+                              f"which writes into {out}; wait for it to finish")
+
+
+OUTPUT_RECORDS = {"plan.json": "windows", "dataset.json": "sequences",
+                  "window_info.json": "window_index", "index.jsonl": "sequence"}
+"""Records only a pipeline output folder holds, each with a key only the pipeline's version
+holds: a folder with one is never a sequence, nor is anything under it (its frames/, its
+windows' images/). A user's own file of such a name is no record."""
 
 
 def _holds_frames(folder: Path, pattern: str | None = None) -> bool:
@@ -91,8 +128,19 @@ def _holds_frames(folder: Path, pattern: str | None = None) -> bool:
 
 def is_output_folder(folder: Path) -> bool:
     """Whether ``folder`` is (or lies in) a pipeline output folder, by its records."""
-    return any((folder / name).is_file() for name in OUTPUT_RECORDS) or \
+    return any(_is_record(folder / name, key) for name, key in OUTPUT_RECORDS.items()) or \
         (folder / ".lock").is_file() and (folder / "run.json").is_file()
+
+
+def _is_record(path: Path, key: str) -> bool:
+    """Whether ``path`` is a JSON object holding ``key`` (a JSON-lines file: its first line)."""
+    try:
+        with open(path) as handle:
+            text = handle.readline() if path.suffix == ".jsonl" else handle.read()
+        data = json.loads(text)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and key in data
 
 
 def discover(root: Path, *, skip: Iterable[Path] = (),

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..core.errors import InputError
 from ..core.failures import plural
+from ..infra.lock import OutputBusyError, busy_message, lock_holder
 from ..io.frames import (
     Frame,
     broken_links,
@@ -146,6 +147,9 @@ def load_sequence(config: PipelineConfig, source: SequenceSource) -> list[Frame]
     except OSError as exc:
         raise InputError(f"cannot create {out}: {exc.strerror or exc}") from exc
     refuse_foreign_records(out)  # the sequence would replace the user's own run.json
+    holder = lock_holder(out)  # a run over this sequence alone (this run holds OUT's lock)
+    if holder is not None:
+        raise OutputBusyError(busy_message(out, holder))
     remove_stale_staging(out)
     frames = load_frames(config)
     if len(frames) < config.window_size:

@@ -26,6 +26,7 @@ from ..io.sequences import (
     WindowIndex,
     index_entry,
     sequence_failure_entry,
+    stray_sequences,
 )
 from ..post.merge_options import MergeOptions
 from ..reconstructors import Reconstructor
@@ -58,6 +59,7 @@ def run_many(config: PipelineConfig, sources: list[SequenceSource], group: Proce
     index, dataset = WindowIndex(out), DatasetManifest(out, config, reconstructor, sources)
     profile, governor = new_profile(reconstructor), make_governor(config, reconstructor, group)
     plans: list[SequencePlan] = []
+    dataset.data["stray_sequences"] = _warn_stray(out, sources)
 
     def finish(outcome: Outcome) -> None:
         index.write(force=True)
@@ -82,6 +84,18 @@ def run_many(config: PipelineConfig, sources: list[SequenceSource], group: Proce
             dataset.data["throughput"] = process_sequences(
                 plans, config, reconstructor, pool, governor, profile, on_window, control)
     return _summary(config, plans, reconstructor, dataset, profile, start)
+
+
+def _warn_stray(out: Path, sources: Sequence[SequenceSource]) -> list[str]:
+    """The sequence folders of ``out`` that are not this run's (see :func:`stray_sequences`),
+    each named in one warning."""
+    stray = stray_sequences(out, [s.name for s in sources])
+    if stray:
+        shown = ", ".join(stray[:5]) + (", ..." if len(stray) > 5 else "")
+        logger.warning("%s holds %s of an earlier run that this run does not have (%s): "
+                       "index.jsonl and dataset.json do not list them; remove them if they "
+                       "are stale", out, plural(len(stray), "sequence folder"), shown)
+    return stray
 
 
 def _plan_sequence(config: PipelineConfig, source: SequenceSource, reconstructor: Reconstructor,

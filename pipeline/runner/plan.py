@@ -22,6 +22,7 @@ from ..infra.lock import OutputLock
 from ..io.frames import Frame
 from ..io.output import PLAN, check_window, read_window_info, refresh_links, write_plan
 from ..io.run_record import RunManifest
+from ..io.sequences import refuse_running_dataset
 from ..io.signature import window_signature
 from ..io.window_folders import remove_stale_staging
 from ..reconstructors import Reconstructor
@@ -190,6 +191,11 @@ def prepare_output(out: Path, lock: OutputLock) -> None:
         with contextlib.suppress(OSError):
             probe.unlink()
     lock.acquire()
+    try:
+        refuse_running_dataset(out)
+    except InputError:
+        lock.release()
+        raise
     remove_stale_staging(out)
 
 

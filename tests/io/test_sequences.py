@@ -15,6 +15,7 @@ import pytest
 from conftest import IMAGES, TESTDATA
 from pipeline.cli.main import main
 from pipeline.core.errors import InputError
+from pipeline.infra.lock import OutputLock
 from pipeline.io.output import read_window_info, read_window_poses
 from pipeline.io.sequences import (
     INDEX,
@@ -49,6 +50,21 @@ def test_names_are_safe_and_unique():
     assert safe_name("odd name/ü.mp4") == "odd_name___.mp4"
     assert safe_name("../.hidden") == "hidden"
     assert unique_names(["a b", "a_b", "A_B", "c"]) == ["a_b", "a_b-2", "A_B-3", "c"]
+    # what a run over many writes beside its sequences is no sequence's name
+    assert unique_names(["index.jsonl", "dataset.json", "merged", "batch_000", "frames"]) == [
+        "index.jsonl-2", "dataset.json-2", "sequence_merged", "sequence_batch_000",
+        "sequence_frames"]
+
+
+def test_a_users_file_named_like_a_record_does_not_hide_a_sequence(tmp_path):
+    """A frame folder holding the user's own ``plan.json`` is a sequence; one holding the
+    pipeline's record is an output folder."""
+    root = tmp_path / "root"
+    frames_folder(root / "mine", 0, 2)
+    (root / "mine" / "plan.json").write_text('{"note": "my own plan"}')
+    frames_folder(root / "run", 0, 2)
+    (root / "run" / "plan.json").write_text('{"windows": []}')
+    assert [s.name for s in discover(root)] == ["mine"]
 
 
 def test_discover_finds_frame_folders_and_videos_but_not_the_output(tmp_path):
@@ -123,6 +139,57 @@ def test_a_sequence_folder_holding_a_users_run_json_fails_alone(tmp_path):
     assert (out / "a" / "run.json").is_file()
     failed = [e for e in index_lines(out) if e["sequence"] == "b"]
     assert len(failed) == 1 and "no run of this pipeline wrote it" in failed[0]["error"]
+
+
+def test_sequence_folders_of_an_earlier_run_are_named_not_listed(tmp_path, caplog):
+    """A sequence gone from the input: its folder stays (nothing is deleted) but the run warns
+    of it, and dataset.json names it, while index.jsonl lists this run's windows only."""
+    root, out = tmp_path / "root", tmp_path / "out"
+    frames_folder(root / "a", 0, 4)
+    frames_folder(root / "b", 4, 4)
+    assert cli("--input-root", root, "--output-dir", out, *SMALL, "--reconstructor",
+               "colmap") == 0
+    shutil.rmtree(root / "b")
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        assert cli("--input-root", root, "--output-dir", out, *SMALL, "--reconstructor",
+                   "colmap") == 0
+    assert "holds 1 sequence folder of an earlier run that this run does not have (b)" \
+        in caplog.text
+    assert (out / "b" / "run.json").is_file()
+    assert {e["sequence"] for e in index_lines(out)} == {"a"}
+    assert json.loads((out / "dataset.json").read_text())["stray_sequences"] == ["b"]
+
+
+def test_a_sequence_folder_another_run_holds_fails_alone(tmp_path):
+    """A run over one sequence writes into OUT/<sequence> (it holds that folder's lock): the
+    run over many leaves that sequence alone and does the other."""
+    root, out = tmp_path / "root", tmp_path / "out"
+    frames_folder(root / "a", 0, 4)
+    frames_folder(root / "b", 4, 4)
+    (out / "b").mkdir(parents=True)
+    with OutputLock(out / "b"):
+        assert cli("--input-root", root, "--output-dir", out, *SMALL, "--reconstructor",
+                   "colmap") == 1
+    assert (out / "a" / "run.json").is_file() and not (out / "b" / "run.json").exists()
+    failed = [e for e in index_lines(out) if e["sequence"] == "b"]
+    assert len(failed) == 1 and "is in use by another run" in failed[0]["error"]
+
+
+def test_a_run_into_a_sequence_of_a_running_run_over_many_is_refused(tmp_path, capsys):
+    """While a run over many holds OUT, a run into OUT/<sequence> exits 2 and writes nothing;
+    once it is over, the same command runs."""
+    root, out = tmp_path / "root", tmp_path / "out"
+    frames_folder(root / "a", 0, 4)
+    assert cli("--input-root", root, "--output-dir", out, *SMALL, "--reconstructor",
+               "colmap") == 0
+    before = sorted(p.relative_to(out) for p in (out / "a").rglob("*"))
+    single = ("--input-dir", root / "a", "--output-dir", out / "a", *SMALL,
+              "--reconstructor", "colmap", "--overwrite")
+    with OutputLock(out):
+        assert cli(*single) == 2
+    assert "a run over many sequences, which writes into" in capsys.readouterr().err
+    assert sorted(p.relative_to(out) for p in (out / "a").rglob("*")) == before
+    assert cli(*single) == 0
 
 
 @pytest.mark.slow
