@@ -93,7 +93,7 @@ def test_output_folders_and_link_loops_are_never_sequences(tmp_path, caplog):
     (old / "batch_000" / "window_000" / "images").mkdir(parents=True)
     frames(old / "batch_000" / "window_000" / "images", 4)
     frames(old / "frames", 4)
-    (old / "plan.json").write_text("{}")
+    (old / "plan.json").write_text('{"version": 1, "frames": [], "windows": []}')
     with caplog.at_level(logging.INFO, logger="pipeline.io.sequences"):
         found = discover(root)
     assert [s.name for s in found] == ["a", "b"]

@@ -559,7 +559,8 @@ def test_skip_bad_frames_drops_the_frames_of_a_rarer_size(tmp_path, tiny_vggt_ch
         assert cli("--input-dir", folder, "--output-dir", out, "--reconstructor", "vggt",
                    "--model", tiny_vggt_checkpoint, "--window-size", "4", "--window-stride",
                    "3", "--max-query-pts", "32", "--min-points", "0",
-                   "--min-frame-observations", "0", "--skip-bad-frames") == 0
+                   "--min-frame-observations", "0", "--skip-bad-frames", "--process-res",
+                   "112") == 0
     assert any("dropping 1 frame of other sizes than 320x240" in r.getMessage()
                for r in caplog.records)
     frames_used = [f for d in window_dirs(out) for f in window_info(d)["frames"]]

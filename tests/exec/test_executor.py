@@ -305,7 +305,7 @@ def test_pipelined_classical_windows_equal_serial(tmp_path):
 def test_pipelined_network_windows_equal_serial(tmp_path, tiny_vggt_checkpoint):
     serial, pipelined = run_both(tmp_path, reconstructor="vggt", model=str(tiny_vggt_checkpoint),
                                  max_query_pts=64, query_frame_num=2, min_points=0,
-                                 min_frame_observations=0)
+                                 min_frame_observations=0, process_res=112)
     assert_same_windows(serial, pipelined, atol=0)
     t = read_json(pipelined / "run.json")["throughput"]
     assert t["cpu_workers"] == 2 and t["finish_busy_s"] > 0 and t["main_busy_s"] > 0

@@ -293,7 +293,8 @@ def test_network_dataset_run_loads_once_and_shares_batches(tmp_path, tiny_vggt_c
     assert cli("--input-list", str(listing), "--output-dir", str(out), *SMALL,
                "--reconstructor", "vggt", "--model", str(tiny_vggt_checkpoint),
                "--max-query-pts", "32", "--min-points", "0", "--min-frame-observations", "0",
-               "--window-batch-size", "4", "--save-depth", "--merge") == 1
+               "--window-batch-size", "4", "--save-depth", "--merge", "--process-res",
+               "112") == 1
     dataset = json.loads((out / "dataset.json").read_text())
     assert dataset["profile"]["load"]["calls"] == 1
     assert dataset["profile"]["forward"]["calls"] == 1  # 4 windows of two sequences, one batch

@@ -76,7 +76,8 @@ def test_ray_network_run_equals_local(tmp_path, tiny_vggt_checkpoint):
     try:
         local, ray = both_engines(tmp_path, reconstructor="vggt",
                                   model=str(tiny_vggt_checkpoint), max_query_pts=32,
-                                  query_frame_num=2, min_points=0, min_frame_observations=0)
+                                  query_frame_num=2, min_points=0, min_frame_observations=0,
+                                  process_res=112)
         assert ray_module.is_initialized()
     finally:
         ray_module.shutdown()
@@ -245,7 +246,7 @@ def tiny_vggt_run(checkpoint):
     return ("--reconstructor", "vggt", "--model", str(checkpoint), "--max-query-pts", "32",
             "--query-frame-num", "2", "--min-points", "0", "--min-frame-observations", "0",
             "--max-frames", "16", "--window-size", "4", "--window-stride", "2",
-            "--window-batch-size", "2")
+            "--window-batch-size", "2", "--process-res", "112")
 
 
 @pytest.mark.slow
