@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import socket
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ class OutputLock:
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _lock_exclusive(fd)
             except BlockingIOError:
                 holder = _read(fd)
                 os.close(fd)
@@ -98,11 +99,33 @@ class OutputLock:
         self.release()
 
 
+PROBE_RETRIES = 5
+"""Tries of a lock found taken before it counts as held: :func:`lock_holder` of another run
+holds it for an instant, a run holds it for its whole length."""
+
+
+def _lock_exclusive(fd: int) -> None:
+    """``flock`` ``fd`` exclusively without waiting on a holder, past a probe's instant.
+
+    Raises:
+        BlockingIOError: another process holds the lock.
+    """
+    for attempt in range(PROBE_RETRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if attempt == PROBE_RETRIES - 1:
+                raise
+            time.sleep(0.02)
+
+
 def lock_holder(output_dir: Path) -> dict[str, Any] | None:
     """The live process that holds ``output_dir``'s lock (what it wrote of itself: pid, host,
     start time), or None when none does. Looking takes the lock for an instant (a shared
-    ``flock``), so take your own lock first, then look at the other folder's: of two runs
-    doing so in opposite order, one always sees the other."""
+    ``flock``; a run taking it then tries again, :data:`PROBE_RETRIES`), so take your own lock
+    first, then look at the other folder's: of two runs doing so in opposite order, one
+    always sees the other."""
     try:
         fd = os.open(Path(output_dir) / LOCK_FILE, os.O_RDONLY)
     except OSError:  # no lock file (or none readable): nobody holds it
