@@ -312,11 +312,11 @@ def evaluate_output(out_dir: str | Path, gt: str | Path | Mapping[str, np.ndarra
     windows = planned_windows(out_dir)[0] if (out_dir / PLAN).is_file() else []
     frame_names = sorted({n for w in windows for n in (w.info or {}).get("frames", [])},
                          key=natural_key)
+    index_names = input_indices(out_dir) if windows else None  # read once, for GT and merged
     gt_kind, gt_poses = "mapping", gt
     if not isinstance(gt, Mapping):
         truth = read_ground_truth(gt)
-        gt_kind, gt_poses = truth.kind, truth.as_dict(
-            frame_names, index_names=input_indices(out_dir) if windows else None)
+        gt_kind, gt_poses = truth.kind, truth.as_dict(frame_names, index_names=index_names)
     if frame_names and not match_names(frame_names, list(gt_poses)):
         example = sorted(gt_poses, key=natural_key)[:2]
         raise InputError(f"the ground truth {gt if gt_kind != 'mapping' else ''} names none of "
@@ -328,7 +328,7 @@ def evaluate_output(out_dir: str | Path, gt: str | Path | Mapping[str, np.ndarra
               "options": {"align": options.align, "rpe_delta": options.rpe_delta},
               "windows": [_evaluate_window(w, out_dir, gt_poses, options) for w in windows],
               "units": gt_units(gt_kind),
-              "merged": _evaluate_merged(out_dir, frame_names, gt_poses, options,
+              "merged": _evaluate_merged(out_dir, frame_names, index_names, gt_poses, options,
                                          gt_units(gt_kind))}
     report["summary"] = _summary(report["windows"])
     return report
@@ -418,7 +418,8 @@ def format_dataset_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _evaluate_merged(out_dir: Path, frame_names: list[str], gt: Mapping[str, np.ndarray],
+def _evaluate_merged(out_dir: Path, frame_names: list[str],
+                     index_names: Mapping[int, str] | None, gt: Mapping[str, np.ndarray],
                      options: EvaluateOptions, units: str) -> list[dict[str, Any]] | None:
     """One report entry per merged segment, ``None`` when nothing was merged; a merge of
     windows since redone is not scored (one entry says so)."""
@@ -427,16 +428,15 @@ def _evaluate_merged(out_dir: Path, frame_names: list[str], gt: Mapping[str, np.
                  f"pipeline.merge {out_dir})")
         logger.warning("%s/%s: %s", out_dir, MERGED_DIR, error)
         return [{"path": MERGED_DIR, "status": "error", "num_frames": 0, "error": error}]
-    entries = [_evaluate_segment(d, out_dir, frame_names, gt, options, units)
+    entries = [_evaluate_segment(d, out_dir, frame_names, index_names, gt, options, units)
                for d in merged_segment_dirs(out_dir)]
     return entries or None
 
 
 def _evaluate_segment(segment_dir: Path, out_dir: Path, frame_names: list[str],
-                      gt: Mapping[str, np.ndarray], options: EvaluateOptions,
-                      units: str) -> dict[str, Any]:
-    poses = load_merged_poses(segment_dir, frame_names, input_indices(out_dir)
-                              if (out_dir / PLAN).is_file() else None)
+                      index_names: Mapping[int, str] | None, gt: Mapping[str, np.ndarray],
+                      options: EvaluateOptions, units: str) -> dict[str, Any]:
+    poses = load_merged_poses(segment_dir, frame_names, index_names)
     entry = {"path": str(Path(segment_dir).relative_to(out_dir)), "status": STATUS_OK,
              "num_frames": len(poses), "error": None}
     try:
