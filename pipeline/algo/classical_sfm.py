@@ -49,6 +49,7 @@ from ..infra.files import NO_SPACE, write_json
 from ..infra.memory import PeakMeter, reset_peak
 from ..infra.tempdirs import make_temp
 from ..io.signature import stable_hash
+from . import sift_matching
 from .colmap_database import call_shared, open_shared
 from .colmap_options import copy_options, global_mapping_options, mapping_options, reader_options
 
@@ -56,7 +57,9 @@ logger = logging.getLogger(__name__)
 
 SEQUENCE_DIR = "colmap_sequence"
 """Folder of the feature store and chunk models inside the output folder."""
-STORE_VERSION = 2
+STORE_VERSION = 3
+"""Bumped when a store of the same frames and options would hold other features or matches
+(3: exact SIFT matching, :mod:`pipeline.algo.sift_matching`)."""
 
 
 @dataclass(frozen=True)
@@ -127,8 +130,8 @@ EXTRACT_SLICE = 16
 """The fewest frames whose features are extracted in one pycolmap call (the progress counts
 after each call)."""
 MATCH_SLICE = 256
-"""The fewest image pairs matched in one pycolmap call (each pair's verification is seeded by
-itself, so the slices give the same matches as one call)."""
+"""The fewest image pairs matched and verified in one call (each pair's matches and its seeded
+verification depend on that pair alone, so the slices give what one call would)."""
 PROGRESS_STEPS = 4
 """Calls per stage at the most, so the progress moves in quarters: each call costs its
 start-up (on 200 frames of 7-Scenes, 10 calls per stage cost 9% more time than one)."""
@@ -208,22 +211,12 @@ def build_store(
             )
             done += len(names)
     (tmp / "pairs.txt").write_text("".join(f"{a} {b}\n" for a, b in pairs))
-    matching = copy_options(options.matching)
-    matching.num_threads = options.num_threads
     with meter.stage("matching", stages):
         step = _slice(len(pairs), MATCH_SLICE)
         for start in range(0, len(pairs), step):
-            part = tmp / "pairs-part.txt"
-            part.write_text("".join(f"{a} {b}\n" for a, b in pairs[start:start + step]))
-            imported = pycolmap.ImportedPairingOptions()
-            imported.match_list_path = part
-            pycolmap.match_image_pairs(
-                db,
-                matching_options=matching,
-                pairing_options=imported,
-                verification_options=options.verification,
-                device=pycolmap.Device.cpu,
-            )
+            sift_matching.match_and_verify(db, pairs[start:start + step], options.matching,
+                                           options.verification, options.num_threads,
+                                           tmp / "pairs-part.txt")
             _say_progress(folder, "matching", min(start + step, len(pairs)), len(pairs),
                           " pairs")
         (tmp / "pairs-part.txt").unlink(missing_ok=True)

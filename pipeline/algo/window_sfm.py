@@ -22,6 +22,7 @@ from ..core.results import STATUS_FAILED, STATUS_OK, WindowResult
 from ..infra.memory import PeakMeter, memory_record, reset_peak
 from ..infra.tempdirs import explain, make_temp
 from . import classical_sfm as seq
+from . import sift_matching
 from .colmap_options import copy_options, mapping_options, reader_options
 
 logger = logging.getLogger(__name__)
@@ -90,16 +91,12 @@ def _extract_match_map(names: list[str], image_dir: Path, work: Path, options: A
     with meter.stage("features", stages):
         seq.extract_in_order(db, image_dir, names, camera_mode=mode,
                              reader=reader_options(options), extraction=extraction)
-    matching = copy_options(options.matching)
-    matching.num_threads = options.num_threads
-    pairing = pycolmap.SequentialPairingOptions()
-    pairing.overlap = max(1, min(options.pairing_overlap, len(names) - 1))
-    pairing.quadratic_overlap = options.quadratic_overlap
-    pairing.num_threads = options.num_threads
+    indices = seq.sequential_pairs(range(len(names)), max(1, options.pairing_overlap),
+                                   options.quadratic_overlap)
+    pairs = [(names[i], names[j]) for i, j in sorted(indices)]
     with meter.stage("matching", stages):
-        pycolmap.match_sequential(db, matching_options=matching, pairing_options=pairing,
-                                  verification_options=options.verification,
-                                  device=pycolmap.Device.cpu)
+        sift_matching.match_and_verify(db, pairs, options.matching, options.verification,
+                                       options.num_threads, work / "pairs.txt")
     mapping = mapping_options(options)
     with meter.stage("mapping", stages):
         models = pycolmap.incremental_mapping(db, image_dir, work / "models", options=mapping)

@@ -28,6 +28,7 @@ import pycolmap
 
 from ..algo import calibration as calib
 from ..algo import classical_sfm as seq
+from ..algo import sift_matching
 from ..algo.colmap_options import (
     global_mapping_options,
     mapping_options,
@@ -145,7 +146,9 @@ class ColmapOptions:
     """pycolmap's SIFT extraction options, passed through (threads are set by ``num_threads``)."""
     matching: pycolmap.FeatureMatchingOptions = field(
         default_factory=pycolmap.FeatureMatchingOptions)
-    """pycolmap's matching options, passed through."""
+    """pycolmap's matching options, passed through. SIFT matching (the default type, not guided)
+    is exact and repeatable (:mod:`pipeline.algo.sift_matching`, with ``sift.max_ratio``,
+    ``max_distance`` and ``cross_check``); other types are pycolmap's own matchers."""
     verification: pycolmap.TwoViewGeometryOptions = field(default_factory=_default_verification)
     """pycolmap's two-view geometry verification of the matches, passed through (its RANSAC
     seeded with 0 by default, for results that do not change from run to run)."""
@@ -254,6 +257,14 @@ class ColmapReconstructor(Reconstructor):
                              min_registered_fraction=config.min_registered_fraction,
                              colmap_log_level=colmap_log_level(config),
                              reuse_kept=not config.overwrite)
+
+    def signature_options(self) -> dict[str, Any]:
+        """The options' signature with the matcher that makes the raw matches (see
+        :func:`pipeline.algo.sift_matching.matcher_name`): windows matched another way are
+        redone."""
+        options = super().signature_options()
+        options["matcher"] = sift_matching.matcher_name(self.options.matching)
+        return options
 
     def describe(self) -> dict[str, Any]:
         o = self.options
@@ -770,6 +781,7 @@ def _store_options(options: ColmapOptions) -> dict[str, Any]:
     return {"camera_type": options.camera_type, "camera_params": options.camera_params,
             "extraction": options.extraction, "matching": options.matching,
             "verification": options.verification,
+            "matcher": sift_matching.matcher_name(options.matching),
             "pairing_overlap": options.pairing_overlap,
             "quadratic_overlap": options.quadratic_overlap}
 
