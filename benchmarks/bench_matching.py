@@ -26,12 +26,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from PIL import Image  # noqa: E402
+from bench_store_progress import DATA, store_inputs  # noqa: E402
 
 import pipeline.algo.classical_sfm as seq  # noqa: E402
 from pipeline.reconstructors.colmap import ColmapOptions  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data" / "real" / "7scenes_redkitchen_000_199"
 THREADS = 2
 
 
@@ -81,10 +80,7 @@ def main() -> int:
     if not DATA.is_dir():
         print(f"skipped: {DATA} not found")
         return 0
-    paths = sorted(DATA.glob("*.color.jpg"))[:200]
-    frames = [(p.name, str(p), Image.open(p).size) for p in paths]
-    pairs = [(frames[i][0], frames[j][0])
-             for i, j in sorted(seq.sequential_pairs(range(len(frames)), 10, True))]
+    frames, pairs = store_inputs()
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "store"
         seq.build_store(store, frames, [], replace(ColmapOptions(), num_threads=THREADS))

@@ -26,14 +26,22 @@ from pipeline.reconstructors.colmap import ColmapOptions  # noqa: E402
 DATA = ROOT.parent / "shared" / "data" / "real" / "7scenes_redkitchen_000_199"
 
 
+def store_inputs(count: int = 200) -> tuple[list[tuple[str, str, tuple[int, int]]],
+                                            list[tuple[str, str]]]:
+    """The first ``count`` 7-Scenes frames as ``build_store`` takes them, and the store's pairs
+    (each frame with 10 successors and those 2, 4, 8, ... ahead)."""
+    paths = sorted(DATA.glob("*.color.jpg"))[:count]
+    frames = [(p.name, str(p), Image.open(p).size) for p in paths]
+    pairs = [(frames[i][0], frames[j][0])
+             for i, j in sorted(seq.sequential_pairs(range(len(frames)), 10, True))]
+    return frames, pairs
+
+
 def main() -> int:
     if not DATA.is_dir():
         print(f"skipped: {DATA} not found")
         return 0
-    paths = sorted(DATA.glob("*.color.jpg"))[:200]
-    frames = [(p.name, str(p), Image.open(p).size) for p in paths]
-    pairs = [(frames[i][0], frames[j][0])
-             for i, j in sorted(seq.sequential_pairs(range(len(frames)), 10, True))]
+    frames, pairs = store_inputs()
     options = replace(ColmapOptions(), num_threads=2)
     print("| slicing | features s | matching s | total s |\n|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:

@@ -13,10 +13,12 @@ squared L2 distances between them are integers below ``2 * 128 * 255**2 < 2**31`
 an int8 matrix product (``torch._int_mm``, descriptors shifted by -128 and the shift added back)
 in int32: exact whatever the summation order, thread count or machine. The tests are COLMAP's
 (``FindBestMatchesIndex``): a descriptor's nearest neighbour in the other image is its match if
-its distance is at most ``512 * max_distance`` (distances of descriptors normalised to 512), if
-``sqrt(best) < max_ratio * sqrt(second best)``, and, with ``cross_check``, if the match is also
-the other descriptor's own best. Matches are written in order of the first image's keypoints,
-then verified by pycolmap (:func:`pycolmap.geometric_verification`, seeded RANSAC).
+its squared distance is at most ``(512 * max_distance)**2`` (descriptors are normalised to 512),
+if ``sqrt(best) < max_ratio * sqrt(second best)``, and, with ``cross_check``, if the match is
+also the other descriptor's own best. Matches are written in order of the first image's
+keypoints, then verified by pycolmap (:func:`pycolmap.geometric_verification`, seeded RANSAC).
+On the 7-Scenes store this takes the time pycolmap's matcher takes (BENCHMARKS.md, "Exact SIFT
+matching").
 """
 
 from __future__ import annotations
@@ -190,10 +192,11 @@ def match_pairs(
 ) -> None:
     """Match ``pairs`` of images of ``database`` exactly and write their raw matches.
 
-    Pairs that already have matches are left as they are. ``num_threads`` threads match whole
-    pairs, each product on one thread (torch's own threads wait on each other at every
-    operation, which costs 4 times the time when another process shares the cores); the
-    matches are written in the order of ``pairs``. Each image's descriptors are read once and
+    Pairs that already have matches, repeated pairs and an image paired with itself are
+    skipped. ``num_threads`` threads match whole pairs, each product on one thread (torch's own
+    threads wait on each other at every operation: two processes matching the 7-Scenes store at
+    once took 140 s each that way, 73 s this way); the matches are written in the order of
+    ``pairs``. Each image's descriptors are read once and
     dropped after its last pair, so memory holds only the images of pairs in flight.
 
     Args:
@@ -210,6 +213,7 @@ def match_pairs(
 
     last_use = {name: i for i, pair in enumerate(pairs) for name in pair}
     kept: dict[str, _Descriptors] = {}
+    seen: set[tuple[int, int]] = set()
     in_flight: deque[tuple[int, int, int, Future[np.ndarray] | None]] = deque()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -220,8 +224,9 @@ def match_pairs(
             ids = _image_ids(db)
             for i, (name1, name2) in enumerate(pairs):
                 id1, id2 = ids[name1], ids[name2]
-                job = None
-                if not db.exists_matches(id1, id2):
+                job, key = None, (min(id1, id2), max(id1, id2))
+                if id1 != id2 and key not in seen and not db.exists_matches(id1, id2):
+                    seen.add(key)
                     for name, image_id in ((name1, id1), (name2, id2)):
                         if name not in kept:
                             kept[name] = _Descriptors(

@@ -204,6 +204,10 @@ def test_pairs_already_matched_are_kept_and_progress_is_told(feature_db, tmp_pat
     sm.match_pairs(copy, pairs, options.matching, 2)
     second = tables(copy, "matches")[0]
     assert set(first[0]) <= set(second) and len(second) == len(pairs)
+    again = [pairs[0], pairs[0][::-1], (pairs[0][0], pairs[0][0])]
+    fresh = copy_db(db, tmp_path / "e.db")
+    sm.match_pairs(fresh, again, options.matching, 2)  # a repeat, reversed, self: one pair
+    assert len(tables(fresh, "matches")[0]) == 1
     with pytest.raises(KeyError):
         sm.match_pairs(copy, [(pairs[0][0], "missing.png")], options.matching, 1)
 
