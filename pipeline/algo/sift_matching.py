@@ -179,10 +179,6 @@ def match_descriptors(first: _Descriptors, second: _Descriptors, sift: Any) -> n
     return matches.astype(np.uint32)
 
 
-def _image_ids(db: pycolmap.Database) -> dict[str, int]:
-    return {image.name: image.image_id for image in db.read_all_images()}
-
-
 def match_pairs(
     database: Path,
     pairs: Sequence[tuple[str, str]],
@@ -221,7 +217,7 @@ def match_pairs(
     workers = max(1, num_threads)
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="sift-match") as pool:
-            ids = _image_ids(db)
+            ids = {image.name: image.image_id for image in db.read_all_images()}
             for i, (name1, name2) in enumerate(pairs):
                 id1, id2 = ids[name1], ids[name2]
                 job, key = None, (min(id1, id2), max(id1, id2))
@@ -237,8 +233,10 @@ def match_pairs(
                 for name in (name1, name2):
                     if last_use[name] == i:
                         kept.pop(name, None)
-                while len(in_flight) > 2 * workers or (in_flight and i == len(pairs) - 1):
+                while len(in_flight) > 2 * workers:
                     _write_next(db, in_flight, on_pair)
+            while in_flight:
+                _write_next(db, in_flight, on_pair)
     finally:
         db.close()
         torch.set_num_threads(threads)
